@@ -1,0 +1,144 @@
+"""Machine-checkable expected results.
+
+A human writes the expected result as prose and, among it, bullet lines the tool can check
+after the run::
+
+    - val_loss < 2.5
+    - val_loss <= baseline - 0.1      # better than the baseline by a margin
+    - tokens_per_s >= parent * 1.1
+
+Each such line becomes a ``Claim`` (metric, operator, reference). A bullet that starts like a
+claim (a metric name and a comparison) but does not parse is reported by ``exp check`` with
+its line, rather than silently treated as prose.
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: Metrics the run produces (summary.json and metrics.jsonl); others give a warning.
+KNOWN_METRICS = (
+    "val_loss", "best_val_loss", "final_loss", "train_loss", "loss", "val_ppl", "tokens_per_s",
+    "tokens_seen", "wall_s", "steps", "params", "peak_mem_mb", "mfu", "grad_norm",
+    "distinct_1", "distinct_2", "repetition_rate",
+)
+
+OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
+_UNICODE_OPS = {"≤": "<=", "≥": ">=", "≠": "!="}
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?"
+_CLAIM = re.compile(
+    rf"""^\s*[-*]\s+
+    (?P<metric>[A-Za-z_][A-Za-z0-9_./]*)\s*
+    (?P<op><=|>=|==|!=|<|>|≤|≥|≠)\s*
+    (?:(?P<ref>parent|baseline)\s*(?:(?P<refop>[-+*/])\s*(?P<refnum>{_NUM}))?|(?P<num>{_NUM}))
+    \s*(?P<rest>(?:[#(（—,，;；:：]|--).*)?$""",
+    re.X,
+)
+# A bullet that *tries* to be a claim: an identifier then a comparison operator.
+_ATTEMPT = re.compile(r"^\s*[-*]\s+[A-Za-z_][A-Za-z0-9_./]*\s*(<|>|=|≤|≥|≠|!)")
+
+
+@dataclass(frozen=True)
+class Claim:
+    metric: str
+    op: str
+    reference: str  # "value" | "parent" | "baseline"
+    value: float | None  # the number (for "value"), or the operand applied to the reference
+    ref_op: str | None  # "+", "-", "*", "/" applied to parent/baseline, or None
+    text: str  # the claim as written, without the bullet
+    line: int  # 1-based line in the record (0 when parsed from loose text)
+    percent: bool = False
+
+    def threshold(self, reference_value: float | None = None) -> float | None:
+        """The number the metric is compared with; None when the reference is missing."""
+        if self.reference == "value":
+            return self.value
+        if reference_value is None:
+            return None
+        if self.ref_op is None or self.value is None:
+            return reference_value
+        v = self.value
+        if self.percent:  # "parent * 110%" reads as parent * 1.1; "parent - 5%" as 5% of parent
+            v = v / 100.0 if self.ref_op in "*/" else reference_value * v / 100.0
+        return {"+": reference_value + v, "-": reference_value - v, "*": reference_value * v, "/": reference_value / v}[
+            self.ref_op
+        ]
+
+    def holds(self, observed: float, reference_value: float | None = None) -> bool | None:
+        t = self.threshold(reference_value)
+        return None if t is None else OPS[self.op](observed, t)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClaimProblem:
+    line: int
+    text: str
+    message: str
+    fix: str
+
+
+def _number(text: str) -> tuple[float, bool]:
+    pct = text.endswith("%")
+    return float(text.rstrip("%")), pct
+
+
+def parse_claims(text: str, first_line: int = 1) -> tuple[list[Claim], list[ClaimProblem]]:
+    """Claims and malformed claim-like bullets in ``text`` (prose lines are ignored)."""
+    claims: list[Claim] = []
+    problems: list[ClaimProblem] = []
+    in_fence = False
+    for i, raw in enumerate(text.split("\n")):
+        line_no = first_line + i
+        if raw.lstrip().startswith("```"):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            continue
+        m = _CLAIM.match(raw)
+        if m:
+            op = _UNICODE_OPS.get(m["op"], m["op"])
+            if m["ref"]:
+                value, pct = _number(m["refnum"]) if m["refnum"] else (None, False)
+                if m["refop"] == "/" and value == 0:
+                    problems.append(ClaimProblem(line_no, raw.strip(), "divides the reference by zero", "divide by a non-zero number"))
+                    continue
+                claims.append(Claim(m["metric"], op, m["ref"], value, m["refop"], _claim_text(raw, m), line_no, pct))
+            else:
+                value, pct = _number(m["num"])
+                if pct:
+                    problems.append(
+                        ClaimProblem(line_no, raw.strip(), "is a bare percentage with no base", "write e.g. `parent * 1.1`")
+                    )
+                    continue
+                claims.append(Claim(m["metric"], op, "value", value, None, _claim_text(raw, m), line_no))
+        elif _ATTEMPT.match(raw):
+            problems.append(
+                ClaimProblem(
+                    line_no,
+                    raw.strip(),
+                    "does not parse as a claim",
+                    "write `- METRIC OP NUMBER` or `- METRIC OP parent|baseline [+-*/ NUMBER]`, e.g. `- val_loss <= baseline - 0.1`",
+                )
+            )
+    return claims, problems
+
+
+def _claim_text(raw: str, m: re.Match[str]) -> str:
+    body = raw.strip().lstrip("-*").strip()
+    rest = m["rest"]
+    return body[: len(body) - len(rest)].strip() if rest else body
+
+
+def unknown_metric_hint(metric: str) -> str | None:
+    if metric in KNOWN_METRICS:
+        return None
+    close = difflib.get_close_matches(metric, KNOWN_METRICS, n=2, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; the run reports {', '.join(KNOWN_METRICS[:8])}, …"
+    return f"metric {metric!r} is not one the run reports{hint}"

@@ -1,0 +1,274 @@
+"""``TrainConfig``: everything the run script and the trainer receive.
+
+One pydantic model, ``extra="forbid"`` and ranges checked, so a typo or an impossible value
+fails at ``exp set`` time rather than an hour into a run. The defaults are the CPU demo shape
+(hidden 128, 2 layers, 4 heads, seq 128, batch 16, lr 3e-3) on the embedded corpus.
+
+``model/train_pretrain.py`` loads the JSON dump of this model, so the trainer and the record
+can never disagree about what a key means.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError, UsageError
+
+#: Sentinel for ``data_path`` / ``val_data_path`` / ``tokenizer_path``: the corpus and tokenizer
+#: shipped in ``dataset/``, found from any workspace without setup.
+EMBEDDED = "embedded"
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- model shape -----------------------------------------------------------------------
+    model_type: Literal["model_original", "model", "model_moe"] = Field(
+        "model_original",
+        description="model_original: dense baseline; model: dense + knowledge memory; model_moe: routed experts",
+    )
+    hidden_size: int = Field(128, ge=16, le=16384, description="width of the residual stream")
+    num_hidden_layers: int = Field(2, ge=1, le=256, description="transformer blocks")
+    num_attention_heads: int = Field(4, ge=1, le=256, description="query heads")
+    num_key_value_heads: int = Field(2, ge=1, le=256, description="key/value heads (GQA)")
+    intermediate_size: int | None = Field(
+        None, ge=16, le=65536, description="SwiGLU width; None = 8/3 * hidden rounded to 64"
+    )
+    vocab_size: int = Field(6400, ge=256, le=1_000_000, description="tokenizer vocabulary")
+    max_seq_len: int = Field(128, ge=8, le=131072, description="tokens per packed block")
+    rope_theta: float = Field(1e6, gt=0, description="RoPE base")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability")
+    knowledge_num: int = Field(
+        16384, ge=4, le=16_777_216, description="memory entries (model_type=model); a power of two or a perfect square"
+    )
+    knowledge_topk: int = Field(8, ge=1, le=256, description="memory entries read per token")
+    num_experts: int = Field(4, ge=2, le=256, description="routed experts (model_type=model_moe)")
+    num_experts_per_tok: int = Field(2, ge=1, le=64, description="experts chosen per token")
+    aux_loss_coef: float = Field(0.01, ge=0.0, le=10.0, description="MoE balance-loss weight")
+
+    # -- optimisation ----------------------------------------------------------------------
+    batch_size: int = Field(16, ge=1, le=65536, description="sequences per micro-batch per process")
+    accumulation_steps: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr as a fraction of the peak")
+    warmup_steps: int = Field(30, ge=0, le=10_000_000, description="linear warmup steps")
+    max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
+    weight_decay: float = Field(0.1, ge=0.0, le=10.0, description="AdamW decay (not on norms/biases/embeddings)")
+    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2")
+    grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max gradient norm; 0 disables")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="autocast dtype; auto = bf16 where the device has it, else float32"
+    )
+    seed: int = Field(1337, ge=0, le=2**32 - 1, description="random seed")
+
+    # -- cadence ---------------------------------------------------------------------------
+    log_interval: int = Field(10, ge=1, le=1_000_000, description="steps between metric lines")
+    eval_interval: int = Field(100, ge=1, le=10_000_000, description="steps between validation passes")
+    eval_batches: int = Field(20, ge=1, le=100_000, description="batches per validation pass")
+    save_interval: int = Field(200, ge=1, le=10_000_000, description="steps between checkpoints")
+    keep_top_k: int = Field(2, ge=1, le=1000, description="best checkpoints kept by val loss (plus the last)")
+    sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="tokens generated per sample prompt")
+
+    # -- data and placement ----------------------------------------------------------------
+    data_path: str = Field(EMBEDDED, min_length=1, description="JSONL(.gz) corpus; 'embedded' = dataset/")
+    val_data_path: str = Field(
+        EMBEDDED, description="validation JSONL(.gz); 'embedded' = dataset/; '' = hold out 1% of data_path"
+    )
+    tokenizer_path: str = Field(EMBEDDED, min_length=1, description="tokenizer dir; 'embedded' = dataset/tokenizer")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    cuda_devices: str = Field("", description="CUDA_VISIBLE_DEVICES for the run, e.g. '0,1'")
+
+    # -- tracking --------------------------------------------------------------------------
+    swanlab_mode: Literal["offline", "cloud", "disabled"] = Field("offline", description="SwanLab mode")
+    swanlab_project: str = Field("expkit", min_length=1, max_length=100, description="SwanLab project name")
+
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> TrainConfig:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError("head dimension (hidden_size / num_attention_heads) must be even for RoPE")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                f"num_key_value_heads {self.num_key_value_heads}"
+            )
+        if self.num_experts_per_tok > self.num_experts:
+            raise ValueError("num_experts_per_tok cannot exceed num_experts")
+        if self.model_type == "model":
+            n1, n2 = product_key_shape(self.knowledge_num)
+            if n1 > 4 * n2:
+                raise ValueError(
+                    f"knowledge_num {self.knowledge_num} does not factor into a near-square grid of product keys "
+                    f"(best {n1}×{n2}); use a power of two (1048576, 2097152) or a perfect square"
+                )
+            if self.knowledge_topk > n2:
+                raise ValueError(f"knowledge_topk {self.knowledge_topk} exceeds the {n2} sub-keys per half")
+        if self.warmup_steps >= self.max_steps and self.max_steps > 1:
+            raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        if self.cuda_devices and not re.fullmatch(r"\d+(,\d+)*", self.cuda_devices):
+            raise ValueError(f"cuda_devices {self.cuda_devices!r} must look like '0' or '0,1,2'")
+        return self
+
+    @property
+    def ffn_size(self) -> int:
+        """SwiGLU hidden width: explicit, or 8/3 * hidden rounded up to a multiple of 64."""
+        if self.intermediate_size:
+            return self.intermediate_size
+        return 64 * math.ceil(8 * self.hidden_size / 3 / 64)
+
+
+def product_key_shape(n: int) -> tuple[int, int]:
+    """Split ``n`` memory entries into an n1 × n2 product-key grid, n1 ≥ n2, as square as
+    possible: 1M → 1024×1024, 2M → 2048×1024. The memory layer and the validator share it."""
+    n2 = math.isqrt(n)
+    while n % n2:
+        n2 -= 1
+    return n // n2, n2
+
+
+def field_names() -> list[str]:
+    return list(TrainConfig.model_fields)
+
+
+def describe(key: str) -> str:
+    return TrainConfig.model_fields[key].description or ""
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}{suggest(loc)}")
+        else:
+            parts.append(f"{loc}: {msg} (got {e.get('input')!r})" if loc != "config" else msg)
+    return "; ".join(parts)
+
+
+def suggest(key: str) -> str:
+    """' — did you mean a, b?' for an unknown key, or '' when nothing is close."""
+    close = difflib.get_close_matches(key, field_names(), n=3, cutoff=0.5)
+    if not close:
+        # substring matches catch 'lr' -> learning_rate style abbreviations poorly; try parts
+        close = [n for n in field_names() if key and key.lower() in n][:3]
+    return f" — did you mean {', '.join(close)}?" if close else " — see `exp set --help` for the keys"
+
+
+def validate(data: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from a mapping, turning pydantic's report into one ConfigError."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"invalid config: {_explain(err)}") from None
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; the value stays a string until pydantic types it."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"expected KEY=VALUE, got {text!r} (for example learning_rate=8e-5)")
+    return key, value.strip()
+
+
+def _coerce(key: str, raw: str) -> Any:
+    """Turn the command-line string into the Python value pydantic should see for ``key``."""
+    annotation = TrainConfig.model_fields[key].annotation
+    if raw.lower() in ("none", "null") and "None" in repr(annotation):
+        return None
+    if annotation is int or annotation == (int | None):
+        # accept 1e6-style integers ("knowledge_num=1e6" is how people write a million)
+        try:
+            as_float = float(raw)
+        except ValueError:
+            return raw
+        return int(as_float) if as_float.is_integer() else raw
+    return raw
+
+
+def apply(config: TrainConfig | dict[str, Any], assignments: list[str]) -> tuple[TrainConfig, dict[str, tuple[Any, Any]]]:
+    """Apply ``KEY=VALUE`` strings; returns the new config and ``{key: (old, new)}`` for changed keys."""
+    base = config.model_dump() if isinstance(config, TrainConfig) else dict(config)
+    updated = dict(base)
+    for text in assignments:
+        key, raw = parse_assignment(text)
+        if key not in TrainConfig.model_fields:
+            raise ConfigError(f"unknown config key {key!r}{suggest(key)}")
+        updated[key] = _coerce(key, raw)
+    new = validate(updated)
+    new_dump = new.model_dump()
+    changed = {k: (base.get(k), new_dump[k]) for k in new_dump if base.get(k) != new_dump[k]}
+    return new, changed
+
+
+def diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two config dumps, in TrainConfig field order."""
+    keys = field_names() + sorted(set(a) | set(b) - set(field_names()))
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
+#: Parameter-table sections of the record, in order, with their labels.
+GROUPS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
+    "model": (
+        {"zh": "模型结构", "en": "Model"},
+        (
+            "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "max_seq_len", "rope_theta", "dropout", "knowledge_num",
+            "knowledge_topk", "num_experts", "num_experts_per_tok", "aux_loss_coef",
+        ),
+    ),
+    "optim": (
+        {"zh": "训练优化", "en": "Optimisation"},
+        (
+            "batch_size", "accumulation_steps", "learning_rate", "min_lr_ratio", "warmup_steps", "max_steps",
+            "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "seed",
+        ),
+    ),
+    "cadence": (
+        {"zh": "日志与保存", "en": "Cadence"},
+        ("log_interval", "eval_interval", "eval_batches", "save_interval", "keep_top_k", "sample_max_new_tokens"),
+    ),
+    "data": (
+        {"zh": "数据与设备", "en": "Data and device"},
+        ("data_path", "val_data_path", "tokenizer_path", "device", "cuda_devices"),
+    ),
+    "tracking": ({"zh": "实验跟踪", "en": "Tracking"}, ("swanlab_mode", "swanlab_project")),
+}
+
+
+def table_rows(config: dict[str, Any], parent: dict[str, Any] | None, lang: str) -> list[dict[str, Any]]:
+    """Rows of the record's parameter table: group, key, value, parent's value when different."""
+    rows = []
+    seen: set[str] = set()
+    for labels, keys in GROUPS.values():
+        for key in keys:
+            seen.add(key)
+            rows.append(_row(labels[lang], key, config, parent))
+    extra = [k for k in config if k not in seen]  # keys of a newer TrainConfig, still shown
+    rows.extend(_row("—", k, config, parent) for k in extra)
+    return rows
+
+
+def _row(group: str, key: str, config: dict[str, Any], parent: dict[str, Any] | None) -> dict[str, Any]:
+    value = config.get(key)
+    changed = parent is not None and parent.get(key) != value
+    return {
+        "group": group,
+        "key": key,
+        "value": value,
+        "changed": changed,
+        "parent_value": parent.get(key) if changed and parent is not None else None,
+        "help": TrainConfig.model_fields[key].description if key in TrainConfig.model_fields else "",
+    }

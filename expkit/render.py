@@ -1,0 +1,89 @@
+"""The one Jinja environment.
+
+Strict (``StrictUndefined``: a missing variable is an error, never an empty string), keeps
+trailing newlines, and offers the filters every template needs:
+
+- ``sh``: ``shlex.quote`` — every value that enters a shell script goes through it;
+- ``comment``: text made safe for a ``#`` comment line (newlines cannot end the comment);
+- ``oneline``: newlines folded to spaces (titles, table cells);
+- ``cell``: a markdown table cell (pipes escaped, one line);
+- ``fmt``: numbers printed compactly (3e-3, 16384, 0.1).
+
+Templates are read from the workspace's ``templates/`` (or the expkit checkout's), so a lab
+can edit its own copy.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .errors import WorkspaceError
+
+
+def sh(value: Any) -> str:
+    if value is None:
+        return "''"
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    return shlex.quote(str(value))
+
+
+def comment(value: Any) -> str:
+    # A newline (or carriage return) would end the comment and turn the rest into commands.
+    return " ".join(str(value if value is not None else "").replace("\r", "\n").split("\n"))
+
+
+def oneline(value: Any) -> str:
+    return " ".join(str(value if value is not None else "").split())
+
+
+def cell(value: Any) -> str:
+    return oneline(fmt(value)).replace("|", "\\|")
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            mantissa, exp = f"{value:.4g}".split("e") if "e" in f"{value:.4g}" else (f"{value:.4g}", "")
+            return f"{mantissa}e{int(exp)}" if exp else mantissa
+        return f"{value:.6g}"
+    return str(value)
+
+
+@lru_cache(maxsize=8)
+def environment(templates_dir: Path) -> jinja2.Environment:
+    if not templates_dir.is_dir():
+        raise WorkspaceError(f"templates directory {templates_dir} is missing; copy it with `exp init DIR --force`")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # markdown and shell, not HTML; shell values are quoted by |sh instead
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(sh=sh, comment=comment, oneline=oneline, cell=cell, fmt=fmt)
+    return env
+
+
+def render(templates_dir: Path, name: str, **context: Any) -> str:
+    try:
+        return environment(templates_dir).get_template(name).render(**context)
+    except jinja2.TemplateNotFound:
+        raise WorkspaceError(f"template {name} not found in {templates_dir}; restore it from the expkit checkout") from None
+    except jinja2.TemplateSyntaxError as err:
+        raise WorkspaceError(f"template {err.filename}:{err.lineno} has a syntax error: {err.message}") from None
+    except jinja2.UndefinedError as err:
+        raise WorkspaceError(f"template {templates_dir / name} uses an unknown value: {err.message}") from None
