@@ -7,6 +7,7 @@ code (validation 1, usage 2). Core modules are imported inside the commands so t
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from typing import Any, Optional
@@ -27,6 +28,31 @@ app = typer.Typer(
 )
 
 VERSION_HELP = "experiment version X.Y.Z"
+
+
+def command(name: str | None = None):
+    """Register a command whose ExpError becomes one line on stderr and an exit code.
+
+    This wrapper is the one place where errors turn into exit codes, so the same behaviour
+    holds under ``CliRunner`` in tests and in the console script.
+    """
+
+    def register(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ExpError as err:
+                typer.echo(f"exp: error: {err}", err=True)
+                raise typer.Exit(err.exit_code) from None
+            except OSError as err:  # permissions, full disk: the user can act on these too
+                where = f": {err.filename}" if err.filename else ""
+                typer.echo(f"exp: error: {err.strerror or err}{where}", err=True)
+                raise typer.Exit(1) from None
+
+        return app.command(name)(wrapper)
+
+    return register
 JSON_HELP = "print JSON instead of text"
 
 
@@ -59,7 +85,7 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 # -- workspace -------------------------------------------------------------------------------
-@app.command()
+@command()
 def init(
     directory: str = typer.Argument(..., metavar="DIR", help="directory for the new workspace"),
     force: bool = typer.Option(False, "--force", help="allow a non-empty DIR (existing files are never overwritten)"),
@@ -78,7 +104,7 @@ def init(
 
 
 # -- records ---------------------------------------------------------------------------------
-@app.command()
+@command()
 def new(
     version: str = typer.Argument(..., help=VERSION_HELP),
     parent: Optional[str] = typer.Option(None, "--from", metavar="PARENT", help="copy the config of this experiment"),
@@ -105,7 +131,7 @@ def new(
                f"`exp check {v}`")
 
 
-@app.command()
+@command()
 def check(
     version: str = typer.Argument(..., help=VERSION_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -127,7 +153,7 @@ def check(
         raise typer.Exit(1)
 
 
-@app.command("set")
+@command("set")
 def set_(
     version: str = typer.Argument(..., help=VERSION_HELP),
     assignments: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE...", help="config values, e.g. learning_rate=8e-5"),
@@ -153,7 +179,7 @@ def set_(
         typer.echo("nothing changed")
 
 
-@app.command()
+@command()
 def show(
     version: str = typer.Argument(..., help=VERSION_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -184,7 +210,7 @@ def show(
             typer.echo(f"  {key}: {old} → {new}")
 
 
-@app.command("list")
+@command("list")
 def list_(
     status: Optional[str] = typer.Option(None, "--status", metavar="S", help="only records with this status"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -207,7 +233,7 @@ def list_(
     )
 
 
-@app.command()
+@command()
 def diff(
     a: str = typer.Argument(..., metavar="A", help="first version"),
     b: str = typer.Argument(..., metavar="B", help="second version"),
@@ -226,7 +252,7 @@ def diff(
     typer.echo(_table(["KEY", a, b], [[k, str(x), str(y)] for k, (x, y) in result["config"].items()]))
 
 
-@app.command()
+@command()
 def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Show the lineage of experiments by parent."""
     from .store import lineage_tree
@@ -259,9 +285,6 @@ def _usage(message: str) -> ExpError:
 def main() -> None:
     try:
         app()
-    except ExpError as err:
-        typer.echo(f"exp: error: {err}", err=True)
-        sys.exit(err.exit_code)
     except KeyboardInterrupt:
         typer.echo("exp: interrupted", err=True)
         sys.exit(130)

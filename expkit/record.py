@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,12 +143,32 @@ def digest(content: str) -> str:
     return sha256(content)[:16]
 
 
+# YAML refuses these characters even inside quotes; JSON leaves them raw, so escape them.
+_YAML_UNPRINTABLE = re.compile("[\x7f-\x84\x86-\x9f\ufffe\uffff]")
+
+
+def _scalar(value: Any) -> str:
+    """A top-level scalar as JSON, which is also valid YAML: listings read it back with
+    json.loads instead of the much slower YAML constructor."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def _dump_yaml(meta: dict[str, Any]) -> str:
     ordered = {k: meta[k] for k in META_ORDER if k in meta}
     ordered.update({k: v for k, v in meta.items() if k not in ordered})
-    return yaml.dump(
-        ordered, Dumper=yaml.SafeDumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=1000
-    )
+    out = []
+    for key, value in ordered.items():
+        if value is None or isinstance(value, (str, int, float, bool)):
+            out.append(f"{key}: {_scalar(value)}\n")
+        else:
+            out.append(
+                yaml.dump(
+                    {key: value}, Dumper=yaml.SafeDumper, sort_keys=False, allow_unicode=True,
+                    default_flow_style=False, width=1000,
+                )
+            )
+    return "".join(out)
 
 
 def split_front_matter(text: str, where: str = "record") -> tuple[str, str]:
@@ -172,19 +193,48 @@ def load_meta(front: str, where: str = "record") -> dict[str, Any]:
     return meta
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """Only the front matter, without parsing the body: the fast path for listings."""
+_TOP_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
+
+
+def read_meta(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Only the front matter, without parsing the body: the fast path for listings.
+
+    With ``keys``, only those top-level entries are read, each with ``json.loads`` when it is
+    the one-line JSON scalar the tool writes, falling back to YAML otherwise: the YAML
+    constructor costs ~0.3 ms per record, which a listing of 1,000 records cannot pay.
+    """
     with open(path, encoding="utf-8") as fh:
         first = fh.readline()
         if first != "---\n":
             raise RecordError(f"{path}: line 1 must be '---' opening the YAML front matter")
         lines = []
+        keep = True
+        wanted = set(keys) if keys is not None else set()
         for line in fh:
             if line == "---\n":
                 break
+            if keys is not None:
+                m = _TOP_KEY.match(line)
+                if m:  # a new top-level key; lines that don't start one continue the previous
+                    if not wanted:
+                        break  # every wanted key read (the tool writes them first)
+                    keep = m.group(1) in wanted
+                    wanted.discard(m.group(1))
+                if not keep:
+                    continue
             lines.append(line)
         else:
             raise RecordError(f"{path}: the YAML front matter is not closed by a '---' line")
+    if keys is not None:
+        fast: dict[str, Any] = {}
+        for line in lines:
+            key, _, value = line.partition(": ")
+            try:
+                fast[key] = json.loads(value)
+            except ValueError:
+                break
+        else:
+            return fast
     return load_meta("".join(lines), str(path))
 
 

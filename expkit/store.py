@@ -259,6 +259,10 @@ class Entry:
         return "broken" if self.error else str(self.meta.get("status", "?"))
 
 
+#: Front-matter keys a listing needs (parsing only these keeps `exp list` fast).
+LISTED = ("parent", "baseline", "status", "description")
+
+
 def entries(ws: Workspace) -> list[Entry]:
     """Every record's front matter, sorted by version; a broken file is listed, not fatal."""
     out = []
@@ -269,7 +273,7 @@ def entries(ws: Workspace) -> list[Entry]:
         if not Version.is_valid(stem):
             continue
         try:
-            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path)))
+            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path, LISTED)))
         except RecordError as err:
             out.append(Entry(Version.parse(stem), path, {}, str(err)))
     out.sort(key=lambda e: e.version)

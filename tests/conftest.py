@@ -1,0 +1,66 @@
+"""Shared fixtures: a fresh workspace made by `exp init` in a temp dir, and ways to drive `exp`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXP = [sys.executable, "-m", "expkit.cli"]
+
+FILLED = {
+    "goal": "检验学习率减半是否让演示模型收敛更稳。",
+    "hypothesis": "学习率从 3e-3 降到 1.5e-3 会减少损失尖峰，验证集损失不变差。",
+    "expected": "预期：\n- val_loss < 6.5\n- tokens_per_s >= 100\n",
+    "focus": "前 100 步的损失曲线与梯度范数。",
+}
+
+
+@pytest.fixture
+def ws(tmp_path, monkeypatch):
+    """A workspace created by the real scaffold, with EXP_ROOT pointing at it."""
+    from expkit.workspace import Workspace, scaffold
+
+    root = tmp_path / "ws"
+    scaffold(root)
+    monkeypatch.setenv("EXP_ROOT", str(root))
+    monkeypatch.chdir(root)
+    return Workspace.find()
+
+
+def fill(path: Path, sections: dict[str, str] | None = None) -> None:
+    """Write the human sections as a person would, through the file."""
+    from expkit.record import Record
+
+    record = Record.read(path)
+    for name, text in (sections or FILLED).items():
+        record.set_human(name, text)
+    path.write_text(record.render(), encoding="utf-8")
+
+
+def run_exp(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, input: str | None = None):
+    """`exp ARGS` as a real subprocess (the console script's module entry)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*EXP, *args], cwd=cwd, env=full_env, capture_output=True, text=True, input=input, timeout=120
+    )
+
+
+@pytest.fixture
+def cli():
+    """In-process `exp` through typer's CliRunner: returns (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from expkit.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke

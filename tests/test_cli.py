@@ -1,0 +1,112 @@
+"""`exp` as a user runs it: real subprocesses for the flow and the error paths, CliRunner for the rest."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import fill, run_exp
+
+HOSTILE_VERSIONS = ["1.4", "v1.4.1", "../x", "1.4.1;rm -rf /", "01.2.3", "$(touch PWNED)"]
+
+
+def tree_of(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_the_foundation_loop_through_real_processes(tmp_path):
+    root = tmp_path / "lab"
+    r = run_exp("init", str(root))
+    assert r.returncode == 0, r.stderr
+    for rel in ["experiment/README.md", "run_file", "out", "templates/zh/record.md.j2", "templates/en/record.md.j2", "CLAUDE.md", "pyproject.toml", ".gitignore"]:
+        assert (root / rel).exists(), rel
+    assert "[tool.exp]" in (root / "pyproject.toml").read_text()
+    assert "out/**/checkpoints/" in (root / ".gitignore").read_text()
+
+    env = {"EXP_ROOT": ""}  # found by walking up from the working directory
+    sub = root / "experiment"
+    assert run_exp("new", "1.0.0", "--desc", "baseline", cwd=sub, env=env).returncode == 0
+    r = run_exp("new", "1.0.1", "--from", "1.0.0", "--desc", "lr 1e-3", cwd=sub, env=env)
+    assert r.returncode == 0 and "experiment_1.0.1.md" in r.stdout
+    r = run_exp("check", "1.0.1", cwd=root, env=env)
+    assert r.returncode == 1 and "hint" in r.stdout and "experiment/experiment_1.0.1.md:" in r.stdout
+    fill(root / "experiment/experiment_1.0.1.md")
+    r = run_exp("set", "1.0.1", "learning_rate=1e-3", cwd=root, env=env)
+    assert r.returncode == 0 and "learning_rate: 0.003 → 0.001" in r.stdout
+    r = run_exp("check", "1.0.1", cwd=root, env=env)
+    assert r.returncode == 0, r.stdout
+    assert "ready" in r.stdout
+    shown = json.loads(run_exp("show", "1.0.1", "--json", cwd=root, env=env).stdout)
+    assert {"schema", "version", "parent", "baseline", "status", "description", "config"} <= set(shown)
+    assert shown["status"] == "ready" and shown["category"] == "validation" and shown["parent"] == "1.0.0"
+    listed = json.loads(run_exp("list", "--status", "ready", "--json", cwd=root, env=env).stdout)
+    assert [row["version"] for row in listed] == ["1.0.1"]
+    tree = run_exp("tree", cwd=root, env=env).stdout
+    assert "1.0.0 [draft]" in tree and "└── 1.0.1 [ready]" in tree
+    diff = run_exp("diff", "1.0.0", "1.0.1", cwd=root, env=env).stdout
+    assert "learning_rate" in diff and "0.001" in diff
+
+
+@pytest.mark.parametrize("version", HOSTILE_VERSIONS)
+def test_malformed_versions_exit_2_and_touch_nothing(ws, version):
+    before = tree_of(ws.root)
+    for args in (["new", version], ["set", version, "seed=1"], ["show", version], ["check", version]):
+        r = run_exp(*args, cwd=ws.root)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert "X.Y.Z" in r.stderr
+    assert tree_of(ws.root) == before
+
+
+def test_user_errors_are_one_line_without_traceback(ws, tmp_path):
+    run_exp("new", "1.0.0", cwd=ws.root)
+    cases = [
+        (["new", "1.0.0"], 1, "already exists"),
+        (["new", "1.0.1", "--from", "9.9.9"], 1, "no such experiment"),
+        (["set", "1.0.0", "lerning_rate=1"], 1, "did you mean learning_rate"),
+        (["set", "1.0.0", "learning_rate=-1"], 1, "learning_rate"),
+        (["set", "1.0.0", "learning_rate"], 2, "KEY=VALUE"),
+        (["set", "1.0.0"], 2, "KEY=VALUE"),
+        (["show", "3.3.3"], 1, "exp new 3.3.3"),
+        (["list", "--status", "bogus"], 2, "--status"),
+        (["new", "1.0.2", "--lang", "fr"], 2, "--lang"),
+    ]
+    for args, code, needle in cases:
+        r = run_exp(*args, cwd=ws.root)
+        assert r.returncode == code, (args, r.stdout, r.stderr)
+        assert needle in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    r = run_exp("list", cwd=outside, env={"EXP_ROOT": ""})
+    assert r.returncode == 1 and "exp init" in r.stderr
+
+
+def test_init_refuses_non_empty_and_force_never_overwrites(tmp_path, cli):
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "CLAUDE.md").write_text("my own guide")
+    code, _, err = cli("init", str(target))
+    assert code == 1 and "--force" in err
+    assert sorted(os.listdir(target)) == ["CLAUDE.md"]
+    code, out, _ = cli("init", str(target), "--force")
+    assert code == 0 and "kept" in out
+    assert (target / "CLAUDE.md").read_text() == "my own guide"
+    assert (target / "templates/zh/record.md.j2").exists()
+
+
+def test_every_command_has_help(cli):
+    from expkit.cli import app
+
+    for info in app.registered_commands:
+        assert (info.callback.__doc__ or "").strip(), info.name
+        code, out, _ = cli(info.name or info.callback.__name__, "--help")
+        assert code == 0 and "Usage" in out
+
+
+def test_show_text_mentions_next_step(ws, cli):
+    cli("new", "0.1.0", "--desc", "demo")
+    code, out, _ = cli("show", "0.1.0")
+    assert code == 0 and "next: fill the human sections" in out and "exploratory" in out

@@ -1,0 +1,48 @@
+"""The docs keep up with the CLI: every command is documented where people and the AI look."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from expkit.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def command_names() -> list[str]:
+    return [info.name or info.callback.__name__ for info in app.registered_commands]
+
+
+def test_every_command_has_a_one_line_help():
+    for info in app.registered_commands:
+        doc = (info.callback.__doc__ or "").strip()
+        assert doc, info.name
+        assert len(doc.splitlines()[0]) <= 100
+
+
+def test_every_command_appears_in_readme_and_claude_md():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    guide = (REPO / "CLAUDE.md").read_text(encoding="utf-8")
+    for name in command_names():
+        assert re.search(rf"`exp {name}\b", readme), f"README.md lacks `exp {name}`"
+        assert re.search(rf"`exp {name}\b", guide), f"CLAUDE.md lacks `exp {name}`"
+
+
+def test_readme_quick_start_is_the_two_make_commands():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    quick = readme.split("## Quick start", 1)[1].split("##", 1)[0]
+    assert "make demo" in quick and "make test" in quick
+    assert "make test" in (REPO / ".ci/run").read_text()
+
+
+def test_claude_md_draws_the_lines():
+    guide = (REPO / "CLAUDE.md").read_text(encoding="utf-8")
+    for phrase in ("never edit", "Never approve", "Never commit", "--json"):
+        assert phrase.lower() in guide.lower(), phrase
+
+
+def test_manual_is_in_chinese_and_covers_the_topics():
+    manual = (REPO / "experiment/README.md").read_text(encoding="utf-8")
+    for topic in ("工作流程", "版本命名", "质量标准", "常见问题", "目标明确", "参数完整", "训练稳定收敛", "记录详细", "问题分析", "改进建议"):
+        assert topic in manual, topic
