@@ -56,8 +56,8 @@ class TrainConfig(BaseModel):
     accumulation_steps: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
     learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr as a fraction of the peak")
-    warmup_steps: int = Field(30, ge=0, le=10_000_000, description="linear warmup steps")
-    max_steps: int = Field(600, ge=1, le=100_000_000, description="optimizer steps")
+    warmup_steps: int = Field(100, ge=0, le=10_000_000, description="linear warmup steps")
+    max_steps: int = Field(360, ge=1, le=100_000_000, description="optimizer steps")
     weight_decay: float = Field(0.1, ge=0.0, le=10.0, description="AdamW decay (not on norms/biases/embeddings)")
     beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
     beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2")
@@ -69,9 +69,9 @@ class TrainConfig(BaseModel):
 
     # -- cadence ---------------------------------------------------------------------------
     log_interval: int = Field(10, ge=1, le=1_000_000, description="steps between metric lines")
-    eval_interval: int = Field(100, ge=1, le=10_000_000, description="steps between validation passes")
+    eval_interval: int = Field(120, ge=1, le=10_000_000, description="steps between validation passes")
     eval_batches: int = Field(20, ge=1, le=100_000, description="batches per validation pass")
-    save_interval: int = Field(200, ge=1, le=10_000_000, description="steps between checkpoints")
+    save_interval: int = Field(120, ge=1, le=10_000_000, description="steps between checkpoints")
     keep_top_k: int = Field(2, ge=1, le=1000, description="best checkpoints kept by val loss (plus the last)")
     sample_max_new_tokens: int = Field(48, ge=1, le=4096, description="tokens generated per sample prompt")
 

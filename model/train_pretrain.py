@@ -1,0 +1,1057 @@
+"""Pretrain a MiniMind-style causal LM, nanoGPT style, with outputs a supervisor can read.
+
+    python -m model.train_pretrain --config CONFIG.json --out-dir DIR [--resume]
+        [--name NAME] [--description TEXT] [--tag TAG ...]
+    torchrun --standalone --nproc_per_node N -m model.train_pretrain ...   (DDP: gloo on CPU, NCCL on GPU)
+
+One optimizer step = ``accumulation_steps`` micro-batches of ``batch_size`` packed blocks of
+``max_seq_len`` tokens on each of ``world_size`` processes (no padding: every token is a target).
+
+Outputs in DIR (rank 0 writes them all):
+
+    metrics.jsonl    one JSON object per log line, flushed: step, loss (mean training loss of the steps
+                     since the previous line), lr, grad_norm, tokens_per_s, tokens_seen, elapsed_s, and
+                     val_loss on eval steps (every eval step is a log step; step 1 is always logged)
+    train.log        the human-readable log, also echoed to stdout
+    status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, ...}
+    heartbeat        {"time", "step", "pid"}, rewritten at log steps and at least every 10 s of training
+    checkpoints/     step_XXXXXXXX.pt (+ .json with its val loss): the best keep_top_k by val loss + the last
+    summary.json     steps, final_loss, best_val_loss, val_loss, val_ppl, tokens_seen, wall_s, tokens_per_s,
+                     params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP)
+    samples.json     greedy and seeded-sampling continuations of fixed Chinese and English prompts
+    final/           save_pretrained model + tokenizer (``import model`` registers the Auto classes)
+    swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking)
+
+Exit codes: 0 finished; 1 uncaught error (traceback in train.log); 2 bad input (config, data,
+tokenizer, out dir: one line, no traceback); 3 loss became NaN/Inf (the last good checkpoint is
+kept); 130 interrupted by SIGINT; 143 interrupted by SIGTERM (both after saving a checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+
+from expkit import tracking
+from expkit.config import TrainConfig, validate
+from expkit.errors import ConfigError, ExpError
+from expkit.workspace import resolve_data_path
+
+from .data import BatchStream, PackedBlocks, eval_batches, load_corpus
+from .tokenizer import EOS_ID, load_tokenizer
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+EXIT_SIGINT = 130  # 128 + SIGINT, the shell's convention
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+SAMPLE_PROMPTS = ("床前明月光", "人生", "The meaning of life")
+HEARTBEAT_EVERY_S = 10.0
+CHECKPOINT_FORMAT = 1
+
+# Dense bf16 tensor-core peak per GPU, for MFU (nanoGPT's estimate); unknown GPUs get no MFU.
+_PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12,
+                    "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12}
+
+
+class Diverged(Exception):
+    """The training loss (or, seen at a checkpoint, the weights) became NaN or Inf at ``step``."""
+
+    def __init__(self, step: int, what: str = "loss") -> None:
+        super().__init__(f"{what} became NaN/Inf at step {step}")
+        self.step = step
+
+
+# -- the run directory -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    out: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / tracking.METRICS_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.out / "train.log"
+
+    @property
+    def status(self) -> Path:
+        return self.out / "status.json"
+
+    @property
+    def heartbeat(self) -> Path:
+        return self.out / "heartbeat"
+
+    @property
+    def summary(self) -> Path:
+        return self.out / "summary.json"
+
+    @property
+    def samples(self) -> Path:
+        return self.out / "samples.json"
+
+    @property
+    def config(self) -> Path:
+        return self.out / "config.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.out / "final"
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=2, allow_nan=False, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class RunLog:
+    """train.log plus stdout. Rank 0 logs everything; other ranks only their warnings and errors."""
+
+    def __init__(self, path: Path | None, rank: int = 0, append: bool = False) -> None:
+        self.rank = rank
+        self._fh = open(path, "a" if append else "w", encoding="utf-8") if path is not None else None
+
+    def _emit(self, text: str, stream: Any) -> None:
+        line = f"[{_dt.datetime.now():%H:%M:%S}] {text}"
+        if self._fh is not None:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+        print(line if self.rank == 0 else f"[rank {self.rank}] {line}", file=stream, flush=True)
+
+    def info(self, text: str) -> None:
+        if self.rank == 0:
+            self._emit(text, sys.stdout)
+
+    def warn(self, text: str) -> None:
+        self._emit(f"warning: {text}", sys.stderr)
+
+    def error(self, text: str) -> None:
+        self._emit(f"error: {text}", sys.stderr)
+
+    def close(self) -> None:
+        if self._fh is not None and not self._fh.closed:
+            self._fh.close()
+
+
+# -- processes, devices, precision -------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                   int(os.environ.get("WORLD_SIZE", 1)))
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch_dist.barrier()
+
+    def all_reduce(self, t: torch.Tensor, op: Any = None) -> torch.Tensor:
+        if self.enabled:
+            torch_dist.all_reduce(t, op=op or torch_dist.ReduceOp.SUM)
+        return t
+
+    def gather_objects(self, obj: Any) -> list[Any]:
+        if not self.enabled:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+
+def pick_device(cfg: TrainConfig, dist: Dist) -> torch.device:
+    want = cfg.device
+    if want == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and not dist.enabled:
+            return torch.device("mps")
+        return torch.device("cpu")
+    if want.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={want} but CUDA is not available here; use device=auto or cpu")
+        if dist.enabled:  # torchrun: one GPU per local rank
+            return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+        return torch.device(want)
+    if want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps but MPS is not available here; use device=auto or cpu")
+    return torch.device(want)
+
+
+def pick_dtype(cfg: TrainConfig, device: torch.device, log: RunLog) -> torch.dtype:
+    """The autocast dtype; float32 means no autocast. Parameters and checkpoints stay float32."""
+    name = cfg.dtype
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32  # CPU bf16 autocast is slower than fp32 on most CPUs
+    if name == "float16" and device.type != "cuda":
+        log.warn(f"dtype=float16 needs CUDA; training in float32 on {device.type}")
+        return torch.float32
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.warn("this GPU has no bfloat16; training in float16 with loss scaling")
+        return torch.float16
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# -- optimisation ------------------------------------------------------------------------------
+
+
+def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not norms, biases or embedding tables, tied or not)."""
+    embedding_ids = {id(p) for m in net.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    decay, no_decay = [], []
+    for _, p in net.named_parameters():  # named_parameters yields a tied tensor once
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and id(p) not in embedding_ids else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra: dict[str, Any] = {}
+    if device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        extra["fused"] = True
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warmup to the peak, then cosine down to ``min_lr_ratio`` of it at ``max_steps``.
+
+    ``factor(i)`` multiplies the peak lr for optimizer step i (0-based); a picklable object, so
+    LambdaLR saves it with the scheduler state.
+    """
+
+    warmup_steps: int
+    max_steps: int
+    min_lr_ratio: float
+
+    def __call__(self, i: int) -> float:
+        if i < self.warmup_steps:
+            return (i + 1) / self.warmup_steps
+        progress = min(1.0, (i - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _ckpt_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Checkpoints:
+    """``checkpoints/step_XXXXXXXX.pt``, written atomically, pruned to the best k plus the last.
+
+    Each .pt has a small .json beside it ({"step", "val_loss"}) so pruning never loads a
+    checkpoint. A .pt that does not load is skipped on resume (renamed ``.corrupt``).
+    """
+
+    def __init__(self, directory: Path, keep_top_k: int, log: RunLog) -> None:
+        self.dir = directory
+        self.keep_top_k = keep_top_k
+        self.log = log
+
+    def save(self, state: dict[str, Any], step: int, val_loss: float | None) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / _ckpt_name(step)
+        tmp = self.dir / f".{path.name}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _write_json_atomic(path.with_suffix(".json"), {"step": step, "val_loss": _finite_or_none(val_loss)})
+        _fsync_dir(self.dir)
+        self.prune()
+        return path
+
+    def listed(self) -> list[tuple[int, Path]]:
+        found = []
+        for p in self.dir.glob("step_*.pt"):
+            try:
+                found.append((int(p.stem.split("_")[1]), p))
+            except (IndexError, ValueError):
+                continue
+        return sorted(found)
+
+    def _val_loss(self, path: Path) -> float | None:
+        try:
+            v = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("val_loss")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def prune(self) -> None:
+        ckpts = self.listed()
+        if not ckpts:
+            return
+        keep = {ckpts[-1][1]}  # the last
+        ranked = sorted(((v, s, p) for s, p in ckpts if (v := self._val_loss(p)) is not None), key=lambda t: (t[0], -t[1]))
+        keep.update(p for _, _, p in ranked[: self.keep_top_k])
+        for _, p in ckpts:
+            if p not in keep:
+                p.unlink(missing_ok=True)
+                p.with_suffix(".json").unlink(missing_ok=True)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint that loads; corrupt ones are renamed ``.corrupt`` with a warning."""
+        for tmp in self.dir.glob(".step_*.tmp"):  # a save cut short by a kill
+            tmp.unlink(missing_ok=True)
+        for step, path in reversed(self.listed()):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("step") != step:
+                    raise ValueError("not an expkit checkpoint of this step")
+            except Exception as err:  # truncated zip, bad pickle, wrong content
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                self.log.warn(f"skipping checkpoint {path.name}: cannot load it ({reason}); trying an older one")
+                path.rename(path.with_name(path.name + ".corrupt"))
+                path.with_suffix(".json").unlink(missing_ok=True)
+                continue
+            return state
+        return None
+
+
+# -- data (memoised per process: tests and benchmarks train many times on one corpus) ----------
+
+_CORPUS_CACHE: dict[tuple[Any, ...], tuple[PackedBlocks, PackedBlocks]] = {}
+
+
+def _file_key(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path)
+    return (str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def load_data(cfg: TrainConfig, tokenizer: Any, base: Path | None) -> tuple[PackedBlocks, PackedBlocks]:
+    key = (
+        _file_key(resolve_data_path(cfg.data_path, "train", base)),
+        _file_key(resolve_data_path(cfg.val_data_path, "val", base)),
+        _file_key(resolve_data_path(cfg.tokenizer_path, "tokenizer", base) / "tokenizer.json"),
+        cfg.max_seq_len,
+        cfg.vocab_size,
+    )
+    if key not in _CORPUS_CACHE:
+        if len(_CORPUS_CACHE) >= 4:
+            _CORPUS_CACHE.clear()
+        _CORPUS_CACHE[key] = load_corpus(cfg, tokenizer, base)
+    return _CORPUS_CACHE[key]
+
+
+# -- helpers of the loop -----------------------------------------------------------------------
+
+
+def param_sha256(net: torch.nn.Module) -> str:
+    """Digest of every parameter's bytes in name order: equal digests mean bitwise-equal weights."""
+    h = hashlib.sha256()
+    for name, p in net.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def _fmt_count(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, val: PackedBlocks, cfg: TrainConfig, device: torch.device,
+             autocast: Any, dist: Dist) -> float:
+    """Mean loss over the fixed validation batches, shared out over the ranks."""
+    was_training = net.training
+    net.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of batch losses, batches]
+    for b, (x, y) in enumerate(eval_batches(val, cfg.batch_size, cfg.eval_batches)):
+        if b % dist.world_size != dist.rank:
+            continue
+        with autocast:
+            out = net(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
+        total[0] += out.loss.detach().double()
+        total[1] += 1
+    dist.all_reduce(total)
+    net.train(was_training)
+    return float(total[0] / total[1])
+
+
+@torch.no_grad()
+def generate_samples(net: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, device: torch.device,
+                     autocast: Any, step: int) -> dict[str, Any]:
+    """Greedy and seeded-sampling continuations of SAMPLE_PROMPTS."""
+    net.eval()
+    samples = []
+    for prompt in SAMPLE_PROMPTS:
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], dtype=torch.long, device=device)
+        for mode in ("greedy", "sample"):
+            kwargs: dict[str, Any] = {"do_sample": False}
+            if mode == "sample":
+                torch.manual_seed(cfg.seed)
+                kwargs = {"do_sample": True, "temperature": 0.8, "top_k": 50, "top_p": 1.0}
+            with autocast:
+                out = net.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=cfg.sample_max_new_tokens,
+                                   eos_token_id=EOS_ID, pad_token_id=EOS_ID, **kwargs)
+            new = out[0, ids.shape[1]:].tolist()
+            completion = tokenizer.decode(new, skip_special_tokens=True)
+            samples.append({"prompt": prompt, "mode": mode, "completion": completion,
+                            "text": prompt + completion, "new_tokens": len(new)})
+    return {"step": step, "seed": cfg.seed, "max_new_tokens": cfg.sample_max_new_tokens,
+            "sampling": {"temperature": 0.8, "top_k": 50}, "samples": samples}
+
+
+def save_final(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
+    """save_pretrained into a fresh directory, then swap it in, so final/ is never half written."""
+    import shutil
+
+    from transformers.utils import logging as hf_logging
+
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar in train.log's stdout twin
+    try:
+        net.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set it; the loop saves a checkpoint at the next step boundary and exits.
+
+    A second signal restores the default handler's effect (immediate exit).
+    """
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old.setdefault(sig, signal.getsignal(sig))  # a re-install keeps the true original
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # second signal: give up at once
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            try:
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            except (TypeError, ValueError):
+                pass
+        self._old.clear()
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    exit_code: int
+    status: str
+    step: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    model: Any = None  # the trained model (rank 0), for tests and notebooks
+    error: str | None = None
+
+
+class _Run:
+    """State shared by the phases of one train() call."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: Path, dist: Dist) -> None:
+        self.cfg = cfg
+        self.files = RunFiles(out_dir)
+        self.dist = dist
+        self.step = 0
+        self.status = "running"
+        self.t_start = time.time()
+        self.elapsed_before = 0.0  # wall seconds of earlier sessions (resume)
+        self.last_heartbeat = 0.0
+        self.owns_dir = False  # False until we know out_dir is ours to write (not another run's)
+        self.tracker = tracking.Tracker("disabled")
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.t_start
+
+    def write_status(self, status: str, error: str | None = None, exit_code: int | None = None, **extra: Any) -> None:
+        if not (self.dist.master and self.owns_dir):
+            return
+        self.status = status
+        data: dict[str, Any] = {"status": status, "step": self.step, "pid": os.getpid(), "updated": _now_iso()}
+        if error is not None:
+            data["error"] = error
+        if exit_code is not None:
+            data["exit_code"] = exit_code
+        data.update(extra)
+        _write_json_atomic(self.files.status, data)
+
+    def beat(self, force: bool = False) -> None:
+        now = time.time()
+        if self.dist.master and (force or now - self.last_heartbeat >= HEARTBEAT_EVERY_S):
+            self.last_heartbeat = now
+            _write_json_atomic(self.files.heartbeat, {"time": now, "iso": _now_iso(), "step": self.step,
+                                                      "pid": os.getpid(), "status": self.status})
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool = False,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Sequence[str] = (),
+    base: Path | None = None,
+) -> TrainResult:
+    """Train per ``cfg`` into ``out_dir``; never raises for a training problem, returns its exit code.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes the outputs.
+    ``base`` resolves relative data paths (default: the current directory).
+    """
+    dist = Dist.from_env()
+    out_dir = Path(out_dir)
+    run = _Run(cfg, out_dir, dist)
+    log: RunLog | None = None
+    stop = _StopFlag()
+    state: dict[str, Any] = {}
+    try:
+        if dist.master:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ExpError(f"cannot create --out-dir {out_dir}: {err.strerror or err}") from err
+            if not resume and any(run.files.checkpoints.glob("step_*.pt")):
+                raise ExpError(f"{out_dir} already holds checkpoints of a run; pass --resume to continue it "
+                               "or choose an empty --out-dir")
+        run.owns_dir = True
+        log = RunLog(run.files.log if dist.master else None, dist.rank, append=resume)
+        stop.install()  # before the slow setup: a signal there ends the run cleanly too
+        if dist.master:
+            run.write_status("running")
+            run.beat(force=True)
+        code = _train(run, log, stop, state, resume, name, description, tags, base)
+        return TrainResult(code, run.status, run.step, state.get("summary", {}), state.get("model"))
+    except ExpError as err:  # bad input: one line, no traceback
+        msg = str(err)
+        (log or RunLog(None, dist.rank)).error(msg)
+        _safe(lambda: run.write_status("failed", error=msg, exit_code=EXIT_BAD_INPUT))
+        _safe(lambda: run.tracker.finish("failed", msg))
+        return TrainResult(EXIT_BAD_INPUT, "failed", run.step, error=msg)
+    except Exception as err:
+        msg = f"{type(err).__name__}: {err}"
+        tb = traceback.format_exc()
+        lg = log or RunLog(None, dist.rank)
+        lg.error(f"training failed at step {run.step}: {msg}")
+        lg.error(tb.rstrip())
+        _safe(lambda: run.write_status("failed", error=msg, exit_code=EXIT_FAILED))
+        _safe(lambda: _write_summary(run, state, "failed"))
+        _safe(lambda: run.tracker.finish("failed", msg))
+        return TrainResult(EXIT_FAILED, "failed", run.step, state.get("summary", {}), state.get("model"), msg)
+    finally:
+        stop.restore()
+        if log is not None:
+            log.close()
+        if dist.enabled and torch_dist.is_initialized():
+            _safe(torch_dist.destroy_process_group)
+
+
+def _safe(fn: Any) -> None:
+    try:
+        fn()
+    except Exception:
+        pass
+
+
+def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resume: bool, name: str | None,
+           description: str | None, tags: Sequence[str], base: Path | None) -> int:
+    cfg, dist, files = run.cfg, run.dist, run.files
+    from .modeling import MiniMindConfig, MiniMindForCausalLM
+
+    # -- processes and device ----------------------------------------------------------------
+    if cfg.cuda_devices and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cfg.cuda_devices  # before CUDA initialises
+    device = pick_device(cfg, dist)
+    if dist.enabled:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    dtype = pick_dtype(cfg, device, log)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # -- data and model ----------------------------------------------------------------------
+    tokenizer = load_tokenizer(cfg.tokenizer_path if cfg.tokenizer_path == "embedded"
+                               else resolve_data_path(cfg.tokenizer_path, "tokenizer", base) or "")
+    train_blocks, val_blocks = load_data(cfg, tokenizer, base)
+    batches = BatchStream(train_blocks, cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
+
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    net = MiniMindForCausalLM(MiniMindConfig.from_train_config(cfg)).to(device)
+    state["model"] = net if dist.master else None
+    counts = net.param_counts()
+    optimizer = build_optimizer(net, cfg, device)
+    schedule = Schedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
+    tokens_per_step = batches.tokens_per_batch * cfg.accumulation_steps * dist.world_size
+
+    ckpts = Checkpoints(files.checkpoints, cfg.keep_top_k, log)
+    best_val = math.inf
+    last_val: float | None = None
+    history: list[dict[str, Any]] = []
+    window = (0.0, 0)  # (sum, steps) of the training losses since the last log line
+    if resume:
+        ckpt = ckpts.load_latest() if dist.master else None
+        if dist.enabled:  # rank 0 chose it; the others read the same file
+            box = [ckpt["step"] if ckpt is not None else None]
+            torch_dist.broadcast_object_list(box, src=0)
+            if not dist.master and box[0] is not None:
+                ckpt = torch.load(files.checkpoints / _ckpt_name(box[0]), map_location="cpu", weights_only=True)
+        if ckpt is None:
+            log.info("resume: no usable checkpoint; starting from step 0")
+        else:
+            net.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            # the schedule comes from this run's config, not the pickled one (max_steps may have grown)
+            scheduler.load_state_dict({**ckpt["scheduler"], "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+            scaler.load_state_dict(ckpt["scaler"])
+            batches.load_state_dict(ckpt["data"])
+            rngs = ckpt["rng"]
+            if len(rngs) == dist.world_size:
+                _set_rng_state(rngs[dist.rank], device)
+            else:
+                log.warn(f"checkpoint has RNG states of {len(rngs)} processes, this run has {dist.world_size}; "
+                         "re-seeding (dropout noise will differ from an uninterrupted run)")
+                torch.manual_seed(cfg.seed + 7919 * dist.rank + ckpt["step"])
+            run.step = int(ckpt["step"])
+            best_val = float(ckpt["best_val_loss"]) if ckpt.get("best_val_loss") is not None else math.inf
+            last_val = ckpt.get("val_loss")
+            run.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+            window = tuple(ckpt.get("loss_window", window))
+            log.info(f"resume: continuing from checkpoint step {run.step} ({_ckpt_name(run.step)})")
+        if dist.master:
+            history = tracking.MetricsFile.truncate_after(files.metrics, run.step)
+    elif dist.master:
+        files.metrics.unlink(missing_ok=True)
+    if dist.master and not files.config.exists():
+        _write_json_atomic(files.config, cfg.model_dump())
+    raw_net = net
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # MoE runs every expert, on an empty batch if need be: all parameters get a gradient
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # -- tracking (rank 0) and the start banner ----------------------------------------------
+    if dist.master:
+        run.tracker = tracking.start(files.out, mode=cfg.swanlab_mode, project=cfg.swanlab_project,
+                                        name=name or files.out.name, description=description, tags=tags,
+                                        config=cfg.model_dump(), history=history, warn=log.warn)
+        stop.install()  # swanlab.init replaced the SIGINT handler; ours must win
+    tracker = run.tracker
+    log.info(f"{cfg.model_type}: device {device}, autocast {str(dtype).removeprefix('torch.')}, "
+             f"{dist.world_size} process(es), tracking {tracker.mode}")
+    log.info("params: " + ", ".join(f"{k} {_fmt_count(v)}" for k, v in counts.items()))
+    log.info(f"data: {len(train_blocks)} train blocks ({_fmt_count(train_blocks.n_tokens)} tokens), "
+             f"{len(val_blocks)} val blocks; {tokens_per_step} tokens per step, {cfg.max_steps} steps")
+
+    # -- the loop ----------------------------------------------------------------------------
+    metrics = tracking.MetricsFile(files.metrics) if dist.master else None
+    run.beat(force=True)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss, 0 = none
+    loss_acc = torch.zeros((), device=device)  # this step's loss (mean over its micro-batches)
+    loss_sum = torch.full((), window[0], device=device)  # the log line reports the mean since the last one
+    window_steps = int(window[1])
+    grad_norm: torch.Tensor | None = None
+    session_start_step = run.step
+    t_session = time.time()
+    t_last, step_last, t_paused = time.time(), run.step, 0.0
+    last_loss = math.nan
+    net.train()
+
+    def check_finite() -> None:
+        bad = first_bad.clone()
+        if dist.enabled:
+            bad = torch.where(bad == 0, torch.full_like(bad, 2**62), bad)
+            dist.all_reduce(bad, op=torch_dist.ReduceOp.MIN)
+            bad = torch.where(bad == 2**62, torch.zeros_like(bad), bad)
+        if int(bad):
+            run.step = int(bad)
+            raise Diverged(int(bad))
+
+    def check_weights() -> None:
+        # a finite loss can still come with an update that overflowed the weights: never save those
+        finite = torch.stack([p.isfinite().all() for p in raw_net.parameters()]).all().to(torch.long)
+        if not int(dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN) if dist.enabled else finite):
+            raise Diverged(run.step, "weights")
+
+    def stop_requested(sync_point: bool) -> int:
+        if not dist.enabled:
+            return stop.signum
+        if not sync_point:
+            return 0
+        flag = torch.tensor([stop.signum], dtype=torch.long, device=device)
+        dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        return int(flag)
+
+    saved_at = [session_start_step]  # the step of the newest checkpoint, known on every rank
+
+    def checkpoint(val_loss: float | None) -> None:
+        check_weights()
+        rngs = dist.gather_objects(_rng_state(device))
+        if dist.master:
+            ckpts.save({
+                "format": CHECKPOINT_FORMAT, "step": run.step, "model": raw_net.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rngs, "data": batches.state_dict(),
+                "best_val_loss": _finite_or_none(best_val), "val_loss": _finite_or_none(val_loss),
+                "elapsed_s": run.elapsed, "tokens_seen": run.step * tokens_per_step, "config": cfg.model_dump(),
+                "loss_window": (float(loss_sum), window_steps),
+            }, run.step, val_loss)
+        dist.barrier()
+        saved_at[0] = run.step
+
+    try:
+        signum = stop_requested(True)
+        while run.step < cfg.max_steps and not signum:
+            step = run.step + 1
+            lr = scheduler.get_last_lr()[0]
+            loss_acc.zero_()
+            for micro in range(cfg.accumulation_steps):
+                x, y = batches.next_batch()  # [B, T] each
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                last_micro = micro == cfg.accumulation_steps - 1
+                sync = net.no_sync() if dist.enabled and not last_micro else nullcontext()
+                with sync:
+                    with autocast:
+                        loss = net(x, targets=y).loss / cfg.accumulation_steps
+                    scaler.scale(loss).backward()
+                loss_acc += loss.detach().float()
+            first_bad = torch.where((first_bad == 0) & ~torch.isfinite(loss_acc), step, first_bad)
+            loss_sum += loss_acc
+            window_steps += 1
+
+            is_eval = step % cfg.eval_interval == 0 or step == cfg.max_steps
+            is_log = step % cfg.log_interval == 0 or step == 1 or is_eval
+            is_save = step % cfg.save_interval == 0 or step == cfg.max_steps
+            if cfg.grad_clip > 0 or is_log:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw_net.parameters(), cfg.grad_clip or math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            run.step = step
+
+            if is_log or is_save:
+                check_finite()  # reads one number: the only per-interval sync besides the log line
+            if is_log:
+                row = _log_row(run, step, loss_sum / window_steps, lr, grad_norm, tokens_per_step, dist,
+                               tokens_per_s=(step - step_last) * tokens_per_step / max(1e-9, time.time() - t_last - t_paused))
+                last_loss = row["loss"]
+                loss_sum.zero_()
+                window_steps = 0
+                t_last, step_last, t_paused = time.time(), step, 0.0
+                if is_eval:
+                    t0 = time.time()
+                    last_val = evaluate(raw_net, val_blocks, cfg, device, autocast, dist)
+                    best_val = min(best_val, last_val)
+                    row["val_loss"] = last_val
+                    t_paused += time.time() - t0
+                if dist.master:
+                    metrics.write(row)
+                    tracker.log(row, step)
+                    log.info(_log_line(row, cfg.max_steps))
+            if is_save:
+                t0 = time.time()
+                val_here = last_val if is_eval else None
+                checkpoint(val_here)
+                t_paused += time.time() - t0
+            run.beat(force=is_log)
+            signum = stop_requested(is_log or is_save)
+
+        if signum:  # -- interrupted: checkpoint, report, exit 130/143 --------------------------
+            code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+            sig_name = signal.Signals(signum).name
+            if run.step > session_start_step:
+                check_finite()
+                if saved_at[0] != run.step:
+                    checkpoint(None)
+                log.info(f"{sig_name}: saved checkpoint {_ckpt_name(run.step)}; resume with --resume")
+            else:
+                log.info(f"{sig_name} before the first step: nothing to save")
+            run.write_status("interrupted", error=f"stopped by {sig_name}", exit_code=code)
+            run.beat(force=True)
+            _write_summary(run, state, "interrupted", extra=_summary_fields(
+                run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, t_session, device,
+                raw_net))
+            tracker.finish("interrupted")
+            return code
+    except Diverged as bad:
+        run.step = bad.step
+        last_good = ckpts.listed()[-1][0] if dist.master and ckpts.listed() else None
+        msg = (f"{bad}; stopped. Last good checkpoint: "
+               + (f"step {last_good}" if last_good is not None else "none") + ". Lower learning_rate or check the data")
+        log.error(msg)
+        run.write_status("failed", error=msg, exit_code=EXIT_DIVERGED)
+        run.beat(force=True)
+        _write_summary(run, state, "failed", extra=_summary_fields(run, last_loss, best_val, last_val, counts,
+                                                                    tokens_per_step, session_start_step, t_session, device, raw_net))
+        tracker.finish("failed", msg)
+        return EXIT_DIVERGED
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+    # -- finished: summary, samples, final model ---------------------------------------------
+    if run.step == session_start_step and last_val is None:  # resumed a finished run: nothing trained
+        last_val = evaluate(raw_net, val_blocks, cfg, device, autocast, dist)
+        best_val = min(best_val, last_val)
+    if math.isnan(last_loss) and run.step > 0:
+        rows = tracking.read_metrics(files.metrics) if dist.master else []
+        last_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), math.nan)
+    extra = _summary_fields(run, last_loss, best_val, last_val, counts, tokens_per_step,
+                            session_start_step, t_session, device, raw_net)
+    digests = dist.gather_objects(extra["param_sha256"])
+    if dist.enabled:
+        extra["param_sha256_by_rank"] = digests
+        extra["ddp_params_equal"] = len(set(digests)) == 1
+        log.info(f"parameter sha256 by rank: {', '.join(d[:16] for d in digests)} "
+                 f"({'equal' if len(set(digests)) == 1 else 'DIFFERENT'})")
+    if dist.master:
+        samples = generate_samples(raw_net, tokenizer, cfg, device, autocast, run.step)
+        _write_json_atomic(files.samples, samples)
+        for s in samples["samples"]:
+            if s["mode"] == "greedy":
+                log.info(f"sample {s['prompt']!r} -> {s['completion'][:80]!r}")
+        save_final(raw_net, tokenizer, files.final)
+        run.status = "finished"
+        _write_summary(run, state, "finished", extra=extra)
+        run.write_status("finished", exit_code=EXIT_OK)
+        run.beat(force=True)
+        tracker.finish("finished")
+        s = state["summary"]
+        log.info(f"finished: {run.step} steps, loss {s['final_loss']}, val_loss {s['val_loss']}, "
+                 f"{_fmt_count(s['tokens_per_s'])} tok/s, {s['wall_s']:.1f}s")
+    dist.barrier()
+    return EXIT_OK
+
+
+def _log_row(run: _Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None,
+             tokens_per_step: int, dist: Dist, tokens_per_s: float) -> dict[str, Any]:
+    vals = torch.stack([loss.float(), (grad_norm if grad_norm is not None else torch.zeros_like(loss)).float()])
+    if dist.enabled:
+        vals[0:1] = dist.all_reduce(vals[0:1].clone()) / dist.world_size  # mean loss over ranks
+    loss, gnorm = vals.tolist()  # the one device->host read of a log step
+    return {"step": step, "loss": _finite_or_none(loss), "lr": lr, "grad_norm": _finite_or_none(gnorm),
+            "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": step * tokens_per_step,
+            "elapsed_s": round(run.elapsed, 3)}
+
+
+def _log_line(row: dict[str, Any], max_steps: int) -> str:
+    width = len(str(max_steps))
+    parts = [f"step {row['step']:>{width}}/{max_steps}", f"loss {row['loss']:.4f}" if row["loss"] is not None else "loss nan",
+             f"lr {row['lr']:.2e}", f"grad {row['grad_norm']:.3f}" if row["grad_norm"] is not None else "grad nan",
+             f"{_fmt_count(row['tokens_per_s'])} tok/s", f"{row['elapsed_s']:.1f}s"]
+    if "val_loss" in row:
+        parts.append(f"val_loss {row['val_loss']:.4f} (ppl {math.exp(min(row['val_loss'], 50)):.1f})")
+    return " | ".join(parts)
+
+
+def _summary_fields(run: _Run, last_loss: float, best_val: float, last_val: float | None, counts: dict[str, int],
+                    tokens_per_step: int, session_start_step: int, t_session: float, device: torch.device,
+                    net: torch.nn.Module) -> dict[str, Any]:
+    session_s = max(1e-9, time.time() - t_session)
+    tok_s = (run.step - session_start_step) * tokens_per_step / session_s
+    out: dict[str, Any] = {
+        "steps": run.step,
+        "final_loss": _finite_or_none(last_loss),
+        "best_val_loss": _finite_or_none(best_val),
+        "val_loss": _finite_or_none(last_val),
+        "val_ppl": _finite_or_none(math.exp(min(last_val, 700))) if last_val is not None else None,
+        "tokens_seen": run.step * tokens_per_step,
+        "wall_s": round(run.elapsed, 3),
+        "tokens_per_s": round(tok_s, 1),
+        "params": int(counts.get("total", sum(p.numel() for p in net.parameters()))),
+        "param_counts": {k: int(v) for k, v in counts.items()},
+        "world_size": run.dist.world_size,
+        "device": str(device),
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+        "param_sha256": param_sha256(net),
+    }
+    peak = peak_flops(device)
+    if peak and hasattr(net, "flops_per_token"):
+        out["mfu"] = round(net.flops_per_token() * tok_s / (peak * run.dist.world_size), 4)
+    return out
+
+
+def _write_summary(run: _Run, state: dict[str, Any], status: str, extra: dict[str, Any] | None = None) -> None:
+    if not run.dist.master:
+        return
+    summary = {"status": status, **(extra or state.get("summary_fields", {}))}
+    if "steps" not in summary:
+        summary["steps"] = run.step
+    state["summary"] = summary
+    _write_json_atomic(run.files.summary, summary)
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m model.train_pretrain", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, type=Path, help="TrainConfig JSON (its model_dump)")
+    p.add_argument("--out-dir", required=True, type=Path, help="run output directory")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out-dir")
+    p.add_argument("--name", default=None, help="tracker run name (the record's version)")
+    p.add_argument("--description", default=None, help="tracker run description (the record's description)")
+    p.add_argument("--tag", action="append", default=[], help="tracker tag (repeatable)")
+    return p.parse_args(argv)
+
+
+def load_config(path: Path) -> TrainConfig:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object of TrainConfig keys")
+    return validate(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ExpError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    result = train(cfg, args.out_dir, resume=args.resume, name=args.name, description=args.description,
+                   tags=args.tag)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
