@@ -78,7 +78,7 @@ def environment(templates_dir: Path) -> jinja2.Environment:
     return env
 
 
-def render(templates_dir: Path, name: str, **context: Any) -> str:
+def render(templates_dir: Path, name: str, /, **context: Any) -> str:
     try:
         return environment(templates_dir).get_template(name).render(**context)
     except jinja2.TemplateNotFound:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job, as a person would run it: a workspace, one experiment with its human section
-# filled, parameters set, checked and shown. Rerunnable: demo/ is recreated each time.
+# The main job, as a person would run it: a workspace (a git repository), one experiment with
+# its human section filled, checked, run on the embedded corpus, and shown.
+# Rerunnable: demo/ is recreated each time. DEMO_STEPS=N shortens the run (CI uses it).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 demo="${DEMO_DIR:-$here/demo}"
@@ -11,6 +12,7 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 rm -rf "$demo"
 step exp init "$demo"
 cd "$demo"
+git init -q && git add -A && git -c user.name=demo -c user.email=demo@localhost commit -qm "exp workspace"
 step exp new 0.1.0 --desc "CPU demo: MiniMind-style LM on the embedded poetry and quotes corpus"
 
 # The human's part: goal, hypothesis, expected results, focus (normally typed in an editor).
@@ -37,12 +39,22 @@ path.write_text(record.render(), encoding="utf-8")
 print("filled the human sections of", path)
 PY
 
-step exp set 0.1.0 "max_steps=${DEMO_STEPS:-600}" seed=1337
+if [ -n "${DEMO_STEPS:-}" ]; then
+  half=$(( DEMO_STEPS / 2 > 0 ? DEMO_STEPS / 2 : 1 ))
+  step exp set 0.1.0 "max_steps=$DEMO_STEPS" "warmup_steps=$(( DEMO_STEPS / 10 ))" "eval_interval=$half" "save_interval=$half"
+fi
 step exp check 0.1.0
+step exp run 0.1.0
 step exp show 0.1.0
-step exp list
-cat <<EOF
 
-Record: $demo/experiment/experiment_0.1.0.md
-Next:   cd demo && exp run 0.1.0     (the run command arrives with the run issue)
-EOF
+out="$demo/out/experiment_0.1.0"
+printf '\nRecord:   %s\nScript:   %s\nOutputs:  %s/  (metrics.jsonl, summary.json, train.log)\nSamples:  %s\n' \
+  "$demo/experiment/experiment_0.1.0.md" "$demo/run_file/experiment_0.1.0.sh" "$out" "$out/samples.json"
+python - "$out/samples.json" <<'PY'
+import json, sys
+
+data = json.load(open(sys.argv[1], encoding="utf-8"))
+for sample in (data.get("samples") if isinstance(data, dict) else data)[:4]:
+    print(f"  {sample.get('prompt')!r} → {str(sample.get('text', ''))[:80]!r}")
+PY
+echo "Next:     cd demo && exp analyze 0.1.0   (arrives with the analysis issue)"

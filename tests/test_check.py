@@ -7,6 +7,7 @@ import json
 from conftest import FILLED, fill
 
 from expkit import store
+from expkit.config import TrainConfig
 from expkit.problems import check_record
 from expkit.record import Record
 from expkit.version import Version
@@ -68,7 +69,7 @@ def test_invalid_config_in_front_matter_is_reported_at_its_line(ws):
 def test_hand_edit_of_generated_section_is_an_error_naming_exp_set(ws):
     rec = store.create(ws, V, description="d")
     fill(rec.path)
-    text = rec.path.read_text(encoding="utf-8").replace("| `max_steps` | 600 |", "| `max_steps` | 99 |", 1)
+    text = rec.path.read_text(encoding="utf-8").replace(f"| `max_steps` | {TrainConfig().max_steps} |", "| `max_steps` | 99 |", 1)
     rec.path.write_text(text, encoding="utf-8")
     result = problems_of(ws)
     p = next(p for p in result["problems"] if "edited by hand" in p["message"])

@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def command_names() -> list[str]:
-    return [info.name or info.callback.__name__ for info in app.registered_commands]
+    """Public commands; hidden ones (``_start``, ``_finalize``) are steps of the run script."""
+    return [info.name or info.callback.__name__ for info in app.registered_commands if not info.hidden]
 
 
 def test_every_command_has_a_one_line_help():

@@ -8,6 +8,7 @@ import pytest
 from conftest import EXP, fill
 
 from expkit import store
+from expkit.config import TrainConfig
 from expkit.errors import HandEditError, RecordError
 from expkit.record import Record
 from expkit.version import Version
@@ -52,7 +53,7 @@ def test_set_regenerates_the_table_and_keeps_human_text(ws):
 
 def test_set_refuses_over_a_hand_edit_and_loses_nothing(ws):
     rec = store.create(ws, V, description="d")
-    text = rec.path.read_text(encoding="utf-8").replace("| `max_steps` | 600 |", "| `max_steps` | 600 (I mean 900!) |")
+    text = rec.path.read_text(encoding="utf-8").replace(f"| `max_steps` | {TrainConfig().max_steps} |", "| `max_steps` | 600 (I mean 900!) |")
     rec.path.write_text(text, encoding="utf-8")
     with pytest.raises(HandEditError, match="exp set"):
         store.set_config(ws, V, ["learning_rate=8e-5"])

@@ -1,0 +1,214 @@
+"""`exp run` end to end through real processes in a temporary git workspace.
+
+Small model (hidden 64, 2 layers, seq 64) so each run takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FILLED, fill, run_exp
+
+from expkit import store
+from expkit.record import Record
+from expkit.version import Version
+
+TINY = ["hidden_size=64", "max_seq_len=64", "batch_size=8", "log_interval=5", "eval_interval=10", "eval_batches=2",
+        "save_interval=10", "warmup_steps=5", "sample_max_new_tokens=8"]
+HOSTILE = {
+    "goal": "目的 $(touch PWNED_GOAL) `touch PWNED_TICK` \"quoted\" 'single'",
+    "hypothesis": "{{ config.learning_rate }} {% if true %}jinja{% endif %}\nline two; touch PWNED_SEMI",
+    "expected": "- val_loss < 20\n- tokens_per_s >= 1\n$(touch PWNED_EXP)\n",
+    "focus": "```bash\nrm -rf / # not really\n```",
+}
+
+
+@pytest.fixture
+def gitws(ws):
+    subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=ws.root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], cwd=ws.root, check=True)
+    return ws
+
+
+def make(ws, version="0.1.0", steps=20, sections=None, desc="tiny run", extra=()):
+    v = Version.parse(version)
+    rec = store.create(ws, v, description=desc)
+    fill(rec.path, sections or FILLED)
+    store.set_config(ws, v, [*TINY, f"max_steps={steps}", *extra])
+    return rec.path
+
+
+def record(ws, version="0.1.0") -> Record:
+    return store.load(ws, Version.parse(version))
+
+
+def no_pwned(root: Path) -> None:
+    assert not [p for p in root.rglob("PWNED*")], "a value from the record was executed"
+
+
+def test_unready_record_is_refused_with_lines_and_nothing_changes(gitws):
+    store.create(gitws, Version.parse("0.1.0"), description="d")
+    before = record(gitws).path.read_bytes()
+    r = run_exp("run", "0.1.0", cwd=gitws.root)
+    assert r.returncode == 1
+    assert "not ready" in r.stderr and "line " in r.stderr and "exp check 0.1.0" in r.stderr
+    assert record(gitws).path.read_bytes() == before
+    assert not gitws.out_dir("0.1.0").exists()
+
+
+def test_dry_run_renders_a_safe_script_and_starts_nothing(gitws):
+    make(gitws, sections=HOSTILE, desc="evil $(touch PWNED_DESC)\n`touch PWNED_DESC2`; touch PWNED_DESC3")
+    before = record(gitws).path.read_bytes()
+    r = run_exp("run", "0.1.0", "--dry-run", cwd=gitws.root)
+    assert r.returncode == 0, r.stderr
+    script = gitws.run_script_path("0.1.0")
+    text = script.read_text()
+    assert r.stdout.startswith(text)
+    assert "preflight (ok)" in r.stdout and "nothing was started" in r.stdout
+    assert os.stat(script).st_mode & stat.S_IXUSR
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    for line in text.splitlines():
+        if "evil" in line and line.startswith("#"):
+            assert "\n" not in line  # the description stayed inside its comment
+    assert "# Experiment 0.1.0: evil $(touch PWNED_DESC) `touch PWNED_DESC2`; touch PWNED_DESC3" in text
+    assert record(gitws).path.read_bytes() == before
+    assert record(gitws).status == "draft"  # unchanged: a dry run starts nothing
+    assert not gitws.out_dir("0.1.0").exists()
+    no_pwned(gitws.root)
+
+
+def test_tiny_run_finishes_and_fills_the_execution_record(gitws):
+    make(gitws, sections=HOSTILE, desc="evil $(touch PWNED_DESC)\nnext line")
+    r = run_exp("run", "0.1.0", cwd=gitws.root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "step " in r.stdout and "finished" in r.stdout
+    rec = record(gitws)
+    assert rec.status == "finished"
+    run = rec.meta["run"]
+    for key in ("started", "ended", "duration_s", "exit_code", "host", "command", "git_sha", "git_dirty", "final", "env"):
+        assert key in run, key
+    assert run["exit_code"] == 0 and run["final"]["steps"] == 20
+    assert len(run["git_sha"]) == 40
+    assert run["env"]["torch"].startswith("2.")
+    assert run.get("swanlab_dir", "").startswith("out/experiment_0.1.0/swanlog/run-")
+    body = rec.path.read_text(encoding="utf-8")
+    execution = rec.block("generated", "execution").text
+    assert "finished" in execution and run["git_sha"] in execution and "final_loss" in execution
+    assert "torch" in rec.block("generated", "environment").text
+    out = gitws.out_dir("0.1.0")
+    for name in ("config.json", "metrics.jsonl", "train.log", "summary.json", "samples.json", "env.json", "requirements.txt", "experiment_info.txt", "run.log", "heartbeat"):
+        assert (out / name).exists(), name
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 20
+    assert "torch==" in (out / "requirements.txt").read_text()
+    # pre-registration: the human sections' hashes were stored at start, and still match
+    assert set(rec.meta["prereg"]["sections"]) == {"goal", "hypothesis", "expected"}
+    assert {k: rec.human(k) for k in HOSTILE} == HOSTILE  # human text untouched, byte for byte
+    assert "PWNED" not in "".join(p.name for p in gitws.root.rglob("*"))
+    no_pwned(gitws.root)
+    # a finished record cannot run again; editing the hypothesis now is reported
+    again = run_exp("run", "0.1.0", cwd=gitws.root)
+    assert again.returncode == 1 and "exp new NEXT --from 0.1.0" in again.stderr
+    fill(rec.path, {"hypothesis": "rewritten after the fact"})
+    check = run_exp("check", "0.1.0", cwd=gitws.root)
+    assert "changed after the run started" in check.stdout
+    shown = json.loads(run_exp("show", "0.1.0", "--json", cwd=gitws.root).stdout)
+    assert shown["prereg_changed"] == ["hypothesis"]
+    assert body  # the record was readable throughout
+
+
+def test_a_crashing_run_records_failed_with_the_error(gitws, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": \n', encoding="utf-8")
+    make(gitws, extra=[f"data_path={bad}", "val_data_path="])
+    r = run_exp("run", "0.1.0", cwd=gitws.root)
+    assert r.returncode == 1
+    rec = record(gitws)
+    assert rec.status == "failed"
+    run = rec.meta["run"]
+    assert f"{bad}:2" in run["error"]  # the trainer's one-line error names file and line
+    assert run["exit_code"] != 0 and run["log_tail"]
+    execution = rec.block("generated", "execution").text
+    assert "failed" in execution and f"{bad}:2" in execution
+
+
+def test_detach_stop_resume_finishes(gitws):
+    make(gitws, steps=150, extra=["save_interval=10"])
+    r = run_exp("run", "0.1.0", "--detach", cwd=gitws.root)
+    assert r.returncode == 0, r.stderr
+    assert "exp stop 0.1.0" in r.stdout
+    pid = int((gitws.out_dir("0.1.0") / "run.pid").read_text())
+    assert os.getsid(pid) == pid  # its own session: closing the terminal does not reach it
+    # a second run of a running version is refused
+    second = run_exp("run", "0.1.0", cwd=gitws.root)
+    assert second.returncode == 1 and "already running" in second.stderr
+    ckpts = gitws.out_dir("0.1.0") / "checkpoints"
+    for _ in range(600):  # wait (bounded) until a checkpoint exists
+        if list(ckpts.glob("*.pt")):
+            break
+        time.sleep(0.2)
+    status = json.loads(run_exp("status", "0.1.0", "--json", cwd=gitws.root).stdout)
+    assert status[0]["status"] == "running" and status[0]["step"] is not None
+    stopped = run_exp("stop", "0.1.0", cwd=gitws.root)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "interrupted" in stopped.stdout
+    rec = record(gitws)
+    assert rec.status == "interrupted"
+    last_step = rec.meta["run"].get("last_step")
+    assert last_step and last_step < 150
+    resumed = run_exp("run", "0.1.0", "--resume", cwd=gitws.root)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rec = record(gitws)
+    assert rec.status == "finished" and rec.meta["run"]["resumed"]
+    steps = [json.loads(line)["step"] for line in (gitws.out_dir("0.1.0") / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 150  # no step logged twice across the resume
+
+
+def test_status_marks_a_dead_run_interrupted(gitws):
+    make(gitws, steps=400)
+    r = run_exp("run", "0.1.0", "--detach", cwd=gitws.root)
+    assert r.returncode == 0, r.stderr
+    pid = int((gitws.out_dir("0.1.0") / "run.pid").read_text())
+    for _ in range(600):
+        if (gitws.out_dir("0.1.0") / "metrics.jsonl").exists():
+            break
+        time.sleep(0.2)
+    os.killpg(pid, signal.SIGKILL)  # nothing gets to finalize
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    rows = json.loads(run_exp("status", "0.1.0", "--json", cwd=gitws.root).stdout)
+    assert rows[0]["status"] == "interrupted" and "died without finalizing" in record(gitws).meta["run"]["error"]
+
+
+def test_torchrun_backend_with_two_cpu_processes(gitws):
+    make(gitws, steps=10)
+    r = run_exp("run", "0.1.0", "--backend", "torchrun", "--nproc", "2", cwd=gitws.root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    script = gitws.run_script_path("0.1.0").read_text()
+    assert "torch.distributed.run --nproc_per_node 2" in script and 'MASTER_PORT="$(' in script
+    rec = record(gitws)
+    assert rec.status == "finished" and rec.meta["run"]["processes"] == 2
+    summary = json.loads((gitws.out_dir("0.1.0") / "summary.json").read_text())
+    assert summary["steps"] == 10
+
+
+def test_multinode_flags_are_rendered(gitws):
+    make(gitws)
+    r = run_exp("run", "0.1.0", "--dry-run", "--backend", "torchrun", "--nproc", "2", "--nnodes", "2", "--node-rank", "1",
+                "--master-addr", "node0", cwd=gitws.root)
+    assert r.returncode == 0, r.stderr
+    assert "--nnodes 2 --node_rank 1 --master_addr node0 --master_port \"$MASTER_PORT\"" in r.stdout
+    assert "MASTER_PORT=2" in r.stdout or "MASTER_PORT=3" in r.stdout  # a fixed port all nodes agree on
+    bad = run_exp("run", "0.1.0", "--dry-run", "--nnodes", "2", "--node-rank", "2", "--backend", "torchrun", cwd=gitws.root)
+    assert bad.returncode == 2 and "--node-rank" in bad.stderr
