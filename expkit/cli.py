@@ -208,6 +208,16 @@ def show(
         typer.echo(f"\n[config changed from {info['parent']}]")
         for key, (old, new) in info["changed_from_parent"].items():
             typer.echo(f"  {key}: {old} → {new}")
+    run_info = info.get("run") or {}
+    if run_info:
+        from .render import fmt
+
+        typer.echo("\n[run]")
+        for key in ("status", "backend", "started", "ended", "duration_s", "exit_code", "job_id", "git_sha", "error"):
+            if run_info.get(key) is not None:
+                typer.echo(f"  {key:12} {run_info[key]}")
+        for key, value in (run_info.get("final") or {}).items():
+            typer.echo(f"  {key:12} {fmt(round(value, 4) if isinstance(value, float) else value)}")
 
 
 @command("list")

@@ -121,6 +121,8 @@ def test_tiny_run_finishes_and_fills_the_execution_record(gitws):
     assert "changed after the run started" in check.stdout
     shown = json.loads(run_exp("show", "0.1.0", "--json", cwd=gitws.root).stdout)
     assert shown["prereg_changed"] == ["hypothesis"]
+    text = run_exp("show", "0.1.0", cwd=gitws.root).stdout
+    assert "[run]" in text and "final_loss" in text and "pre-registration" in text
     assert body  # the record was readable throughout
 
 
