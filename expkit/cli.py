@@ -193,6 +193,9 @@ def show(
         return
     typer.echo(f"experiment {info['version']} — {info['description'] or '(no description)'}")
     typer.echo(f"  status    {info['status']}    next: {info['next']}")
+    if info.get("commit"):
+        c = info["commit"]
+        typer.echo(f"  commit    {c.get('sha') or 'SHA not recorded here; find it: ' + str(c.get('find'))}    {c.get('time', '')}")
     typer.echo(f"  category  {info['category']}")
     typer.echo(f"  parent    {info['parent'] or '—'}    baseline {info['baseline'] or '—'}")
     typer.echo(f"  record    {info['path']}")
@@ -548,6 +551,40 @@ def finalize_(version: str = typer.Argument(...), exit_code: int = typer.Option(
 
     record = runner.finalize(_ws(), _v(version), exit_code)
     typer.echo(f"exp: {version} {record.status} (exit {exit_code})", err=True)
+
+
+@command()
+def review(version: str = typer.Argument(..., help=VERSION_HELP)) -> None:
+    """A person reviews an analyzed record at a terminal: approve, request changes, or quit."""
+    from . import review as review_mod
+
+    result = review_mod.session(_ws(), _v(version))
+    if not result["written"]:
+        typer.echo(f"quit: nothing written; {version} stays {result['status']}")
+        return
+    typer.echo(f"{version}: {result['status']} (round {result['round']}, {result['reviewer']}); next: {result['next']}")
+
+
+@command()
+def commit(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    sign: bool = typer.Option(False, "--sign", help="sign the commit with git's configured key (git commit -S)"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """git-commit an approved, unchanged record with its run script and small artifacts."""
+    from . import review as review_mod
+
+    result = review_mod.commit(_ws(), _v(version), sign=sign)
+    if json_out:
+        _echo_json(result)
+        return
+    typer.echo(f"committed {version} as {result['sha'][:12]} on {result['branch']}" + (" (signed)" if result["signed"] else ""))
+    for path in result["paths"]:
+        typer.echo(f"  {path}")
+    for s in result["skipped"]:
+        typer.echo(f"  not committed: {s['path']} ({s['bytes']} bytes > {s['limit']}, [tool.exp] artifact_max_bytes)")
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def _usage(message: str) -> ExpError:

@@ -134,6 +134,10 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
                 )
             )
 
+    from . import review as review_mod
+
+    out.extend(review_mod.review_problems(ws, record))  # stale approval, edited committed record
+
     if not str(meta.get("description", "")).strip():
         out.append(Problem("warning", _front_line(record, "description"), "the description is empty", "set it in the front matter's `description:`"))
     return sorted(out, key=lambda p: (p.line, p.level))
@@ -183,7 +187,10 @@ def check_record(ws: Workspace, version: Version) -> dict[str, Any]:
     """Check a record; a clean draft becomes ready, a ready record with errors goes back to draft."""
     from . import store
 
+    from . import review as review_mod
+
     with store.update(ws, version) as record:
+        review_mod.refresh_status(ws, record)  # an approval whose hashes no longer match lapses
         problems = check(ws, record)
         ok = is_clean(problems)
         if ok and record.status == "draft":

@@ -342,6 +342,11 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
         warnings.append(f"changed after the run started (pre-registration): {', '.join(changed_sections)}")
     if record.edited_generated():
         warnings.append(f"hand-edited generated sections: {', '.join(b.name for b in record.edited_generated())}")
+    from . import review as review_mod
+
+    stale = review_mod.stale_approval_problem(ws, record)
+    if stale:
+        warnings.append(stale)
     info = {k: meta.get(k) for k in rec_mod.REQUIRED_META}
     info.update(
         {
@@ -357,9 +362,14 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
             "warnings": warnings,
         }
     )
-    for key in ("run", "analysis", "review", "commit"):
+    for key in ("run", "analysis", "review"):
         if meta.get(key) is not None:
             info[key] = meta[key]
+    commit = review_mod.commit_info(ws, record)
+    if commit:
+        info["commit"] = commit
+    if meta.get("review") or record.status in ("approved", "committed"):
+        info["approval"] = review_mod.approval_state(ws, record)
     return info
 
 
