@@ -60,7 +60,8 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     net = MiniMindForCausalLM(MiniMindConfig.from_train_config(cfg)).to(device)
     optimizer = tp.build_optimizer(net, cfg, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, tp.Schedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+    schedule = tp.Schedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -156,7 +157,8 @@ def overhead(args: argparse.Namespace) -> None:
     print(f"overhead: {100 * (b_med / t_med - 1):+.2f}% (medians), {100 * statistics.median(ratios):+.2f}% "
           f"(median of paired ratios; target <= 2%)")
     print(f"losses at step {cfg.max_steps}: trainer {trainer[0]['final_loss']:.4f}, bare {bare[0]['final_loss']:.4f}")
-    print(f"after the window (eval, checkpoint, samples, final/): {statistics.median(r['end_s'] for r in trainer):.2f}s")
+    end_s = statistics.median(r["end_s"] for r in trainer)
+    print(f"after the window (eval, checkpoint, samples, final/): {end_s:.2f}s")
     device = tp.pick_device(cfg, tp.Dist())
     if device.type == "cuda":
         print(f"peak memory: trainer {max(r['peak_mem_mb'] for r in trainer):,.0f} MiB, "
@@ -206,10 +208,14 @@ def main() -> None:
     p.add_argument("--out-dir", help="--demo: output directory (default: a new temp dir)")
     p.add_argument("--steps", type=int, default=150, help="steps per timed run")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each loop")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
     p.add_argument("--device", default="", help="device for the overhead runs (default: the config's auto)")
     p.add_argument("--swanlab-mode", default="offline", choices=tracking.MODES, help="the trainer's tracking mode")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig value")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     demo(args) if args.demo else overhead(args)
 
 

@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,8 +366,8 @@ class Checkpoints:
         if not ckpts:
             return
         keep = {ckpts[-1][1]}  # the last
-        ranked = sorted(((v, s, p) for s, p in ckpts if (v := self._val_loss(p)) is not None), key=lambda t: (t[0], -t[1]))
-        keep.update(p for _, _, p in ranked[: self.keep_top_k])
+        ranked = [(v, -s, p) for s, p in ckpts if (v := self._val_loss(p)) is not None]
+        keep.update(p for _, _, p in sorted(ranked)[: self.keep_top_k])  # ties: the newer one
         for _, p in ckpts:
             if p not in keep:
                 p.unlink(missing_ok=True)
@@ -863,8 +863,9 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             if is_log or is_save:
                 check_finite()  # reads one number: the only per-interval sync besides the log line
             if is_log:
+                busy_s = max(1e-9, time.time() - t_last - t_paused)  # eval and checkpoints excluded
                 row = _log_row(run, step, loss_sum / window_steps, lr, grad_norm, tokens_per_step, dist,
-                               tokens_per_s=(step - step_last) * tokens_per_step / max(1e-9, time.time() - t_last - t_paused))
+                               tokens_per_s=(step - step_last) * tokens_per_step / busy_s)
                 last_loss = row["loss"]
                 loss_sum.zero_()
                 window_steps = 0
@@ -912,8 +913,9 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         log.error(msg)
         run.write_status("failed", error=msg, exit_code=EXIT_DIVERGED)
         run.beat(force=True)
-        _write_summary(run, state, "failed", extra=_summary_fields(run, last_loss, best_val, last_val, counts,
-                                                                    tokens_per_step, session_start_step, t_session, device, raw_net))
+        _write_summary(run, state, "failed", extra=_summary_fields(
+            run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, t_session, device,
+            raw_net))
         tracker.finish("failed", msg)
         return EXIT_DIVERGED
     finally:
@@ -967,7 +969,8 @@ def _log_row(run: _Run, step: int, loss: torch.Tensor, lr: float, grad_norm: tor
 
 def _log_line(row: dict[str, Any], max_steps: int) -> str:
     width = len(str(max_steps))
-    parts = [f"step {row['step']:>{width}}/{max_steps}", f"loss {row['loss']:.4f}" if row["loss"] is not None else "loss nan",
+    parts = [f"step {row['step']:>{width}}/{max_steps}",
+             f"loss {row['loss']:.4f}" if row["loss"] is not None else "loss nan",
              f"lr {row['lr']:.2e}", f"grad {row['grad_norm']:.3f}" if row["grad_norm"] is not None else "grad nan",
              f"{_fmt_count(row['tokens_per_s'])} tok/s", f"{row['elapsed_s']:.1f}s"]
     if "val_loss" in row:

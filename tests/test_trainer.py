@@ -296,8 +296,8 @@ def test_each_model_type_trains_and_generates(tmp_path, corpus, model_type):
 
 
 def test_ddp_on_two_cpu_processes_keeps_parameters_equal(tmp_path, corpus):
-    cfg = tiny(corpus, max_steps=4, warmup_steps=1, accumulation_steps=2, batch_size=4, eval_interval=2, save_interval=2,
-               sample_max_new_tokens=3)
+    cfg = tiny(corpus, max_steps=4, warmup_steps=1, accumulation_steps=2, batch_size=4, eval_interval=2,
+               save_interval=2, sample_max_new_tokens=3)
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "model.train_pretrain",
