@@ -66,7 +66,9 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     net.train()
-    t_first = 0.0
+    t_first = t_mark = 0.0
+    rates = []  # tokens/s of each log interval, the trainer's boundaries: (1, 10], (10, 20], ...
+    tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
     for step in range(1, cfg.max_steps + 1):
         for _ in range(cfg.accumulation_steps):
             x, y = batches.next_batch()
@@ -83,12 +85,16 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
         scheduler.step()
         if step == 1:
             _sync(device)
-            t_first = time.perf_counter()
-    _sync(device)
-    window = time.perf_counter() - t_first
-    tokens = (cfg.max_steps - 1) * cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
-    out = {"tokens_per_s": tokens / window, "final_loss": float(loss.detach()) * cfg.accumulation_steps,
-           "peak_mem_mb": tp.peak_memory_mb(device)}
+            t_first = t_mark = time.perf_counter()
+            last_mark = 1
+        elif step % cfg.log_interval == 0 or step == cfg.max_steps:
+            _sync(device)
+            now = time.perf_counter()
+            rates.append((step - last_mark) * tokens_per_step / (now - t_mark))
+            t_mark, last_mark = now, step
+    window = t_mark - t_first
+    out = {"tokens_per_s": (cfg.max_steps - 1) * tokens_per_step / window, "rates": rates,
+           "param_sha256": tp.param_sha256(net), "peak_mem_mb": tp.peak_memory_mb(device)}
     peak = tp.peak_flops(device)
     if peak:
         out["mfu"] = net.flops_per_token() * out["tokens_per_s"] / peak
@@ -107,8 +113,13 @@ def trainer_run(cfg: TrainConfig, workdir: Path) -> dict[str, float]:
     last = next(r for r in rows if r["step"] == cfg.max_steps)
     window = last["elapsed_s"] - first["elapsed_s"]
     tokens = last["tokens_seen"] - first["tokens_seen"]
-    return {"tokens_per_s": tokens / window, "final_loss": last["loss"], "peak_mem_mb": result.summary["peak_mem_mb"],
+    return {"tokens_per_s": tokens / window, "rates": [r["tokens_per_s"] for r in rows if r["step"] > 1],
+            "param_sha256": result.summary["param_sha256"], "peak_mem_mb": result.summary["peak_mem_mb"],
             "mfu": result.summary.get("mfu", math.nan), "end_s": result.summary["wall_s"] - last["elapsed_s"]}
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def _overrides(items: list[str]) -> dict[str, object]:
@@ -156,7 +167,14 @@ def overhead(args: argparse.Namespace) -> None:
     print(f"bare     tokens/s (median of {args.repeats}): {b_med:,.0f}")
     print(f"overhead: {100 * (b_med / t_med - 1):+.2f}% (medians), {100 * statistics.median(ratios):+.2f}% "
           f"(median of paired ratios; target <= 2%)")
-    print(f"losses at step {cfg.max_steps}: trainer {trainer[0]['final_loss']:.4f}, bare {bare[0]['final_loss']:.4f}")
+    # per log interval, pooled over repeats: the upper quantiles are the intervals nothing else disturbed
+    t_rates = sorted(r for run in trainer for r in run["rates"])
+    b_rates = sorted(r for run in bare for r in run["rates"])
+    for name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9)):
+        t_q, b_q = _quantile(t_rates, q), _quantile(b_rates, q)
+        print(f"per-interval {name:>6}: trainer {t_q:,.0f}, bare {b_q:,.0f} tok/s -> overhead {100 * (b_q / t_q - 1):+.2f}%")
+    same = trainer[0]["param_sha256"] == bare[0]["param_sha256"]
+    print(f"same work: final parameters {'bitwise equal' if same else 'DIFFER'} (sha256 {bare[0]['param_sha256'][:12]})")
     end_s = statistics.median(r["end_s"] for r in trainer)
     print(f"after the window (eval, checkpoint, samples, final/): {end_s:.2f}s")
     device = tp.pick_device(cfg, tp.Dist())

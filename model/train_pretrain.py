@@ -12,9 +12,11 @@ Outputs in DIR (rank 0 writes them all):
     metrics.jsonl    one JSON object per log line, flushed: step, loss (mean training loss of the steps
                      since the previous line), lr, grad_norm, tokens_per_s, tokens_seen, elapsed_s, and
                      val_loss on eval steps (every eval step is a log step; step 1 is always logged)
+    config.json      the TrainConfig it ran with (written when absent; the run script puts it there)
     train.log        the human-readable log, also echoed to stdout
     status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, ...}
-    heartbeat        {"time", "step", "pid"}, rewritten at log steps and at least every 10 s of training
+    heartbeat        {"time" (ISO 8601), "unix", "step", "pid", "status"}, rewritten at log steps and at
+                     least every 10 s of training
     checkpoints/     step_XXXXXXXX.pt (+ .json with its val loss): the best keep_top_k by val loss + the last
     summary.json     steps, final_loss, best_val_loss, val_loss, val_ppl, tokens_seen, wall_s, tokens_per_s,
                      params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP)
@@ -24,7 +26,13 @@ Outputs in DIR (rank 0 writes them all):
 
 Exit codes: 0 finished; 1 uncaught error (traceback in train.log); 2 bad input (config, data,
 tokenizer, out dir: one line, no traceback); 3 loss became NaN/Inf (the last good checkpoint is
-kept); 130 interrupted by SIGINT; 143 interrupted by SIGTERM (both after saving a checkpoint).
+kept); 130 interrupted by SIGINT; 143 interrupted by SIGTERM (both after saving a checkpoint at
+the next step boundary; a second signal exits at once).
+
+``--resume`` continues from the newest checkpoint that loads (a truncated one is skipped with a
+warning) and truncates metrics.jsonl after its step; the continuation is exact (same losses as
+an uninterrupted run, bitwise on CPU). Without ``--resume`` a directory holding checkpoints is
+refused rather than overwritten.
 """
 
 from __future__ import annotations
@@ -140,8 +148,8 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
 
 
-def _now_iso() -> str:
-    return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+def _now_iso(timespec: str = "seconds") -> str:
+    return _dt.datetime.now().astimezone().isoformat(timespec=timespec)
 
 
 class RunLog:
@@ -602,7 +610,7 @@ class _Run:
         now = time.time()
         if self.dist.master and (force or now - self.last_heartbeat >= HEARTBEAT_EVERY_S):
             self.last_heartbeat = now
-            _write_json_atomic(self.files.heartbeat, {"time": now, "iso": _now_iso(), "step": self.step,
+            _write_json_atomic(self.files.heartbeat, {"time": _now_iso("milliseconds"), "unix": round(now, 3), "step": self.step,
                                                       "pid": os.getpid(), "status": self.status})
 
 
@@ -1020,7 +1028,9 @@ def _write_summary(run: _Run, state: dict[str, Any], status: str, extra: dict[st
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model.train_pretrain", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="exit codes: 0 finished, 1 uncaught error, 2 bad input, 3 loss NaN/Inf, "
+                                       "130 SIGINT, 143 SIGTERM (checkpoint saved)")
     p.add_argument("--config", required=True, type=Path, help="TrainConfig JSON (its model_dump)")
     p.add_argument("--out-dir", required=True, type=Path, help="run output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out-dir")

@@ -129,7 +129,7 @@ def test_loss_falls_and_every_output_is_written(tmp_path):
     assert summary["params"] > 0 and summary["tokens_per_s"] > 0 and summary["wall_s"] > 0
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
     beat = json.loads((out / "heartbeat").read_text())
-    assert beat["step"] == 30 and time.time() - beat["time"] < 120
+    assert beat["step"] == 30 and time.time() - beat["unix"] < 120 and beat["time"].startswith("20")
     log = (out / "train.log").read_text()
     assert "params:" in log and "step 30/30" in log
 
