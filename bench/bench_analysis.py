@@ -1,0 +1,166 @@
+"""Speed of expkit.analysis on large inputs: medians of repeated in-process runs.
+
+Targets (2-core machine): analysis of a 100,000-step metrics.jsonl (load + summarize +
+anomalies + verdicts) ≤ 1 s, plots reported apart; a report over 1,000 records (report_rows +
+tracker CSV + EXPERIMENT_REPORT.md) ≤ 2 s. Also the import cost of ``expkit.analysis`` in a
+fresh process, which must not pull numpy or matplotlib.
+
+    python bench/bench_analysis.py [--steps 100000] [--records 1000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def make_run(out: Path, steps: int, eval_every: int = 1000) -> None:
+    """A plausible run: exponential decay to 2.5 plus noise, warmup + cosine lr, one line per step."""
+    rnd = random.Random(0)
+    out.mkdir(parents=True, exist_ok=True)
+    t = 0.0
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as fh:
+        for s in range(1, steps + 1):
+            loss = 2.5 + 6.0 * math.exp(-s / (steps / 8)) + rnd.gauss(0, 0.03)
+            lr = 3e-4 * min(1.0, s / 2000) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
+            tps = 50000 * (1 + rnd.gauss(0, 0.03))
+            t += 4096 / tps
+            row = {"step": s, "loss": loss, "lr": lr, "grad_norm": 0.4 + rnd.random() * 0.2, "tokens_per_s": round(tps, 1),
+                   "tokens_seen": s * 4096, "elapsed_s": round(t, 3)}
+            if s % eval_every == 0:
+                row["val_loss"] = loss + 0.05
+            fh.write(json.dumps(row) + "\n")
+    summary = {"status": "finished", "steps": steps, "final_loss": loss, "best_val_loss": loss + 0.05,
+               "val_loss": loss + 0.05, "val_ppl": math.exp(loss + 0.05), "tokens_seen": steps * 4096, "wall_s": t,
+               "tokens_per_s": steps * 4096 / t, "params": {"total": 25_000_000}, "peak_mem_mb": 2048.0}
+    (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    samples = [{"prompt": "人生", "mode": "greedy", "completion": "的意义在于不断地学习与成长，" * 3},
+               {"prompt": "The meaning of life", "mode": "sample", "completion": " is to learn and to grow " * 3}]
+    (out / "samples.json").write_text(json.dumps({"samples": samples}, ensure_ascii=False), encoding="utf-8")
+
+
+def make_records(n: int) -> list[dict]:
+    rnd = random.Random(1)
+    records = []
+    for i in range(n):
+        version = f"1.{i // 10}.{i % 10}"
+        parent = f"1.{i // 10}.0" if i % 10 else (f"1.{i // 10 - 1}.0" if i else None)
+        config = {"model_type": "model_original", "hidden_size": 128, "num_hidden_layers": 2, "max_seq_len": 128,
+                  "batch_size": 16, "learning_rate": rnd.choice([1e-3, 2e-3, 3e-3]), "max_steps": 360,
+                  "warmup_steps": rnd.choice([50, 100])}
+        metrics = {"steps": 360, "final_loss": 5 + rnd.random(), "best_val_loss": 5 + rnd.random(),
+                   "val_loss": 5 + rnd.random(), "val_ppl": 180.0, "tokens_seen": 737280,
+                   "tokens_per_s": 3000 + rnd.random() * 1000, "wall_s": 240.0, "peak_mem_mb": 700.0,
+                   "params": 1213056, "distinct_2": 0.5, "repetition_rate": 0.3}
+        verdicts = [{"claim": "val_loss < 5.5", "verdict": rnd.choice(["confirmed", "refuted", "inconclusive"]),
+                     "observed": metrics["val_loss"], "reference": 5.5}]
+        records.append({"version": version, "status": "analyzed", "description": f"实验 {i}：学习率扫描",
+                        "parent": parent, "baseline": "1.0.0", "config": config, "metrics": metrics,
+                        "verdicts": verdicts})
+    return records
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def import_cost(repeats: int) -> tuple[float, float, bool]:
+    code = ("import sys,time; t=time.perf_counter(); import expkit.analysis; d=time.perf_counter()-t; "
+            "print(d, 'numpy' in sys.modules or 'matplotlib' in sys.modules)")
+    base = "import sys,time; t=time.perf_counter(); import expkit.claims, expkit.errors; print(time.perf_counter()-t, False)"
+    ours, theirs, heavy = [], [], False
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        ours.append(float(out[0]))
+        heavy |= out[1] == "True"
+        theirs.append(float(subprocess.run([sys.executable, "-c", base], capture_output=True, text=True,
+                                           check=True).stdout.split()[0]))
+    return statistics.median(ours), statistics.median(theirs), heavy
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=100_000)
+    ap.add_argument("--records", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="exp-bench-analysis-"))
+    try:
+        run_all(tmp, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the 100k-line file is 18 MB
+
+
+def run_all(tmp: Path, args: argparse.Namespace) -> None:
+    from expkit import analysis as A
+    from expkit.claims import parse_claims
+
+    run = tmp / "run"
+    make_run(run, args.steps)
+    claims, _ = parse_claims("- val_loss < 3\n- best_val_loss <= parent - 0.01\n- tokens_per_s >= baseline * 0.9\n")
+    ref = {"best_val_loss": 2.6, "tokens_per_s": 40000.0}
+    size_mb = (run / "metrics.jsonl").stat().st_size / 1e6
+
+    def analyze() -> None:
+        m = A.load_metrics(run / "metrics.jsonl")
+        table = A.summarize(run, m)
+        A.detect_anomalies(m, args.steps)
+        A.verdicts(claims, table, ref, ref, run_ok=True)
+
+    m = A.load_metrics(run / "metrics.jsonl")
+    table = A.summarize(run, m)
+    stages = {
+        "load_metrics": lambda: A.load_metrics(run / "metrics.jsonl"),
+        "summarize (metrics given)": lambda: A.summarize(run, m),
+        "detect_anomalies": lambda: A.detect_anomalies(m, args.steps),
+        "verdicts": lambda: A.verdicts(claims, table, ref, ref, run_ok=True),
+    }
+    A.plot_run(m, tmp / "warm.png")  # matplotlib's first import and font cache are not the plot's cost
+    plots = {
+        "plot_run (with 1 overlay)": lambda: A.plot_run(m, tmp / "run.png", overlays={"parent": m}),
+        "plot_compare (3 runs)": lambda: A.plot_compare({"a": m, "b": m, "c": m}, tmp / "cmp.png"),
+    }
+    records = make_records(args.records)
+
+    def report() -> None:
+        rows = A.report_rows(records)
+        A.write_tracker_csv(rows, tmp / "tracker.csv")
+        A.render_report_md(rows, "zh")
+
+    print(f"metrics.jsonl: {args.steps:,} lines, {size_mb:.1f} MB; {len(records):,} records; median of {args.repeats}")
+    total = median_time(analyze, args.repeats)
+    verdict = "ok" if total <= 1 else "SLOW"
+    print(f"{'analysis (load+summarize+anomalies+verdicts)':48s} {total:7.3f} s   target ≤ 1 s   {verdict}")
+    for name, fn in stages.items():
+        print(f"  {name:46s} {median_time(fn, args.repeats):7.3f} s")
+    fast = A._json_loads()
+    if len(fast) > 1:  # orjson is there (it comes with swanlab): what the stdlib alone would cost
+        A._json_loads = lambda: (json.loads,)
+        stdlib = median_time(lambda: A.load_metrics(run / "metrics.jsonl"), args.repeats)
+        A._json_loads = lambda: fast
+        print(f"  {'load_metrics with the stdlib json only':46s} {stdlib:7.3f} s")
+    for name, fn in plots.items():
+        print(f"{name:48s} {median_time(fn, args.repeats):7.3f} s")
+    rep = median_time(report, args.repeats)
+    print(f"{'report over records (rows+csv+md)':48s} {rep:7.3f} s   target ≤ 2 s   {'ok' if rep <= 2 else 'SLOW'}")
+    ours, theirs, heavy = import_cost(max(3, args.repeats))
+    print(f"{'import expkit.analysis (fresh process)':48s} {ours:7.3f} s   (its imports claims+errors alone: {theirs:.3f} s)"
+          f"   numpy/matplotlib imported: {heavy}")
+
+
+if __name__ == "__main__":
+    main()
