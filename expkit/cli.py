@@ -147,7 +147,7 @@ def check(
             typer.echo(f"{result['path']}:{p['line']}: {p['level']}: {p['message']} — fix: {p['fix']}")
         n_err = sum(p["level"] == "error" for p in result["problems"])
         n_warn = len(result["problems"]) - n_err
-        verdict = "ok" if n_err == 0 else "not ready"
+        verdict = "ok" if n_err == 0 else ("not ready" if result["status"] in ("draft", "ready") else "problems")
         typer.echo(f"{version}: {verdict} ({n_err} error(s), {n_warn} warning(s)); status {result['status']}")
     if not result["ok"]:
         raise typer.Exit(1)
@@ -211,6 +211,13 @@ def show(
         typer.echo(f"\n[config changed from {info['parent']}]")
         for key, (old, new) in info["changed_from_parent"].items():
             typer.echo(f"  {key}: {old} → {new}")
+    if info["verdicts"]:
+        from .analysis import format_number as num
+
+        typer.echo("\n[verdicts]")
+        for x in info["verdicts"]:
+            why = f"  ({x['reason']})" if x.get("reason") else ""
+            typer.echo(f"  {x['verdict']:12} {x['claim']}  observed {num(x['observed'])}, reference {num(x['reference'])}{why}")
     run_info = info.get("run") or {}
     if run_info:
         from .render import fmt
@@ -287,6 +294,113 @@ def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None
 
     for node in nodes:
         walk(node, "", True, True)
+
+
+# -- results ---------------------------------------------------------------------------------
+@command()
+def analyze(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."""
+    from . import results
+
+    result = results.analyze(_ws(), _v(version))
+    if json_out:
+        _echo_json(result)
+        return
+    _print_analysis(result)
+
+
+def _print_analysis(result: dict[str, Any]) -> None:
+    from .analysis import format_number as num
+
+    v = result["version"]
+    m = result["metrics"]
+    typer.echo(f"{v}: analyzed — {result['path']}")
+    shown = [k for k in ("steps", "final_loss", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s", "wall_s") if k in m]
+    typer.echo("  " + "  ".join(f"{k} {num(m[k])}" for k in shown))
+    marks = {"confirmed": "✓", "refuted": "✗", "inconclusive": "?"}
+    c = result["verdict_counts"]
+    typer.echo(f"verdicts  {c['confirmed']} confirmed, {c['refuted']} refuted, {c['inconclusive']} inconclusive")
+    for x in result["verdicts"]:
+        why = f"  ({x['reason']})" if x.get("reason") else ""
+        typer.echo(f"  {marks[x['verdict']]} {x['claim']:30} observed {num(x['observed'])}  reference {num(x['reference'])}{why}")
+    typer.echo(f"anomalies {len(result['anomalies']) or 'none'}")
+    for a in result["anomalies"][:10]:
+        typer.echo(f"  ! {a['kind']}: {a['message']}")
+    for p in result["plots"]:
+        typer.echo(f"plot      {p}")
+    if result["drafted"]:
+        typer.echo(f"drafted   {', '.join(result['drafted'])} (refine with `exp fill {v} SECTION --file F`)")
+    if result["kept"]:
+        typer.echo(f"kept      {', '.join(result['kept'])} (already written; not redrafted)")
+    for u in result["untraceable"]:
+        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not in the run's evidence")
+    for n in result["notes"]:
+        typer.echo(f"note      {n}")
+    typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs `exp review {v}`")
+
+
+@command()
+def context(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """What an AI assistant needs to write the analysis: sections, config, metrics, verdicts, samples."""
+    from . import results
+
+    data = results.context(_ws(), _v(version))
+    if json_out:
+        _echo_json(data)
+        return
+    from .analysis import format_number as num
+
+    typer.echo(f"experiment {data['version']} [{data['status']}] — {data['description'] or '(no description)'}")
+    for key, value in data["paths"].items():
+        typer.echo(f"  {key:9} {value}")
+    if data["metrics"]:
+        typer.echo("metrics   " + "  ".join(f"{k} {num(x)}" for k, x in data["metrics"].items()))
+    for x in data["verdicts"]:
+        typer.echo(f"verdict   {x['claim']}: {x['verdict']} (observed {num(x['observed'])}, reference {num(x['reference'])})")
+    for a in data["anomalies"]:
+        typer.echo(f"anomaly   {a['message']}")
+    for s in data["samples"][:4]:
+        typer.echo(f"sample    {s.get('prompt')!r} → {str(s.get('completion'))[:80]!r}")
+    typer.echo(f"write     {data['rules']['write']}\n(--json gives everything, section texts included)")
+
+
+@command()
+def fill(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    section: str = typer.Argument(..., metavar="SECTION", help="analysis, diagnosis or suggestions"),
+    file: str = typer.Option(..., "--file", metavar="F", help="the text (markdown); - reads standard input"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write the AI's prose into an AI section (human sections refused); warns of untraceable numbers."""
+    from pathlib import Path
+
+    from . import results
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise _usage(f"--file {file}: no such file") from None
+        except UnicodeDecodeError:
+            raise _usage(f"--file {file}: not UTF-8 text") from None
+    result = results.fill(_ws(), _v(version), section, text)
+    if json_out:
+        _echo_json(result)
+        return
+    typer.echo(f"wrote the {section} of {version} ({result['path']})")
+    for u in result["untraceable"]:
+        typer.echo(f"warning: line {u['line']}: {u['number']} is not in the run's evidence "
+                   f"(`exp context {version} --json` lists the values)", err=True)
+    if not result["analyzed"]:
+        typer.echo(f"note: {version} is not analysed yet, so numbers cannot be checked; run `exp analyze {version}`", err=True)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -427,10 +541,23 @@ def run(
             typer.echo(f"  error: {run_info['error']}")
         out = store._rel(ws, ws.out_dir(v))
         typer.echo(f"record    {store._rel(ws, record.path)}\noutputs   {out}/ (samples.json, summary.json, metrics.jsonl, train.log)")
+        found = record.meta.get("analysis") or {}
+        if record.status == "analyzed" and found:
+            from .analysis import format_number as num
+
+            c = found.get("verdict_counts") or {}
+            typer.echo(f"verdicts  {c.get('confirmed', 0)} confirmed, {c.get('refuted', 0)} refuted, {c.get('inconclusive', 0)} inconclusive")
+            for x in found.get("verdicts") or []:
+                typer.echo(f"  {x['verdict']:12} {x['claim']} (observed {num(x.get('observed'))})")
+            typer.echo(f"anomalies {len(found.get('anomalies') or []) or 'none'}")
+            for p in found.get("plots") or []:
+                typer.echo(f"plot      {p}")
         from .record import next_step
 
-        typer.echo(f"next      {next_step(record.status, str(v))}")
-    if record.status != "finished":
+        nxt = (f"write the analysis (`exp context {v} --json`, `exp fill {v} analysis --file F`), then a person runs `exp review {v}`"
+               if record.status == "analyzed" else next_step(record.status, str(v)))
+        typer.echo(f"next      {nxt}")
+    if record.status not in ("finished", "analyzed"):
         raise typer.Exit(1)
 
 
@@ -549,8 +676,20 @@ def finalize_(version: str = typer.Argument(...), exit_code: int = typer.Option(
     """Run-script step: record how the run ended (called by the script's EXIT trap)."""
     from . import runner
 
-    record = runner.finalize(_ws(), _v(version), exit_code)
+    ws, v = _ws(), _v(version)
+    record = runner.finalize(ws, v, exit_code)
     typer.echo(f"exp: {version} {record.status} (exit {exit_code})", err=True)
+    if record.status == "finished":  # every backend (foreground, detached, Slurm) ends here
+        from . import results
+
+        try:
+            result = results.analyze(ws, v)
+        except ExpError as err:
+            typer.echo(f"exp: the analysis failed: {err}; run `exp analyze {version}` after fixing it", err=True)
+            return
+        c = result["verdict_counts"]
+        typer.echo(f"exp: {version} analyzed: {c['confirmed']} confirmed, {c['refuted']} refuted, "
+                   f"{c['inconclusive']} inconclusive, {len(result['anomalies'])} anomalies", err=True)
 
 
 @command()

@@ -138,6 +138,10 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
 
     out.extend(review_mod.review_problems(ws, record))  # stale approval, edited committed record
 
+    from .results import evidence_problems
+
+    out.extend(evidence_problems(record))  # numbers in the ai sections that the run's evidence lacks
+
     if not str(meta.get("description", "")).strip():
         out.append(Problem("warning", _front_line(record, "description"), "the description is empty", "set it in the front matter's `description:`"))
     return sorted(out, key=lambda p: (p.line, p.level))

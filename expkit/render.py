@@ -7,7 +7,9 @@ trailing newlines, and offers the filters every template needs:
 - ``comment``: text made safe for a ``#`` comment line (newlines cannot end the comment);
 - ``oneline``: newlines folded to spaces (titles, table cells);
 - ``cell``: a markdown table cell (pipes escaped, one line);
-- ``fmt``: numbers printed compactly (3e-3, 16384, 0.1).
+- ``fmt``: numbers printed compactly (3e-3, 16384, 0.1);
+- ``num`` / ``pct``: the analysis' number format (``analysis.format_number``), whose output the
+  evidence check traces back to the value.
 
 Templates are read from the workspace's ``templates/`` (or the expkit checkout's), so a lab
 can edit its own copy.
@@ -74,7 +76,9 @@ def environment(templates_dir: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(sh=sh, comment=comment, oneline=oneline, cell=cell, fmt=fmt)
+    from .analysis import format_number, format_percent  # the analysis' one number format (traceable numbers)
+
+    env.filters.update(sh=sh, comment=comment, oneline=oneline, cell=cell, fmt=fmt, num=format_number, pct=format_percent)
     return env
 
 

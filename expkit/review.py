@@ -513,6 +513,8 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
 # -- what the reviewer sees -------------------------------------------------------------------------
 def overview(ws: Workspace, record: Record) -> dict[str, Any]:
     """Everything ``exp review`` shows, as data."""
+    from . import results
+
     meta = record.meta
     v = _version(record)
     analysis = meta.get("analysis") or {}
@@ -540,7 +542,8 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "ai": {n: text("ai", n) for n in rec_mod.AI},
         "verdicts": [x for x in analysis.get("verdicts") or [] if isinstance(x, dict)],
         "anomalies": [x for x in analysis.get("anomalies") or [] if isinstance(x, dict)],
-        "untraceable": [x for x in analysis.get("untraceable") or [] if isinstance(x, dict)],
+        # computed now, not read from meta.analysis: the ai text may have been edited since
+        "untraceable": results.untraceable(record) if analysis else [],
         "prereg": {"recorded": bool(prereg.get("sections")), "at": prereg.get("at"), "changed": changed},
         "plots": plots,
         "checklist": [c.to_dict() for c in checklist(ws, record)],

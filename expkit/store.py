@@ -135,8 +135,18 @@ def block_context(ws: Workspace, record: Record) -> dict[str, Any]:
         "changed": [r["key"] for r in rows if r["changed"]],
         "run": meta.get("run") or {},
         "analysis": meta.get("analysis") or {},
+        "plots": _plot_links(ws, record),
         "review": meta.get("review") or {},
     }
+
+
+def _plot_links(ws: Workspace, record: Record) -> list[dict[str, str]]:
+    plots = (record.meta.get("analysis") or {}).get("plots") or []
+    if not plots or record.path is None:
+        return []
+    from .results import plot_links
+
+    return plot_links(ws, record.path, [str(p) for p in plots])
 
 
 def render_block(ws: Workspace, record: Record, name: str, context: dict[str, Any] | None = None) -> str:
@@ -365,6 +375,11 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     for key in ("run", "analysis", "review"):
         if meta.get(key) is not None:
             info[key] = meta[key]
+    found = meta.get("analysis") or {}
+    info["verdicts"] = [
+        {k: x.get(k) for k in ("claim", "verdict", "observed", "reference", "reason", "metric")}
+        for x in found.get("verdicts") or [] if isinstance(x, dict)
+    ]
     commit = review_mod.commit_info(ws, record)
     if commit:
         info["commit"] = commit

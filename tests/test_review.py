@@ -68,11 +68,10 @@ def make_analyzed(ws, version: Version = V, description: str = "学习率减半"
         r.meta["analysis"] = {
             "verdicts": VERDICTS,
             "anomalies": anomalies if anomalies is not None else [],
-            "untraceable": [{"line": 90, "number": "5.93", "section": "analysis"}],
             "plots": [f"out/experiment_{version}/plots/loss.png"],
             "metrics": {"val_loss": 6.1, "tokens_per_s": 250.0},
         }
-        r.require_block("ai", "analysis").set_text("验证集损失 6.1，低于预期的 6.5。")
+        r.require_block("ai", "analysis").set_text("验证集损失 6.1，低于预期的 6.5，比基线低 5.93。")
         r.require_block("ai", "diagnosis").set_text("损失平稳下降，未见尖峰。")
         r.require_block("ai", "suggestions").set_text(f"下一步：`exp new 1.0.1 --from {version}` 试更长的预热。")
         r.set_status("analyzed")
@@ -187,7 +186,7 @@ def test_approve_at_a_terminal_shows_the_evidence_and_binds_the_hashes(rws):
     for shown in (
         "学习率减半", "检验学习率减半", "val_loss < 6.5",  # description, goal, expected
         "val_loss <= baseline - 0.1", "refuted", "6.1",  # a verdict with observed and reference
-        "line 90 (analysis): 5.93",  # untraceable number
+        "(analysis): 5.93",  # untraceable number, found when the review opens
         "unchanged since the run started",  # pre-registration
         "out/experiment_1.0.0/plots/loss.png",  # plot path
         "目标明确", "参数完整", "训练稳定收敛", "记录详细", "问题分析", "改进建议",  # checklist
