@@ -1162,6 +1162,29 @@ def plot_compare(runs: Mapping[str, Metrics], path: str | Path, title: str | Non
     return _save(fig, Path(path))
 
 
+def plot_by_version(rows: Sequence[Mapping[str, Any]], path: str | Path, metrics: Sequence[str] = ("val_loss", "best_val_loss"),
+                    title: str | None = None) -> Path | None:
+    """PNG of ``metrics`` per record (one point per version, in row order), from the report's
+    rows alone (no metrics.jsonl): cheap for a thousand records. None when no row has a value."""
+    points = {m: [(i, r[m]) for i, r in enumerate(rows) if _finite(r.get(m))] for m in metrics}
+    if not any(points.values()):
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for metric, pts in points.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=0.8, label=metric)
+    labels = [str(r.get("version", "")) for r in rows]
+    step = max(1, len(labels) // 30)  # at most ~30 tick labels stay readable
+    ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=60, fontsize=7)
+    ax.set_xlabel("version")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, Path(path))
+
+
 # -- reports over all records ----------------------------------------------------------------------
 
 #: Config keys the report shows as columns; the others appear in "changes" when they differ from the parent.

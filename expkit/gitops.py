@@ -282,3 +282,20 @@ def commit_paths(
         except git.GitCommandError:
             pass
     return CommitResult(sha=sha, branch=branch, parent=parent, paths=[rel for rel, _, _ in entries], signed=sign, warnings=warnings)
+
+
+# -- code differences between two runs --------------------------------------------------------------
+def diffstat(path: Path, a: str, b: str) -> dict[str, Any]:
+    """``git diff --stat A B`` of two recorded revisions: {"stat": text, "files": n} or
+    {"error": why} when a revision is unknown here (a run made in another clone)."""
+    import git
+
+    repo = _repo(path)
+    if repo is None:
+        return {"error": "not a git repository"}
+    try:
+        stat = repo.git.diff("--stat", a, b)
+        names = repo.git.diff("--name-only", a, b)
+    except git.GitCommandError as err:
+        return {"error": f"git cannot compare {a[:12]} and {b[:12]}: {_stderr(err)}"}
+    return {"stat": stat, "files": len([n for n in names.splitlines() if n.strip()])}

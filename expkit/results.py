@@ -564,3 +564,8 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         },
         "generated_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
+
+
+# the names other modules (reporting) use
+clean_table = _clean_table
+metrics_file = _metrics_file

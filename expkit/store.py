@@ -273,8 +273,10 @@ class Entry:
 LISTED = ("parent", "baseline", "status", "description")
 
 
-def entries(ws: Workspace) -> list[Entry]:
-    """Every record's front matter, sorted by version; a broken file is listed, not fatal."""
+def entries(ws: Workspace, keys: tuple[str, ...] | None = None) -> list[Entry]:
+    """Every record's front matter (``keys`` of it, by default LISTED), sorted by version; a
+    broken file is listed, not fatal."""
+    keys = LISTED if keys is None else keys
     out = []
     if not ws.experiment_dir.is_dir():
         return out
@@ -283,7 +285,7 @@ def entries(ws: Workspace) -> list[Entry]:
         if not Version.is_valid(stem):
             continue
         try:
-            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path, LISTED)))
+            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path, keys)))
         except RecordError as err:
             out.append(Entry(Version.parse(stem), path, {}, str(err)))
     out.sort(key=lambda e: e.version)
@@ -409,26 +411,3 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
             }
         )
     return rows
-
-
-def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
-    from . import config as cfg_mod
-
-    ma, mb = (_existing_meta(ws, v, str(v)) for v in (a, b))
-    changed = cfg_mod.diff(ma.get("config") or {}, mb.get("config") or {})
-    return {"a": str(a), "b": str(b), "config": {k: list(v) for k, v in changed.items()}}
-
-
-def lineage_tree(ws: Workspace) -> list[dict[str, Any]]:
-    items = entries(ws)
-    roots, children = lineage(items)
-
-    def node(e: Entry) -> dict[str, Any]:
-        return {
-            "version": str(e.version),
-            "status": e.status,
-            "description": e.meta.get("description", ""),
-            "children": [node(c) for c in children.get(str(e.version), [])],
-        }
-
-    return [node(r) for r in roots]

@@ -44,17 +44,26 @@ if [ -n "${DEMO_STEPS:-}" ]; then
   step exp set 0.1.0 "max_steps=$DEMO_STEPS" "warmup_steps=$(( DEMO_STEPS / 10 ))" "eval_interval=$half" "save_interval=$half"
 fi
 step exp check 0.1.0
-step exp run 0.1.0
+step exp run 0.1.0          # a finished run analyses itself: verdicts, anomalies, plots, drafts
 step exp show 0.1.0
+step exp tree
+step exp report
 
 out="$demo/out/experiment_0.1.0"
-printf '\nRecord:   %s\nScript:   %s\nOutputs:  %s/  (metrics.jsonl, summary.json, train.log)\nSamples:  %s\n' \
-  "$demo/experiment/experiment_0.1.0.md" "$demo/run_file/experiment_0.1.0.sh" "$out" "$out/samples.json"
+printf '\nRecord:   %s\nScript:   %s\nOutputs:  %s/  (metrics.jsonl, summary.json, analysis.json, train.log)\n' \
+  "$demo/experiment/experiment_0.1.0.md" "$demo/run_file/experiment_0.1.0.sh" "$out"
+printf 'Plots:    %s\n' "$out"/plots/*.png
+printf 'Report:   %s\nSamples:  %s\n' "$demo/experiment/EXPERIMENT_REPORT.md" "$out/samples.json"
 python - "$out/samples.json" <<'PY'
 import json, sys
 
 data = json.load(open(sys.argv[1], encoding="utf-8"))
 for sample in (data.get("samples") if isinstance(data, dict) else data)[:4]:
-    print(f"  {sample.get('prompt')!r} → {str(sample.get('text', ''))[:80]!r}")
+    print(f"  {sample.get('prompt')!r} → {str(sample.get('completion', sample.get('text', '')))[:80]!r}")
 PY
-echo "Next:     cd demo && exp analyze 0.1.0   (arrives with the analysis issue)"
+cat <<EOF
+
+The AI assistant now refines the analysis (exp context 0.1.0 --json, exp fill 0.1.0 analysis --file F).
+Then a person reviews it at a terminal, and commits it once approved:
+  cd $demo && exp review 0.1.0
+EOF

@@ -89,10 +89,13 @@ def test_tiny_run_finishes_and_fills_the_execution_record(gitws):
     make(gitws, sections=HOSTILE, desc="evil $(touch PWNED_DESC)\nnext line")
     r = run_exp("run", "0.1.0", cwd=gitws.root)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "step " in r.stdout and "finished" in r.stdout
+    assert "step " in r.stdout and "analyzed" in r.stdout
     rec = record(gitws)
-    assert rec.status == "finished"
+    assert rec.status == "analyzed"  # a finished run analyses itself (the script's EXIT trap)
     run = rec.meta["run"]
+    assert run["status"] == "finished"
+    assert rec.meta["analysis"]["verdict_counts"]["confirmed"] + rec.meta["analysis"]["verdict_counts"]["refuted"] == 2
+    assert "verdicts" in r.stdout and "plots/loss.png" in r.stdout and "exp review 0.1.0" in r.stdout
     for key in ("started", "ended", "duration_s", "exit_code", "host", "command", "git_sha", "git_dirty", "final", "env"):
         assert key in run, key
     assert run["exit_code"] == 0 and run["final"]["steps"] == 20
@@ -168,7 +171,7 @@ def test_detach_stop_resume_finishes(gitws):
     resumed = run_exp("run", "0.1.0", "--resume", cwd=gitws.root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rec = record(gitws)
-    assert rec.status == "finished" and rec.meta["run"]["resumed"]
+    assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished" and rec.meta["run"]["resumed"]
     steps = [json.loads(line)["step"] for line in (gitws.out_dir("0.1.0") / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 150  # no step logged twice across the resume
 
@@ -200,7 +203,7 @@ def test_torchrun_backend_with_two_cpu_processes(gitws):
     script = gitws.run_script_path("0.1.0").read_text()
     assert "torch.distributed.run --nproc_per_node 2" in script and 'MASTER_PORT="$(' in script
     rec = record(gitws)
-    assert rec.status == "finished" and rec.meta["run"]["processes"] == 2
+    assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished" and rec.meta["run"]["processes"] == 2
     summary = json.loads((gitws.out_dir("0.1.0") / "summary.json").read_text())
     assert summary["steps"] == 10
 

@@ -46,7 +46,7 @@ def test_slurm_run_end_to_end(cluster, gitws):
     done = wait_for(lambda: json.loads(run_exp("status", "0.1.0", "--json", cwd=gitws.root).stdout)[0]["status"] != "running")
     assert done
     rec = record(gitws)
-    assert rec.status == "finished", rec.meta["run"]
+    assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished", rec.meta["run"]
     assert rec.meta["run"]["job_id"] == job and rec.meta["run"]["final"]["steps"] == 10
     state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     assert "JobState=COMPLETED" in state

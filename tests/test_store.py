@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from conftest import EXP, fill
 
-from expkit import store
+from expkit import reporting, store
 from expkit.config import TrainConfig
 from expkit.errors import HandEditError, RecordError
 from expkit.record import Record
@@ -119,9 +119,9 @@ def test_listing_tree_and_diff(ws):
     assert [r["version"] for r in rows] == ["1.0.0", "1.4.0", "1.4.1", "2.0.0"]
     assert rows[-1]["status"] == "broken"
     assert [r["version"] for r in store.list_records(ws, "draft")] == ["1.0.0", "1.4.0", "1.4.1"]
-    tree = store.lineage_tree(ws)
+    tree = reporting.tree(ws)
     assert tree[0]["version"] == "1.0.0" and tree[0]["children"][0]["children"][0]["version"] == "1.4.1"
-    assert store.diff_records(ws, P, V)["config"] == {"learning_rate": [3e-3, 1e-3]}
+    assert reporting.diff_records(ws, P, V)["config"] == {"learning_rate": [3e-3, 1e-3]}
 
 
 def test_list_fast_path_agrees_with_full_yaml(ws):

@@ -1,0 +1,220 @@
+"""Several records at once: exp compare, exp diff, exp report, exp tree.
+
+Runs here are the files a finished run leaves (metrics.jsonl, summary.json, samples.json)
+written from known curves, then analysed by the real `exp analyze`: the report is about
+reading records, not about training (tests/test_loop.py trains for real).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+
+import pytest
+from conftest import fill, run_exp
+
+from expkit import reporting, results, store
+from expkit.analysis import REPORT_COLUMNS
+from expkit.version import Version
+
+EXPECTED = {"goal": "比较学习率。", "hypothesis": "学习率越低越稳。", "expected": "- val_loss < 5\n- best_val_loss <= parent - 0.05\n",
+            "focus": "曲线。"}
+
+
+def fake_run(ws, version: str, final: float, lr: float = 3e-3, steps: int = 40, git_sha: str | None = None,
+             env: dict | None = None) -> None:
+    """A record whose run finished with a loss decaying to ``final``; then `exp analyze`."""
+    v = Version.parse(version)
+    out = ws.out_dir(v)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for s in range(1, steps + 1):
+        loss = final + 4.0 * math.exp(-s / 8)
+        row = {"step": s, "loss": loss, "lr": lr, "grad_norm": 0.5, "tokens_per_s": 1000.0, "tokens_seen": s * 512,
+               "elapsed_s": s * 0.5}
+        if s % 10 == 0:
+            row["val_loss"] = loss + 0.02
+        rows.append(row)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    last = rows[-1]
+    summary = {"status": "finished", "steps": steps, "final_loss": last["loss"], "best_val_loss": last["val_loss"],
+               "val_loss": last["val_loss"], "tokens_seen": last["tokens_seen"], "wall_s": last["elapsed_s"],
+               "tokens_per_s": 1000.0, "params": 1000}
+    (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    with store.update(ws, v) as r:
+        r.meta["config"]["learning_rate"] = lr
+        r.meta["config"]["max_steps"] = steps
+        r.meta["config"]["warmup_steps"] = 4  # below max_steps: the config stays valid for `exp new --from`
+        r.meta["run"] = {"status": "finished", "exit_code": 0, "git_sha": git_sha, "git_dirty": False,
+                         "env": env or {"python": "3.11.7", "torch": "2.13.0+cpu"}}
+        r.set_status("finished")
+    results.analyze(ws, v)
+
+
+def new(ws, version: str, parent: str | None = None, desc: str = "") -> None:
+    rec = store.create(ws, Version.parse(version), parent=Version.parse(parent) if parent else None, description=desc)
+    fill(rec.path, EXPECTED)
+
+
+@pytest.fixture
+def lineage(ws):
+    """0.1.0 (val ≈ 5.02) → 0.1.1 (lr halved, val ≈ 4.52) and 0.1.2 (never run); 0.2.0 alone (≈ 4.82)."""
+    new(ws, "0.1.0", desc="base")
+    fake_run(ws, "0.1.0", 5.0)
+    new(ws, "0.1.1", "0.1.0", desc="half lr")
+    fake_run(ws, "0.1.1", 4.5, lr=1.5e-3)
+    new(ws, "0.1.2", "0.1.0", desc="not run")
+    new(ws, "0.2.0", desc="other direction")
+    fake_run(ws, "0.2.0", 4.8)
+    return ws
+
+
+def table(ws, version: str) -> dict:
+    return store.load(ws, Version.parse(version)).meta["analysis"]["metrics"]
+
+
+# -- exp compare ---------------------------------------------------------------------------------------
+def test_compare_lists_only_differing_config_and_deltas_against_the_first(lineage, cli, tmp_path):
+    png = tmp_path / "cmp.png"
+    code, out, err = cli("compare", "0.1.0", "0.1.1", "0.2.0", "--plot", str(png), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["reference"] == "0.1.0" and r["labels"] == ["0.1.0", "0.1.1", "0.2.0"]
+    assert set(r["config_diff"]) == {"learning_rate"}
+    assert r["config_diff"]["learning_rate"] == {"0.1.0": 3e-3, "0.1.1": 1.5e-3, "0.2.0": 3e-3}
+    a, b = table(lineage, "0.1.0"), table(lineage, "0.1.1")
+    d = r["deltas"]["0.1.1"]["val_loss"]
+    assert d["abs"] == pytest.approx(b["val_loss"] - a["val_loss"])
+    assert d["rel"] == pytest.approx((b["val_loss"] - a["val_loss"]) / a["val_loss"])
+    assert "0.1.0" not in r["deltas"]
+    assert png.read_bytes().startswith(b"\x89PNG") and r["plot"] == str(png)
+    code, text, _ = cli("compare", "0.1.0", "0.1.1")
+    assert code == 0 and "learning_rate" in text and "(ref)" in text and "val_loss" in text
+
+
+def test_compare_refuses_a_record_without_a_run_and_bad_arguments(lineage):
+    r = run_exp("compare", "0.1.0", "0.1.2", cwd=lineage.root)
+    assert r.returncode == 1 and "0.1.2 has no run results" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    one = run_exp("compare", "0.1.0", cwd=lineage.root)
+    assert one.returncode == 2 and "at least two" in one.stderr
+    twice = run_exp("compare", "0.1.0", "0.1.0", cwd=lineage.root)
+    assert twice.returncode == 2 and "given twice" in twice.stderr
+    missing = run_exp("compare", "0.1.0", "9.9.9", cwd=lineage.root)
+    assert missing.returncode == 1 and "no experiment 9.9.9" in missing.stderr
+
+
+# -- exp diff -------------------------------------------------------------------------------------------
+def test_diff_shows_config_environment_script_code_and_metrics(ws, cli):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=ws.root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    first = git("rev-parse", "HEAD")
+    (ws.root / "model_change.py").write_text("x = 1\ny = 2\n", encoding="utf-8")
+    git("add", "model_change.py")
+    git("commit", "-qm", "two")
+    second = git("rev-parse", "HEAD")
+    new(ws, "0.1.0")
+    fake_run(ws, "0.1.0", 5.0, git_sha=first)
+    new(ws, "0.1.1", "0.1.0")
+    fake_run(ws, "0.1.1", 4.5, lr=1e-3, git_sha=second, env={"python": "3.11.7", "torch": "2.14.0+cpu"})
+    for v, lr in (("0.1.0", "0.003"), ("0.1.1", "0.001")):
+        path = ws.run_script_path(v)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"#!/usr/bin/env bash\nVERSION={v}\nLR={lr}\n", encoding="utf-8")  # as `exp run` renders
+
+    code, out, err = cli("diff", "0.1.0", "0.1.1", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["config"] == {"learning_rate": [3e-3, 1e-3]}
+    assert r["environment"] == {"torch": ["2.13.0+cpu", "2.14.0+cpu"]}
+    assert "-LR=0.003" in r["script"]["diff"] and "+LR=0.001" in r["script"]["diff"]
+    assert r["code"]["a"] == first and r["code"]["b"] == second and r["code"]["same"] is False
+    assert r["code"]["files"] == 1 and "model_change.py" in r["code"]["stat"]
+    assert r["metrics"]["val_loss"]["abs"] == pytest.approx(table(ws, "0.1.1")["val_loss"] - table(ws, "0.1.0")["val_loss"])
+    code, text, _ = cli("diff", "0.1.0", "0.1.1")
+    for part in ("[config]", "[environment]", "[code]", "model_change.py", "[metrics]", "[script]", "+LR=0.001"):
+        assert part in text, part
+
+
+def test_diff_of_records_without_runs_says_so(ws, cli):
+    new(ws, "0.1.0")
+    new(ws, "0.1.1", "0.1.0")
+    code, out, _ = cli("diff", "0.1.0", "0.1.1", "--json")
+    r = json.loads(out)
+    assert code == 0 and r["config"] == {} and r["metrics"] == {}
+    assert "0.1.0 has no run results" in r["metrics_note"] and "no run script" in r["script"]["note"]
+    assert "git revision" in r["code"]["note"]
+
+
+# -- exp report -----------------------------------------------------------------------------------------
+def test_report_writes_markdown_csv_and_pngs(lineage, cli):
+    code, out, err = cli("report", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["records"] == 4 and r["by_status"] == {"analyzed": 3, "draft": 1}
+    md = (lineage.experiment_dir / "EXPERIMENT_REPORT.md").read_text(encoding="utf-8")
+    for version, desc in (("0.1.0", "base"), ("0.1.1", "half lr"), ("0.1.2", "not run"), ("0.2.0", "other direction")):
+        assert f"| {version} |" in md and desc in md
+    assert "learning_rate=0.0015" in md  # the change against the parent
+    best = min(("0.1.0", "0.1.1", "0.2.0"), key=lambda v: table(lineage, v)["best_val_loss"])
+    best_line = [ln for ln in md.splitlines() if ln.startswith("| best_val_loss |")]
+    assert best == "0.1.1" and len(best_line) == 1 and best_line[0].endswith("| 0.1.1 |")
+    assert "  - 0.1.1 half lr (analyzed)" in md  # lineage
+    with open(lineage.experiment_dir / "experiment_tracker.csv", encoding="utf-8-sig", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert tuple(rows[0]) == REPORT_COLUMNS and [row[0] for row in rows[1:]] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
+    by = {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}
+    assert float(by["0.1.1"]["val_loss"]) == table(lineage, "0.1.1")["val_loss"]
+    assert by["0.1.2"]["val_loss"] == ""  # never ran
+    pngs = {p for p in r["plots"]}
+    assert pngs == {"experiment/report/val_loss_by_version.png", "experiment/report/lineage_0.1.0.png"}
+    for p in pngs:
+        assert (lineage.root / p).read_bytes().startswith(b"\x89PNG")
+        assert f"]({p.removeprefix('experiment/')})" in md
+
+
+def test_report_redraws_a_lineage_plot_only_when_its_runs_change(lineage):
+    reporting.report(lineage)
+    png = lineage.experiment_dir / "report" / "lineage_0.1.0.png"
+    first = png.stat().st_mtime_ns
+    reporting.report(lineage)
+    assert png.stat().st_mtime_ns == first  # nothing changed: not redrawn
+    metrics = lineage.out_dir("0.1.1") / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + json.dumps({"step": 41, "loss": 4.4}) + "\n")
+    reporting.report(lineage)
+    assert png.stat().st_mtime_ns != first
+
+
+def test_report_of_an_empty_workspace_and_of_a_broken_record(ws, cli):
+    code, out, _ = cli("report")
+    assert code == 0 and "0 experiment(s)" in out
+    new(ws, "0.1.0")
+    ws.record_path("0.1.1").write_text("no front matter\n", encoding="utf-8")
+    code, out, err = cli("report", "--json")
+    assert code == 0, err
+    assert json.loads(out)["by_status"] == {"broken": 1, "draft": 1}
+
+
+# -- exp tree ---------------------------------------------------------------------------------------------
+def test_tree_shows_verdicts_and_the_best_loss(lineage, cli):
+    code, out, _ = cli("tree", "--json")
+    nodes = {n["version"]: n for n in json.loads(out)}
+    assert set(nodes) == {"0.1.0", "0.2.0"}
+    child = {c["version"]: c for c in nodes["0.1.0"]["children"]}
+    assert set(child) == {"0.1.1", "0.1.2"}
+    a = store.load(lineage, Version.parse("0.1.1")).meta["analysis"]
+    assert child["0.1.1"]["verdicts"] == a["verdict_counts"]
+    assert child["0.1.1"]["metric"] == {"name": "best_val_loss", "value": a["metrics"]["best_val_loss"]}
+    assert child["0.1.1"]["best"] and not nodes["0.1.0"]["best"] and not nodes["0.2.0"]["best"]
+    assert child["0.1.2"]["verdicts"] is None and child["0.1.2"]["metric"] is None
+    code, text, _ = cli("tree")
+    line = next(ln for ln in text.splitlines() if "0.1.1" in ln)
+    c = a["verdict_counts"]
+    assert f"✓{c['confirmed']} ✗{c['refuted']} ?{c['inconclusive']}" in line and "★" in line and "half lr" in line
