@@ -9,7 +9,7 @@ per log line; NaN/Infinity as JSON tokens or ``null`` where the trainer caught a
 value; a killed run may leave a torn last line), ``summary.json``, ``samples.json`` and
 ``status.json``.
 
-numpy and matplotlib are imported inside the functions that need them: ``import
+numpy and Pillow (``charts``) are imported inside the functions that need them: ``import
 expkit.analysis`` must stay as cheap as the CLI's start-up (numpy alone costs ~0.15 s).
 
 The API, in the order of ``exp analyze``:
@@ -34,7 +34,6 @@ import csv
 import json
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from operator import itemgetter
@@ -238,11 +237,14 @@ def _columns(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, tuple
     file gave as NaN/Infinity/null (the trainer writes a non-finite loss or grad_norm as null)."""
     import numpy as np
 
-    try:  # the trainer's lines have every key: one C-level pass (numpy turns None into NaN)
-        table = np.array(list(map(itemgetter(*keys), rows)), dtype=np.float64).reshape(len(rows), len(keys))
-        columns = [np.ascontiguousarray(table[:, j]) for j in range(len(keys))]
-    except (KeyError, TypeError, ValueError):  # a key missing somewhere, or a string: value by value
-        columns = [np.array([_as_float(r.get(k)) for r in rows], dtype=np.float64) for k in keys]
+    try:  # the trainer's lines have every key, all numbers: one C-level pass per key
+        columns = [np.fromiter(map(itemgetter(k), rows), dtype=np.float64, count=len(rows)) for k in keys]
+    except (KeyError, TypeError, ValueError):
+        try:  # a null somewhere (a non-finite value): numpy turns None into NaN in a 2-D array
+            table = np.array(list(map(itemgetter(*keys), rows)), dtype=np.float64).reshape(len(rows), len(keys))
+            columns = [np.ascontiguousarray(table[:, j]) for j in range(len(keys))]
+        except (KeyError, TypeError, ValueError):  # a key missing somewhere, or a string: value by value
+            columns = [np.array([_as_float(r.get(k)) for r in rows], dtype=np.float64) for k in keys]
     out = {}
     for key, values in zip(keys, columns):
         # only the few non-finite entries need a look at whether the key was there at all
@@ -1091,98 +1093,68 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x[idx], y[idx]
 
 
-def _figure(nrows: int = 1) -> Any:
-    # Figure + the Agg canvas directly: no pyplot global state, no backend selection, no GUI
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _series(x: np.ndarray, y: np.ndarray, label: str, color: str, **style: Any) -> Any:
+    from .charts import Series
 
-    fig = Figure(figsize=(8, 4.5 * nrows), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # a CJK title on a font without CJK glyphs: boxes, not an error
-        warnings.filterwarnings("ignore", message="Glyph .* missing")
-        fig.savefig(path, format="png", metadata={"Software": None})  # no version stamp: same input, same bytes
-    return path
+    tx, ty = _thin(x, y)
+    return Series(tx.tolist(), ty.tolist(), label, color, **style)
 
 
 def plot_run(metrics: Metrics, path: str | Path, overlays: Mapping[str, Metrics] | None = None,
              title: str | None = None) -> Path:
-    """PNG of train loss and val loss by step, the lr on a twin axis, and the ``overlays``
+    """PNG of train loss and val loss by step, the lr on a right axis, and the ``overlays``
     (e.g. {"parent 1.4.0": Metrics}) as thinner lines. Returns ``path``."""
-    fig = _figure()
-    ax = fig.add_subplot()
-    colors = ("tab:gray", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
-    for (label, other), color in zip((overlays or {}).items(), colors * 10):
-        ax.plot(*_thin(other.step, other.loss), color=color, lw=0.8, alpha=0.7, label=f"{label} train")
+    from .charts import PALETTE, Panel, render
+
+    panel = Panel(ylabel="loss", right_label="learning rate")
+    others = PALETTE[7:] + PALETTE[4:7]
+    for (label, other), color in zip((overlays or {}).items(), others * 10):
+        panel.series.append(_series(other.step, other.loss, f"{label} train", color, width=1.0))
         if len(other.val_step):
-            ax.plot(*_thin(other.val_step, other.val_loss), color=color, lw=0.8, ls="--", marker=".", label=f"{label} val")
-    ax.plot(*_thin(metrics.step, metrics.loss), color="tab:blue", lw=1.2, label="train loss")
+            panel.series.append(_series(other.val_step, other.val_loss, f"{label} val", color, width=1.0, dash=True, marker=True))
+    panel.series.append(_series(metrics.step, metrics.loss, "train loss", PALETTE[0]))
     if len(metrics.val_step):
-        ax.plot(*_thin(metrics.val_step, metrics.val_loss), color="tab:orange", lw=1.2, marker="o", ms=3, label="val loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    lr_x, lr_y = _thin(metrics.step, metrics.lr)
-    handles, labels = ax.get_legend_handles_labels()
-    if len(lr_x):
-        ax2 = ax.twinx()
-        ax2.plot(lr_x, lr_y, color="tab:red", lw=0.8, ls=":", label="lr")
-        ax2.set_ylabel("learning rate")
-        ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        h2, l2 = ax2.get_legend_handles_labels()
-        handles, labels = handles + h2, labels + l2
-    if handles:
-        ax.legend(handles, labels, fontsize=8, loc="upper right")
-    if title:
-        ax.set_title(title)
-    return _save(fig, Path(path))
+        panel.series.append(_series(metrics.val_step, metrics.val_loss, "val loss", PALETTE[1], marker=True))
+    if len(metrics.step) and _any_finite(metrics.lr):
+        panel.series.append(_series(metrics.step, metrics.lr, "lr", PALETTE[3], width=1.0, dash=True, right=True))
+    return render([panel], path, title=title or "")
+
+
+def _any_finite(x: np.ndarray) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(x).any())
 
 
 def plot_compare(runs: Mapping[str, Metrics], path: str | Path, title: str | None = None) -> Path:
     """PNG with two panels, train loss and val loss by step, one line per run (label → Metrics)."""
-    fig = _figure(2)
-    ax_train, ax_val = fig.subplots(2, 1, sharex=True)
-    for label, m in runs.items():
-        line, = ax_train.plot(*_thin(m.step, m.loss), lw=1.0, label=label)
+    from .charts import PALETTE, Panel, render
+
+    train, val = Panel(ylabel="train loss"), Panel(ylabel="val loss")
+    for (label, m), color in zip(runs.items(), PALETTE * 10):
+        train.series.append(_series(m.step, m.loss, label, color))
         if len(m.val_step):
-            ax_val.plot(*_thin(m.val_step, m.val_loss), lw=1.0, marker="o", ms=3, color=line.get_color(), label=label)
-    ax_train.set_ylabel("train loss")
-    ax_val.set_ylabel("val loss")
-    ax_val.set_xlabel("step")
-    for ax in (ax_train, ax_val):
-        ax.grid(alpha=0.3)
-    if runs:
-        ax_train.legend(fontsize=8, loc="upper right")
-    if title:
-        ax_train.set_title(title)
-    return _save(fig, Path(path))
+            val.series.append(_series(m.val_step, m.val_loss, label, color, marker=True))
+    return render([train, val], path, title=title or "")
 
 
 def plot_by_version(rows: Sequence[Mapping[str, Any]], path: str | Path, metrics: Sequence[str] = ("val_loss", "best_val_loss"),
                     title: str | None = None) -> Path | None:
     """PNG of ``metrics`` per record (one point per version, in row order), from the report's
     rows alone (no metrics.jsonl): cheap for a thousand records. None when no row has a value."""
-    points = {m: [(i, r[m]) for i, r in enumerate(rows) if _finite(r.get(m))] for m in metrics}
+    from .charts import PALETTE, Panel, Series, render
+
+    points = {m: [(i, float(r[m])) for i, r in enumerate(rows) if _finite(r.get(m))] for m in metrics}
     if not any(points.values()):
         return None
-    fig = _figure()
-    ax = fig.add_subplot()
-    for metric, pts in points.items():
+    panel = Panel(ylabel="loss")
+    for (metric, pts), color in zip(points.items(), PALETTE):
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, lw=0.8, label=metric)
+            panel.series.append(Series([p[0] for p in pts], [p[1] for p in pts], metric, color, width=1.0, marker=True))
     labels = [str(r.get("version", "")) for r in rows]
-    step = max(1, len(labels) // 30)  # at most ~30 tick labels stay readable
-    ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=60, fontsize=7)
-    ax.set_xlabel("version")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return _save(fig, Path(path))
+    step = max(1, len(labels) // 12)  # at most ~12 version names fit under the axis
+    return render([panel], path, title=title or "", xlabel="version",
+                  xticks=[(i, labels[i]) for i in range(0, len(labels), step)])
 
 
 # -- reports over all records ----------------------------------------------------------------------

@@ -194,21 +194,29 @@ def load_meta(front: str, where: str = "record") -> dict[str, Any]:
 
 
 _TOP_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
+_SUB_KEY = re.compile(r"  ([A-Za-z_][A-Za-z0-9_]*):(?:\s|$)")
 
 
-def read_meta(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+def read_meta(path: Path, keys: tuple[str, ...] | None = None,
+              parts: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
     """Only the front matter, without parsing the body: the fast path for listings.
 
     With ``keys``, only those top-level entries are read, each with ``json.loads`` when it is
     the one-line JSON scalar the tool writes, falling back to YAML otherwise: the YAML
     constructor costs ~0.3 ms per record, which a listing of 1,000 records cannot pay.
+    ``parts`` narrows a mapping key further to some of its entries (``{"analysis":
+    ("metrics", "verdicts")}``): the tool's dumper writes block style with two-space indents,
+    and list items at their key's indent, so an entry runs until the next ``  name:`` line.
     """
+    parts = parts or {}
     with open(path, encoding="utf-8") as fh:
         first = fh.readline()
         if first != "---\n":
             raise RecordError(f"{path}: line 1 must be '---' opening the YAML front matter")
         lines = []
         keep = True
+        sub: tuple[str, ...] | None = None  # the entries wanted of the current key, when narrowed
+        keep_sub = True
         wanted = set(keys) if keys is not None else set()
         for line in fh:
             if line == "---\n":
@@ -220,6 +228,14 @@ def read_meta(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]
                         break  # every wanted key read (the tool writes them first)
                     keep = m.group(1) in wanted
                     wanted.discard(m.group(1))
+                    sub = parts.get(m.group(1)) if keep else None
+                    keep_sub = True
+                elif sub is not None:
+                    n = _SUB_KEY.match(line)
+                    if n:
+                        keep_sub = n.group(1) in sub
+                    if not keep_sub:
+                        continue
                 if not keep:
                     continue
             lines.append(line)

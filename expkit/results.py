@@ -22,7 +22,7 @@ from typing import Any
 
 from . import record as rec_mod
 from . import store
-from .errors import RecordError, UsageError
+from .errors import ExpError, RecordError, UsageError
 from .record import Record
 from .version import Version
 from .workspace import Workspace
@@ -104,8 +104,6 @@ def _metrics_file(ws: Workspace, version: Version | str):
 
 def _references(ws: Workspace, record: Record) -> dict[str, dict[str, Any]]:
     """{"parent": {...}, "baseline": {...}} for the references the record names."""
-    from . import config as cfg_mod
-
     out: dict[str, dict[str, Any]] = {}
     config = record.meta.get("config") or {}
     for role in ("parent", "baseline"):
@@ -115,6 +113,8 @@ def _references(ws: Workspace, record: Record) -> dict[str, dict[str, Any]]:
         entry: dict[str, Any] = {"version": str(ref), "has_run": False}
         path = ws.record_path(ref)
         if path.exists():
+            from . import config as cfg_mod  # pydantic: only when there is a reference to diff
+
             entry["config_diff"] = {
                 k: list(v) for k, v in cfg_mod.diff(rec_mod.read_meta(path).get("config") or {}, config).items()
             }
@@ -199,8 +199,10 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         "diagnosis": [f.to_dict() for f in diagnosis],
         "suggestions": [f.to_dict() for f in suggestions],
         "notes": notes,
-        # not stored in the front matter (see _meta_analysis): the texts and per-sample figures
+        # not stored in the front matter (see _meta_analysis): the texts and per-sample figures,
+        # and the loaded curve for the plots (loading 100k lines twice would double the cost)
         "_samples": _samples_with_quality(samples_raw, quality),
+        "_metrics": metrics,
     }
 
 
@@ -225,6 +227,25 @@ def _samples_with_quality(raw: Any, quality: dict[str, Any] | None) -> list[dict
         entry.update({k: q.get(k) for k in ("mode", "tokens", "distinct_1", "distinct_2", "repetition_rate")})
         out.append(entry)
     return out
+
+
+#: The record shows this many samples, each cut to this many characters (samples.json has all).
+SHOWN_SAMPLES, SAMPLE_CHARS = 6, 80
+
+
+def sample_rows(ws: Workspace, version: Version | str) -> list[dict[str, Any]]:
+    """The run's samples for the record's metrics section: prompt, the completion cut short,
+    and its quality figures."""
+    from . import analysis
+
+    raw = _read_json(ws.out_dir(Version.parse(str(version))) / analysis.SAMPLES_FILE)
+    if not raw:
+        return []
+    rows = _samples_with_quality(raw, analysis.sample_quality(raw))[:SHOWN_SAMPLES]
+    for r in rows:
+        text = " ".join(str(r.get("completion") or "").split())
+        r["completion"] = text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+    return rows
 
 
 def _read_json(path: Path) -> Any:
@@ -364,14 +385,15 @@ def _plot_paths(ws: Workspace, v: Version) -> dict[str, Path]:
     return {"loss": d / "loss.png", "compare": d / "compare.png"}
 
 
-def write_plots(ws: Workspace, record: Record) -> list[Path]:
+def write_plots(ws: Workspace, record: Record, metrics: Any = None) -> list[Path]:
     """loss.png (train and val loss with the lr) and, when the parent or baseline has a run,
-    compare.png (this run over theirs). Old PNGs of the run are replaced."""
+    compare.png (this run over theirs). Old PNGs of the run are replaced. ``metrics``: the
+    run's loaded metrics.jsonl, when the caller has it."""
     from . import analysis
 
     v = record.version
     paths = _plot_paths(ws, v)
-    metrics = _metrics_file(ws, v)
+    metrics = _metrics_file(ws, v) if metrics is None else metrics
     written = []
     for p in paths.values():
         p.unlink(missing_ok=True)
@@ -412,7 +434,7 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     result = compute(ws, record)
     lang = record.meta.get("lang", "zh")
     texts = drafts(result, lang, str(version))
-    plots = [store._rel(ws, p) for p in write_plots(ws, record)]
+    plots = [store._rel(ws, p) for p in write_plots(ws, record, result["_metrics"])]
     out = ws.out_dir(version)
 
     kept: list[str] = []
@@ -513,7 +535,7 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
     if stored is None and out.is_dir() and meta.get("run"):
         try:
             live = compute(ws, record)
-        except Exception as err:  # AnalysisError: say why, still give the rest
+        except ExpError as err:  # AnalysisError: say why, still give the rest
             live = {"error": str(err)}
     analysis_data = stored if stored is not None else ({k: x for k, x in live.items() if not k.startswith("_")} if live else None)
     full = _read_json(out / ANALYSIS_FILE) or {}

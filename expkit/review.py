@@ -504,8 +504,12 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
         "stable": _check_stable(ws, record),
         "recorded": _check_recorded(record),
     }
+    drafts = (record.meta.get("analysis") or {}).get("drafts") or {}
     for name in ("diagnosis", "suggestions"):
         ok, why = _filled(record, "ai", name)
+        block = record.block("ai", name)
+        if ok and block is not None and drafts.get(name) == rec_mod.digest(block.text):
+            why += "; the rule-based draft of `exp analyze`, not refined by the AI"  # the reviewer should know
         results[name] = (OK, f"written ({why})") if ok else (FAIL, why)
     return [ChecklistItem(key, zh_label if zh else en_label, *results[key]) for key, zh_label, en_label in CHECKLIST]
 

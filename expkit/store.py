@@ -103,19 +103,23 @@ def now() -> str:
 
 
 # -- generated blocks ------------------------------------------------------------------------
-def block_context(ws: Workspace, record: Record) -> dict[str, Any]:
-    from . import config as cfg_mod
-
+def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERATED) -> dict[str, Any]:
+    """What the generated blocks' templates see. The parameter table (which needs the config
+    module, pydantic and all) is built only when ``names`` includes the config block."""
     meta = record.meta
     version = Version.parse(str(meta["version"]))
     lang = meta.get("lang", "zh")
     config = meta.get("config") or {}
-    parent_cfg = None
-    if meta.get("parent"):
-        parent_path = ws.record_path(meta["parent"])
-        if parent_path.exists():
-            parent_cfg = rec_mod.read_meta(parent_path).get("config") or {}
-    rows = cfg_mod.table_rows(config, parent_cfg, lang)
+    rows: list[dict[str, Any]] = []
+    if "config" in names:
+        from . import config as cfg_mod
+
+        parent_cfg = None
+        if meta.get("parent"):
+            parent_path = ws.record_path(meta["parent"])
+            if parent_path.exists():
+                parent_cfg = rec_mod.read_meta(parent_path).get("config") or {}
+        rows = cfg_mod.table_rows(config, parent_cfg, lang)
     last_group = None
     for row in rows:
         row["first"] = row["group"] != last_group
@@ -136,8 +140,17 @@ def block_context(ws: Workspace, record: Record) -> dict[str, Any]:
         "run": meta.get("run") or {},
         "analysis": meta.get("analysis") or {},
         "plots": _plot_links(ws, record),
+        "samples": _samples(ws, record),
         "review": meta.get("review") or {},
     }
+
+
+def _samples(ws: Workspace, record: Record) -> list[dict[str, Any]]:
+    if not record.meta.get("analysis"):
+        return []
+    from .results import sample_rows
+
+    return sample_rows(ws, record.meta["version"])
 
 
 def _plot_links(ws: Workspace, record: Record) -> list[dict[str, str]]:
@@ -176,7 +189,7 @@ def regenerate_blocks(ws: Workspace, record: Record, names: tuple[str, ...] = GE
             if not discard:
                 raise hand_edit_error(ws, record, edited[name])
             saved.append(_save_discarded(ws, record, edited[name]))
-    ctx = block_context(ws, record)
+    ctx = block_context(ws, record, names)
     for name in names:
         if record.block("generated", name) is not None:
             record.set_generated(name, render_block(ws, record, name, ctx))
@@ -273,7 +286,7 @@ class Entry:
 LISTED = ("parent", "baseline", "status", "description")
 
 
-def entries(ws: Workspace, keys: tuple[str, ...] | None = None) -> list[Entry]:
+def entries(ws: Workspace, keys: tuple[str, ...] | None = None, parts: dict[str, tuple[str, ...]] | None = None) -> list[Entry]:
     """Every record's front matter (``keys`` of it, by default LISTED), sorted by version; a
     broken file is listed, not fatal."""
     keys = LISTED if keys is None else keys
@@ -285,7 +298,7 @@ def entries(ws: Workspace, keys: tuple[str, ...] | None = None) -> list[Entry]:
         if not Version.is_valid(stem):
             continue
         try:
-            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path, keys)))
+            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path, keys, parts)))
         except RecordError as err:
             out.append(Entry(Version.parse(stem), path, {}, str(err)))
     out.sort(key=lambda e: e.version)

@@ -457,13 +457,13 @@ def test_diagnose_rules_in_both_languages_with_traceable_numbers(tmp_path):
 # -- plots ----------------------------------------------------------------------------------------
 
 
-def test_plots_are_deterministic_pngs_and_matplotlib_is_not_imported_at_startup(tmp_path):
+def test_plots_are_deterministic_pngs_and_no_plotting_library_is_imported_at_startup(tmp_path):
     m = A.load_metrics(write_rows(tmp_path / "m.jsonl", healthy_rows()))
     a = A.plot_run(m, tmp_path / "a.png")
     b = A.plot_run(m, tmp_path / "b.png")
     assert is_png(a) and a.read_bytes() == b.read_bytes()
     assert is_png(A.plot_compare({"x": m}, tmp_path / "deep" / "c.png"))
-    code = "import sys, expkit.analysis; print(sorted({'numpy', 'matplotlib', 'torch', 'swanlab', 'git'} & set(sys.modules)))"
+    code = "import sys, expkit.analysis; print(sorted({'numpy', 'PIL', 'matplotlib', 'torch', 'swanlab', 'git'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -1,4 +1,4 @@
-"""The CLI's start-up path stays light: no torch, transformers, swanlab, matplotlib or git."""
+"""The CLI's start-up path stays light: no torch, transformers, swanlab, numpy, Pillow or git."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from conftest import run_exp
 from expkit import store
 from expkit.version import Version
 
-HEAVY = ("torch", "transformers", "swanlab", "matplotlib", "git", "pydantic", "jinja2")
+HEAVY = ("torch", "transformers", "swanlab", "matplotlib", "PIL", "numpy", "git", "pydantic", "jinja2")
 
 
 def imported_modules(*args, cwd):
