@@ -47,3 +47,11 @@ def test_manual_is_in_chinese_and_covers_the_topics():
     manual = (REPO / "experiment/README.md").read_text(encoding="utf-8")
     for topic in ("工作流程", "版本命名", "质量标准", "常见问题", "目标明确", "参数完整", "训练稳定收敛", "记录详细", "问题分析", "改进建议"):
         assert topic in manual, topic
+
+
+def test_the_assistant_stops_after_the_analysis_and_the_demo_hands_over_to_a_person():
+    guide = (REPO / "CLAUDE.md").read_text(encoding="utf-8")
+    stop = guide.index("**stop**")
+    assert guide.index("exp analyze") < stop < guide.index("exp review X.Y.Z", stop)
+    demo = (REPO / "scripts" / "demo.sh").read_text(encoding="utf-8").rstrip().splitlines()
+    assert demo[-1] == "EOF" and demo[-2].strip().endswith("exp review 0.1.0")  # the last line it prints
