@@ -122,6 +122,7 @@ def render(panels: list[Panel], path: str | Path, title: str = "", xlabel: str =
     from PIL import Image, ImageDraw
 
     s = SCALE
+    title = " ".join(title.split())  # Pillow measures one line only; a description may hold newlines
     height = PANEL_HEIGHT * len(panels)
     img = Image.new("RGB", (WIDTH * s, height * s), "white")
     draw = ImageDraw.Draw(img)
@@ -218,6 +219,8 @@ def _vertical_text(img: Any, text: str, font: Any, x: float, y_mid: float) -> No
 def _legend(draw: Any, series: list[Series], font: Any, right: float, top: float) -> None:
     if not series:
         return
+    for ser in series:
+        ser.label = " ".join(str(ser.label).split())
     s = SCALE
     line_h = 15 * s
     width = max(draw.textlength(ser.label, font=font) for ser in series) + 38 * s

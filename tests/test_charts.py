@@ -45,8 +45,8 @@ def test_a_chart_is_a_deterministic_png_of_the_stated_size(tmp_path):
 
 def test_empty_nonfinite_and_single_point_series_still_draw(tmp_path):
     nan = float("nan")
-    panels = [charts.Panel([charts.Series([], [], "none", "#000000"),
+    panels = [charts.Panel([charts.Series([], [], "none\nwith a newline", "#000000"),
                             charts.Series([1, 2], [nan, float("inf")], "bad", "#ff0000"),
                             charts.Series([5], [2.0], "one", "#00ff00")])]
-    path = charts.render(panels, tmp_path / "x.png")
+    path = charts.render(panels, tmp_path / "x.png", title="evil $(touch X)\nnext line")
     assert path.read_bytes().startswith(b"\x89PNG")

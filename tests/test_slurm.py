@@ -43,7 +43,9 @@ def test_slurm_run_end_to_end(cluster, gitws):
     assert f"#SBATCH --output={gitws.out_dir('0.1.0')}/run.log" in script
     job = record(gitws).meta["run"]["job_id"]
     assert job.isdigit()
-    done = wait_for(lambda: json.loads(run_exp("status", "0.1.0", "--json", cwd=gitws.root).stdout)[0]["status"] != "running")
+    # the job's EXIT trap records the end (finished), then analyses (analyzed): wait for the last state
+    done = wait_for(lambda: json.loads(run_exp("status", "0.1.0", "--json", cwd=gitws.root).stdout)[0]["status"]
+                    not in ("running", "finished"))
     assert done
     rec = record(gitws)
     assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished", rec.meta["run"]
