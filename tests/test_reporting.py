@@ -218,3 +218,18 @@ def test_tree_shows_verdicts_and_the_best_loss(lineage, cli):
     line = next(ln for ln in text.splitlines() if "0.1.1" in ln)
     c = a["verdict_counts"]
     assert f"✓{c['confirmed']} ✗{c['refuted']} ?{c['inconclusive']}" in line and "★" in line and "half lr" in line
+
+
+def test_report_rows_are_cached_and_a_changed_record_is_read_again(lineage):
+    reporting.report(lineage)
+    cache = lineage.cache_dir() / reporting.CACHE_FILE
+    assert len(json.loads(cache.read_text(encoding="utf-8"))["rows"]) == 4
+    with store.update(lineage, Version.parse("0.2.0")) as r:
+        r.meta["description"] = "renamed direction"
+    reporting.report(lineage)
+    md = (lineage.experiment_dir / reporting.REPORT_MD).read_text(encoding="utf-8")
+    assert "renamed direction" in md and "other direction" not in md
+    cache.write_text('{"layout": [0, []], "rows": {"experiment_0.1.0.md": {"stamp": [0, 0], "row": {}}}}')
+    assert [r["version"] for r in reporting.collect(lineage)] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
+    lineage.record_path("0.1.2").unlink()
+    assert [n["version"] for n in reporting.tree(lineage)[0]["children"]] == ["0.1.1"]
