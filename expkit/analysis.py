@@ -1189,10 +1189,11 @@ def report_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
          "parent": "1.4.0" | None, "baseline": "1.0.0" | None,
          "config": {TrainConfig dump} | None,
          "metrics": summarize() table | None,           # None: never ran
-         "verdicts": [Verdict.to_dict(), ...] | None}
+         "verdicts": [Verdict.to_dict(), ...] | None,
+         "changes": {key: [parent's value, this value]}}   # optional
 
-    ``changes`` lists the config keys that differ from the parent's config ("k=v; ..."),
-    when the parent is among the records."""
+    ``changes`` lists the config keys that differ from the parent's config ("k=v; ..."): the
+    record's own ``changes`` when given, else computed when the parent is among the records."""
     configs = {str(r.get("version")): r.get("config") or {} for r in records}
     rows = []
     for r in sorted(records, key=lambda r: _version_key(r.get("version"))):
@@ -1200,7 +1201,9 @@ def report_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         metrics = r.get("metrics") or {}
         parent = r.get("parent")
         changes = ""
-        if parent and str(parent) in configs:
+        if isinstance(r.get("changes"), Mapping):
+            changes = "; ".join(f"{k}={_short(v[1] if isinstance(v, (list, tuple)) else v)}" for k, v in r["changes"].items())
+        elif parent and str(parent) in configs:
             pc = configs[str(parent)]
             changes = "; ".join(f"{k}={_short(config.get(k))}" for k in config if config.get(k) != pc.get(k))
         row: dict[str, Any] = {

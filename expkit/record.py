@@ -154,6 +154,14 @@ def _scalar(value: Any) -> str:
     return _YAML_UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+class _Dumper(yaml.SafeDumper):
+    """No anchors and aliases: an object met twice is written out twice. An alias would tie the
+    two places together for YAML and break readers that take one part of the front matter."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def _dump_yaml(meta: dict[str, Any]) -> str:
     ordered = {k: meta[k] for k in META_ORDER if k in meta}
     ordered.update({k: v for k, v in meta.items() if k not in ordered})
@@ -164,7 +172,7 @@ def _dump_yaml(meta: dict[str, Any]) -> str:
         else:
             out.append(
                 yaml.dump(
-                    {key: value}, Dumper=yaml.SafeDumper, sort_keys=False, allow_unicode=True,
+                    {key: value}, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                     default_flow_style=False, width=1000,
                 )
             )

@@ -25,7 +25,7 @@ REPORT_PLOTS = "report"
 MAX_LINES = 8
 #: What a report reads of each front matter (reading only these keeps 1,000 records fast).
 REPORTED = ("parent", "baseline", "status", "description", "config", "analysis")
-ANALYSIS_PARTS = {"analysis": ("metrics", "verdicts")}
+ANALYSIS_PARTS = {"analysis": ("metrics", "verdicts", "changes")}
 #: The metric ``exp tree`` shows beside each node, with its fallback.
 TREE_METRICS = ("best_val_loss", "final_loss")
 
@@ -137,20 +137,35 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
 
 # -- exp report --------------------------------------------------------------------------------------
 CACHE_FILE = "report-index.json"
-CACHE_LAYOUT = 1  # bump when _row changes what it returns
+CACHE_LAYOUT = 2  # bump when _row changes what it returns
 
 
-def _row(path: Path, version: str) -> dict[str, Any]:
-    """One record as ``analysis.report_rows`` takes it (a broken record is listed as broken)."""
+def _row(ws: Workspace, path: Path, version: str) -> dict[str, Any]:
+    """One record as ``analysis.report_rows`` takes it (a broken record is listed as broken).
+
+    Only the report's seven config keys and three parts of the analysis are read (the YAML
+    constructor is the cost); the config diff against the parent comes from the analysis, or
+    for a record not analysed yet from both full configs."""
+    from .analysis import REPORT_CONFIG
+
     try:
-        meta = rec_mod.read_meta(path, REPORTED, ANALYSIS_PARTS)
+        meta = rec_mod.read_meta(path, REPORTED, {**ANALYSIS_PARTS, "config": REPORT_CONFIG})
+        found = meta.get("analysis") or {}
+        changes = found.get("changes")
+        parent = meta.get("parent")
+        if not isinstance(changes, dict):
+            changes = {}
+            if parent and ws.record_path(parent).exists():
+                mine = rec_mod.read_meta(path, ("config",)).get("config") or {}
+                theirs = rec_mod.read_meta(ws.record_path(parent), ("config",)).get("config") or {}
+                keys = list(theirs) + [k for k in mine if k not in theirs]  # both in TrainConfig's order
+                changes = {k: [theirs.get(k), mine.get(k)] for k in keys if theirs.get(k) != mine.get(k)}
     except RecordError as err:
         return {"version": version, "status": "broken", "description": str(err)}
-    found = meta.get("analysis") or {}
     return {
         "version": version, "status": meta.get("status"), "description": meta.get("description"),
-        "parent": meta.get("parent"), "baseline": meta.get("baseline"), "config": meta.get("config"),
-        "metrics": found.get("metrics"), "verdicts": found.get("verdicts"),
+        "parent": parent, "baseline": meta.get("baseline"), "config": meta.get("config"),
+        "metrics": found.get("metrics"), "verdicts": found.get("verdicts"), "changes": changes,
     }
 
 
@@ -166,7 +181,7 @@ def collect(ws: Workspace) -> list[dict[str, Any]]:
     except (OSError, ValueError):
         saved = {}
     # rows of another layout (an older or newer expkit) are not reused
-    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == [CACHE_LAYOUT, REPORTED] else None
+    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == [CACHE_LAYOUT, list(REPORTED)] else None
     cache = cache if isinstance(cache, dict) else {}
     fresh: dict[str, Any] = {}
     out = []
@@ -179,12 +194,12 @@ def collect(ws: Workspace) -> list[dict[str, Any]]:
         st = path.stat()
         stamp = [st.st_mtime_ns, st.st_size]
         hit = cache.get(path.name)
-        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(path, str(version))
+        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, path, str(version))
         fresh[path.name] = {"stamp": stamp, "row": row}
         out.append(row)
     if fresh != cache:
         try:
-            text = json.dumps({"layout": [CACHE_LAYOUT, REPORTED], "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
+            text = json.dumps({"layout": [CACHE_LAYOUT, list(REPORTED)], "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
             store.atomic_write(cache_path, text)
         except OSError:
             pass  # a read-only out/: the report is still right, only slower next time

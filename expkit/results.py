@@ -195,6 +195,9 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         "verdict_counts": counts,
         "anomalies": [a.to_dict(lang) for a in anomalies],
         "references": references,
+        # the config diff against the parent once more, as its own entry: `exp report` reads only
+        # this part of the analysis (and seven config keys) for each of possibly 1,000 records
+        "changes": (references.get("parent") or {}).get("config_diff") or {},
         "samples": _sample_figures(quality),
         "diagnosis": [f.to_dict() for f in diagnosis],
         "suggestions": [f.to_dict() for f in suggestions],

@@ -122,3 +122,12 @@ def test_human_hash_covers_preregistered_sections_only(record):
     assert record.human_sha256() == before
     record.set_human("hypothesis", "changed hypothesis")
     assert record.human_sha256() != before
+
+
+def test_a_value_shared_by_two_keys_is_written_twice_not_as_a_yaml_alias():
+    from expkit.record import _dump_yaml, load_meta
+
+    shared = {"learning_rate": [0.003, 0.0015]}
+    text = _dump_yaml({"analysis": {"references": {"parent": {"config_diff": shared}}, "changes": shared}})
+    assert "&id" not in text and "*id" not in text
+    assert load_meta(text)["analysis"]["changes"] == shared

@@ -233,3 +233,11 @@ def test_report_rows_are_cached_and_a_changed_record_is_read_again(lineage):
     assert [r["version"] for r in reporting.collect(lineage)] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
     lineage.record_path("0.1.2").unlink()
     assert [n["version"] for n in reporting.tree(lineage)[0]["children"]] == ["0.1.1"]
+
+
+def test_a_second_report_reads_no_record_again(lineage, monkeypatch):
+    reporting.report(lineage)
+    reads = []
+    monkeypatch.setattr(reporting, "_row", lambda ws, path, version: reads.append(version) or {})
+    reporting.report(lineage)
+    assert reads == []  # every row came from the cache
