@@ -387,113 +387,6 @@ def report(
         typer.echo(f"wrote {p}")
 
 
-# -- results ---------------------------------------------------------------------------------
-@command()
-def analyze(
-    version: str = typer.Argument(..., help=VERSION_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."""
-    from . import results
-
-    result = results.analyze(_ws(), _v(version))
-    if json_out:
-        _echo_json(result)
-        return
-    _print_analysis(result)
-
-
-def _print_analysis(result: dict[str, Any]) -> None:
-    from .analysis import format_number as num
-
-    v = result["version"]
-    m = result["metrics"]
-    typer.echo(f"{v}: analyzed — {result['path']}")
-    shown = [k for k in ("steps", "final_loss", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s", "wall_s") if k in m]
-    typer.echo("  " + "  ".join(f"{k} {num(m[k])}" for k in shown))
-    marks = {"confirmed": "✓", "refuted": "✗", "inconclusive": "?"}
-    c = result["verdict_counts"]
-    typer.echo(f"verdicts  {c['confirmed']} confirmed, {c['refuted']} refuted, {c['inconclusive']} inconclusive")
-    for x in result["verdicts"]:
-        why = f"  ({x['reason']})" if x.get("reason") else ""
-        typer.echo(f"  {marks[x['verdict']]} {x['claim']:30} observed {num(x['observed'])}  reference {num(x['reference'])}{why}")
-    typer.echo(f"anomalies {len(result['anomalies']) or 'none'}")
-    for a in result["anomalies"][:10]:
-        typer.echo(f"  ! {a['kind']}: {a['message']}")
-    for p in result["plots"]:
-        typer.echo(f"plot      {p}")
-    if result["drafted"]:
-        typer.echo(f"drafted   {', '.join(result['drafted'])} (refine with `exp fill {v} SECTION --file F`)")
-    if result["kept"]:
-        typer.echo(f"kept      {', '.join(result['kept'])} (already written; not redrafted)")
-    for u in result["untraceable"]:
-        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not in the run's evidence")
-    for n in result["notes"]:
-        typer.echo(f"note      {n}")
-    typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs `exp review {v}`")
-
-
-@command()
-def context(
-    version: str = typer.Argument(..., help=VERSION_HELP),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """What an AI assistant needs to write the analysis: sections, config, metrics, verdicts, samples."""
-    from . import results
-
-    data = results.context(_ws(), _v(version))
-    if json_out:
-        _echo_json(data)
-        return
-    from .analysis import format_number as num
-
-    typer.echo(f"experiment {data['version']} [{data['status']}] — {data['description'] or '(no description)'}")
-    for key, value in data["paths"].items():
-        typer.echo(f"  {key:9} {value}")
-    if data["metrics"]:
-        typer.echo("metrics   " + "  ".join(f"{k} {num(x)}" for k, x in data["metrics"].items()))
-    for x in data["verdicts"]:
-        typer.echo(f"verdict   {x['claim']}: {x['verdict']} (observed {num(x['observed'])}, reference {num(x['reference'])})")
-    for a in data["anomalies"]:
-        typer.echo(f"anomaly   {a['message']}")
-    for s in data["samples"][:4]:
-        typer.echo(f"sample    {s.get('prompt')!r} → {str(s.get('completion'))[:80]!r}")
-    typer.echo(f"write     {data['rules']['write']}\n(--json gives everything, section texts included)")
-
-
-@command()
-def fill(
-    version: str = typer.Argument(..., help=VERSION_HELP),
-    section: str = typer.Argument(..., metavar="SECTION", help="analysis, diagnosis or suggestions"),
-    file: str = typer.Option(..., "--file", metavar="F", help="the text (markdown); - reads standard input"),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """Write the AI's prose into an AI section (human sections refused); warns of untraceable numbers."""
-    from pathlib import Path
-
-    from . import results
-
-    if file == "-":
-        text = sys.stdin.read()
-    else:
-        try:
-            text = Path(file).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise _usage(f"--file {file}: no such file") from None
-        except UnicodeDecodeError:
-            raise _usage(f"--file {file}: not UTF-8 text") from None
-    result = results.fill(_ws(), _v(version), section, text)
-    if json_out:
-        _echo_json(result)
-        return
-    typer.echo(f"wrote the {section} of {version} ({result['path']})")
-    for u in result["untraceable"]:
-        typer.echo(f"warning: line {u['line']}: {u['number']} is not in the run's evidence "
-                   f"(`exp context {version} --json` lists the values)", err=True)
-    if not result["analyzed"]:
-        typer.echo(f"note: {version} is not analysed yet, so numbers cannot be checked; run `exp analyze {version}`", err=True)
-
-
 # -- running ---------------------------------------------------------------------------------
 def _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit=None, partition=None):
     from .runner import LaunchOptions
@@ -781,6 +674,113 @@ def finalize_(version: str = typer.Argument(...), exit_code: int = typer.Option(
         c = result["verdict_counts"]
         typer.echo(f"exp: {version} analyzed: {c['confirmed']} confirmed, {c['refuted']} refuted, "
                    f"{c['inconclusive']} inconclusive, {len(result['anomalies'])} anomalies", err=True)
+
+
+# -- results ---------------------------------------------------------------------------------
+@command()
+def analyze(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."""
+    from . import results
+
+    result = results.analyze(_ws(), _v(version))
+    if json_out:
+        _echo_json(result)
+        return
+    _print_analysis(result)
+
+
+def _print_analysis(result: dict[str, Any]) -> None:
+    from .analysis import format_number as num
+
+    v = result["version"]
+    m = result["metrics"]
+    typer.echo(f"{v}: analyzed — {result['path']}")
+    shown = [k for k in ("steps", "final_loss", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s", "wall_s") if k in m]
+    typer.echo("  " + "  ".join(f"{k} {num(m[k])}" for k in shown))
+    marks = {"confirmed": "✓", "refuted": "✗", "inconclusive": "?"}
+    c = result["verdict_counts"]
+    typer.echo(f"verdicts  {c['confirmed']} confirmed, {c['refuted']} refuted, {c['inconclusive']} inconclusive")
+    for x in result["verdicts"]:
+        why = f"  ({x['reason']})" if x.get("reason") else ""
+        typer.echo(f"  {marks[x['verdict']]} {x['claim']:30} observed {num(x['observed'])}  reference {num(x['reference'])}{why}")
+    typer.echo(f"anomalies {len(result['anomalies']) or 'none'}")
+    for a in result["anomalies"][:10]:
+        typer.echo(f"  ! {a['kind']}: {a['message']}")
+    for p in result["plots"]:
+        typer.echo(f"plot      {p}")
+    if result["drafted"]:
+        typer.echo(f"drafted   {', '.join(result['drafted'])} (refine with `exp fill {v} SECTION --file F`)")
+    if result["kept"]:
+        typer.echo(f"kept      {', '.join(result['kept'])} (already written; not redrafted)")
+    for u in result["untraceable"]:
+        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not in the run's evidence")
+    for n in result["notes"]:
+        typer.echo(f"note      {n}")
+    typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs `exp review {v}`")
+
+
+@command()
+def context(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """What an AI assistant needs to write the analysis: sections, config, metrics, verdicts, samples."""
+    from . import results
+
+    data = results.context(_ws(), _v(version))
+    if json_out:
+        _echo_json(data)
+        return
+    from .analysis import format_number as num
+
+    typer.echo(f"experiment {data['version']} [{data['status']}] — {data['description'] or '(no description)'}")
+    for key, value in data["paths"].items():
+        typer.echo(f"  {key:9} {value}")
+    if data["metrics"]:
+        typer.echo("metrics   " + "  ".join(f"{k} {num(x)}" for k, x in data["metrics"].items()))
+    for x in data["verdicts"]:
+        typer.echo(f"verdict   {x['claim']}: {x['verdict']} (observed {num(x['observed'])}, reference {num(x['reference'])})")
+    for a in data["anomalies"]:
+        typer.echo(f"anomaly   {a['message']}")
+    for s in data["samples"][:4]:
+        typer.echo(f"sample    {s.get('prompt')!r} → {str(s.get('completion'))[:80]!r}")
+    typer.echo(f"write     {data['rules']['write']}\n(--json gives everything, section texts included)")
+
+
+@command()
+def fill(
+    version: str = typer.Argument(..., help=VERSION_HELP),
+    section: str = typer.Argument(..., metavar="SECTION", help="analysis, diagnosis or suggestions"),
+    file: str = typer.Option(..., "--file", metavar="F", help="the text (markdown); - reads standard input"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write the AI's prose into an AI section (human sections refused); warns of untraceable numbers."""
+    from pathlib import Path
+
+    from . import results
+
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise _usage(f"--file {file}: no such file") from None
+        except UnicodeDecodeError:
+            raise _usage(f"--file {file}: not UTF-8 text") from None
+    result = results.fill(_ws(), _v(version), section, text)
+    if json_out:
+        _echo_json(result)
+        return
+    typer.echo(f"wrote the {section} of {version} ({result['path']})")
+    for u in result["untraceable"]:
+        typer.echo(f"warning: line {u['line']}: {u['number']} is not in the run's evidence "
+                   f"(`exp context {version} --json` lists the values)", err=True)
+    if not result["analyzed"]:
+        typer.echo(f"note: {version} is not analysed yet, so numbers cannot be checked; run `exp analyze {version}`", err=True)
 
 
 @command()
