@@ -990,6 +990,15 @@ def _say(rule: str, lang: str, **fields: Any) -> str:
     return _bullet(rule, lang, (zh if lang == "zh" else en).format(**fields))
 
 
+def reason_text(v: Verdict, lang: str = "en") -> str:
+    """Why a verdict is inconclusive, in the record's language ("" when it is not)."""
+    if lang == "zh" and v.reason_code in _REASON_ZH:
+        ref = re.search(r"\b(parent|baseline)\b", v.claim)
+        return _REASON_ZH[v.reason_code].format(metric=v.metric, ref={"parent": "父实验", "baseline": "基线"}.get(
+            ref[1] if ref else "", ""))
+    return v.reason or ""
+
+
 def _as_verdict(v: Verdict | Mapping[str, Any]) -> Verdict:
     """A Verdict, also from its to_dict() form (as stored in a record; no reason_code then)."""
     if isinstance(v, Verdict):
@@ -1038,11 +1047,7 @@ def diagnose(anomalies: Sequence[Anomaly], verdicts: Sequence[Verdict | Mapping[
             diagnosis.append(Finding("claim_refuted", ev, text))
             suggest("claim_refuted", ev, _SUGGEST["claim_refuted"], f"`{v.claim}`")
         elif v.verdict == "inconclusive":
-            why = v.reason or ""
-            if zh and v.reason_code in _REASON_ZH:
-                ref = re.search(r"\b(parent|baseline)\b", v.claim)
-                why = _REASON_ZH[v.reason_code].format(metric=v.metric, ref={"parent": "父实验", "baseline": "基线"}.get(
-                    ref[1] if ref else "", ""))
+            why = reason_text(v, lang)
             diagnosis.append(Finding("claim_inconclusive", {**ev, "reason": v.reason_code or v.reason},
                                      _say("claim_inconclusive", lang, claim=v.claim, why=why)))
             if v.reason_code in _INCONCLUSIVE_FIX:

@@ -39,8 +39,13 @@ METRICS_SUMMARY_FILE = "metrics_summary.json"
 DELTA_KEYS = ("final_loss", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s", "wall_s", "distinct_2", "repetition_rate")
 #: The front matter keeps at most this many anomalies (analysis.json keeps them all).
 META_ANOMALIES = 20
-#: Parts of meta.run that are not evidence for the analysis' numbers.
-_RUN_NOT_EVIDENCE = ("log_tail", "token")
+#: Parts of meta.run that are not evidence for the analysis' numbers. The start and end
+#: timestamps are not either: the text check masks dates and times anyway, so their digits
+#: (year, month, day, minute, second) would only let unrelated numbers such as "47%" pass.
+_RUN_NOT_EVIDENCE = ("log_tail", "token", "started", "ended")
+#: Parts of meta.analysis that are not evidence: bookkeeping (the drafts' hex digests would
+#: yield stray numbers) and the analysis' own timestamp (see _RUN_NOT_EVIDENCE).
+_ANALYSIS_NOT_EVIDENCE = ("untraceable", "drafts", "analyzed_at")
 
 
 # -- the metrics of a record's run -------------------------------------------------------------
@@ -48,7 +53,7 @@ _RUN_NOT_EVIDENCE = ("log_tail", "token")
 ALIASES = ("train_loss", "loss")
 
 
-def _clean_table(table: dict[str, Any]) -> dict[str, Any]:
+def clean_table(table: dict[str, Any]) -> dict[str, Any]:
     """The numeric, finite entries of a summarize() table, without the aliases (what the front
     matter keeps)."""
     import math
@@ -83,12 +88,12 @@ def run_table(ws: Workspace, version: Version | str) -> dict[str, Any] | None:
     if meta.get("status") in ("draft", "ready") or not meta.get("run"):
         return None
     try:
-        return with_aliases(_clean_table(analysis.summarize(ws.out_dir(Version.parse(str(version))))))
+        return with_aliases(clean_table(analysis.summarize(ws.out_dir(Version.parse(str(version))))))
     except analysis.AnalysisError:
         return None
 
 
-def _metrics_file(ws: Workspace, version: Version | str):
+def metrics_file(ws: Workspace, version: Version | str):
     """A record's loaded metrics.jsonl, or None."""
     from . import analysis
 
@@ -141,7 +146,15 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     out = ws.out_dir(v)
     if not out.is_dir():
         raise analysis.AnalysisError(f"{store._rel(ws, out)}/ does not exist: {v} has no run outputs; `exp run {v}` first")
-    metrics = _metrics_file(ws, v)
+    metrics = metrics_file(ws, v)
+    summary = _read_json(out / analysis.SUMMARY_FILE)
+    if metrics is None and not (isinstance(summary, dict) and summary):
+        # summarize() would reload a metrics.jsonl without one complete line (a run killed
+        # before its first log line) as an empty curve and "analyse" an empty table
+        raise analysis.AnalysisError(
+            f"{store._rel(ws, out)}/: neither {analysis.SUMMARY_FILE} nor {analysis.METRICS_FILE} with a complete line "
+            f"(the run has written no results); `exp run {v}` first"
+        )
     table = analysis.summarize(out, metrics)
     notes = list(table.pop("notes", []))
     trainer_status = table.pop("status", None)
@@ -184,13 +197,15 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     for x in verdicts:
         d = x.to_dict()
         d.pop("line")  # a line of the record at analysis time: stale once the front matter grows
+        if x.reason:
+            d["reason"] = analysis.reason_text(x, lang)  # the record's language, like its diagnosis
         if _finite(x.observed) and _finite(x.reference):
             d["margin"] = x.observed - x.reference  # "1.15 above the threshold" is then traceable
         verdict_dicts.append(d)
     return {
         "analyzed_at": store.now(),
         "run_status": run_status,
-        "metrics": _clean_table(table),
+        "metrics": clean_table(table),
         "verdicts": verdict_dicts,
         "verdict_counts": counts,
         "anomalies": [a.to_dict(lang) for a in anomalies],
@@ -265,7 +280,7 @@ def evidence(record: Record):
     from . import analysis
 
     meta = record.meta
-    found = {k: v for k, v in (meta.get("analysis") or {}).items() if k not in ("untraceable", "drafts")}
+    found = {k: v for k, v in (meta.get("analysis") or {}).items() if k not in _ANALYSIS_NOT_EVIDENCE}
     run = {k: v for k, v in (meta.get("run") or {}).items() if k not in _RUN_NOT_EVIDENCE}
     return analysis.evidence_values(found, meta.get("config") or {}, run)
 
@@ -326,8 +341,9 @@ _DRAFT = {
                "- 预期结果：{confirmed} 条成立，{refuted} 条不成立，{inconclusive} 条无法判定（见上表）。"),
     "no_claims": ("- No machine-checkable expected result: judge the hypothesis from the figures above.",
                   "- 没有可自动检验的预期结果：请根据上面的数字判断假设。"),
+    # zh: a space between the version and 相比, as the config section writes "与父实验 X.Y.Z 相比"
     "delta": ("- Against {label}: val_loss {value} vs {reference} ({abs}, {rel}); tokens/s {tps} vs {tps_ref}.",
-              "- 与{label}相比：val_loss {value} 对 {reference}（{abs}，{rel}）；tokens/s {tps} 对 {tps_ref}。"),
+              "- 与{label} 相比：val_loss {value} 对 {reference}（{abs}，{rel}）；tokens/s {tps} 对 {tps_ref}。"),
     "samples": ("- Samples: distinct-1 {distinct_1}, distinct-2 {distinct_2}, repetition rate {repetition_rate}.",
                 "- 生成样本：distinct-1 {distinct_1}，distinct-2 {distinct_2}，重复率 {repetition_rate}。"),
     "next": ("- Next: `exp new NEXT --from {version}` to test the most promising suggestion, one change at a time.",
@@ -397,7 +413,7 @@ def write_plots(ws: Workspace, record: Record, metrics: Any = None) -> list[Path
 
     v = record.version
     paths = _plot_paths(ws, v)
-    metrics = _metrics_file(ws, v) if metrics is None else metrics
+    metrics = metrics_file(ws, v) if metrics is None else metrics
     written = []
     for p in paths.values():
         p.unlink(missing_ok=True)
@@ -409,7 +425,7 @@ def write_plots(ws: Workspace, record: Record, metrics: Any = None) -> list[Path
     for role in ("parent", "baseline"):
         ref = record.meta.get(role)
         if ref and str(ref) != str(v) and not any(label.endswith(f" {ref}") for label in overlays):
-            other = _metrics_file(ws, ref)
+            other = metrics_file(ws, ref)
             if other is not None:
                 overlays[f"{role} {ref}"] = other
     if overlays:
@@ -517,9 +533,12 @@ def fill(ws: Workspace, version: Version, section: str, text: str) -> dict[str, 
         block = rec.require_block("ai", section)
         block.set_text(text)
         found = store_untraceable(rec)
-    mine = [u for u in found if u["section"] == section]
+    analyzed = rec.meta.get("analysis") is not None
+    # before the analysis the evidence lacks the run's metrics: every loss would be "untraceable"
+    # while the CLI says the numbers cannot be checked yet (exp check skips them too)
+    mine = [u for u in found if u["section"] == section] if analyzed else []
     return {"version": str(version), "section": section, "path": store._rel(ws, ws.record_path(version)),
-            "untraceable": mine, "analyzed": rec.meta.get("analysis") is not None}
+            "untraceable": mine, "analyzed": analyzed}
 
 
 # -- exp context ----------------------------------------------------------------------------------
@@ -590,8 +609,3 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         },
         "generated_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-
-
-# the names other modules (reporting) use
-clean_table = _clean_table
-metrics_file = _metrics_file
