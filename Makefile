@@ -23,8 +23,10 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
+# Start-up, analysis and report speed (~3 min); the trainer's: python bench/bench_trainer.py (~10 min).
 bench: $(STAMP)
 	$(PY) bench/bench_cli.py
+	$(PY) bench/bench_analysis.py
 
 clean:
 	rm -rf demo .pytest_cache

@@ -419,7 +419,9 @@ def write_plots(ws: Workspace, record: Record, metrics: Any = None) -> list[Path
         p.unlink(missing_ok=True)
     if metrics is None:
         return written
-    title = f"{v} {record.meta.get('description') or ''}".strip()
+    desc = " ".join(str(record.meta.get("description") or "").split())
+    # the charts' font has no CJK glyphs: a Chinese description would print as boxes
+    title = f"{v} {desc}".strip() if desc.isascii() else str(v)
     written.append(analysis.plot_run(metrics, paths["loss"], title=title))
     overlays = {}
     for role in ("parent", "baseline"):
@@ -451,6 +453,9 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     """``exp analyze``: compute, plot, then write the record and out/'s analysis files."""
     record = store.load(ws, version)
     rec_mod.require_status(record, ANALYZABLE, "analyze")
+    edited = [b for b in record.edited_generated() if b.name == "metrics"]
+    if edited:  # refuse before anything is written, plots included
+        raise store.hand_edit_error(ws, record, edited[0])
     result = compute(ws, record)
     lang = record.meta.get("lang", "zh")
     texts = drafts(result, lang, str(version))

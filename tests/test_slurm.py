@@ -50,8 +50,9 @@ def test_slurm_run_end_to_end(cluster, gitws):
     rec = record(gitws)
     assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished", rec.meta["run"]
     assert rec.meta["run"]["job_id"] == job and rec.meta["run"]["final"]["steps"] == 10
-    state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-    assert "JobState=COMPLETED" in state
+    # the record is written inside the job (its EXIT trap); Slurm marks the job done just after
+    show = lambda: subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout  # noqa: E731
+    assert wait_for(lambda: "JobState=COMPLETED" in show()), show()
 
 
 def test_slurm_stop_cancels_and_interrupts(cluster, gitws):
