@@ -116,7 +116,7 @@ def format_percent(ratio: float | None, signed: bool = False) -> str:
 _num, _pct = format_number, format_percent  # short names for the message templates
 
 
-def _finite(x: Any) -> bool:
+def is_finite_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -272,7 +272,7 @@ def load_metrics(path: str | Path) -> Metrics:
         steps = np.array(list(map(itemgetter("step"), rows)), dtype=np.int64)
         good = rows
     except (KeyError, TypeError, ValueError):
-        good = [r for r in rows if isinstance(r, dict) and _finite(r.get("step"))]
+        good = [r for r in rows if isinstance(r, dict) and is_finite_number(r.get("step"))]
         notes.append(f"skipped {len(rows) - len(good)} line(s) without a numeric step")
         steps = np.array([r["step"] for r in good], dtype=np.int64)
     if len(steps) > 1 and not (np.diff(steps) > 0).all():
@@ -311,12 +311,12 @@ def _read_json(path: Path, notes: list[str]) -> Any:
 
 def _params_total(value: Any) -> int | None:
     """summary.json's params: an int, or a dict of counts whose 'total' (else sum) is the total."""
-    if _finite(value):
+    if is_finite_number(value):
         return int(value)
     if isinstance(value, Mapping):
-        if _finite(value.get("total")):
+        if is_finite_number(value.get("total")):
             return int(value["total"])
-        parts = [v for v in value.values() if _finite(v)]
+        parts = [v for v in value.values() if is_finite_number(v)]
         return int(sum(parts)) if parts else None
     return None
 
@@ -837,7 +837,7 @@ def metric_deltas(observed: Mapping[str, Any], reference: Mapping[str, Any]) -> 
     keys = [k for k in SUMMARY_KEYS if k in observed] + [k for k in observed if k not in SUMMARY_KEYS]
     for key in keys:
         v, r = observed.get(key), reference.get(key)
-        if not (_finite(v) and _finite(r)):
+        if not (is_finite_number(v) and is_finite_number(r)):
             continue
         d = v - r
         out[key] = {"value": v, "reference": r, "abs": d, "rel": d / abs(r) if r else None}
@@ -868,7 +868,7 @@ def compare(runs: Mapping[str, Mapping[str, Any]], configs: Mapping[str, Mapping
             config_diff[k] = {label: (None if v is missing else v) for label, v in zip(labels, values)}
     names: list[str] = []
     for label in labels:
-        names += [k for k, v in runs[label].items() if _finite(v) and k not in names]
+        names += [k for k, v in runs[label].items() if is_finite_number(v) and k not in names]
     order = {k: i for i, k in enumerate(SUMMARY_KEYS)}
     names.sort(key=lambda k: order.get(k, len(order)))
     return {
@@ -1149,7 +1149,7 @@ def plot_by_version(rows: Sequence[Mapping[str, Any]], path: str | Path, metrics
     rows alone (no metrics.jsonl): cheap for a thousand records. None when no row has a value."""
     from .charts import PALETTE, Panel, Series, render
 
-    points = {m: [(i, float(r[m])) for i, r in enumerate(rows) if _finite(r.get(m))] for m in metrics}
+    points = {m: [(i, float(r[m])) for i, r in enumerate(rows) if is_finite_number(r.get(m))] for m in metrics}
     if not any(points.values()):
         return None
     panel = Panel(ylabel="loss")
@@ -1286,6 +1286,21 @@ def _key_config(row: Mapping[str, Any]) -> str:
             f"bs {_short(row.get('batch_size'))} lr {_short(row.get('learning_rate'))} {_short(row.get('max_steps'))} steps")
 
 
+def lineage(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, list[Mapping[str, Any]]]]:
+    """(roots, children by parent version) of rows with "version" and "parent", in row order.
+    A row whose parent is not among the rows is a root; rows in a parent cycle are in neither."""
+    versions = {str(r["version"]) for r in rows}
+    children: dict[str, list[Mapping[str, Any]]] = {}
+    roots = []
+    for r in rows:
+        p = r.get("parent")
+        if p and str(p) in versions and str(p) != str(r["version"]):
+            children.setdefault(str(p), []).append(r)
+        else:
+            roots.append(r)
+    return roots, children
+
+
 def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh") -> str:
     """experiment/EXPERIMENT_REPORT.md from ``report_rows``: the overview table of every
     experiment, the best value of each metric and where, the lineage tree, counts by status.
@@ -1306,7 +1321,7 @@ def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh") -> str
     for metric in REPORT_METRICS:
         if metric not in LOWER_IS_BETTER and metric not in HIGHER_IS_BETTER:
             continue
-        cands = [(r[metric], r["version"]) for r in rows if _finite(r.get(metric))]
+        cands = [(r[metric], r["version"]) for r in rows if is_finite_number(r.get(metric))]
         if not cands:
             continue
         sign = 1 if metric in LOWER_IS_BETTER else -1
@@ -1320,15 +1335,7 @@ def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh") -> str
         out.append(t["none"])
 
     out += ["", f"## {t['lineage']}", ""]
-    versions = {r["version"] for r in rows}
-    children: dict[str, list[Mapping[str, Any]]] = {}
-    roots = []
-    for r in rows:  # rows are in version order, so children are too
-        p = r.get("parent")
-        if p and p in versions and p != r["version"]:
-            children.setdefault(p, []).append(r)
-        else:
-            roots.append(r)
+    roots, children = lineage(rows)
     seen: set[str] = set()
     stack = [(r, 0) for r in reversed(roots)]
     while stack:  # iterative: a chain of 1,000 records must not hit the recursion limit

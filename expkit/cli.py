@@ -530,7 +530,7 @@ def run(
             from .analysis import format_number as num
 
             c = found.get("verdict_counts") or {}
-            typer.echo(f"verdicts  {c.get('confirmed', 0)} confirmed, {c.get('refuted', 0)} refuted, {c.get('inconclusive', 0)} inconclusive")
+            typer.echo(f"verdicts  {_counts(c)}")
             for x in found.get("verdicts") or []:
                 typer.echo(f"  {x['verdict']:12} {x['claim']} (observed {num(x.get('observed'))})")
             typer.echo(f"anomalies {len(found.get('anomalies') or []) or 'none'}")
@@ -672,8 +672,7 @@ def finalize_(version: str = typer.Argument(...), exit_code: int = typer.Option(
             typer.echo(f"exp: the analysis failed: {err}; run `exp analyze {version}` after fixing it", err=True)
             return
         c = result["verdict_counts"]
-        typer.echo(f"exp: {version} analyzed: {c['confirmed']} confirmed, {c['refuted']} refuted, "
-                   f"{c['inconclusive']} inconclusive, {len(result['anomalies'])} anomalies", err=True)
+        typer.echo(f"exp: {version} analyzed: {_counts(c)}, {len(result['anomalies'])} anomalies", err=True)
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -692,6 +691,11 @@ def analyze(
     _print_analysis(result)
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """"1 confirmed, 2 refuted, 0 inconclusive" from an analysis' verdict_counts."""
+    return ", ".join(f"{counts.get(k, 0)} {k}" for k in ("confirmed", "refuted", "inconclusive"))
+
+
 def _print_analysis(result: dict[str, Any]) -> None:
     from .analysis import format_number as num
 
@@ -702,7 +706,7 @@ def _print_analysis(result: dict[str, Any]) -> None:
     typer.echo("  " + "  ".join(f"{k} {num(m[k])}" for k in shown))
     marks = {"confirmed": "✓", "refuted": "✗", "inconclusive": "?"}
     c = result["verdict_counts"]
-    typer.echo(f"verdicts  {c['confirmed']} confirmed, {c['refuted']} refuted, {c['inconclusive']} inconclusive")
+    typer.echo(f"verdicts  {_counts(c)}")
     for x in result["verdicts"]:
         why = f"  ({x['reason']})" if x.get("reason") else ""
         typer.echo(f"  {marks[x['verdict']]} {x['claim']:30} observed {num(x['observed'])}  reference {num(x['reference'])}{why}")

@@ -30,6 +30,12 @@ ANALYSIS_PARTS = {"analysis": ("metrics", "verdicts", "changes")}
 TREE_METRICS = ("best_val_loss", "final_loss")
 
 
+def _differing(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
+    """{key: [a's value, b's value]} for the keys whose values differ, in a's order then b's."""
+    keys = list(a) + [k for k in b if k not in a]
+    return {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)}
+
+
 def _meta(ws: Workspace, version: Version | str) -> dict[str, Any]:
     path = ws.record_path(version)
     if not path.exists():
@@ -47,7 +53,7 @@ def _distinct(versions: list[Version]) -> list[Version]:
 
 
 def _table_or_fail(ws: Workspace, version: Version | str, meta: dict[str, Any], what: str) -> dict[str, Any]:
-    table = results.run_table(ws, version)
+    table = results.run_table(ws, version, meta)
     if table is None:
         from .analysis import AnalysisError
 
@@ -92,9 +98,7 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
     ma, mb = _meta(ws, a), _meta(ws, b)
     ra, rb = ma.get("run") or {}, mb.get("run") or {}
 
-    env_a, env_b = ra.get("env") or {}, rb.get("env") or {}
-    keys = list(env_a) + [k for k in env_b if k not in env_a]
-    environment = {k: [env_a.get(k), env_b.get(k)] for k in keys if env_a.get(k) != env_b.get(k)}
+    environment = _differing(ra.get("env") or {}, rb.get("env") or {})
 
     sa, sb = ws.run_script_path(a), ws.run_script_path(b)
     script: dict[str, Any] = {"a": store._rel(ws, sa), "b": store._rel(ws, sb), "diff": ""}
@@ -117,14 +121,14 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
     else:
         code["note"] = "a git revision is recorded when a record runs inside a git repository"
 
-    ta, tb = results.run_table(ws, a), results.run_table(ws, b)
+    ta, tb = results.run_table(ws, a, ma), results.run_table(ws, b, mb)
     metrics: dict[str, Any] = {}
     if ta is not None and tb is not None:
         metrics = analysis.metric_deltas(results.clean_table(tb), results.clean_table(ta))
     return {
         "a": str(a),
         "b": str(b),
-        "config": {k: list(v) for k, v in cfg_mod.diff(ma.get("config") or {}, mb.get("config") or {}).items()},
+        "config": {k: list(v) for k, v in cfg_mod.diff(ma.get("config") or {}, mb.get("config") or {}).items()},  # TrainConfig order
         "environment": environment,
         "script": script,
         "code": code,
@@ -156,10 +160,9 @@ def _row(ws: Workspace, path: Path, version: str) -> dict[str, Any]:
         if not isinstance(changes, dict):
             changes = {}
             if parent and ws.record_path(parent).exists():
+                # not store.config_diff: that validates through pydantic, which `exp tree` must not import
                 mine = rec_mod.read_meta(path, ("config",)).get("config") or {}
-                theirs = rec_mod.read_meta(ws.record_path(parent), ("config",)).get("config") or {}
-                keys = list(theirs) + [k for k in mine if k not in theirs]  # both in TrainConfig's order
-                changes = {k: [theirs.get(k), mine.get(k)] for k in keys if theirs.get(k) != mine.get(k)}
+                changes = _differing(rec_mod.read_meta(ws.record_path(parent), ("config",)).get("config") or {}, mine)
     except RecordError as err:
         return {"version": version, "status": "broken", "description": str(err)}
     return {
@@ -185,12 +188,7 @@ def collect(ws: Workspace) -> list[dict[str, Any]]:
     cache = cache if isinstance(cache, dict) else {}
     fresh: dict[str, Any] = {}
     out = []
-    items = sorted(
-        ((Version.parse(p.name[len("experiment_"):-len(".md")]), p) for p in ws.experiment_dir.glob("experiment_*.md")
-         if Version.is_valid(p.name[len("experiment_"):-len(".md")])),
-        key=lambda item: item[0],
-    ) if ws.experiment_dir.is_dir() else []
-    for version, path in items:
+    for version, path in store.record_files(ws):
         st = path.stat()
         stamp = [st.st_mtime_ns, st.st_size]
         hit = cache.get(path.name)
@@ -206,18 +204,19 @@ def collect(ws: Workspace) -> list[dict[str, Any]]:
     return out
 
 
-def _families(ws: Workspace, rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """Lineage root → its versions (itself and every descendant), in version order."""
-    parent = {r["version"]: r.get("parent") for r in rows}
-    known = set(parent)
+def _families(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Lineage root → its versions (itself and every descendant)."""
+    from .analysis import lineage
+
+    roots, children = lineage(rows)
     out: dict[str, list[str]] = {}
-    for r in rows:
-        v, seen = r["version"], set()
-        root = v
-        while parent.get(root) in known and root not in seen:
-            seen.add(root)
-            root = parent[root]
-        out.setdefault(root, []).append(v)
+    for root in roots:
+        stack, members = [root], []
+        while stack:
+            r = stack.pop()
+            members.append(r["version"])
+            stack += children.get(r["version"], [])
+        out[root["version"]] = sorted(members, key=Version.parse)
     return out
 
 
@@ -233,7 +232,7 @@ def _lineage_plots(ws: Workspace, rows: list[dict[str, Any]], folder: Path) -> l
         index = {}
     written = []
     fresh_index = {}
-    for root, versions in _families(ws, rows).items():
+    for root, versions in _families(rows).items():
         files = {v: ws.out_dir(v) / analysis.METRICS_FILE for v in versions}
         runs = [v for v, f in files.items() if f.is_file()][-MAX_LINES:]
         if len(runs) < 2:
@@ -301,27 +300,18 @@ def tree(ws: Workspace) -> list[dict[str, Any]]:
     """The lineage by parent, each node with its verdict counts and its best loss; the node with
     the lowest of those across the workspace is marked ``best``. Reads the report's rows
     (``collect``), so it shares their cache."""
-    from .analysis import VERDICTS
+    from .analysis import VERDICTS, lineage
 
     rows = collect(ws)
-    known = {r["version"] for r in rows}
-    children: dict[str, list[dict[str, Any]]] = {}
-    roots = []
-    for r in rows:
-        parent = r.get("parent")
-        if parent and str(parent) in known and str(parent) != r["version"]:
-            children.setdefault(str(parent), []).append(r)
-        else:
-            roots.append(r)
+    roots, children = lineage(rows)
     values = [m[1] for r in rows if (m := _tree_metric(r))]
     best_value = min(values) if values else None
 
-    def node(r: dict[str, Any], seen: frozenset[str]) -> dict[str, Any]:
+    def node(r: dict[str, Any]) -> dict[str, Any]:  # no cycle guard: lineage() leaves cycles unreachable
         verdicts = None
         if r.get("verdicts") is not None:
             verdicts = {k: sum(1 for x in r["verdicts"] if isinstance(x, dict) and x.get("verdict") == k) for k in VERDICTS}
         metric = _tree_metric(r)
-        seen = seen | {r["version"]}
         return {
             "version": r["version"],
             "status": r.get("status") or "?",
@@ -329,18 +319,14 @@ def tree(ws: Workspace) -> list[dict[str, Any]]:
             "verdicts": verdicts,
             "metric": {"name": metric[0], "value": metric[1]} if metric else None,
             "best": metric is not None and metric[1] == best_value,
-            "children": [node(c, seen) for c in children.get(r["version"], []) if c["version"] not in seen],
+            "children": [node(c) for c in children.get(r["version"], [])],
         }
 
-    return [node(r, frozenset()) for r in roots]
+    return [node(r) for r in roots]
 
 
 def _tree_metric(row: dict[str, Any]) -> tuple[str, float] | None:
-    import math
+    from .analysis import is_finite_number
 
     table = row.get("metrics") or {}
-    for name in TREE_METRICS:
-        value = table.get(name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return name, float(value)
-    return None
+    return next(((name, float(table[name])) for name in TREE_METRICS if is_finite_number(table.get(name))), None)

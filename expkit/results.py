@@ -14,7 +14,6 @@ refined with ``exp fill`` or an editor survives a re-analysis.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 from pathlib import Path
@@ -56,12 +55,9 @@ ALIASES = ("train_loss", "loss")
 def clean_table(table: dict[str, Any]) -> dict[str, Any]:
     """The numeric, finite entries of a summarize() table, without the aliases (what the front
     matter keeps)."""
-    import math
+    from .analysis import is_finite_number
 
-    return {
-        k: v for k, v in table.items()
-        if k not in ALIASES and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    return {k: v for k, v in table.items() if k not in ALIASES and is_finite_number(v)}
 
 
 def with_aliases(table: dict[str, Any]) -> dict[str, Any]:
@@ -71,17 +67,19 @@ def with_aliases(table: dict[str, Any]) -> dict[str, Any]:
     return dict(table)
 
 
-def run_table(ws: Workspace, version: Version | str) -> dict[str, Any] | None:
+def run_table(ws: Workspace, version: Version | str, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The metrics table of a record's run, or None when it has no run to speak of.
 
     An analysed record's stored table wins (it is what its verdicts were judged on); else its
-    run directory is summarised on the spot."""
+    run directory is summarised on the spot. ``meta``: the record's front matter, when the
+    caller has read it already."""
     from . import analysis
 
-    path = ws.record_path(version)
-    if not path.exists():
-        return None
-    meta = rec_mod.read_meta(path)
+    if meta is None:
+        path = ws.record_path(version)
+        if not path.exists():
+            return None
+        meta = rec_mod.read_meta(path)
     stored = (meta.get("analysis") or {}).get("metrics")
     if isinstance(stored, dict) and stored:
         return with_aliases(stored)
@@ -116,18 +114,14 @@ def _references(ws: Workspace, record: Record) -> dict[str, dict[str, Any]]:
         if not ref:
             continue
         entry: dict[str, Any] = {"version": str(ref), "has_run": False}
-        path = ws.record_path(ref)
-        if path.exists():
-            from . import config as cfg_mod  # pydantic: only when there is a reference to diff
-
-            entry["config_diff"] = {
-                k: list(v) for k, v in cfg_mod.diff(rec_mod.read_meta(path).get("config") or {}, config).items()
-            }
+        diff = store.config_diff(ws, ref, config)
+        if diff is None:
+            entry["missing"] = True
+        else:
+            entry["config_diff"] = diff
             table = run_table(ws, ref)
             entry["has_run"] = table is not None
             entry["table"] = table
-        else:
-            entry["missing"] = True
         out[role] = entry
     return out
 
@@ -199,7 +193,7 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         d.pop("line")  # a line of the record at analysis time: stale once the front matter grows
         if x.reason:
             d["reason"] = analysis.reason_text(x, lang)  # the record's language, like its diagnosis
-        if _finite(x.observed) and _finite(x.reference):
+        if analysis.is_finite_number(x.observed) and analysis.is_finite_number(x.reference):
             d["margin"] = x.observed - x.reference  # "1.15 above the threshold" is then traceable
         verdict_dicts.append(d)
     return {
@@ -222,12 +216,6 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         "_samples": _samples_with_quality(samples_raw, quality),
         "_metrics": metrics,
     }
-
-
-def _finite(x: Any) -> bool:
-    import math
-
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _sample_figures(quality: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -549,8 +537,6 @@ def fill(ws: Workspace, version: Version, section: str, text: str) -> dict[str, 
 # -- exp context ----------------------------------------------------------------------------------
 def context(ws: Workspace, version: Version) -> dict[str, Any]:
     """What an assistant needs to write or check the analysis, in one JSON object."""
-    from . import config as cfg_mod
-
     record = store.load(ws, version)
     meta = record.meta
     v = record.version
@@ -568,10 +554,7 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
     analysis_data = stored if stored is not None else ({k: x for k, x in live.items() if not k.startswith("_")} if live else None)
     full = _read_json(out / ANALYSIS_FILE) or {}
     samples = full.get("samples_detail") or (live or {}).get("_samples") or _samples_with_quality(_read_json(out / "samples.json"), None)
-    parent_diff = None
-    if meta.get("parent") and ws.record_path(meta["parent"]).exists():
-        parent_diff = {k: list(x) for k, x in cfg_mod.diff(rec_mod.read_meta(ws.record_path(meta["parent"])).get("config") or {},
-                                                            meta.get("config") or {}).items()}
+    parent_diff = store.config_diff(ws, meta["parent"], meta.get("config") or {}) if meta.get("parent") else None
     paths = {
         "record": store._rel(ws, record.path),
         "script": store._rel(ws, ws.run_script_path(v)),
@@ -612,5 +595,5 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
             "write": f"exp fill {v} SECTION --file F (SECTION: {', '.join(rec_mod.AI)}); human sections are the person's",
             "after": f"stop and ask a person to run `exp review {v}`",
         },
-        "generated_at": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "generated_at": store.now(),
     }

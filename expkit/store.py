@@ -142,7 +142,8 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         "run": meta.get("run") or {},
         "analysis": meta.get("analysis") or {},
         "plots": _plot_links(ws, record),
-        "samples": _samples(ws, record),
+        # samples.json is read (and its quality computed) only for the section that shows it
+        "samples": _samples(ws, record) if "metrics" in names else [],
         "review": meta.get("review") or {},
     }
 
@@ -288,37 +289,38 @@ class Entry:
 LISTED = ("parent", "baseline", "status", "description")
 
 
-def entries(ws: Workspace, keys: tuple[str, ...] | None = None, parts: dict[str, tuple[str, ...]] | None = None) -> list[Entry]:
-    """Every record's front matter (``keys`` of it, by default LISTED), sorted by version; a
-    broken file is listed, not fatal."""
-    keys = LISTED if keys is None else keys
-    out = []
+def record_files(ws: Workspace) -> list[tuple[Version, Path]]:
+    """Every ``experiment/experiment_X.Y.Z.md`` with its version, sorted by version."""
     if not ws.experiment_dir.is_dir():
-        return out
+        return []
+    found = []
     for path in ws.experiment_dir.glob("experiment_*.md"):
         stem = path.name[len("experiment_") : -len(".md")]
-        if not Version.is_valid(stem):
-            continue
+        if Version.is_valid(stem):
+            found.append((Version.parse(stem), path))
+    return sorted(found, key=lambda item: item[0])
+
+
+def entries(ws: Workspace) -> list[Entry]:
+    """Every record's listing keys (LISTED), sorted by version; a broken file is listed, not fatal."""
+    out = []
+    for version, path in record_files(ws):
         try:
-            out.append(Entry(Version.parse(stem), path, rec_mod.read_meta(path, keys, parts)))
+            out.append(Entry(version, path, rec_mod.read_meta(path, LISTED)))
         except RecordError as err:
-            out.append(Entry(Version.parse(stem), path, {}, str(err)))
-    out.sort(key=lambda e: e.version)
+            out.append(Entry(version, path, {}, str(err)))
     return out
 
 
-def lineage(items: list[Entry]) -> tuple[list[Entry], dict[str, list[Entry]]]:
-    """Roots and children by parent; a record whose parent is missing counts as a root."""
-    known = {str(e.version) for e in items}
-    children: dict[str, list[Entry]] = {}
-    roots = []
-    for e in items:
-        parent = e.meta.get("parent")
-        if parent and str(parent) in known:
-            children.setdefault(str(parent), []).append(e)
-        else:
-            roots.append(e)
-    return roots, children
+def config_diff(ws: Workspace, reference: Any, config: dict[str, Any]) -> dict[str, list[Any]] | None:
+    """The config keys that differ from the record ``reference``'s ({key: [theirs, ours]}), or
+    None when that record does not exist."""
+    path = ws.record_path(reference)
+    if not path.exists():
+        return None
+    from . import config as cfg_mod  # pydantic: only when there is something to diff
+
+    return {k: list(v) for k, v in cfg_mod.diff(rec_mod.read_meta(path).get("config") or {}, config).items()}
 
 
 # -- the commands' core ----------------------------------------------------------------------
@@ -352,16 +354,13 @@ def set_config(ws: Workspace, version: Version, assignments: list[str], regenera
 
 def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     from . import claims as claims_mod
-    from . import config as cfg_mod
 
     record = load(ws, version)
     meta = record.meta
     sections = {name: (record.block("human", name).text if record.block("human", name) else "") for name in rec_mod.HUMAN}
     expected = record.block("human", "expected")
     found = claims_mod.parse_claims(expected.text, expected.first_content_line)[0] if expected else []
-    changed: dict[str, Any] = {}
-    if meta.get("parent") and ws.record_path(meta["parent"]).exists():
-        changed = cfg_mod.diff(rec_mod.read_meta(ws.record_path(meta["parent"])).get("config") or {}, meta.get("config") or {})
+    changed = (config_diff(ws, meta["parent"], meta.get("config") or {}) if meta.get("parent") else None) or {}
     warnings = []
     prereg = (meta.get("prereg") or {}).get("sections") or {}
     changed_sections = [n for n, d in prereg.items() if n in sections and rec_mod.sha256(sections[n]) != d]
@@ -384,7 +383,7 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
             "next": rec_mod.next_step(record.status, str(version)),
             "sections": sections,
             "claims": [c.to_dict() for c in found],
-            "changed_from_parent": {k: list(v) for k, v in changed.items()},
+            "changed_from_parent": changed,
             "prereg_changed": changed_sections,
             "warnings": warnings,
         }
