@@ -1,6 +1,7 @@
 """Benchmark the trainer (run on demand, not in CI). Prints medians and ratios measured in one run.
 
-    python bench/bench_trainer.py                 # trainer vs a bare loop: tokens/s, overhead %, memory, MFU (GPU)
+    python bench/bench_trainer.py                 # trainer (SwanLab offline and disabled) vs a bare loop:
+                                                  # tokens/s, overhead %, memory, MFU (GPU)
     python bench/bench_trainer.py --demo          # the default CPU demo run: loss vs time, loss at 2 minutes
 
 Overhead: ``model.train_pretrain.train`` against the barest loop over the same model, data,
@@ -9,8 +10,9 @@ timed over steps 2..N (step 1 is warm-up) from the end of step 1 to the end of s
 trainer's window comes from its own metrics.jsonl (elapsed_s of the step-1 and step-N rows),
 so it includes everything the trainer does per step: the log lines, metrics.jsonl, SwanLab
 offline mirroring, heartbeats and NaN checks. Evaluation and the checkpoint happen once, after
-step N, outside both windows; their cost is reported on its own. Runs alternate (trainer,
-bare, trainer, ...) so that drift in the machine's load hits both alike.
+step N, outside both windows; their cost is reported on its own. Each repeat runs the bare
+loop and the trainer once per tracking mode (``--modes``, default offline and disabled), in an
+order rotated from repeat to repeat, so that drift in the machine's load hits every loop alike.
 
 Tokens are non-padding tokens: the data is packed, every position is a real token.
 """
@@ -133,59 +135,71 @@ def _overrides(items: list[str]) -> dict[str, object]:
     return out
 
 
+def _overhead_lines(name: str, runs: list[dict], bare: list[dict]) -> None:
+    t_med = statistics.median(r["tokens_per_s"] for r in runs)
+    b_med = statistics.median(r["tokens_per_s"] for r in bare)
+    # the per-repeat ratio pairs runs made back to back, so slow drift in load cancels
+    ratios = [b["tokens_per_s"] / t["tokens_per_s"] - 1 for t, b in zip(runs, bare)]
+    print(f"{name}: {t_med:,.0f} tok/s vs bare {b_med:,.0f} (medians of {len(runs)}) -> overhead "
+          f"{100 * (b_med / t_med - 1):+.2f}% (medians), {100 * statistics.median(ratios):+.2f}% "
+          f"(median of paired ratios; target <= 2%)")
+    # per log interval, pooled over repeats: the upper quantiles are the intervals nothing else disturbed
+    t_rates = sorted(r for run in runs for r in run["rates"])
+    b_rates = sorted(r for run in bare for r in run["rates"])
+    for q_name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9)):
+        t_q, b_q = _quantile(t_rates, q), _quantile(b_rates, q)
+        print(f"  per-interval {q_name:>6}: {t_q:,.0f} vs bare {b_q:,.0f} tok/s -> overhead {100 * (b_q / t_q - 1):+.2f}%")
+
+
 def overhead(args: argparse.Namespace) -> None:
     base = TrainConfig().model_dump()
     shape = {"max_steps": args.steps, "warmup_steps": min(base["warmup_steps"], args.steps // 4),
              # one evaluation and one checkpoint, after the timed window
-             "eval_interval": args.steps, "save_interval": args.steps, "swanlab_mode": args.swanlab_mode,
-             "sample_max_new_tokens": 8}
+             "eval_interval": args.steps, "save_interval": args.steps, "sample_max_new_tokens": 8}
     if args.device:
         shape["device"] = args.device
     shape.update(_overrides(args.set))
-    cfg = TrainConfig(**{**base, **shape})
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in tracking.MODES]
+    if unknown or not modes:
+        raise SystemExit(f"--modes: {', '.join(unknown) or 'none given'}; choose from {', '.join(tracking.MODES)}")
+    configs = {m: TrainConfig(**{**base, **shape, "swanlab_mode": m}) for m in modes}
+    cfg = configs[modes[0]]
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
     print(f"shape: {cfg.model_type} hidden {cfg.hidden_size} layers {cfg.num_hidden_layers} seq {cfg.max_seq_len} "
           f"batch {cfg.batch_size}x{cfg.accumulation_steps} ({tokens_per_step} tokens/step), {cfg.max_steps} steps, "
-          f"log every {cfg.log_interval}, tracking {cfg.swanlab_mode}, threads {torch.get_num_threads()}")
+          f"log every {cfg.log_interval}, trainer with tracking {' / '.join(modes)}, threads {torch.get_num_threads()}")
     bare_loop(cfg)  # warm caches: corpus, allocator, kernels
-    trainer, bare = [], []
+    trainer: dict[str, list[dict]] = {m: [] for m in modes}
+    bare: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            if i % 2:  # alternate which goes first, so an order effect cancels too
-                bare.append(bare_loop(cfg))
-                trainer.append(trainer_run(cfg, Path(tmp)))
-            else:
-                trainer.append(trainer_run(cfg, Path(tmp)))
-                bare.append(bare_loop(cfg))
-            print(f"  repeat {i + 1}: trainer {trainer[-1]['tokens_per_s']:,.0f} tok/s, "
-                  f"bare {bare[-1]['tokens_per_s']:,.0f} tok/s")
-    t_med = statistics.median(r["tokens_per_s"] for r in trainer)
-    b_med = statistics.median(r["tokens_per_s"] for r in bare)
-    # the per-repeat ratio pairs runs made back to back, so slow drift in load cancels
-    ratios = [b["tokens_per_s"] / t["tokens_per_s"] - 1 for t, b in zip(trainer, bare)]
-    print(f"trainer  tokens/s (median of {args.repeats}): {t_med:,.0f}")
-    print(f"bare     tokens/s (median of {args.repeats}): {b_med:,.0f}")
-    print(f"overhead: {100 * (b_med / t_med - 1):+.2f}% (medians), {100 * statistics.median(ratios):+.2f}% "
-          f"(median of paired ratios; target <= 2%)")
-    # per log interval, pooled over repeats: the upper quantiles are the intervals nothing else disturbed
-    t_rates = sorted(r for run in trainer for r in run["rates"])
-    b_rates = sorted(r for run in bare for r in run["rates"])
-    for name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9)):
-        t_q, b_q = _quantile(t_rates, q), _quantile(b_rates, q)
-        print(f"per-interval {name:>6}: trainer {t_q:,.0f}, bare {b_q:,.0f} tok/s -> overhead {100 * (b_q / t_q - 1):+.2f}%")
-    same = trainer[0]["param_sha256"] == bare[0]["param_sha256"]
+            # rotate the order each repeat, so an order effect (and slow drift) hits every loop alike
+            jobs = [("bare", None), *((m, configs[m]) for m in modes)]
+            shift = i % len(jobs)
+            for name, mode_cfg in jobs[shift:] + jobs[:shift]:
+                if mode_cfg is None:
+                    bare.append(bare_loop(cfg))
+                else:
+                    trainer[name].append(trainer_run(mode_cfg, Path(tmp)))
+            print(f"  repeat {i + 1}: " + ", ".join(f"trainer/{m} {trainer[m][-1]['tokens_per_s']:,.0f}" for m in modes)
+                  + f", bare {bare[-1]['tokens_per_s']:,.0f} tok/s")
+    for m in modes:
+        _overhead_lines(f"trainer (tracking {m})", trainer[m], bare)
+    first = trainer[modes[0]][0]
+    same = all(runs[0]["param_sha256"] == bare[0]["param_sha256"] for runs in trainer.values())
     print(f"same work: final parameters {'bitwise equal' if same else 'DIFFER'} (sha256 {bare[0]['param_sha256'][:12]})")
-    end_s = statistics.median(r["end_s"] for r in trainer)
+    end_s = statistics.median(r["end_s"] for r in trainer[modes[0]])
     print(f"after the window (eval, checkpoint, samples, final/): {end_s:.2f}s")
     device = tp.pick_device(cfg, tp.Dist())
     if device.type == "cuda":
-        print(f"peak memory: trainer {max(r['peak_mem_mb'] for r in trainer):,.0f} MiB, "
+        print(f"peak memory: trainer {max(r['peak_mem_mb'] for runs in trainer.values() for r in runs):,.0f} MiB, "
               f"bare {max(r['peak_mem_mb'] for r in bare):,.0f} MiB (torch.cuda.max_memory_allocated)")
-        if not math.isnan(trainer[0]["mfu"]):
-            print(f"MFU (nanoGPT formula): trainer {statistics.median(r['mfu'] for r in trainer):.2%}, "
+        if not math.isnan(first["mfu"]):
+            print(f"MFU (nanoGPT formula): trainer {statistics.median(r['mfu'] for r in trainer[modes[0]]):.2%}, "
                   f"bare {statistics.median(r['mfu'] for r in bare):.2%}")
     else:
-        print(f"peak memory: {tp.peak_memory_mb(device):,.0f} MiB RSS for this process (both loops; CPU has no "
+        print(f"peak memory: {tp.peak_memory_mb(device):,.0f} MiB RSS for this process (all loops; CPU has no "
               "per-loop peak); MFU: n/a without a GPU")
 
 
@@ -229,7 +243,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads (default: torch's choice); 1 is steadier on a busy machine")
     p.add_argument("--device", default="", help="device for the overhead runs (default: the config's auto)")
-    p.add_argument("--swanlab-mode", default="offline", choices=tracking.MODES, help="the trainer's tracking mode")
+    p.add_argument("--modes", default="offline,disabled",
+                   help="the trainer's tracking modes to time, comma-separated, each against the same bare loop")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a TrainConfig value")
     args = p.parse_args()
     if args.threads:
