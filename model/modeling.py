@@ -62,7 +62,7 @@ class MiniMindConfig(PreTrainedConfig):
     """
 
     model_type = "minimind"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     variant: str = "model_original"
     vocab_size: int = 6400
@@ -406,6 +406,12 @@ class Block(nn.Module):
 # the model
 
 
+# Recent transformers 5.x (5.24 here) hand the KV cache to forward as ``cache`` and read it back
+# from the output's ``cache`` field; earlier 5.x releases name both past_key_values. Ignoring the
+# new name made generate feed one token at a time into a fresh, empty cache each step.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 @dataclass
 class MiniMindCausalLMOutput(CausalLMOutputWithPast):
     """CausalLMOutputWithPast plus the MoE balance loss (a zero tensor for the dense variants)."""
@@ -463,6 +469,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         targets: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        cache: Cache | None = None,
         **kwargs: Any,
     ) -> MiniMindCausalLMOutput:
         """Logits for ``input_ids`` (B, T), and the loss when ``labels`` or ``targets`` is given.
@@ -472,15 +479,17 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         ``loss`` is the cross-entropy, plus ``aux_loss_coef * aux_loss`` for model_moe in training
         mode only: the balance term is an optimisation device, so eval loss stays a pure
         cross-entropy comparable across variants. ``aux_loss`` is always reported (sum over layers).
-        A KV cache is kept when ``use_cache`` is true (generate asks) or a cache is passed in.
+        A KV cache is kept when ``use_cache`` is true (generate asks) or a cache is passed in
+        (``cache``, or ``past_key_values`` as earlier transformers 5.x name it).
         ``logits_to_keep=n`` computes logits for the last n positions only (generate uses 1).
         """
         if labels is not None and targets is not None:
             raise ValueError("pass labels (shifted inside) or targets (already aligned), not both")
         B, T = input_ids.shape
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_len = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
             position_ids = (past_len + torch.arange(T, device=input_ids.device))[None]  # (1, T)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)  # (B|1, 1, T, hd)
@@ -489,7 +498,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         x = self.dropout(self.embed_tokens(input_ids))  # (B, T, C)
         aux_loss = torch.zeros((), device=x.device)
         for block in self.layers:
-            x, aux = block(x, cos, sin, mask, past_key_values)
+            x, aux = block(x, cos, sin, mask, cache)
             if aux is not None:
                 aux_loss = aux_loss + aux
         x = self.norm(x)
@@ -510,7 +519,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             if self.config.variant == "model_moe" and self.training:
                 loss = loss + self.config.aux_loss_coef * aux_loss
 
-        return MiniMindCausalLMOutput(loss=loss, logits=logits, past_key_values=past_key_values, aux_loss=aux_loss)
+        return MiniMindCausalLMOutput(loss=loss, logits=logits, aux_loss=aux_loss, **{_CACHE_FIELD: cache})
 
     # -- accounting ------------------------------------------------------------------------------
 
