@@ -138,7 +138,7 @@ def _overrides(items: list[str]) -> dict[str, object]:
 def _overhead_lines(name: str, runs: list[dict], bare: list[dict]) -> None:
     t_med = statistics.median(r["tokens_per_s"] for r in runs)
     b_med = statistics.median(r["tokens_per_s"] for r in bare)
-    # the per-repeat ratio pairs runs made back to back, so slow drift in load cancels
+    # the per-repeat ratio pairs runs made in the same repeat, so slow drift in load cancels
     ratios = [b["tokens_per_s"] / t["tokens_per_s"] - 1 for t, b in zip(runs, bare)]
     print(f"{name}: {t_med:,.0f} tok/s vs bare {b_med:,.0f} (medians of {len(runs)}) -> overhead "
           f"{100 * (b_med / t_med - 1):+.2f}% (medians), {100 * statistics.median(ratios):+.2f}% "
@@ -159,6 +159,8 @@ def overhead(args: argparse.Namespace) -> None:
     if args.device:
         shape["device"] = args.device
     shape.update(_overrides(args.set))
+    if "swanlab_mode" in shape:  # each trainer run sets its own mode; a --set would be overridden unseen
+        raise SystemExit("--set swanlab_mode=...: use --modes to choose the trainer's tracking modes")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in tracking.MODES]
     if unknown or not modes:
@@ -175,13 +177,13 @@ def overhead(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             # rotate the order each repeat, so an order effect (and slow drift) hits every loop alike
-            jobs = [("bare", None), *((m, configs[m]) for m in modes)]
+            jobs = ["bare", *modes]
             shift = i % len(jobs)
-            for name, mode_cfg in jobs[shift:] + jobs[:shift]:
-                if mode_cfg is None:
+            for name in jobs[shift:] + jobs[:shift]:
+                if name == "bare":
                     bare.append(bare_loop(cfg))
                 else:
-                    trainer[name].append(trainer_run(mode_cfg, Path(tmp)))
+                    trainer[name].append(trainer_run(configs[name], Path(tmp)))
             print(f"  repeat {i + 1}: " + ", ".join(f"trainer/{m} {trainer[m][-1]['tokens_per_s']:,.0f}" for m in modes)
                   + f", bare {bare[-1]['tokens_per_s']:,.0f} tok/s")
     for m in modes:
