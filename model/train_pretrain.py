@@ -27,7 +27,7 @@ Outputs in DIR (rank 0 writes them all):
 Exit codes: 0 finished; 1 uncaught error (traceback in train.log); 2 bad input (config, data,
 tokenizer, out dir: one line, no traceback); 3 loss became NaN/Inf (the last good checkpoint is
 kept); 130 interrupted by SIGINT; 143 interrupted by SIGTERM (both after saving a checkpoint at
-the next step boundary; a second signal exits at once).
+the next step boundary; a second Ctrl-C exits at once, a repeated SIGTERM does not).
 
 ``--resume`` continues from the newest checkpoint that loads (a truncated one is skipped with a
 warning) and truncates metrics.jsonl after its step; the continuation is exact (same losses as
@@ -532,7 +532,10 @@ def save_final(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
 class _StopFlag:
     """SIGINT/SIGTERM set it; the loop saves a checkpoint at the next step boundary and exits.
 
-    A second signal restores the default handler's effect (immediate exit).
+    A second Ctrl-C (SIGINT) restores the default handler's effect: an immediate exit. A repeated
+    SIGTERM is the same request again, not an escalation: `exp stop` signals the run script's
+    whole process group and the script forwards the signal to its child as well, and torchrun
+    and Slurm forward theirs; dying on the echo would lose the checkpoint (SIGKILL forces).
     """
 
     def __init__(self) -> None:
@@ -547,8 +550,10 @@ class _StopFlag:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:  # second signal: give up at once
-            signal.signal(signum, signal.SIG_DFL)
+        if self.signum:
+            if signum != signal.SIGINT:
+                return  # already stopping
+            signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C: give up at once
             os.kill(os.getpid(), signum)
             return
         self.signum = signum

@@ -197,6 +197,10 @@ def test_sigterm_saves_a_checkpoint_and_reports_interrupted(tmp_path, corpus):
                             env=child_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(lambda: len(tracking.read_metrics(out / "metrics.jsonl")) >= 3, proc)
     proc.send_signal(signal.SIGTERM)
+    # the echo `exp stop` causes: it signals the script's process group and the script forwards
+    # the signal to the trainer too. The same request again, not "give up now".
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == tp.EXIT_SIGTERM, output[-2000:]
 
