@@ -58,8 +58,8 @@ python - "$out/samples.json" <<'PY'
 import json, sys
 
 data = json.load(open(sys.argv[1], encoding="utf-8"))
-for sample in (data.get("samples") if isinstance(data, dict) else data)[:4]:
-    print(f"  {sample.get('prompt')!r} → {str(sample.get('completion', sample.get('text', '')))[:80]!r}")
+for sample in data["samples"]:  # each prompt greedy, then sampled
+    print(f"  {sample['prompt']!r} ({sample['mode']}) → {sample['completion'][:80]!r}")
 PY
 cat <<EOF
 
