@@ -411,7 +411,7 @@ def _fmt_s(seconds) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _watch(ws, v, launch, max_steps: int) -> None:
+def _watch(ws, v, launch, max_steps: int, resume: bool) -> None:
     """Progress of a foreground run: a rich bar on a terminal, plain lines otherwise."""
     import signal as _signal
 
@@ -424,7 +424,7 @@ def _watch(ws, v, launch, max_steps: int) -> None:
         nonlocal stopping
         while True:
             try:
-                yield from runner.follow_metrics(ws, v, alive)
+                yield from runner.follow_metrics(ws, v, alive, resume=resume)
                 return
             except KeyboardInterrupt:
                 if stopping:
@@ -510,7 +510,7 @@ def run(
     if not json_out:
         typer.echo(f"started   {v} as {where}; log {store._rel(ws, launch.log)}")
         record = store.load(ws, v)
-        _watch(ws, v, launch, int((record.meta.get("config") or {}).get("max_steps", 0)))
+        _watch(ws, v, launch, int((record.meta.get("config") or {}).get("max_steps", 0)), opts.resume)
     record = runner.wait(ws, v, launch)
     run_info = record.meta.get("run") or {}
     if json_out:

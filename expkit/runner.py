@@ -654,25 +654,52 @@ def interrupt(launch: Launch, sig: int = signal.SIGINT) -> None:
             pass
 
 
-def follow_metrics(ws: Workspace, version: Version, alive: Any, poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
-    """Yield each new line of metrics.jsonl while ``alive()`` is true (and once more after)."""
+def follow_metrics(ws: Workspace, version: Version, alive: Any, poll_s: float = 0.5,
+                   resume: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield each new line of this session's metrics.jsonl while ``alive()`` is true (and once more after).
+
+    A file already there at the start is not this session's: a fresh run's trainer deletes it
+    and starts a new one (all of it is yielded), a resumed run's trainer replaces it with the
+    lines up to its checkpoint (history: only the last of them is yielded, to say where the run
+    stands). Either way the new file is spotted by its inode or by its shrinking; following it by
+    the old byte offset would skip its lines and then yield a line cut in half.
+    """
     path = ws.out_dir(version) / "metrics.jsonl"
-    pos = 0
+
+    def stat() -> tuple[tuple[int, int] | None, int]:
+        try:
+            st = path.stat()
+        except OSError:
+            return None, 0
+        return (st.st_dev, st.st_ino), st.st_size
+
+    ident, pos = stat()
     buf = b""
     while True:
         running = alive()
-        if path.exists():
+        now, size = stat()
+        if now is None:  # deleted (a fresh run's trainer does that): whatever appears next is new
+            ident, pos, buf = None, 0, b""
+        else:
+            replaced = now != ident or size < pos
+            if replaced:
+                history = resume and ident is not None  # the trainer's truncated copy of the old file
+                ident, pos, buf = now, 0, b""
             with open(path, "rb") as fh:
                 fh.seek(pos)
                 chunk = fh.read()
                 pos = fh.tell()
             buf += chunk
             *lines, buf = buf.split(b"\n")
+            rows = []
             for line in lines:
                 try:
-                    yield json.loads(line)
+                    rows.append(json.loads(line))
                 except ValueError:
                     continue
+            if replaced and history:
+                rows = rows[-1:]
+            yield from rows
         if not running:
             return
         time.sleep(poll_s)

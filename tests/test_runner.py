@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import FILLED, fill, run_exp
 
-from expkit import store
+from expkit import runner, store, tracking
 from expkit.record import Record
 from expkit.version import Version
 
@@ -142,6 +142,66 @@ def test_a_crashing_run_records_failed_with_the_error(gitws, tmp_path):
     assert run["exit_code"] != 0 and run["log_tail"]
     execution = rec.block("generated", "execution").text
     assert "failed" in execution and f"{bad}:2" in execution
+
+
+V = Version.parse("0.1.0")
+
+
+def _follow(ws, actions, resume=False):
+    """The steps follow_metrics yields while ``actions`` run, one before each of its polls."""
+    todo = list(actions)
+
+    def alive():
+        if todo:
+            todo.pop(0)()
+        return bool(todo)
+
+    return [row["step"] for row in runner.follow_metrics(ws, V, alive, poll_s=0, resume=resume)]
+
+
+def _append(path, *steps, tail=""):
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(json.dumps({"step": s, "loss": 9.0 - s / 100}) + "\n" for s in steps) + tail)
+
+
+def test_progress_of_a_fresh_run_skips_the_stale_metrics_and_follows_the_new_file(ws):
+    metrics = ws.out_dir(V) / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    _append(metrics, *range(10, 100, 10))  # a failed earlier run's lines
+    steps = _follow(ws, [
+        lambda: None,
+        lambda: metrics.unlink(),  # the trainer, starting fresh, deletes them
+        lambda: _append(metrics, 1, 10, tail='{"step": 2'),  # a line half written
+        lambda: _append(metrics, tail='0, "loss": 8.8}\n'),  # ... and finished
+        lambda: _append(metrics, 30),
+    ])
+    assert steps == [1, 10, 20, 30]
+
+
+def test_progress_of_a_fresh_run_sees_a_new_file_it_did_not_see_deleted(ws):
+    metrics = ws.out_dir(V) / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    _append(metrics, *range(10, 100, 10))
+
+    def replace_at_once():  # deleted and created between two polls (the inode may be reused)
+        metrics.unlink()
+        _append(metrics, 1)
+
+    assert _follow(ws, [lambda: None, replace_at_once, lambda: _append(metrics, 10)]) == [1, 10]
+
+
+def test_progress_of_a_resumed_run_shows_where_it_resumed_not_the_history(ws):
+    metrics = ws.out_dir(V) / "metrics.jsonl"
+    metrics.parent.mkdir(parents=True)
+    _append(metrics, 1, *range(10, 100, 10))  # killed after step 90; the newest checkpoint is step 50
+
+    def trainer_resumes():  # the trainer's own truncation, then its first new line
+        tracking.MetricsFile.truncate_after(metrics, 50)
+        _append(metrics, 60)
+
+    steps = _follow(ws, [lambda: None, trainer_resumes, lambda: _append(metrics, 70), lambda: _append(metrics, 80)],
+                    resume=True)
+    assert steps == [60, 70, 80]
 
 
 def test_detach_stop_resume_finishes(gitws):
