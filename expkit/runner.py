@@ -681,9 +681,10 @@ def follow_metrics(ws: Workspace, version: Version, alive: Any, poll_s: float = 
         if now is None:  # deleted (a fresh run's trainer does that): whatever appears next is new
             ident, pos, buf = None, 0, b""
         else:
-            replaced = now != ident or size < pos
-            if replaced:
-                history = resume and ident is not None  # the trainer's truncated copy of the old file
+            # a new file; on a resume, the trainer's truncated copy of the old one is history
+            history = False
+            if now != ident or size < pos:
+                history = resume and ident is not None
                 ident, pos, buf = now, 0, b""
             with open(path, "rb") as fh:
                 fh.seek(pos)
@@ -697,9 +698,7 @@ def follow_metrics(ws: Workspace, version: Version, alive: Any, poll_s: float = 
                     rows.append(json.loads(line))
                 except ValueError:
                     continue
-            if replaced and history:
-                rows = rows[-1:]
-            yield from rows
+            yield from rows[-1:] if history else rows
         if not running:
             return
         time.sleep(poll_s)
