@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .claims import Claim
+from .numbers import format_number, format_percent, is_finite_number
 from .errors import ExpError
 
 if TYPE_CHECKING:
@@ -73,51 +74,7 @@ class AnalysisError(ExpError):
     """A run's output file is missing or unreadable."""
 
 
-# -- number formatting (one formatter for every number a text cites) ----------------------------
-
-
-def format_number(x: float | int | None, signed: bool = False) -> str:
-    """The one way analysis writes a number, so a text's numbers trace back to the evidence.
-
-    Integers as they are; |x| ≥ 1000 rounded to an integer; 0.001 ≤ |x| < 1000 to 4 significant
-    digits without trailing zeros; smaller in %.4g scientific form. Every output rounds ``x``
-    (never truncates), so ``untraceable_numbers`` accepts it against ``x``.
-    """
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool):
-        return str(x).lower()
-    sign = "+" if signed and x > 0 else ""
-    if isinstance(x, int):
-        return f"{sign}{x}"
-    x = float(x)
-    if math.isnan(x):
-        return "NaN"
-    if math.isinf(x):
-        return f"{sign}Inf" if x > 0 else "-Inf"
-    if x == 0:
-        return "0"
-    a = abs(x)
-    if a >= 1000:
-        return f"{sign}{round(x)}"
-    if a >= 1e-3:
-        s = f"{x:.{max(0, 3 - math.floor(math.log10(a)))}f}"
-        return sign + (s.rstrip("0").rstrip(".") if "." in s else s)
-    return sign + f"{x:.4g}"
-
-
-def format_percent(ratio: float | None, signed: bool = False) -> str:
-    """A ratio as a percentage: 0.0163 → "1.63%" (traceable to the ratio 0.0163)."""
-    if ratio is None or not math.isfinite(ratio):
-        return format_number(ratio)
-    return format_number(ratio * 100.0, signed=signed) + "%"
-
-
 _num, _pct = format_number, format_percent  # short names for the message templates
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _json_safe(x: Any) -> Any:

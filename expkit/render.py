@@ -17,7 +17,6 @@ can edit its own copy.
 
 from __future__ import annotations
 
-import math
 import shlex
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import jinja2
 
 from .errors import WorkspaceError
+from .numbers import fmt, format_number, format_percent
 
 
 def sh(value: Any) -> str:
@@ -49,21 +49,6 @@ def cell(value: Any) -> str:
     return oneline(fmt(value)).replace("|", "\\|")
 
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return str(value)
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-            mantissa, exp = f"{value:.4g}".split("e") if "e" in f"{value:.4g}" else (f"{value:.4g}", "")
-            return f"{mantissa}e{int(exp)}" if exp else mantissa
-        return f"{value:.6g}"
-    return str(value)
-
-
 @lru_cache(maxsize=8)
 def environment(templates_dir: Path) -> jinja2.Environment:
     if not templates_dir.is_dir():
@@ -76,8 +61,6 @@ def environment(templates_dir: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    from .analysis import format_number, format_percent  # the analysis' one number format (traceable numbers)
-
     env.filters.update(sh=sh, comment=comment, oneline=oneline, cell=cell, fmt=fmt, num=format_number, pct=format_percent)
     return env
 

@@ -121,7 +121,6 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
         "out_rel": store._rel(ws, out),
         "script_rel": store._rel(ws, ws.run_script_path(version)),
         "template": TEMPLATE,
-        "rendered_at": store.now(),
         "exp_version": __version__,
         "git_sha": (repo or {}).get("sha") or "not a git repository",
         "git_dirty": bool((repo or {}).get("dirty")),

@@ -1,0 +1,77 @@
+"""Writing files so that a reader sees the old file or the new one, never a mix.
+
+The one atomic-write helper of expkit and the trainer: records, state, run scripts, JSON,
+CSV, PNGs and checkpoints all go through ``atomic_write`` (bytes or text) or ``atomic_file``
+(a handle for writers that stream: Pillow, csv, ``torch.save``). The temporary file is unique
+per process and thread and lives beside the target, so two writers of one file at once both
+finish and the survivor is whole. Layer 0: the standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", *, chmod: int | None = None,
+                encoding: str | None = None, newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on a clean exit it is synced and renamed over
+    ``path``; on an exception it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, mode, encoding=encoding, newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if chmod is not None:
+            os.chmod(tmp, chmod)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: str | bytes, *, chmod: int | None = None) -> None:
+    """Write ``data`` (text as UTF-8, newlines as given) to ``path`` atomically."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_file(path, "wb", chmod=chmod) as fh:
+        fh.write(raw)
+
+
+def write_json(path: str | Path, data: Any, *, indent: int | None = 2) -> None:
+    """``data`` as UTF-8 JSON (non-ASCII kept readable), atomically, ending in a newline."""
+    atomic_write(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
