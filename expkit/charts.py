@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_file
+
 WIDTH, PANEL_HEIGHT = 800, 420  # pixels of the final image, per panel
 SCALE = 2
 #: matplotlib's "tab10": familiar colours for ML curves.
@@ -199,8 +201,8 @@ def render(panels: list[Panel], path: str | Path, title: str = "", xlabel: str =
         _legend(draw, legend, small, right, top)
     img = img.reduce(SCALE)  # a box filter: as smooth as LANCZOS at 2x, ~10x faster
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG", optimize=False)
+    with atomic_file(path) as fh:  # two analyses at once: each PNG is one writer's, whole
+        img.save(fh, format="PNG", optimize=False)
     return path
 
 

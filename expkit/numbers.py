@@ -66,3 +66,14 @@ def fmt(value: Any) -> str:
             return f"{mantissa}e{int(exp)}" if exp else mantissa
         return f"{value:.6g}"
     return str(value)
+
+
+def json_safe(x: Any) -> Any:
+    """NaN/Inf become None, recursively: these values go to JSON and YAML, which have no NaN."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x

@@ -1,7 +1,7 @@
 """Several records at once: ``exp compare``, ``exp diff``, ``exp report`` and ``exp tree``.
 
-Each record's numbers come from its analysis in the front matter (``results.run_table``), so a
-report over a thousand records reads front matters, not a thousand metrics files. Curves are
+Each record's numbers come from its analysis in its state (``catalog.run_table``), so a
+report over a thousand records reads their states, not a thousand metrics files. Curves are
 drawn from ``metrics.jsonl`` only where a plot asks for them.
 """
 
@@ -12,9 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import record as rec_mod
-from . import results, store
+from . import gitops, store
+from .catalog import clean_table, metrics_file, run_table
+from .comparison import compare, config_changes, metric_deltas
 from .errors import RecordError, UsageError
+from .files import atomic_write
+from .metrics import METRICS_FILE, AnalysisError
+from .numbers import is_finite_number
+from .plots import plot_by_version, plot_compare
+from .report import REPORT_CONFIG, lineage, render_report_md, report_rows, tracker_csv
+from .verdicts import VERDICTS
 from .version import Version
 from .workspace import Workspace
 
@@ -23,24 +30,12 @@ TRACKER_CSV = "experiment_tracker.csv"
 REPORT_PLOTS = "report"
 #: A lineage plot shows at most this many runs (the newest): more lines are unreadable.
 MAX_LINES = 8
-#: What a report reads of each front matter (reading only these keeps 1,000 records fast).
-REPORTED = ("parent", "baseline", "status", "description", "config", "analysis")
-ANALYSIS_PARTS = {"analysis": ("metrics", "verdicts", "changes")}
 #: The metric ``exp tree`` shows beside each node, with its fallback.
 TREE_METRICS = ("best_val_loss", "final_loss")
 
 
-def _differing(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[Any]]:
-    """{key: [a's value, b's value]} for the keys whose values differ, in a's order then b's."""
-    keys = list(a) + [k for k in b if k not in a]
-    return {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)}
-
-
 def _meta(ws: Workspace, version: Version | str) -> dict[str, Any]:
-    path = ws.record_path(version)
-    if not path.exists():
-        raise RecordError(f"no experiment {version} ({store._rel(ws, path)}); `exp list` shows the records")
-    return rec_mod.read_meta(path)
+    return store.read_meta(ws, version)
 
 
 def _distinct(versions: list[Version]) -> list[Version]:
@@ -53,22 +48,18 @@ def _distinct(versions: list[Version]) -> list[Version]:
 
 
 def _table_or_fail(ws: Workspace, version: Version | str, meta: dict[str, Any], what: str) -> dict[str, Any]:
-    table = results.run_table(ws, version, meta)
+    table = run_table(ws, version, meta)
     if table is None:
-        from .analysis import AnalysisError
-
         raise AnalysisError(
             f"{version} has no run results (status {meta.get('status')}); run it (`exp run {version}`) or leave it out of the {what}"
         )
-    return results.clean_table(table)
+    return clean_table(table)
 
 
 # -- exp compare -------------------------------------------------------------------------------------
 def compare_records(ws: Workspace, versions: list[Version], plot: Path | None = None) -> dict[str, Any]:
     """Config keys that differ, the metric table with deltas against the first version, and
     (with ``plot``) the runs' curves overlaid in one PNG."""
-    from . import analysis
-
     if len(versions) < 2:
         raise UsageError("give at least two versions to compare, e.g. `exp compare 0.1.0 0.1.1`")
     _distinct(versions)
@@ -78,12 +69,12 @@ def compare_records(ws: Workspace, versions: list[Version], plot: Path | None = 
         meta = _meta(ws, v)
         tables[str(v)] = _table_or_fail(ws, v, meta, "comparison")
         configs[str(v)] = meta.get("config") or {}
-    out = analysis.compare(tables, configs)
+    out = compare(tables, configs)
     if plot is not None:
-        runs = {label: m for label in tables if (m := results.metrics_file(ws, label)) is not None}
+        runs = {label: m for label in tables if (m := metrics_file(ws, label)) is not None}
         if not runs:
-            raise analysis.AnalysisError("none of these runs has a metrics.jsonl to plot; leave out --plot")
-        analysis.plot_compare(runs, plot, title=" vs ".join(tables))
+            raise AnalysisError("none of these runs has a metrics.jsonl to plot; leave out --plot")
+        plot_compare(runs, plot, title=" vs ".join(tables))
         out["plot"] = str(plot)
         out["not_plotted"] = [label for label in tables if label not in runs]
     return out
@@ -92,16 +83,13 @@ def compare_records(ws: Workspace, versions: list[Version], plot: Path | None = 
 # -- exp diff ----------------------------------------------------------------------------------------
 def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
     """How two experiments differ: config, environment, rendered script, code, metrics."""
-    from . import analysis, gitops
-    from . import config as cfg_mod
-
     ma, mb = _meta(ws, a), _meta(ws, b)
     ra, rb = ma.get("run") or {}, mb.get("run") or {}
 
-    environment = _differing(ra.get("env") or {}, rb.get("env") or {})
+    environment = config_changes(ra.get("env") or {}, rb.get("env") or {})
 
     sa, sb = ws.run_script_path(a), ws.run_script_path(b)
-    script: dict[str, Any] = {"a": store._rel(ws, sa), "b": store._rel(ws, sb), "diff": ""}
+    script: dict[str, Any] = {"a": ws.rel(sa), "b": ws.rel(sb), "diff": ""}
     if sa.is_file() and sb.is_file():
         lines = difflib.unified_diff(
             sa.read_text(encoding="utf-8").splitlines(keepends=True), sb.read_text(encoding="utf-8").splitlines(keepends=True),
@@ -121,14 +109,14 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
     else:
         code["note"] = "a git revision is recorded when a record runs inside a git repository"
 
-    ta, tb = results.run_table(ws, a, ma), results.run_table(ws, b, mb)
+    ta, tb = run_table(ws, a, ma), run_table(ws, b, mb)
     metrics: dict[str, Any] = {}
     if ta is not None and tb is not None:
-        metrics = analysis.metric_deltas(results.clean_table(tb), results.clean_table(ta))
+        metrics = metric_deltas(clean_table(tb), clean_table(ta))
     return {
         "a": str(a),
         "b": str(b),
-        "config": {k: list(v) for k, v in cfg_mod.diff(ma.get("config") or {}, mb.get("config") or {}).items()},  # TrainConfig order
+        "config": config_changes(ma.get("config") or {}, mb.get("config") or {}),  # TrainConfig order
         "environment": environment,
         "script": script,
         "code": code,
@@ -141,64 +129,70 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
 
 # -- exp report --------------------------------------------------------------------------------------
 CACHE_FILE = "report-index.json"
-CACHE_LAYOUT = 2  # bump when _row changes what it returns
+CACHE_LAYOUT = 3  # bump when _row changes what it returns
 
 
-def _row(ws: Workspace, path: Path, version: str) -> dict[str, Any]:
-    """One record as ``analysis.report_rows`` takes it (a broken record is listed as broken).
-
-    Only the report's seven config keys and three parts of the analysis are read (the YAML
-    constructor is the cost); the config diff against the parent comes from the analysis, or
-    for a record not analysed yet from both full configs."""
-    from .analysis import REPORT_CONFIG
-
+def _row(ws: Workspace, version: str) -> dict[str, Any]:
+    """One record as ``report.report_rows`` takes it (a broken record is listed as broken): the
+    report's seven config keys and three parts of the analysis; the config diff against the
+    parent comes from the analysis, or for a record not analysed yet from both configs."""
     try:
-        meta = rec_mod.read_meta(path, REPORTED, {**ANALYSIS_PARTS, "config": REPORT_CONFIG})
+        meta = store.read_meta(ws, version)
         found = meta.get("analysis") or {}
         changes = found.get("changes")
         parent = meta.get("parent")
         if not isinstance(changes, dict):
             changes = {}
             if parent and ws.record_path(parent).exists():
-                # not store.config_diff: that validates through pydantic, which `exp tree` must not import
-                mine = rec_mod.read_meta(path, ("config",)).get("config") or {}
-                changes = _differing(rec_mod.read_meta(ws.record_path(parent), ("config",)).get("config") or {}, mine)
+                changes = config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {})
     except RecordError as err:
         return {"version": version, "status": "broken", "description": str(err)}
+    config = meta.get("config") or {}
     return {
         "version": version, "status": meta.get("status"), "description": meta.get("description"),
-        "parent": parent, "baseline": meta.get("baseline"), "config": meta.get("config"),
+        "parent": parent, "baseline": meta.get("baseline"), "config": {k: config.get(k) for k in REPORT_CONFIG},
         "metrics": found.get("metrics"), "verdicts": found.get("verdicts"), "changes": changes,
     }
 
 
-def collect(ws: Workspace) -> list[dict[str, Any]]:
-    """Every record as ``analysis.report_rows`` takes it, sorted by version.
+def _stamp(ws: Workspace, version: Version) -> list[int]:
+    """What changes when a record changes: the size and mtime of its markdown and its state."""
+    out = []
+    for path in (ws.record_path(version), ws.state_path(version)):
+        try:
+            st = path.stat()
+            out += [st.st_mtime_ns, st.st_size]
+        except FileNotFoundError:
+            out += [0, 0]
+    return out
 
-    Reading a front matter with its config and analysis costs ~2 ms (the YAML constructor),
-    2 s for a thousand records; so each record's row is kept in ``out/.cache/`` under its file's
-    size and mtime, and only records that changed since the last report are read again."""
+
+def collect(ws: Workspace) -> list[dict[str, Any]]:
+    """Every record as ``report.report_rows`` takes it, sorted by version.
+
+    Reading a record's state costs a JSON parse of its whole analysis; so each record's row is
+    kept in ``out/.cache/`` under its files' sizes and mtimes, and only records that changed
+    since the last report are read again."""
     cache_path = ws.cache_dir() / CACHE_FILE
     try:
         saved = json.loads(cache_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         saved = {}
     # rows of another layout (an older or newer expkit) are not reused
-    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == [CACHE_LAYOUT, list(REPORTED)] else None
+    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == CACHE_LAYOUT else None
     cache = cache if isinstance(cache, dict) else {}
     fresh: dict[str, Any] = {}
     out = []
     for version, path in store.record_files(ws):
-        st = path.stat()
-        stamp = [st.st_mtime_ns, st.st_size]
+        stamp = _stamp(ws, version)
         hit = cache.get(path.name)
-        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, path, str(version))
+        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, str(version))
         fresh[path.name] = {"stamp": stamp, "row": row}
         out.append(row)
     if fresh != cache:
         try:
-            text = json.dumps({"layout": [CACHE_LAYOUT, list(REPORTED)], "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
-            store.atomic_write(cache_path, text)
+            text = json.dumps({"layout": CACHE_LAYOUT, "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
+            atomic_write(cache_path, text)
         except OSError:
             pass  # a read-only out/: the report is still right, only slower next time
     return out
@@ -206,8 +200,6 @@ def collect(ws: Workspace) -> list[dict[str, Any]]:
 
 def _families(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Lineage root → its versions (itself and every descendant)."""
-    from .analysis import lineage
-
     roots, children = lineage(rows)
     out: dict[str, list[str]] = {}
     for root in roots:
@@ -223,8 +215,6 @@ def _families(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
 def _lineage_plots(ws: Workspace, rows: list[dict[str, Any]], folder: Path) -> list[Path]:
     """One PNG per lineage with at least two runs: their curves overlaid. A PNG is redrawn only
     when its runs or their metrics files changed (an index beside the PNGs remembers)."""
-    from . import analysis
-
     index_path = folder / ".plots.json"
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -233,7 +223,7 @@ def _lineage_plots(ws: Workspace, rows: list[dict[str, Any]], folder: Path) -> l
     written = []
     fresh_index = {}
     for root, versions in _families(rows).items():
-        files = {v: ws.out_dir(v) / analysis.METRICS_FILE for v in versions}
+        files = {v: ws.out_dir(v) / METRICS_FILE for v in versions}
         runs = [v for v, f in files.items() if f.is_file()][-MAX_LINES:]
         if len(runs) < 2:
             continue
@@ -241,16 +231,16 @@ def _lineage_plots(ws: Workspace, rows: list[dict[str, Any]], folder: Path) -> l
         stamp = {v: files[v].stat().st_mtime_ns for v in runs}
         key = path.name
         if not (path.is_file() and index.get(key) == stamp):
-            loaded = {v: m for v in runs if (m := results.metrics_file(ws, v)) is not None}
+            loaded = {v: m for v in runs if (m := metrics_file(ws, v)) is not None}
             if len(loaded) < 2:
                 continue
-            analysis.plot_compare(loaded, path, title=f"lineage of {root}")
+            plot_compare(loaded, path, title=f"lineage of {root}")
         fresh_index[key] = stamp
         written.append(path)
     for stale in set(index) - set(fresh_index):  # a lineage that no longer has two runs
         (folder / stale).unlink(missing_ok=True)
     if fresh_index or index:
-        store.atomic_write(index_path, json.dumps(fresh_index, indent=1, sort_keys=True) + "\n")
+        atomic_write(index_path, json.dumps(fresh_index, indent=1, sort_keys=True) + "\n")
     return written
 
 
@@ -260,38 +250,37 @@ _PLOTS_HEADING = {"zh": "## 图表", "en": "## Plots"}
 def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
     """Write experiment/EXPERIMENT_REPORT.md, experiment/experiment_tracker.csv and the
     comparison PNGs under experiment/report/."""
-    from . import analysis
-
     records = collect(ws)
-    rows = analysis.report_rows(records)
+    rows = report_rows(records)
     ws.experiment_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = analysis.write_tracker_csv(rows, ws.experiment_dir / TRACKER_CSV)
+    csv_path = ws.experiment_dir / TRACKER_CSV
+    atomic_write(csv_path, tracker_csv(rows))
     lang = ws.default_lang if ws.default_lang in ("zh", "en") else "zh"
     pngs: list[Path] = []
     if plots and rows:
         folder = ws.experiment_dir / REPORT_PLOTS
         title = "val_loss by version"
-        overview = analysis.plot_by_version(rows, folder / "val_loss_by_version.png", title=title)
+        overview = plot_by_version(rows, folder / "val_loss_by_version.png", title=title)
         if overview is None:
             (folder / "val_loss_by_version.png").unlink(missing_ok=True)
         else:
             pngs.append(overview)
         pngs += _lineage_plots(ws, rows, folder)
-    text = analysis.render_report_md(rows, lang)
+    text = render_report_md(rows, lang)
     if pngs:
         links = [f"![{p.stem}]({p.relative_to(ws.experiment_dir).as_posix()})" for p in pngs]
         text += "\n" + _PLOTS_HEADING[lang] + "\n\n" + "\n".join(links) + "\n"
     md_path = ws.experiment_dir / REPORT_MD
-    store.atomic_write(md_path, text)
+    atomic_write(md_path, text)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     return {
         "records": len(rows),
         "by_status": counts,
-        "report": store._rel(ws, md_path),
-        "tracker": store._rel(ws, csv_path),
-        "plots": [store._rel(ws, p) for p in pngs],
+        "report": ws.rel(md_path),
+        "tracker": ws.rel(csv_path),
+        "plots": [ws.rel(p) for p in pngs],
     }
 
 
@@ -300,8 +289,6 @@ def tree(ws: Workspace) -> list[dict[str, Any]]:
     """The lineage by parent, each node with its verdict counts and its best loss; the node with
     the lowest of those across the workspace is marked ``best``. Reads the report's rows
     (``collect``), so it shares their cache."""
-    from .analysis import VERDICTS, lineage
-
     rows = collect(ws)
     roots, children = lineage(rows)
     values = [m[1] for r in rows if (m := _tree_metric(r))]
@@ -326,7 +313,5 @@ def tree(ws: Workspace) -> list[dict[str, Any]]:
 
 
 def _tree_metric(row: dict[str, Any]) -> tuple[str, float] | None:
-    from .analysis import is_finite_number
-
     table = row.get("metrics") or {}
     return next(((name, float(table[name])) for name in TREE_METRICS if is_finite_number(table.get(name))), None)

@@ -1,5 +1,4 @@
-"""The human gate: the review checklist, approval bound to content hashes, who may approve,
-and the gated commit.
+"""The human gate: who may review, the review checklist, the overview, the decision.
 
 ``exp review VERSION`` shows a person what the run found (claims and their verdicts,
 anomalies, untraceable numbers, pre-registration changes, plots, the manual's quality
@@ -8,61 +7,43 @@ must be terminals, and no AI-agent environment variable may be set (``AGENT_ENV`
 workspace's ``[tool.exp] agent_env``). There is deliberately no flag that approves without a
 terminal.
 
-Every decision is appended to ``review.history`` in the front matter and shown in the
-record's generated ``review`` block. An approval binds two SHA-256 hashes:
-
-- the record, normalised by ``record_sha256``: the file's exact text with the front-matter
-  entries ``status:``, ``review:`` and ``commit:``, the ``review:`` line of ``digests:``, and
-  the content of the generated ``review`` block left out — exactly what writing a review or a
-  commit changes, so writing them keeps the hash while any other byte change (line endings
-  included) breaks it;
-- the run script ``run_file/experiment_X.Y.Z.sh``, byte for byte.
-
-A later change to either makes the approval stale (``approval_state``): ``exp commit``
-refuses, ``refresh_status`` sets the record back to ``analyzed``, and
-``stale_approval_problem`` / ``review_problems`` report it. A committed record keeps its
-approval, so the same hashes show that it was edited after the commit.
-
-``exp commit VERSION`` commits the record (with ``status: committed``), the run script and
-the small artifacts (``ARTIFACTS`` under ``out/experiment_X.Y.Z/``, each at most
-``[tool.exp] artifact_max_bytes``) through ``gitops.commit_paths``, which leaves the user's
-other staged and unstaged changes alone. The commit SHA cannot be inside the commit it names,
-so it is written afterwards to ``out/experiment_X.Y.Z/commit.json`` (untracked, like the
-other run outputs) — writing it into the record would leave the record modified in git right
-after every commit. ``commit_info`` gives ``meta["commit"]`` merged with that file.
+Every decision is appended to ``review.history`` in the record's state and shown in its
+generated ``review`` section; an approval binds the hashes of ``approval``. ``refresh_status``
+sets an ``approved`` record whose approval went stale back to ``analyzed``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import sys
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
-from . import record as rec_mod
-from . import store
-from .errors import ExpError, HandEditError, RecordError, WorkspaceError
-from .record import Record
+from . import approval, gitops, records, results, times, view
+from . import claims as claims_mod
+from . import config as cfg_mod
+from .comparison import config_changes
+from .errors import ConfigError, ExpError, WorkspaceError
+from .numbers import fmt
+from .record import AI, HINT_RE, Record, digest, sha256
+from .status import next_step, require_status, transition
+from .store import read_meta
+from .tracking import read_metrics
 from .version import Version
 from .workspace import Workspace
 
 
 class ReviewError(ExpError):
-    """A review or a commit cannot go ahead as asked."""
+    """A review cannot go ahead as asked."""
 
 
 class NotHumanError(ReviewError):
     """``exp review`` was started without a terminal or from an AI agent's environment."""
 
 
-class StaleApprovalError(ReviewError):
-    """The approval does not cover the files as they are now."""
 
 
 #: Environment variables that AI coding agents set in the shells they run commands in. A name
@@ -86,221 +67,34 @@ AGENT_ENV: tuple[str, ...] = (
 )
 
 #: Small artifacts committed with the record, relative to out/experiment_X.Y.Z/.
-ARTIFACTS = ("summary.json", "analysis.json", "metrics_summary.json", "plots/*.png")
-DEFAULT_ARTIFACT_MAX_BYTES = 1024 * 1024
-COMMIT_FILE = "commit.json"
 
-#: Statuses from which a review may start (``approved`` too, once its approval is stale).
 REVIEWABLE = ("analyzed", "changes_requested")
 DECISIONS = ("approve", "changes")
 #: Anomaly kinds that mean the training was not stable (checklist item 训练稳定收敛):
 #: nonfinite / nan / inf values, divergence, spikes, explosions (``loss_spike``, ``nan_loss``, ...).
 UNSTABLE = re.compile(r"(?:^|_)(?:nan|inf)(?:_|$)|non_?finite|diverg|spike|explod", re.I)
 
-#: Front-matter entries that reviewing and committing write: outside the approved content.
-UNHASHED_KEYS = ("status", "review", "commit")
-_TOP_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?:[ \t\r\n]|$)")
-_DIGEST_OF_REVIEW = re.compile(r"[ \t]+review:[ \t]")
-_LINE = re.compile(r"[^\n]*\n|[^\n]+")
-
-
-# -- hashes ------------------------------------------------------------------------------------
-def record_sha256(text: str) -> str:
-    """SHA-256 of a record's text minus what a review or a commit writes (see the module doc)."""
-    try:
-        front, _ = rec_mod.split_front_matter(text)
-        parsed = Record.parse(text)
-    except RecordError:  # not a record any more (or CRLF): hash it whole, which never matches
-        return rec_mod.sha256("exp-unparsed\x00" + text)
-    kept = []
-    key = None
-    for line in _LINE.findall(front):
-        top = _TOP_KEY.match(line)
-        if top:
-            key = top.group(1)
-        if key in UNHASHED_KEYS or (key == "digests" and not top and _DIGEST_OF_REVIEW.match(line)):
-            continue
-        kept.append(line)
-    body = "".join(
-        p if isinstance(p, str) else (p.open_line + p.close_line if (p.kind, p.name) == ("generated", "review") else p.render())
-        for p in parsed.parts
-    )
-    return rec_mod.sha256("---\n" + "".join(kept) + "---\n" + body)
-
-
-def file_record_sha256(path: Path) -> str | None:
-    """``record_sha256`` of the file as it is on disk, line endings as they are (None: missing)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        return record_sha256(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        return rec_mod.sha256(b"exp-undecodable\x00" + data)
-
-
-def file_sha256(path: Path) -> str | None:
-    try:
-        return rec_mod.sha256(path.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
-def _version(record: Record) -> str:
-    return str(record.meta.get("version"))
-
-
-def _record_path(ws: Workspace, record: Record) -> Path:
-    return record.path or ws.record_path(_version(record))
-
-
-def current_hashes(ws: Workspace, record: Record) -> dict[str, str | None]:
-    """The hashes an approval would bind now, from the files on disk."""
-    return {
-        "record": file_record_sha256(_record_path(ws, record)),
-        "script": file_sha256(ws.run_script_path(_version(record))),
-    }
-
-
-# -- approval state ------------------------------------------------------------------------------
-def _review(record: Record) -> dict[str, Any]:
-    review = record.meta.get("review")
-    return review if isinstance(review, dict) else {}
-
-
-def approval_state(ws: Workspace, record: Record) -> dict[str, Any]:
-    """Whether an approval is on record and whether it still covers the files on disk.
-
-    Returns ``approved`` (an approval is on record), ``valid`` (approved and both hashes
-    match), ``stale`` (approved but a hash differs), ``changed`` (``record`` and/or
-    ``script``), ``files`` (their paths), ``current`` and ``approved_sha256`` (the hashes),
-    and ``by`` / ``at`` / ``round`` of the approval.
-    """
-    v = _version(record)
-    files = {"record": store._rel(ws, _record_path(ws, record)), "script": store._rel(ws, ws.run_script_path(v))}
-    current = current_hashes(ws, record)
-    approved = _review(record).get("approved")
-    state: dict[str, Any] = {"approved": False, "valid": False, "stale": False, "changed": [], "files": files, "current": current}
-    if not isinstance(approved, dict):
-        return state
-    bound = {"record": approved.get("record_sha256"), "script": approved.get("script_sha256")}
-    changed = [k for k in ("record", "script") if bound[k] != current[k]]
-    state.update(
-        approved=True,
-        valid=not changed,
-        stale=bool(changed),
-        changed=changed,
-        approved_sha256=bound,
-        by=f"{approved.get('reviewer', '?')} <{approved.get('email', '?')}>",
-        at=approved.get("time"),
-        round=approved.get("round"),
-    )
-    return state
-
-
-def _changed_files(state: dict[str, Any]) -> str:
-    return " and ".join(f"the {k} {state['files'][k]}" for k in state["changed"]) or "the approval"
-
 
 def refresh_status(ws: Workspace, record: Record) -> bool:
     """An ``approved`` record whose approval no longer holds goes back to ``analyzed``.
 
-    Call it on a record loaded inside ``store.update`` before changing it (it hashes the
+    Call it on a record loaded inside ``records.update`` before changing it (it hashes the
     files on disk). The stale approval is dropped and noted in ``review.stale``; the history
     keeps every round. A committed record is never demoted (it is flagged instead). Returns
     True when the record changed.
     """
     if record.status != "approved":
         return False
-    state = approval_state(ws, record)
+    state = approval.approval_state(ws, record)
     if state["valid"]:
         return False
-    review = dict(_review(record))
+    review = dict(approval.review_of(record))
     review.pop("approved", None)
-    review["stale"] = {"time": store.now(), "round": state.get("round"), "changed": state["changed"] or ["approval missing"]}
+    review["stale"] = {"time": times.now(), "round": state.get("round"), "changed": state["changed"] or ["approval missing"]}
     record.meta["review"] = review
-    record.set_status("analyzed")
-    try:
-        store.regenerate_blocks(ws, record, ("review",))
-    except HandEditError:  # the hand edit is reported by `exp check`; the status must change anyway
-        pass
+    transition(record, "analyzed")
+    view.regenerate_quietly(ws, record, ("review",))  # a hand edit is reported by `exp check`; the status must change anyway
     return True
-
-
-def approval_issue(ws: Workspace, record: Record) -> tuple[str, str, str] | None:
-    """(level, message, fix) when an approval does not hold, a committed record was edited, or
-    an approval went stale earlier; None when all is well."""
-    v = _version(record)
-    status = record.status
-    if status in ("approved", "committed"):
-        state = approval_state(ws, record)
-        if not state["approved"]:
-            return "error", f"the status is {status} but no approval is on record", f"a person runs `exp review {v}`"
-        if not state["stale"]:
-            return None
-        if status == "approved":
-            return (
-                "error",
-                f"the approval of {v} is stale: {_changed_files(state)} changed since {state['by']} approved it ({state['at']})",
-                f"`exp check {v}` sets it back to analyzed; then a person runs `exp review {v}` again",
-            )
-        paths = " ".join(state["files"][k] for k in state["changed"])
-        return (
-            "error",
-            f"{v} is committed and must not change, but {_changed_files(state)} changed since the commit",
-            f"restore with `git checkout -- {paths}`; record new work as `exp new NEXT --from {v}`",
-        )
-    stale = _review(record).get("stale")
-    if isinstance(stale, dict):
-        changed = " and ".join(stale.get("changed") or []) or "the files"
-        return (
-            "warning",
-            f"the approval of round {stale.get('round')} went stale ({changed} changed; noticed {stale.get('time')})",
-            f"a person runs `exp review {v}` again",
-        )
-    return None
-
-
-def stale_approval_problem(ws: Workspace, record: Record) -> str | None:
-    """``approval_issue`` as one line (message; fix) for ``exp show``; None when all is well."""
-    issue = approval_issue(ws, record)
-    return None if issue is None else f"{issue[1]}; {issue[2]}"
-
-
-def review_problems(ws: Workspace, record: Record) -> list:
-    """``approval_issue`` as ``problems.Problem`` objects for ``exp check``: an error for an
-    approved or committed record that changed, a warning for an approval that went stale."""
-    from .problems import Problem
-
-    issue = approval_issue(ws, record)
-    if issue is None:
-        return []
-    line = next((i + 2 for i, x in enumerate(record.front_raw.split("\n")) if x.startswith("status:")), 1)
-    return [Problem(issue[0], line, issue[1], issue[2])]
-
-
-def commit_info(ws: Workspace, record: Record) -> dict[str, Any] | None:
-    """The commit of a committed record: ``meta["commit"]`` (time, paths, reviewed_by) merged
-    with ``out/experiment_X.Y.Z/commit.json`` (sha, branch, ...); None when never committed."""
-    v = _version(record)
-    info: dict[str, Any] = {}
-    if isinstance(record.meta.get("commit"), dict):
-        info.update(record.meta["commit"])
-    path = ws.out_dir(v) / COMMIT_FILE
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            saved = None
-        if isinstance(saved, dict):
-            info.update(saved)
-    if not info:
-        return None
-    if not info.get("sha"):
-        info["sha"] = None
-        info["find"] = f"git log -1 --format=%H --grep='^exp({v}):'"
-    return info
 
 
 # -- who may review -------------------------------------------------------------------------------
@@ -348,13 +142,13 @@ def require_human(ws: Workspace, version: str, stdin: Any = None, stdout: Any = 
 
 def require_reviewable(ws: Workspace, record: Record) -> None:
     """Reviewable: analyzed, changes_requested, or approved with an approval that went stale."""
-    v = _version(record)
+    v = str(record.meta.get("version"))
     if record.status == "approved":
-        state = approval_state(ws, record)
+        state = approval.approval_state(ws, record)
         if state["valid"]:
             raise ReviewError(f"cannot review {v}: it is approved and unchanged since ({state['by']}, {state['at']}); next: `exp commit {v}`")
         return
-    rec_mod.require_status(record, REVIEWABLE, "review")
+    require_status(record, REVIEWABLE, "review")
 
 
 # -- the checklist --------------------------------------------------------------------------------
@@ -385,7 +179,7 @@ def _filled(record: Record, kind: str, name: str) -> tuple[bool, str]:
     if block is None:
         return False, f"the {name} section is missing"
     lines = block.text.split("\n")
-    if any(rec_mod.HINT_RE.match(x) for x in lines):
+    if any(HINT_RE.match(x) for x in lines):
         return False, f"the {name} still holds the template's hint"
     own = [x for x in lines if x.strip()]
     if not own:
@@ -394,8 +188,6 @@ def _filled(record: Record, kind: str, name: str) -> tuple[bool, str]:
 
 
 def _loss_trend(ws: Workspace, version: str) -> tuple[float, float] | None:
-    from .tracking import read_metrics
-
     losses = [
         float(row["loss"]) for row in read_metrics(ws.out_dir(version) / "metrics.jsonl")
         if isinstance(row.get("loss"), (int, float)) and not isinstance(row.get("loss"), bool) and math.isfinite(row["loss"])
@@ -404,8 +196,6 @@ def _loss_trend(ws: Workspace, version: str) -> tuple[float, float] | None:
 
 
 def _check_goal(record: Record) -> tuple[str, str]:
-    from . import claims as claims_mod
-
     for name in ("goal", "hypothesis"):
         ok, why = _filled(record, "human", name)
         if not ok:
@@ -422,9 +212,6 @@ def _check_goal(record: Record) -> tuple[str, str]:
 
 
 def _check_params(ws: Workspace, record: Record) -> tuple[str, str]:
-    from . import config as cfg_mod
-    from .errors import ConfigError
-
     config = record.meta.get("config")
     if not isinstance(config, dict):
         return FAIL, "the front matter has no config"
@@ -436,7 +223,7 @@ def _check_params(ws: Workspace, record: Record) -> tuple[str, str]:
         return FAIL, "the parameter table was edited by hand"
     parent = record.meta.get("parent")
     if parent and ws.record_path(parent).exists():
-        changed = cfg_mod.diff(rec_mod.read_meta(ws.record_path(parent)).get("config") or {}, config)
+        changed = config_changes(read_meta(ws, parent).get("config") or {}, config)
         keys = ", ".join(changed) or "none"
         return OK, f"config valid; differs from parent {parent} in: {keys}"
     return OK, "config valid"
@@ -454,7 +241,7 @@ def _check_stable(ws: Workspace, record: Record) -> tuple[str, str]:
     bad = [a for a in anomalies if UNSTABLE.search(str(a.get("kind", "")))]
     if bad:
         return FAIL, "; ".join(f"{a.get('kind')}: {a.get('message', '')}".strip() for a in bad[:3]) + (" …" if len(bad) > 3 else "")
-    trend = _loss_trend(ws, _version(record))
+    trend = _loss_trend(ws, str(record.meta.get("version")))
     if trend and trend[1] >= trend[0]:
         return FAIL, f"the loss did not fall ({trend[0]:.4g} → {trend[1]:.4g})"
     if "anomalies" not in analysis:
@@ -508,7 +295,7 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
     for name in ("diagnosis", "suggestions"):
         ok, why = _filled(record, "ai", name)
         block = record.block("ai", name)
-        if ok and block is not None and drafts.get(name) == rec_mod.digest(block.text):
+        if ok and block is not None and drafts.get(name) == digest(block.text):
             why += "; the rule-based draft of `exp analyze`, not refined by the AI"  # the reviewer should know
         results[name] = (OK, f"written ({why})") if ok else (FAIL, why)
     return [ChecklistItem(key, zh_label if zh else en_label, *results[key]) for key, zh_label, en_label in CHECKLIST]
@@ -517,21 +304,19 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
 # -- what the reviewer sees -------------------------------------------------------------------------
 def overview(ws: Workspace, record: Record) -> dict[str, Any]:
     """Everything ``exp review`` shows, as data."""
-    from . import results
-
     meta = record.meta
-    v = _version(record)
+    v = str(record.meta.get("version"))
     analysis = meta.get("analysis") or {}
     prereg = meta.get("prereg") or {}
     changed = [
         n for n, d in (prereg.get("sections") or {}).items()
-        if record.block("human", n) is not None and rec_mod.sha256(record.human(n)) != d
+        if record.block("human", n) is not None and sha256(record.human(n)) != d
     ]
     plots = []
     for p in analysis.get("plots") or []:
         candidates = [ws.root / str(p), ws.out_dir(v) / str(p)]
         found = next((c for c in candidates if c.is_file()), None)
-        plots.append({"path": store._rel(ws, found) if found else str(p), "exists": found is not None})
+        plots.append({"path": ws.rel(found) if found else str(p), "exists": found is not None})
     text = lambda kind, name: record.block(kind, name).text if record.block(kind, name) else ""  # noqa: E731
     return {
         "version": v,
@@ -540,10 +325,10 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "lang": meta.get("lang", "zh"),
         "parent": meta.get("parent"),
         "baseline": meta.get("baseline"),
-        "path": store._rel(ws, _record_path(ws, record)),
-        "script": store._rel(ws, ws.run_script_path(v)),
+        "path": ws.rel(ws.record_path(v)),
+        "script": ws.rel(ws.run_script_path(v)),
         "human": {n: text("human", n) for n in ("goal", "hypothesis", "expected")},
-        "ai": {n: text("ai", n) for n in rec_mod.AI},
+        "ai": {n: text("ai", n) for n in AI},
         "verdicts": [x for x in analysis.get("verdicts") or [] if isinstance(x, dict)],
         "anomalies": [x for x in analysis.get("anomalies") or [] if isinstance(x, dict)],
         # computed now, not read from meta.analysis: the ai text may have been edited since
@@ -551,8 +336,8 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "prereg": {"recorded": bool(prereg.get("sections")), "at": prereg.get("at"), "changed": changed},
         "plots": plots,
         "checklist": [c.to_dict() for c in checklist(ws, record)],
-        "approval": approval_state(ws, record),
-        "history": list(_review(record).get("history") or []),
+        "approval": approval.approval_state(ws, record),
+        "history": list(approval.review_of(record).get("history") or []),
     }
 
 
@@ -635,7 +420,7 @@ def show(console: Any, view: dict[str, Any]) -> None:
     else:
         console.print("[yellow]? no pre-registration hash recorded[/yellow]")
 
-    for key in rec_mod.AI:
+    for key in AI:
         heading(key)
         plain(view["ai"][key])
 
@@ -658,8 +443,6 @@ def show(console: Any, view: dict[str, Any]) -> None:
 
 
 def _fmt(value: Any) -> str:
-    from .render import fmt
-
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(v) for v in value)
     return fmt(value)
@@ -688,18 +471,16 @@ def session(ws: Workspace, version: Version, stdin: TextIO | None = None, stdout
     """
     from rich.console import Console
 
-    from . import gitops
-
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
     require_human(ws, str(version), stdin, stdout, environ)
     reviewer = gitops.identity(ws.root)
-    record = store.load(ws, version)
+    record = records.load(ws, version)
     require_reviewable(ws, record)
     edited = [b for b in record.edited_generated() if b.name == "review"]
     if edited:  # found now, not after the person has typed their comments
-        raise store.hand_edit_error(ws, record, edited[0])
-    seen = current_hashes(ws, record)
+        raise view.hand_edit_error(ws, record, edited[0])
+    seen = approval.current_hashes(ws, record)
     console = Console(file=stdout, highlight=False)
     show(console, overview(ws, record))
     console.print(f"\nreviewer: {reviewer[0]} <{reviewer[1]}>")
@@ -749,20 +530,21 @@ def record_decision(
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
     if decision == "changes" and not comments.strip():
         raise ReviewError("comments are required to request changes")
-    with store.update(ws, version) as record:
+    with records.update(ws, version) as record:
+        refresh_status(ws, record)
         require_reviewable(ws, record)
-        now_hashes = current_hashes(ws, record)
+        now_hashes = approval.current_hashes(ws, record)
         if seen is not None and seen != now_hashes:
             changed = " and ".join(k for k in ("record", "script") if seen.get(k) != now_hashes.get(k))
             raise ReviewError(f"the {changed} changed while you were reviewing; nothing was written — run `exp review {version}` again")
-        review = dict(_review(record))
+        review = dict(approval.review_of(record))
         history = list(review.get("history") or [])
         entry: dict[str, Any] = {
             "round": len(history) + 1,
             "decision": decision,
             "reviewer": reviewer[0],
             "email": reviewer[1],
-            "time": store.now(),
+            "time": times.now(),
             "record_sha256": "",
             "script_sha256": now_hashes["script"],
         }
@@ -775,16 +557,16 @@ def record_decision(
         if decision == "approve":
             review["approved"] = {k: entry[k] for k in ("round", "reviewer", "email", "time", "record_sha256", "script_sha256")}
         record.meta["review"] = review
-        record.set_status("approved" if decision == "approve" else "changes_requested")
-        # The hash is taken of the text as it will be written (a changed front matter is
-        # re-serialised), then stored where it is itself outside the hash.
-        store.regenerate_blocks(ws, record, ("review",))
-        digest = record_sha256(record.render())
-        entry["record_sha256"] = digest
+        transition(record, "approved" if decision == "approve" else "changes_requested")
+        # The hash is taken of the record as it will be written, then stored where it is
+        # itself outside the hash (the review entry and section).
+        view.regenerate(ws, record, ("review",))
+        record_hash = approval.text_sha256(record.render(), record.meta)
+        entry["record_sha256"] = record_hash
         if decision == "approve":
-            review["approved"]["record_sha256"] = digest
-        store.regenerate_blocks(ws, record, ("review",))
-        if record_sha256(record.render()) != digest:  # pragma: no cover - a bug in the normalisation
+            review["approved"]["record_sha256"] = record_hash
+        view.regenerate(ws, record, ("review",))
+        if approval.text_sha256(record.render(), record.meta) != record_hash:  # pragma: no cover - a normalisation bug
             raise ReviewError("internal error: writing the review would change the approved content; nothing was written")
     v = str(version)
     return {
@@ -794,109 +576,8 @@ def record_decision(
         "round": entry["round"],
         "reviewer": f"{reviewer[0]} <{reviewer[1]}>",
         "time": entry["time"],
-        "record_sha256": digest,
+        "record_sha256": record_hash,
         "script_sha256": entry["script_sha256"],
         "written": True,
-        "next": rec_mod.next_step(record.status, v),
+        "next": next_step(record.status, v),
     }
-
-
-# -- the commit -----------------------------------------------------------------------------------
-def artifact_max_bytes(ws: Workspace) -> int:
-    limit = ws.settings.get("artifact_max_bytes", DEFAULT_ARTIFACT_MAX_BYTES)
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
-        raise WorkspaceError("[tool.exp] artifact_max_bytes in pyproject.toml must be a whole number of bytes, e.g. 1048576")
-    return limit
-
-
-def artifacts(ws: Workspace, version: Version) -> tuple[list[Path], list[tuple[Path, int]]]:
-    """The small artifacts to commit (``ARTIFACTS`` that exist), and those over the size cap."""
-    out = ws.out_dir(version)
-    limit = artifact_max_bytes(ws)
-    kept: list[Path] = []
-    skipped: list[tuple[Path, int]] = []
-    for pattern in ARTIFACTS:
-        for path in sorted(out.glob(pattern)):
-            if path.is_symlink() or not path.is_file():
-                continue
-            size = path.stat().st_size
-            (skipped.append((path, size)) if size > limit else kept.append(path))
-    return kept, skipped
-
-
-def verdict_counts(record: Record) -> str:
-    """``2 confirmed, 1 refuted`` from the analysis' verdicts (zero kinds left out), or ``none``."""
-    verdicts = (record.meta.get("analysis") or {}).get("verdicts") or []
-    counts = Counter(str(x.get("verdict")) for x in verdicts if isinstance(x, dict))
-    order = ["confirmed", "refuted", "inconclusive"] + sorted(k for k in counts if k not in ("confirmed", "refuted", "inconclusive"))
-    return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)) or "none"
-
-
-def commit_message(record: Record, state: dict[str, Any]) -> str:
-    from .render import oneline
-
-    v = _version(record)
-    description = oneline(record.meta.get("description", ""))
-    subject = f"exp({v}): {description}" if description else f"exp({v})"
-    trailers = [
-        f"Reviewed-by: {state['by']}",
-        f"Record-SHA256: {state['approved_sha256']['record']}",
-        f"Script-SHA256: {state['approved_sha256']['script']}",
-        f"Verdicts: {verdict_counts(record)}",
-    ]
-    return subject + "\n\n" + "\n".join(trailers) + "\n"
-
-
-def commit(ws: Workspace, version: Version, sign: bool = False) -> dict[str, Any]:
-    """``exp commit``: commit the approved, unchanged record, its run script and its small
-    artifacts; then the record says ``committed`` and ``commit.json`` holds the SHA."""
-    from . import gitops
-
-    v = str(version)
-    with store.locked(ws, version):
-        record = store.load(ws, version)
-        if record.status == "committed":
-            sha = (commit_info(ws, record) or {}).get("sha") or "see git log"
-            raise RecordError(f"{v} is already committed ({sha}); next: {rec_mod.next_step('committed', v)}")
-        rec_mod.require_status(record, ("approved",), "commit")
-        state = approval_state(ws, record)
-        if not state["approved"]:
-            raise StaleApprovalError(f"cannot commit {v}: its status says approved but no approval is on record; a person runs `exp review {v}`")
-        if state["stale"]:
-            raise StaleApprovalError(
-                f"cannot commit {v}: {_changed_files(state)} changed since {state['by']} approved it ({state['at']}); "
-                f"a person runs `exp review {v}` again (`exp check {v}` sets the status back to analyzed)"
-            )
-        script = ws.run_script_path(version)
-        script_bytes = script.read_bytes() if script.is_file() else None
-        if script_bytes is None or rec_mod.sha256(script_bytes) != state["approved_sha256"]["script"]:
-            raise StaleApprovalError(f"cannot commit {v}: the run script {store._rel(ws, script)} is missing or changed; restore it, or rerun and review again")
-        kept, skipped = artifacts(ws, version)
-        record_path = _record_path(ws, record)
-        paths = [record_path, script, *kept]
-        record.set_status("committed")
-        record.meta["commit"] = {"time": store.now(), "reviewed_by": state["by"], "paths": [store._rel(ws, p) for p in paths]}
-        text = record.render()
-        if record_sha256(text) != state["approved_sha256"]["record"]:  # pragma: no cover - a bug in the normalisation
-            raise ReviewError("internal error: committing would change the approved content; nothing was committed")
-        message = commit_message(record, state)
-        files: dict[Path, bytes | None] = {record_path: text.encode("utf-8"), script: script_bytes}
-        files.update({p: None for p in kept})
-        result = gitops.commit_paths(ws.root, files, message, sign=sign)
-        store.atomic_write(record_path, text)
-        info = {
-            "version": v,
-            "sha": result.sha,
-            "branch": result.branch,
-            "parent": result.parent,
-            "time": record.meta["commit"]["time"],
-            "signed": result.signed,
-            "paths": result.paths,
-            "skipped": [{"path": store._rel(ws, p), "bytes": size, "limit": artifact_max_bytes(ws)} for p, size in skipped],
-            "reviewed_by": state["by"],
-            "record_sha256": state["approved_sha256"]["record"],
-            "message": message,
-            "warnings": result.warnings,
-        }
-        store.atomic_write(ws.out_dir(version) / COMMIT_FILE, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    return info

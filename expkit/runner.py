@@ -1,15 +1,11 @@
-"""Running a record: render the script, preflight, launch, follow, stop, finalize.
+"""Running a record: begin, launch, follow, stop, finalize.
 
-The rendered ``run_file/experiment_X.Y.Z.sh`` is self-contained: it calls ``exp _start``
-(preflight, then status running, pre-registration, environment snapshot), launches the
-trainer, and on exit — success, crash or SIGTERM — calls ``exp _finalize``, so a detached or
-Slurm run updates its record by itself. ``exp run`` adds what a person at a terminal wants:
-the same bookkeeping done before the launch (so a second ``exp run`` is refused at once), a
-progress display, ``--detach``, and ``sbatch``.
-
-Backends: ``local`` (one process), ``torchrun`` (DDP: gloo on CPU, NCCL on GPU),
-``slurm`` (the same script with an ``#SBATCH`` header, submitted with ``sbatch --parsable``).
-This is the only module that starts processes for a run.
+``exp run`` renders the script (``script``), preflights (``preflight``), does the bookkeeping
+before the launch (so a second ``exp run`` is refused at once), and adds what a person at a
+terminal wants: a progress display, ``--detach``, and ``sbatch``. The script's own ``exp
+_start`` and ``exp _finalize`` calls land in ``start_from_script`` and ``finalize``, so a
+detached or Slurm run updates its record by itself. This is the only module that starts
+processes for a run.
 """
 
 from __future__ import annotations
@@ -18,332 +14,67 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from . import record as rec_mod
-from . import store
-from .errors import ExpError, RecordError, UsageError
-from .record import Record
+from . import config as cfg_mod
+from . import gitops, lifecycle, records, results, store, times, tracking, view
+from .errors import ExpError
+from .files import atomic_write, read_json, write_json
+from .preflight import Check, failed_checks, preflight, swanlab_logged_in
+from .record import PREREGISTERED, Record, sha256
+from .script import LaunchOptions, RunError, git_state, render_script, write_script
+from .status import next_step, require_status, transition
+from .store import entries
 from .version import Version
 from .workspace import Workspace
 
-BACKENDS = ("local", "torchrun", "slurm")
-TEMPLATE = "run.sh.j2"
-#: States from which a fresh run may start, and from which ``--resume`` may continue.
+#: States from which a fresh run may start.
 STARTABLE = ("draft", "ready", "failed")
-RESUMABLE = ("interrupted", "failed")
-SUMMARY_KEYS = ("steps", "final_loss", "best_val_loss", "val_ppl", "tokens_seen", "tokens_per_s", "wall_s", "params", "peak_mem_mb", "mfu")
+#: What the record keeps of the trainer's summary.json as the run's final figures.
+FINAL_KEYS = ("steps", "final_loss", "best_val_loss", "val_ppl", "tokens_seen", "tokens_per_s", "wall_s", "params", "peak_mem_mb", "mfu")
 LOG_TAIL_LINES = 30
 
 
-class RunError(ExpError):
-    """A run cannot start, be found, or be stopped."""
-
-
-# -- options ---------------------------------------------------------------------------------
-@dataclass
-class LaunchOptions:
-    backend: str = "local"
-    gpus: str | None = None
-    nproc: int | None = None
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int | None = None
-    resume: bool = False
-    time_limit: str = "24:00:00"
-    partition: str | None = None
-
-    def check(self) -> LaunchOptions:
-        if self.backend not in BACKENDS:
-            raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.gpus is not None and not re.fullmatch(r"\d+(,\d+)*", self.gpus):
-            raise UsageError(f"--gpus must look like 0 or 0,1,2, not {self.gpus!r}")
-        if self.nproc is not None and not 1 <= self.nproc <= 1024:
-            raise UsageError(f"--nproc must be between 1 and 1024, not {self.nproc}")
-        if self.gpus and self.nproc and self.nproc != len(self.gpus.split(",")):
-            raise UsageError(f"--nproc {self.nproc} disagrees with --gpus {self.gpus}; give one of them")
-        if not 1 <= self.nnodes <= 4096 or not 0 <= self.node_rank < self.nnodes:
-            raise UsageError(f"--node-rank {self.node_rank} must be below --nnodes {self.nnodes}")
-        if self.backend == "local" and (self.nproc or 1) > 1:
-            raise UsageError("--nproc > 1 needs --backend torchrun (or slurm)")
-        if self.nnodes > 1 and self.backend == "local":
-            raise UsageError("--nnodes needs --backend torchrun or slurm")
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.master_addr):
-            raise UsageError(f"--master-addr {self.master_addr!r} is not a host name or address")
-        if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d\d){0,2}|UNLIMITED|INFINITE", self.time_limit):
-            raise UsageError(f"--time {self.time_limit!r} is not a Slurm time (e.g. 24:00:00 or 2-00:00:00)")
-        if self.partition is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", self.partition):
-            raise UsageError(f"--partition {self.partition!r} is not a partition name")
-        return self
-
-    @property
-    def procs(self) -> int:
-        """Processes per node: one per GPU asked for, else --nproc, else 1."""
-        return len(self.gpus.split(",")) if self.gpus else (self.nproc or 1)
-
-    @property
-    def distributed(self) -> bool:
-        return self.backend == "torchrun" or (self.backend == "slurm" and (self.procs > 1 or self.nnodes > 1))
-
-
-def _master_port(version: Version) -> int:
-    """A fixed port for multi-node runs, the same on every node that renders this version."""
-    return 20000 + (version.major * 1009 + version.minor * 101 + version.patch * 7) % 20000
-
-
-# -- rendering -------------------------------------------------------------------------------
-def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
-    from .render import render
-
-    version = record.version
-    meta = record.meta
-    config = meta.get("config") or {}
-    out = ws.out_dir(version)
-    repo = _git_state(ws)
-    backend = "torchrun" if opts.backend == "torchrun" or (opts.backend == "slurm" and opts.distributed) else "local"
-    if opts.backend == "slurm" and re.search(r"\s", str(out)):
-        raise RunError(f"Slurm cannot take an output path with spaces ({out}); move the workspace")
-    context = {
-        "version": str(version),
-        "description": meta.get("description", ""),
-        "record": store._rel(ws, record.path),
-        "out_rel": store._rel(ws, out),
-        "script_rel": store._rel(ws, ws.run_script_path(version)),
-        "template": TEMPLATE,
-        "exp_version": __version__,
-        "git_sha": (repo or {}).get("sha") or "not a git repository",
-        "git_dirty": bool((repo or {}).get("dirty")),
-        "backend": opts.backend if opts.backend != "slurm" else "slurm",
-        "launcher": backend,
-        "root": str(ws.root),
-        "out": str(out),
-        "python": sys.executable,
-        "cuda_devices": opts.gpus or config.get("cuda_devices") or "",
-        "gpus": opts.gpus or "",
-        "nproc": opts.procs,
-        "nnodes": opts.nnodes,
-        "node_rank": opts.node_rank,
-        "master_addr": opts.master_addr,
-        "master_port": opts.master_port or _master_port(version),
-        "name": f"experiment_{version}",
-        "tags": [f"v{version}", version.category] + ([f"parent-{meta['parent']}"] if meta.get("parent") else []),
-        "time_limit": opts.time_limit,
-        "partition": opts.partition,
-        "cpus_per_task": max(1, os.cpu_count() or 1),
-    }
-    return render(ws.templates_dir, TEMPLATE, **context)
-
-
-def write_script(ws: Workspace, record: Record, opts: LaunchOptions) -> tuple[Path, str]:
-    text = render_script(ws, record, opts)
-    path = ws.run_script_path(record.version)
-    store.atomic_write(path, text, mode=0o755)
-    return path, text
-
-
-def _git_state(ws: Workspace) -> dict[str, Any] | None:
-    from . import gitops
-
-    try:
-        st = gitops.state(ws.root)
-    except Exception:  # a broken repository must not stop a run; the record says "unknown"
-        return None
-    return st.to_dict() if st else None
-
-
-# -- preflight -------------------------------------------------------------------------------
-@dataclass
-class Check:
-    name: str
-    ok: bool | None  # None: a warning, the run may go on
-    detail: str
-    fix: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_PROBE = r"""
-import json, os, platform, socket, sys
-info = {"python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
-        "host": socket.gethostname(), "cpus": os.cpu_count()}
-try:
-    import torch
-    info["torch"] = torch.__version__
-    info["cuda"] = torch.version.cuda
-    info["cuda_available"] = torch.cuda.is_available()
-    info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    info["bf16"] = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-except Exception as err:
-    info["torch_error"] = f"{type(err).__name__}: {err}"
-for name in ("transformers", "tokenizers", "swanlab"):
-    try:
-        info[name] = __import__(name).__version__
-    except Exception as err:
-        info[name + "_error"] = f"{type(err).__name__}: {err}"
-print(json.dumps(info))
-"""
-
-
-def probe_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Versions and GPUs as seen by the Python that will run the trainer (a subprocess, so the
-    CLI never imports torch itself)."""
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, OSError) as err:
-        return {"probe_error": f"{type(err).__name__}: {err}", "python": sys.version.split()[0], "executable": sys.executable}
-
-
-def _estimate_params(config: dict[str, Any]) -> int:
-    h, layers, v = config.get("hidden_size", 128), config.get("num_hidden_layers", 2), config.get("vocab_size", 6400)
-    ffn = config.get("intermediate_size") or 64 * -(-8 * h // 3 // 64)
-    per_layer = 4 * h * h + 3 * h * ffn
-    if config.get("model_type") == "model_moe":
-        per_layer += (config.get("num_experts", 4) - 1) * 3 * h * ffn
-    extra = config.get("knowledge_num", 0) * h if config.get("model_type") == "model" else 0
-    return v * h + layers * per_layer + extra
-
-
-def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: dict[str, Any] | None = None) -> tuple[list[Check], dict[str, Any]]:
-    """Everything a run needs, checked before anything starts. Returns (checks, environment)."""
-    checks: list[Check] = []
-    config = (record.meta.get("config") if record else None) or {}
-    cuda = opts.gpus or config.get("cuda_devices") or ""
-    env = probe if probe is not None else probe_environment({"CUDA_VISIBLE_DEVICES": cuda} if cuda else None)
-
-    checks.append(Check("python", True, f"{env.get('python')} at {env.get('executable')}"))
-    fix_install = f"install the environment: cd {store._rel(ws, ws.root) or '.'} && make venv (or pip install -e .)"
-    if "torch_error" in env or "probe_error" in env:
-        checks.append(Check("torch", False, env.get("torch_error") or env.get("probe_error", "?"), fix_install))
-    else:
-        checks.append(Check("torch", True, f"torch {env['torch']}" + (f", CUDA {env['cuda']}" if env.get("cuda") else ", CPU build")))
-    if "transformers_error" in env:
-        checks.append(Check("transformers", False, env["transformers_error"], fix_install))
-    elif "transformers" in env:
-        checks.append(Check("transformers", True, f"transformers {env['transformers']}"))
-
-    gpus = env.get("gpus") or []
-    wants_gpu = bool(cuda) or str(config.get("device", "auto")).startswith("cuda")
-    if wants_gpu and not gpus:
-        checks.append(Check("gpus", False, f"GPUs {cuda or 'cuda'} asked for, none visible", "drop --gpus / set device=auto, or run where the GPUs are"))
-    elif cuda and len(gpus) < len(cuda.split(",")):
-        checks.append(Check("gpus", False, f"asked for GPUs {cuda}; visible: {', '.join(gpus) or 'none'}", "ask only for GPUs that exist"))
-    elif gpus:
-        checks.append(Check("gpus", True, ", ".join(f"{i}: {n}" for i, n in enumerate(gpus))))
-    else:
-        checks.append(Check("gpus", True, "none; training on CPU"))
-    if opts.backend in ("torchrun", "slurm") and gpus and opts.procs > len(gpus) and not opts.gpus:
-        checks.append(Check("processes", False, f"{opts.procs} processes for {len(gpus)} GPUs", "use --gpus or a smaller --nproc"))
-
-    for key, kind, build in (
-        ("data_path", "train", "python scripts/build_corpus.py"),
-        ("val_data_path", "val", "python scripts/build_corpus.py"),
-        ("tokenizer_path", "tokenizer", "python scripts/build_tokenizer.py"),
-    ):
-        value = config.get(key, "embedded")
-        path = ws.resolve(value, kind)
-        if path is None:
-            checks.append(Check(key, True, "held out from data_path"))
-        elif path.exists():
-            checks.append(Check(key, True, str(path)))
-        else:
-            fix = f"build it: {build} (in the expkit checkout)" if value == "embedded" else f"fix the path: exp set VERSION {key}=PATH"
-            checks.append(Check(key, False, f"{path} is missing", fix))
-
-    params = _estimate_params(config) if config else 0
-    need = params * 16 * (int(config.get("keep_top_k", 2)) + 2) + 200 * 2**20  # fp32 weights + Adam, per checkpoint kept
-    ws.out_root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(ws.out_root).free
-    checks.append(
-        Check(
-            "disk", free >= need, f"{free / 2**30:.1f} GiB free in {ws.out_root}, about {need / 2**30:.2f} GiB needed",
-            "free space, or lower keep_top_k" if free < need else "",
-        )
-    )
-
-    mode = os.environ.get("SWANLAB_MODE") or config.get("swanlab_mode", "offline")
-    if mode == "cloud" and not (os.environ.get("SWANLAB_API_KEY") or _swanlab_logged_in()):
-        checks.append(Check("swanlab", None, "cloud mode without an API key: the run will log offline", "swanlab login, or exp set VERSION swanlab_mode=offline"))
-    else:
-        checks.append(Check("swanlab", True, f"mode {mode}" + (" (SWANLAB_MODE)" if os.environ.get("SWANLAB_MODE") else "")))
-
-    repo = _git_state(ws)
-    if repo is None:
-        checks.append(Check("git", None, "not a git repository: runs cannot be traced to code", "git init && git commit"))
-    elif repo.get("dirty"):
-        checks.append(Check("git", None, f"{(repo.get('sha') or 'no commit')[:12]} with uncommitted changes (saved to git.diff)", "commit before running for a clean trace"))
-    else:
-        checks.append(Check("git", True, f"{(repo.get('sha') or 'no commit yet')[:12]} on {repo.get('branch') or 'detached HEAD'}"))
-
-    if opts.backend == "slurm":
-        sbatch = shutil.which("sbatch")
-        if not sbatch:
-            checks.append(Check("slurm", False, "sbatch not found", "install Slurm, or start the local cluster: scripts/slurm_local.sh start"))
-        else:
-            ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
-            up = ping.returncode == 0 and "UP" in ping.stdout
-            checks.append(Check("slurm", up, (ping.stdout.strip() or ping.stderr.strip()).splitlines()[0] if (ping.stdout or ping.stderr) else "no answer", "" if up else "start slurmctld (scripts/slurm_local.sh start)"))
-    return checks, env
-
-
-def _swanlab_logged_in() -> bool:
-    netrc = Path.home() / ".netrc"
-    return netrc.exists() and "swanlab" in netrc.read_text(errors="ignore")
-
-
-def failed_checks(checks: list[Check]) -> list[Check]:
-    return [c for c in checks if c.ok is False]
-
-
 # -- begin and finalize (the script's _start and _finalize) ------------------------------------
-def _ready_or_raise(ws: Workspace, record: Record) -> None:
-    from .problems import check, is_clean
-
-    problems = check(ws, record)
-    if not is_clean(problems):
-        errors = [p for p in problems if p.level == "error"]
-        listed = "; ".join(f"line {p.line}: {p.message}" for p in errors[:6])
-        more = f"; and {len(errors) - 6} more" if len(errors) > 6 else ""
-        raise RecordError(f"{record.version} is not ready to run — {listed}{more} (see `exp check {record.version}`)")
-
-
 def _require_startable(ws: Workspace, record: Record, resume: bool) -> None:
+    """Refuse a run that is running, or a fresh run of a record that has run, or a resume of a
+    run that finished or has no checkpoint; each with the next step."""
     version = record.version
+    run = record.meta.get("run") or {}
     if record.status == "running":
-        run = record.meta.get("run") or {}
         raise RunError(
             f"{version} is already running ({_where(run)}); `exp status {version}`, `exp logs {version} -f` or `exp stop {version}`"
         )
     if resume:
-        rec_mod.require_status(record, RESUMABLE, "resume")
+        if record.status in ("analyzed", "changes_requested") and run.get("status") in ("interrupted", "failed"):
+            pass  # a partial analysis of a run that did not finish: it may go on
+        elif record.status in ("analyzed", "changes_requested"):
+            raise RunError(f"cannot resume {version}: its run finished (there is nothing left to run); next: "
+                           f"{next_step(record.status, str(version))}")
+        else:
+            require_status(record, ("interrupted", "failed"), "resume")
         if not any((ws.out_dir(version) / "checkpoints").glob("*.pt")):
             raise RunError(
-                f"{version} has no checkpoint to resume from in {store._rel(ws, ws.out_dir(version))}/checkpoints; "
+                f"{version} has no checkpoint to resume from in {ws.rel(ws.out_dir(version))}/checkpoints; "
                 f"run it afresh with `exp run {version}`"
             )
         return
     if record.status not in STARTABLE:
         nxt = (
             f"continue it with `exp run {version} --resume`"
-            if record.status == "interrupted"
+            if record.status == "interrupted" or run.get("status") == "interrupted"
             else f"start the next experiment with `exp new NEXT --from {version}`"
         )
         raise RunError(f"{version} has already run (status {record.status}); {nxt}")
-    _ready_or_raise(ws, record)
+    lifecycle.ready_or_raise(ws, record)
 
 
 def _archive_previous_outputs(ws: Workspace, version: Version) -> Path | None:
@@ -351,7 +82,7 @@ def _archive_previous_outputs(ws: Workspace, version: Version) -> Path | None:
     out = ws.out_dir(version)
     if not out.exists() or not any(p for p in out.iterdir() if p.name not in ("config.json",)):
         return None
-    target = out.with_name(f"{out.name}.previous-{time.strftime('%Y%m%dT%H%M%S')}")
+    target = out.with_name(f"{out.name}.previous-{times.stamp()}")
     out.rename(target)
     return target
 
@@ -363,7 +94,7 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
     Idempotent for the token that ``exp run`` passed to the script it launched.
     """
     out = ws.out_dir(version)
-    with store.update(ws, version) as record:
+    with records.update(ws, version) as record:
         run = record.meta.get("run") or {}
         if record.status == "running":
             if token and run.get("token") == token:
@@ -375,37 +106,35 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
                 return record
         _require_startable(ws, record, opts.resume)
         if opts.resume:
-            run.setdefault("resumed", []).append(store.now())
+            run.setdefault("resumed", []).append(times.now())
             for key in ("ended", "duration_s", "exit_code", "error", "log_tail", "final", "status"):
                 run.pop(key, None)
         else:
             _archive_previous_outputs(ws, version)
-            from . import config as cfg_mod
-
             cfg = cfg_mod.validate(record.meta.get("config") or {})
             out.mkdir(parents=True, exist_ok=True)
-            store.atomic_write(out / "config.json", json.dumps(cfg.model_dump(), indent=2, ensure_ascii=False) + "\n")
+            write_json(out / "config.json", cfg.model_dump())
             record.meta["prereg"] = {
-                "at": store.now(),
-                "sections": {n: rec_mod.sha256(record.human(n)) for n in rec_mod.PREREGISTERED},
+                "at": times.now(),
+                "sections": {n: sha256(record.human(n)) for n in PREREGISTERED},
             }
-            repo = _git_state(ws) or {}
+            repo = git_state(ws) or {}
             run = {
-                "started": store.now(),
+                "started": times.now(),
                 "backend": opts.backend,
                 "host": socket.gethostname(),
-                "command": command or f"bash {store._rel(ws, ws.run_script_path(version))}",
-                "script": store._rel(ws, ws.run_script_path(version)),
+                "command": command or f"bash {ws.rel(ws.run_script_path(version))}",
+                "script": ws.rel(ws.run_script_path(version)),
                 "git_sha": repo.get("sha") or "not a git repository",
                 "git_dirty": bool(repo.get("dirty")),
-                "out_dir": store._rel(ws, out),
+                "out_dir": ws.rel(out),
             }
             if opts.backend in ("torchrun", "slurm"):
                 run["processes"] = opts.procs * opts.nnodes
             _snapshot(ws, version, out, record, repo, env)
             script = ws.run_script_path(version)
             if script.exists():
-                run["script_sha256"] = rec_mod.sha256(script.read_bytes())
+                run["script_sha256"] = sha256(script.read_bytes())
             envinfo = env or {}
             run["gpus"] = ", ".join(envinfo.get("gpus") or []) or "none (CPU)"
             run["env"] = {k: envinfo[k] for k in ("python", "torch", "cuda", "transformers", "tokenizers", "swanlab", "platform", "host", "cpus") if envinfo.get(k) is not None}
@@ -415,25 +144,25 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
         if os.environ.get("SLURM_JOB_ID"):
             run["job_id"] = os.environ["SLURM_JOB_ID"]
         record.meta["run"] = run
-        record.set_status("running")
+        if record.status == "draft":  # `exp run` checked it just now (_require_startable): it is ready
+            transition(record, "ready")
+        transition(record, "running")
         _regenerate_quietly(ws, record, ("execution", "environment"))
     return record
 
 
 def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: dict[str, Any], env: dict[str, Any] | None) -> None:
     """Files that let a result be traced: git diff, pip freeze, environment, a plain summary."""
-    from . import gitops
-
     if repo.get("dirty"):
         try:
-            store.atomic_write(out / "git.diff", gitops.diff(ws.root))
+            atomic_write(out / "git.diff", gitops.diff(ws.root))
         except Exception as err:  # the diff is evidence, not a precondition
-            store.atomic_write(out / "git.diff", f"# could not save the diff: {err}\n")
+            atomic_write(out / "git.diff", f"# could not save the diff: {err}\n")
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--disable-pip-version-check"], capture_output=True, text=True, timeout=120)
-    store.atomic_write(out / "requirements.txt", freeze.stdout if freeze.returncode == 0 else f"# pip freeze failed: {freeze.stderr.strip()}\n")
-    store.atomic_write(out / "env.json", json.dumps(env or {}, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / "requirements.txt", freeze.stdout if freeze.returncode == 0 else f"# pip freeze failed: {freeze.stderr.strip()}\n")
+    write_json(out / "env.json", env or {})
     meta = record.meta
-    store.atomic_write(
+    atomic_write(
         out / "experiment_info.txt",
         "\n".join(
             [
@@ -441,10 +170,10 @@ def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: 
                 f"description  {json.dumps(meta.get('description', ''), ensure_ascii=False)}",
                 f"parent       {meta.get('parent') or '-'}",
                 f"baseline     {meta.get('baseline') or '-'}",
-                f"record       {store._rel(ws, record.path)}",
-                f"script       {store._rel(ws, ws.run_script_path(version))}",
+                f"record       {ws.rel(ws.record_path(version))}",
+                f"script       {ws.rel(ws.run_script_path(version))}",
                 f"git          {repo.get('sha') or 'not a git repository'}{' (dirty)' if repo.get('dirty') else ''}",
-                f"started      {store.now()}",
+                f"started      {times.now()}",
                 "",
             ]
         ),
@@ -453,13 +182,10 @@ def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: 
 
 def _regenerate_quietly(ws: Workspace, record: Record, names: tuple[str, ...]) -> None:
     """Generated sections follow the data; if a person edited one by hand, the data is still
-    recorded in the front matter and the edit is left for `exp check` to report."""
-    from .errors import HandEditError
-
-    try:
-        store.regenerate_blocks(ws, record, names)
-    except HandEditError as err:
-        print(f"exp: warning: {err}", file=sys.stderr)
+    recorded in the state and the edit is left for `exp check` to report."""
+    warning = view.regenerate_quietly(ws, record, names)
+    if warning:
+        records.note(f"warning: {warning}")
 
 
 def _where(run: dict[str, Any]) -> str:
@@ -471,11 +197,9 @@ def _where(run: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    """A JSON object file, or {} when it is missing, unreadable or not an object."""
+    data = read_json(path)
+    return data if isinstance(data, dict) else {}
 
 
 def tail_lines(path: Path, n: int = LOG_TAIL_LINES) -> list[str]:
@@ -495,26 +219,28 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
     out = ws.out_dir(version)
     trainer = _read_json(out / "status.json")
     summary = _read_json(out / "summary.json")
-    with store.update(ws, version) as record:
+    with records.update(ws, version) as record:
         if record.status != "running":
             return record
         run = record.meta.get("run") or {}
         t_status = trainer.get("status")
-        if exit_code == 0 and t_status == "finished":
+        if t_status == "finished" and summary:
+            # the trainer finished and wrote its summary: whatever happened to the script after
+            # (a kill before its EXIT trap, a stale pid found by `exp status`), the run finished
             status = "finished"
         elif t_status == "interrupted" or exit_code in (130, 143) or interrupted:
             status = "interrupted"
         else:
             status = "failed"
-        run["ended"] = store.now()
-        run["duration_s"] = round(time.time() - _parse_time(run.get("started")), 1) if run.get("started") else None
+        run["ended"] = times.now()
+        run["duration_s"] = round(times.age_s(run["started"]), 1) if run.get("started") else None
         run["exit_code"] = exit_code
-        final = {k: summary[k] for k in SUMMARY_KEYS if summary.get(k) is not None}
+        final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
         if final:
             run["final"] = final
         swan = sorted((out / "swanlog").glob("run-*")) if (out / "swanlog").is_dir() else []
         if swan:
-            run["swanlab_dir"] = store._rel(ws, swan[-1])
+            run["swanlab_dir"] = ws.rel(swan[-1])
         if status != "finished":
             error = trainer.get("error") or reason or (f"the run exited with code {exit_code}" if exit_code else "the trainer did not report finishing")
             run["error"] = " ".join(str(error).split())[:500]
@@ -525,16 +251,25 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
             run["last_step"] = trainer["step"]
         run["status"] = status
         record.meta["run"] = run
-        record.set_status(status)
+        transition(record, status)
         _regenerate_quietly(ws, record, ("execution", "environment"))
     (out / "run.pid").unlink(missing_ok=True)
     return record
 
 
-def _parse_time(text: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(text).timestamp()
+def conclude(ws: Workspace, version: Version, exit_code: int, reason: str | None = None,
+             interrupted: bool = False) -> tuple[Record, dict[str, Any] | None, str | None]:
+    """``finalize``, then analyse a run that finished (every way a run ends comes here: the
+    script's EXIT trap, a foreground ``exp run``, ``exp status`` finding a dead process).
+    Returns (record, the analysis or None, why the analysis failed or None)."""
+    record = finalize(ws, version, exit_code, reason=reason, interrupted=interrupted)
+    if record.status != "finished":
+        return record, None, None
+    try:
+        result = results.analyze(ws, version)
+    except ExpError as err:
+        return record, None, str(err)
+    return records.load(ws, version), result, None
 
 
 def start_from_script(ws: Workspace, version: Version, backend: str, pid: int, gpus: str | None) -> tuple[list[Check], Record | None]:
@@ -543,14 +278,14 @@ def start_from_script(ws: Workspace, version: Version, backend: str, pid: int, g
     and begin only if it passed (a failed preflight leaves the status unchanged)."""
     opts = LaunchOptions(backend=backend, gpus=gpus, resume=bool(os.environ.get("EXP_RESUME"))).check()
     token = os.environ.get("EXP_RUN_TOKEN")
-    record = store.load(ws, version)
+    record = records.load(ws, version)
     if token and record.status == "running" and (record.meta.get("run") or {}).get("token") == token:
         return [], begin(ws, version, opts, pid=pid, token=token)
     _require_startable(ws, record, opts.resume)
     checks, env = preflight(ws, record, opts)
     if failed_checks(checks):
         return checks, None
-    return checks, begin(ws, version, opts, pid=pid, env=env, command=f"bash {store._rel(ws, ws.run_script_path(version))}")
+    return checks, begin(ws, version, opts, pid=pid, env=env, command=f"bash {ws.rel(ws.run_script_path(version))}")
 
 
 # -- launching -----------------------------------------------------------------------------------
@@ -567,13 +302,17 @@ class Launch:
     log: Path | None = None
 
 
-def prepare(ws: Workspace, version: Version, opts: LaunchOptions) -> Launch:
-    """Render the script and preflight, without changing the record's status."""
+def prepare(ws: Workspace, version: Version, opts: LaunchOptions, dry_run: bool = False) -> Launch:
+    """Render the script and preflight, without changing the record's status. A dry run writes
+    nothing at all: the script is rendered to be printed, not saved."""
     opts.check()
-    record = store.load(ws, version)
+    record = records.load(ws, version)
     _require_startable(ws, record, opts.resume)
-    with store.locked(ws, version):
-        path, text = write_script(ws, record, opts)
+    if dry_run:
+        path, text = ws.run_script_path(version), render_script(ws, record, opts)
+    else:
+        with store.locked(ws, version):
+            path, text = write_script(ws, record, opts)
     checks, env = preflight(ws, record, opts)
     return Launch(str(version), path, text, checks, env)
 
@@ -606,7 +345,7 @@ def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch)
                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,  # its own session: closing the terminal does not kill it
                 )
             launch.process, launch.pid = proc, proc.pid
-            store.atomic_write(out / "run.pid", f"{proc.pid}\n")
+            atomic_write(out / "run.pid", f"{proc.pid}\n")
             _update_run(ws, version, pid=proc.pid)
     except BaseException as err:
         finalize(ws, version, 1, reason=f"could not start: {err}")
@@ -629,7 +368,7 @@ def _flags(opts: LaunchOptions) -> list[str]:
 
 
 def _update_run(ws: Workspace, version: Version, **fields: Any) -> None:
-    with store.update(ws, version) as record:
+    with records.update(ws, version) as record:
         run = record.meta.get("run") or {}
         run.update(fields)
         record.meta["run"] = run
@@ -639,9 +378,11 @@ def wait(ws: Workspace, version: Version, launch: Launch) -> Record:
     """Wait for a local launch to end; finalize it here if the script could not."""
     assert launch.process is not None
     code = launch.process.wait()
-    record = store.load(ws, version)
+    record = records.load(ws, version)
     if record.status == "running":  # the script died before its EXIT trap could run
-        record = finalize(ws, version, code, reason=f"the run script ended with code {code} without finalizing")
+        record, _, failure = conclude(ws, version, code, reason=f"the run script ended with code {code} without finalizing")
+        if failure:
+            records.note(f"the analysis failed: {failure}; run `exp analyze {version}` after fixing it")
     return record
 
 
@@ -777,7 +518,7 @@ def progress(ws: Workspace, version: Version, config: dict[str, Any]) -> dict[st
     beat = _read_json(out / "heartbeat")
     if beat.get("time"):
         try:
-            info["heartbeat_age_s"] = round(time.time() - _parse_time(beat["time"]), 1)
+            info["heartbeat_age_s"] = round(times.age_s(beat["time"]), 1)
         except (TypeError, ValueError):
             pass
     return info
@@ -788,19 +529,21 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
     if version is not None:
         targets = [version]
     else:
-        targets = [e.version for e in store.entries(ws) if e.status == "running"]
+        targets = [e.version for e in entries(ws) if e.status == "running"]
     rows = []
     for v in targets:
-        record = store.load(ws, v)
+        record = records.load(ws, v)
         row: dict[str, Any] = {"version": str(v), "status": record.status}
         run = record.meta.get("run") or {}
         if record.status == "running":
             alive, where = liveness(ws, record)
             row["where"] = where
             if not alive:
-                record = finalize(ws, v, 1, reason=f"the run's process died without finalizing ({where})", interrupted=True)
+                record, _, failure = conclude(ws, v, 1, reason=f"the run's process died without finalizing ({where})", interrupted=True)
                 row["status"] = record.status
-                row["note"] = f"marked {record.status}: {where}"
+                row["note"] = f"marked {(record.meta.get('run') or {}).get('status', record.status)}: {where}"
+                if failure:
+                    row["note"] += f"; the analysis failed: {failure}"
         row.update({k: run.get(k) for k in ("backend", "started", "ended", "exit_code", "job_id", "pid") if run.get(k) is not None})
         row.update(progress(ws, v, record.meta.get("config") or {}))
         if record.status == "failed" and run.get("error"):
@@ -811,8 +554,8 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
 
 def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str, Any]:
     """SIGTERM to the run (scancel for Slurm); the trainer checkpoints; status interrupted."""
-    record = store.load(ws, version)
-    rec_mod.require_status(record, ("running",), "stop")
+    record = records.load(ws, version)
+    require_status(record, ("running",), "stop")
     run = record.meta.get("run") or {}
     alive, where = liveness(ws, record)
     if not alive:
@@ -827,13 +570,13 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
             pass
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        record = store.load(ws, version)
+        record = records.load(ws, version)
         if record.status != "running":
             break
         alive, where = liveness(ws, record)
         if not alive:
             time.sleep(0.5)  # let the EXIT trap write its result
-            record = store.load(ws, version)
+            record = records.load(ws, version)
             if record.status == "running":
                 record = finalize(ws, version, 143, reason="stopped by exp stop", interrupted=True)
             break
@@ -848,7 +591,7 @@ def log_path(ws: Workspace, version: Version) -> Path:
     for name in ("run.log", "train.log"):
         if (out / name).exists():
             return out / name
-    raise RunError(f"{version} has no log yet ({store._rel(ws, out)}/run.log); start it with `exp run {version}`")
+    raise RunError(f"{version} has no log yet ({ws.rel(out)}/run.log); start it with `exp run {version}`")
 
 
 def follow_log(ws: Workspace, version: Version, follow: bool) -> Iterator[str]:
@@ -861,7 +604,7 @@ def follow_log(ws: Workspace, version: Version, follow: bool) -> Iterator[str]:
                 continue
             if not follow:
                 return
-            record = store.load(ws, version)
+            record = records.load(ws, version)
             if record.status != "running" or not liveness(ws, record)[0]:
                 rest = fh.read()
                 if rest:
@@ -872,14 +615,12 @@ def follow_log(ws: Workspace, version: Version, follow: bool) -> Iterator[str]:
 
 def sync(ws: Workspace, version: Version) -> dict[str, Any]:
     """Upload the offline SwanLab run (``swanlab sync`` underneath)."""
-    from . import tracking
-
     out = ws.out_dir(version)
     try:
         run_dir = tracking.latest_run_dir(out / "swanlog")
     except Exception as err:
-        raise RunError(f"{version} has no offline SwanLab run under {store._rel(ws, out)}/swanlog ({err})") from None
-    if not (os.environ.get("SWANLAB_API_KEY") or _swanlab_logged_in()):
+        raise RunError(f"{version} has no offline SwanLab run under {ws.rel(out)}/swanlog ({err})") from None
+    if not (os.environ.get("SWANLAB_API_KEY") or swanlab_logged_in()):
         raise RunError("no SwanLab API key: run `swanlab login` (or set SWANLAB_API_KEY), then `exp sync " + str(version) + "`")
     cmd = tracking.sync_command(run_dir)
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -121,6 +121,10 @@ class Workspace:
     def record_path(self, version: Any) -> Path:
         return self.experiment_dir / f"experiment_{version}.md"
 
+    def state_path(self, version: Any) -> Path:
+        """The tool's state of a record (status, run, analysis, approval), beside its markdown."""
+        return self.experiment_dir / f"experiment_{version}.state.json"
+
     def run_script_path(self, version: Any) -> Path:
         return self.run_file_dir / f"experiment_{version}.sh"
 
@@ -136,6 +140,13 @@ class Workspace:
     def cache_dir(self) -> Path:
         """Derived data that can always be rebuilt from the records (never committed)."""
         return self.out_root / ".cache"
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the workspace root when it is inside it (for messages)."""
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
 
     def resolve(self, value: str, kind: str = "train") -> Path | None:
         return resolve_data_path(value, kind, base=self.root)

@@ -52,15 +52,15 @@ def run_exp(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 @pytest.fixture
 def cli():
-    """In-process `exp` through typer's CliRunner: returns (exit_code, stdout, stderr)."""
-    from typer.testing import CliRunner
+    """In-process `exp` through click's CliRunner: returns (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
 
     from expkit.cli import app
 
     runner = CliRunner()
 
     def invoke(*args: str):
-        result = runner.invoke(app, list(args), catch_exceptions=False)
+        result = runner.invoke(app, list(args), catch_exceptions=False, prog_name="exp")
         return result.exit_code, result.stdout, result.stderr
 
     return invoke

@@ -17,10 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from expkit import analysis as A
 from expkit.claims import parse_claims
 from expkit.config import TrainConfig
 from expkit.errors import ExpError
+from expkit import diagnosis as diagnosis_mod
+from expkit import anomalies, comparison, metrics, numbers, plots, report, samples, traceable, verdicts
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -83,7 +84,7 @@ def write_rows(path: Path, rows: list[dict], tail: str = "") -> Path:
 
 
 def kinds(rows: list[dict], tmp_path: Path, max_steps: int | None = None) -> list[str]:
-    return [a.kind for a in A.detect_anomalies(A.load_metrics(write_rows(tmp_path / "m.jsonl", rows)), max_steps)]
+    return [a.kind for a in anomalies.detect_anomalies(metrics.load_metrics(write_rows(tmp_path / "m.jsonl", rows)), max_steps)]
 
 
 def is_png(path: Path) -> bool:
@@ -97,9 +98,9 @@ def is_png(path: Path) -> bool:
 @pytest.mark.slow
 def test_real_run_summary_has_every_claim_metric(real_run):
     summary = json.loads((real_run / "summary.json").read_text(encoding="utf-8"))
-    m = A.load_metrics(real_run / "metrics.jsonl")
-    table = A.summarize(real_run, m)
-    assert set(A.SUMMARY_KEYS) <= set(table)
+    m = metrics.load_metrics(real_run / "metrics.jsonl")
+    table = metrics.summarize(real_run, m)
+    assert set(metrics.SUMMARY_KEYS) <= set(table)
     assert table["steps"] == 60 and table["status"] == "finished" and table["notes"] == []
     for key in ("final_loss", "val_loss", "best_val_loss", "val_ppl", "tokens_seen", "tokens_per_s", "wall_s", "peak_mem_mb"):
         assert table[key] == summary[key], key
@@ -111,16 +112,16 @@ def test_real_run_summary_has_every_claim_metric(real_run):
         assert 0.0 <= table[key] <= 1.0
     assert len(m) == 13 and list(m.val_step) == [20, 40, 60]  # step 1, every 5th, evals at 20/40/60
     assert m.to_dict()["evals"] == [[int(s), float(v)] for s, v in zip(m.val_step, m.val_loss)]
-    first_eval = A.format_number(float(m.val_loss[0]))
-    assert A.untraceable_numbers(f"val_loss {first_eval} at step 20", A.evidence_values(m)) == []
+    first_eval = numbers.format_number(float(m.val_loss[0]))
+    assert traceable.untraceable_numbers(f"val_loss {first_eval} at step 20", traceable.evidence_values(m)) == []
 
 
 @pytest.mark.slow
 def test_real_healthy_run_has_no_anomalies(real_run):
-    m = A.load_metrics(real_run / "metrics.jsonl")
-    found = A.detect_anomalies(m, max_steps=60)
+    m = metrics.load_metrics(real_run / "metrics.jsonl")
+    found = anomalies.detect_anomalies(m, max_steps=60)
     assert found == [], [a.message() for a in found]
-    diagnosis, suggestions = A.diagnose([], [], None, lang="zh")
+    diagnosis, suggestions = diagnosis_mod.diagnose([], [], None, lang="zh")
     assert [f.rule for f in diagnosis] == ["healthy"] and suggestions == []
 
 
@@ -132,7 +133,7 @@ def test_real_run_killed_without_summary_still_gets_what_metrics_allow(real_run,
     lines = (real_run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     (killed / "metrics.jsonl").write_text("\n".join(lines[:9]) + "\n" + lines[9][:25], encoding="utf-8")
     (killed / "status.json").write_text(json.dumps({"status": "running", "step": 45}), encoding="utf-8")
-    table = A.summarize(killed)
+    table = metrics.summarize(killed)
     rows = [json.loads(x) for x in lines[:9]]
     assert table["steps"] == 40 and table["final_loss"] == rows[-1]["loss"]
     assert table["val_loss"] == rows[-1]["val_loss"]
@@ -142,40 +143,40 @@ def test_real_run_killed_without_summary_still_gets_what_metrics_allow(real_run,
     assert table["params"] is None and table["peak_mem_mb"] is None and table["distinct_1"] is None
     assert table["status"] == "running"
     assert any("truncated last line 10" in n for n in table["notes"]) and any("no summary.json" in n for n in table["notes"])
-    found = A.detect_anomalies(A.load_metrics(killed / "metrics.jsonl"), max_steps=60)
+    found = anomalies.detect_anomalies(metrics.load_metrics(killed / "metrics.jsonl"), max_steps=60)
     assert [a.kind for a in found] == ["early_stop"] and found[0].end_step == 40, [a.message() for a in found]
 
 
 @pytest.mark.slow
 def test_real_run_verdicts_plots_and_traceable_diagnosis(real_run, tmp_path):
-    m = A.load_metrics(real_run / "metrics.jsonl")
-    table = A.summarize(real_run, m)
+    m = metrics.load_metrics(real_run / "metrics.jsonl")
+    table = metrics.summarize(real_run, m)
     parent = {**table, "val_loss": table["val_loss"] + 0.5, "tokens_per_s": table["tokens_per_s"] * 2}
     claims, problems = parse_claims(
         "- val_loss < 100\n- val_loss <= parent - 0.1\n- tokens_per_s >= parent * 110%\n- mfu > 0.3\n"
         "- best_val_loss < baseline\n"
     )
     assert not problems
-    vs = A.verdicts(claims, table, parent, None, run_ok=table["status"] == "finished")
+    vs = verdicts.verdicts(claims, table, parent, None, run_ok=table["status"] == "finished")
     assert [v.verdict for v in vs] == ["confirmed", "confirmed", "refuted", "inconclusive", "inconclusive"]
     assert vs[1].reference == pytest.approx(table["val_loss"] + 0.4)
     assert vs[2].reference == pytest.approx(table["tokens_per_s"] * 2.2)
     assert "did not log mfu" in vs[3].reason  # CPU runs have no MFU
     assert "baseline has no run" in vs[4].reason
 
-    deltas = {"parent 0.1.0": A.metric_deltas(table, parent)}
+    deltas = {"parent 0.1.0": comparison.metric_deltas(table, parent)}
     for lang in ("en", "zh"):
-        diagnosis, suggestions = A.diagnose([], vs, deltas, lang=lang)
+        diagnosis, suggestions = diagnosis_mod.diagnose([], vs, deltas, lang=lang)
         rules = {f.rule for f in diagnosis}
         assert {"claim_refuted", "claim_inconclusive", "delta_better", "delta_slower"} <= rules
         text = "\n".join(f.text for f in diagnosis + suggestions)
-        evidence = A.evidence_values(table, vs, deltas, diagnosis)
-        assert A.untraceable_numbers(text, evidence) == [], text
+        evidence = traceable.evidence_values(table, vs, deltas, diagnosis)
+        assert traceable.untraceable_numbers(text, evidence) == [], text
 
-    overlay = A.load_metrics(real_run / "metrics.jsonl")
+    overlay = metrics.load_metrics(real_run / "metrics.jsonl")
     overlay.loss = overlay.loss + 0.3
-    out = A.plot_run(m, tmp_path / "plots" / "run.png", overlays={"parent 0.1.0": overlay}, title="1.4.1 学习率")
-    cmp = A.plot_compare({"1.4.1": m, "1.4.0": overlay}, tmp_path / "plots" / "compare.png")
+    out = plots.plot_run(m, tmp_path / "plots" / "run.png", overlays={"parent 0.1.0": overlay}, title="1.4.1 学习率")
+    cmp = plots.plot_compare({"1.4.1": m, "1.4.0": overlay}, tmp_path / "plots" / "compare.png")
     assert out == tmp_path / "plots" / "run.png" and is_png(out) and is_png(cmp)
 
 
@@ -183,26 +184,26 @@ def test_real_run_verdicts_plots_and_traceable_diagnosis(real_run, tmp_path):
 
 
 def test_missing_metrics_file_is_one_line_error_naming_the_file(tmp_path):
-    with pytest.raises(A.AnalysisError) as err:
-        A.load_metrics(tmp_path / "nope" / "metrics.jsonl")
+    with pytest.raises(metrics.AnalysisError) as err:
+        metrics.load_metrics(tmp_path / "nope" / "metrics.jsonl")
     assert isinstance(err.value, ExpError)
     assert "metrics.jsonl" in str(err.value) and "no such file" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(A.AnalysisError, match="no such run directory"):
-        A.summarize(tmp_path / "never_ran")
+    with pytest.raises(metrics.AnalysisError, match="no such run directory"):
+        metrics.summarize(tmp_path / "never_ran")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(A.AnalysisError, match="neither summary.json nor metrics.jsonl"):
-        A.summarize(tmp_path / "empty")
+    with pytest.raises(metrics.AnalysisError, match="neither summary.json nor metrics.jsonl"):
+        metrics.summarize(tmp_path / "empty")
 
 
 def test_truncated_last_line_is_skipped_and_noted(tmp_path):
     rows = healthy_rows(20)
-    m = A.load_metrics(write_rows(tmp_path / "m.jsonl", rows, tail='{"step": 200, "loss": 2.7'))
+    m = metrics.load_metrics(write_rows(tmp_path / "m.jsonl", rows, tail='{"step": 200, "loss": 2.7'))
     assert len(m) == 20 and m.last_step == rows[-1]["step"]
     assert m.notes == ["skipped truncated last line 21 of m.jsonl"]
     # a line cut inside a multi-byte character is the same case
     path = tmp_path / "cut.jsonl"
     path.write_bytes(write_rows(tmp_path / "x.jsonl", rows).read_bytes() + '{"step": 200, "note": "学'.encode()[:-1])
-    assert len(A.load_metrics(path)) == 20
+    assert len(metrics.load_metrics(path)) == 20
 
 
 def test_malformed_lines_repeated_steps_and_odd_values(tmp_path):
@@ -214,7 +215,7 @@ def test_malformed_lines_repeated_steps_and_odd_values(tmp_path):
     text += json.dumps({**rows[-1], "loss": 1.0}) + "\n"  # a resumed run logging its last step again
     path = tmp_path / "m.jsonl"
     path.write_text(text, encoding="utf-8")
-    m = A.load_metrics(path)
+    m = metrics.load_metrics(path)
     assert len(m) == 20 and m.loss[-1] == 1.0
     assert math.isnan(m.lr[3]) and math.isnan(m.loss[4]) and m.nonfinite == {}  # absent / not a number: not "non-finite"
     assert any("malformed line 11" in n for n in m.notes) and any("without a numeric step" in n for n in m.notes)
@@ -231,18 +232,18 @@ def test_non_finite_values_are_kept_and_flagged(tmp_path):
     path.parent.mkdir()
     path.write_text(text, encoding="utf-8")
     assert "Infinity" in text and "NaN" in text
-    m = A.load_metrics(path)
+    m = metrics.load_metrics(path)
     assert m.nonfinite == {"loss": [1490], "grad_norm": [1470, 1480], "val_loss": [1490]}
     assert math.isnan(m.loss[-1]) and math.isinf(m.grad_norm[-2])
-    found = A.detect_anomalies(m)
+    found = anomalies.detect_anomalies(m)
     assert [(a.kind, a.metric, a.step) for a in found] == [
         ("nonfinite", "grad_norm", 1470), ("nonfinite", "loss", 1490), ("nonfinite", "val_loss", 1490)]
     assert found[0].evidence["count"] == 2 and "non-finite" in found[0].message()
     assert found[0].to_dict()["evidence"]["value"] is None  # NaN is null in the JSON-safe dict
-    table = A.summarize(path.parent, m)
+    table = metrics.summarize(path.parent, m)
     assert math.isnan(table["final_loss"]) and table["best_train_loss"] == min(r["loss"] for r in rows[:-1])
     claims, _ = parse_claims("- final_loss < 5\n- val_loss < 5\n")
-    vs = A.verdicts(claims, table, None, None, run_ok=True)
+    vs = verdicts.verdicts(claims, table, None, None, run_ok=True)
     assert [v.verdict for v in vs] == ["inconclusive", "inconclusive"]
     assert all("NaN" in v.reason for v in vs) and vs[0].to_dict()["observed"] is None
 
@@ -303,14 +304,14 @@ def _stall(rows):
     ("stall", _stall, False, {"gap_s": (600, 601)}),
 ])
 def test_each_bad_curve_fires_exactly_its_kind(tmp_path, kind, make, const_lr, evidence):
-    m = A.load_metrics(write_rows(tmp_path / "m.jsonl", make(healthy_rows(const_lr=const_lr))))
-    found = A.detect_anomalies(m, max_steps=1990)
+    m = metrics.load_metrics(write_rows(tmp_path / "m.jsonl", make(healthy_rows(const_lr=const_lr))))
+    found = anomalies.detect_anomalies(m, max_steps=1990)
     assert [a.kind for a in found] == [kind], [a.message() for a in found]
     for key, (lo, hi) in evidence.items():
         assert lo <= found[0].evidence[key] <= hi, (key, found[0].evidence)
     for lang in ("en", "zh"):
         msg = found[0].message(lang)
-        assert "\n" not in msg and A.untraceable_numbers(msg, A.evidence_values(found[0])) == [], msg
+        assert "\n" not in msg and traceable.untraceable_numbers(msg, traceable.evidence_values(found[0])) == [], msg
 
 
 def test_a_single_slow_line_is_not_a_throughput_drop(tmp_path):
@@ -322,8 +323,8 @@ def test_a_single_slow_line_is_not_a_throughput_drop(tmp_path):
 
 
 def test_spike_step_and_plateau_not_fired_by_annealing(tmp_path):
-    m = A.load_metrics(write_rows(tmp_path / "m.jsonl", _spike(healthy_rows())))
-    (spike,) = A.detect_anomalies(m)
+    m = metrics.load_metrics(write_rows(tmp_path / "m.jsonl", _spike(healthy_rows())))
+    (spike,) = anomalies.detect_anomalies(m)
     assert spike.step == 1200 and spike.evidence["mads"] > 6
     assert kinds(_plateau(healthy_rows()), tmp_path) == []  # same flat tail, but the lr has annealed
 
@@ -331,12 +332,12 @@ def test_spike_step_and_plateau_not_fired_by_annealing(tmp_path):
 def test_early_stop_and_empty_metrics(tmp_path):
     assert kinds(healthy_rows(150), tmp_path, max_steps=1990) == ["early_stop"]
     assert kinds(healthy_rows(150), tmp_path) == []  # no max_steps, no early-stop check
-    empty = A.load_metrics(write_rows(tmp_path / "e.jsonl", []))
+    empty = metrics.load_metrics(write_rows(tmp_path / "e.jsonl", []))
     assert len(empty) == 0 and empty.notes == [] and empty.last("loss") is None
-    assert [a.kind for a in A.detect_anomalies(empty, max_steps=10)] == ["early_stop"]
+    assert [a.kind for a in anomalies.detect_anomalies(empty, max_steps=10)] == ["early_stop"]
     blank = tmp_path / "blank.jsonl"
     blank.write_text('{"step": 1, "loss": 9.0}\n\n{"step": 2, "loss": 8.0}\n\n', encoding="utf-8")
-    assert list(A.load_metrics(blank).loss) == [9.0, 8.0] and A.load_metrics(blank).notes == []
+    assert list(metrics.load_metrics(blank).loss) == [9.0, 8.0] and metrics.load_metrics(blank).notes == []
 
 
 # -- verdicts -----------------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_verdicts_against_values_parent_and_baseline():
         "- val_loss < 5.3\n- val_loss < 5.2\n- val_loss <= parent - 0.1\n- tokens_per_s >= baseline * 1.1\n"
         "- params == 508224\n"
     )
-    vs = A.verdicts(claims, OBSERVED, {"val_loss": 5.4}, {"tokens_per_s": 1000.0}, run_ok=True)
+    vs = verdicts.verdicts(claims, OBSERVED, {"val_loss": 5.4}, {"tokens_per_s": 1000.0}, run_ok=True)
     assert [(v.verdict, v.reference) for v in vs] == [
         ("confirmed", 5.3), ("refuted", 5.2), ("confirmed", pytest.approx(5.3)), ("confirmed", pytest.approx(1100.0)),
         ("confirmed", 508224)]
@@ -363,15 +364,15 @@ def test_inconclusive_verdicts_say_why():
     claims, _ = parse_claims(
         "- val_loss <= parent - 0.1\n- val_loss <= baseline\n- mfu > 0.3\n- distinct_2 > 0.5\n- val_loss < 9\n"
     )
-    vs = A.verdicts(claims, OBSERVED, None, {"tokens_per_s": 1.0}, run_ok=True)
+    vs = verdicts.verdicts(claims, OBSERVED, None, {"tokens_per_s": 1.0}, run_ok=True)
     assert [v.verdict for v in vs] == ["inconclusive"] * 4 + ["confirmed"]
     assert "parent has no run" in vs[0].reason and vs[0].reference is None
     assert "baseline run has no val_loss" in vs[1].reason
     assert "did not log mfu" in vs[2].reason and "did not log distinct_2" in vs[3].reason
     assert [v.reason_code for v in vs[:4]] == ["reference_no_run", "reference_lacks_metric", "metric_missing", "metric_missing"]
-    failed = A.verdicts(claims, OBSERVED, {"val_loss": 6.0}, None, run_ok=False)
+    failed = verdicts.verdicts(claims, OBSERVED, {"val_loss": 6.0}, None, run_ok=False)
     assert {v.verdict for v in failed} == {"inconclusive"} and all("did not finish" in v.reason for v in failed)
-    nan_parent = A.verdicts(claims[:1], OBSERVED, {"val_loss": math.nan}, None, run_ok=True)[0]
+    nan_parent = verdicts.verdicts(claims[:1], OBSERVED, {"val_loss": math.nan}, None, run_ok=True)[0]
     assert nan_parent.verdict == "inconclusive" and "NaN" in nan_parent.reason
 
 
@@ -379,14 +380,14 @@ def test_inconclusive_verdicts_say_why():
 
 
 def test_sample_quality_on_known_strings():
-    q = A.sample_quality(["a b a b", "a a a a a", "床前明月光", "", "人生 is good.\n\n"])
+    q = samples.sample_quality(["a b a b", "a a a a a", "床前明月光", "", "人生 is good.\n\n"])
     per = q["samples"]
     assert [p["tokens"] for p in per] == [4, 5, 5, 0, 7]
     assert per[0]["distinct_1"] == 0.5 and per[0]["distinct_2"] == pytest.approx(2 / 3) and per[0]["repetition_rate"] == 0.0
     assert per[1]["distinct_1"] == 0.2 and per[1]["distinct_2"] == 0.25 and per[1]["repetition_rate"] == pytest.approx(2 / 3)
     assert per[2]["distinct_1"] == 1.0 and per[2]["repetition_rate"] == 0.0
     assert per[3]["distinct_1"] is None and per[3]["repetition_rate"] is None  # empty: left out of the means
-    assert A.sample_tokens("人生 is good.\n\n") == ["人", "生", "is", "good", ".", "\n", "\n"]
+    assert samples.sample_tokens("人生 is good.\n\n") == ["人", "生", "is", "good", ".", "\n", "\n"]
     assert per[4]["distinct_1"] == pytest.approx(6 / 7)
     assert q["distinct_1"] == pytest.approx((0.5 + 0.2 + 1.0 + 6 / 7) / 4)
     assert q["repetition_rate"] == pytest.approx((0.0 + 2 / 3 + 0.0 + 0.0) / 4)
@@ -395,7 +396,7 @@ def test_sample_quality_on_known_strings():
 def test_sample_quality_reads_samples_json_completions():
     data = {"samples": [{"prompt": "人生", "mode": "greedy", "completion": "\n\n\n\n", "text": "人生\n\n\n\n"},
                         {"prompt": "The", "mode": "sample", "completion": " cat sat on the mat"}]}
-    q = A.sample_quality(data)
+    q = samples.sample_quality(data)
     assert [(p["prompt"], p["mode"], p["distinct_1"]) for p in q["samples"]] == [("人生", "greedy", 0.25), ("The", "sample", 1.0)]
     assert q["samples"][0]["repetition_rate"] == 1 - 1 / 2  # "\n\n\n" twice: one repeat in two 3-grams
 
@@ -405,7 +406,7 @@ def test_sample_quality_reads_samples_json_completions():
 
 def test_compare_keeps_only_differing_config_and_gives_deltas():
     base = {"learning_rate": 3e-3, "hidden_size": 128, "dropout": 0.0}
-    result = A.compare(
+    result = comparison.compare(
         {"1.4.0": {"val_loss": 5.0, "tokens_per_s": 1000.0, "steps": 60, "mfu": 0.0, "status": "finished"},
          "1.4.1": {"val_loss": 4.9, "tokens_per_s": 1100.0, "steps": 60, "mfu": 0.1},
          "1.4.2": {"val_loss": 5.5, "tokens_per_s": None, "steps": 60}},
@@ -426,17 +427,17 @@ def test_diagnose_rules_in_both_languages_with_traceable_numbers(tmp_path):
     for make, const_lr in ((_divergence, False), (_spike, False), (_plateau, True), (_overfitting, False),
                            (_throughput, False), (_stall, False)):
         path = write_rows(tmp_path / f"{make.__name__}.jsonl", make(healthy_rows(const_lr=const_lr)))
-        found += A.detect_anomalies(A.load_metrics(path))
-    found += A.detect_anomalies(A.load_metrics(write_rows(tmp_path / "short.jsonl", healthy_rows(100))), max_steps=1990)
+        found += anomalies.detect_anomalies(metrics.load_metrics(path))
+    found += anomalies.detect_anomalies(metrics.load_metrics(write_rows(tmp_path / "short.jsonl", healthy_rows(100))), max_steps=1990)
     claims, _ = parse_claims("- val_loss < 2.5\n- val_loss <= baseline - 0.1\n")
-    vs = A.verdicts(claims, {"val_loss": 2.61}, None, None, run_ok=True)
+    vs = verdicts.verdicts(claims, {"val_loss": 2.61}, None, None, run_ok=True)
     this, parent = {"val_loss": 2.61, "tokens_per_s": 900.0}, {"val_loss": 2.5, "tokens_per_s": 1000.0}
-    deltas = {"parent 1.4.0": A.metric_deltas(this, parent)}
+    deltas = {"parent 1.4.0": comparison.metric_deltas(this, parent)}
     expected = {"divergence": "learning_rate", "spike": "grad_clip", "plateau": "learning_rate", "overfitting": "dropout",
                 "throughput_drop": "data loading", "stall": "disk", "early_stop": "resume", "claim_refuted": "hypothesis",
                 "claim_inconclusive": "reference record", "delta_worse": "config changes", "delta_slower": "machine load"}
     for lang in ("en", "zh"):
-        diagnosis, suggestions = A.diagnose(found, vs, deltas, lang=lang)
+        diagnosis, suggestions = diagnosis_mod.diagnose(found, vs, deltas, lang=lang)
         assert [f.rule for f in diagnosis] == ["divergence", "spike", "overfitting", "plateau", "throughput_drop", "stall",
                                                "early_stop", "claim_refuted", "claim_inconclusive", "delta_worse",
                                                "delta_slower"]
@@ -451,19 +452,19 @@ def test_diagnose_rules_in_both_languages_with_traceable_numbers(tmp_path):
         else:
             assert "损失发散" in diagnosis[0].text and "学习率" in "".join(f.text for f in diagnosis)
         text = "\n".join(f.text for f in diagnosis + suggestions)
-        assert A.untraceable_numbers(text, A.evidence_values(found, vs, deltas)) == [], text
+        assert traceable.untraceable_numbers(text, traceable.evidence_values(found, vs, deltas)) == [], text
 
 
 # -- plots ----------------------------------------------------------------------------------------
 
 
 def test_plots_are_deterministic_pngs_and_no_plotting_library_is_imported_at_startup(tmp_path):
-    m = A.load_metrics(write_rows(tmp_path / "m.jsonl", healthy_rows()))
-    a = A.plot_run(m, tmp_path / "a.png")
-    b = A.plot_run(m, tmp_path / "b.png")
+    m = metrics.load_metrics(write_rows(tmp_path / "m.jsonl", healthy_rows()))
+    a = plots.plot_run(m, tmp_path / "a.png")
+    b = plots.plot_run(m, tmp_path / "b.png")
     assert is_png(a) and a.read_bytes() == b.read_bytes()
-    assert is_png(A.plot_compare({"x": m}, tmp_path / "deep" / "c.png"))
-    code = "import sys, expkit.analysis; print(sorted({'numpy', 'PIL', 'matplotlib', 'torch', 'swanlab', 'git'} & set(sys.modules)))"
+    assert is_png(plots.plot_compare({"x": m}, tmp_path / "deep" / "c.png"))
+    code = "import sys, expkit.metrics, expkit.anomalies, expkit.verdicts, expkit.plots, expkit.report, expkit.results; print(sorted({'numpy', 'PIL', 'matplotlib', 'torch', 'swanlab', 'git'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -474,7 +475,7 @@ def test_long_curves_are_thinned_for_plotting_without_losing_a_spike():
     x = np.arange(100_000)
     y = np.linspace(8, 3, 100_000)
     y[54_321] = 50.0
-    tx, ty = A._thin(x, y)
+    tx, ty = plots._thin(x, y)
     assert len(tx) <= 4100 and ty.max() == 50.0 and tx[ty.argmax()] == 54_321 and (np.diff(tx) > 0).all()
 
 
@@ -499,26 +500,27 @@ def _records() -> list[dict]:
 
 
 def test_report_rows_csv_and_markdown(tmp_path):
-    rows = A.report_rows(_records())
+    rows = report.report_rows(_records())
     assert [r["version"] for r in rows] == ["1.0.0", "1.4.0", "1.4.1", "1.10.0"]
-    assert all(list(r) == list(A.REPORT_COLUMNS) for r in rows)
+    assert all(list(r) == list(report.REPORT_COLUMNS) for r in rows)
     assert rows[2]["changes"] == "learning_rate=0.0015" and rows[1]["changes"] == ""
     assert (rows[2]["confirmed"], rows[2]["refuted"], rows[2]["inconclusive"]) == (2, 1, 1)
 
-    path = A.write_tracker_csv(rows, tmp_path / "experiment" / "tracker.csv")
+    path = tmp_path / "tracker.csv"
+    path.write_bytes(report.tracker_csv(rows).encode("utf-8"))
     assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
     with open(path, encoding="utf-8-sig", newline="") as fh:
         table = list(csv.reader(fh))
-    assert table[0] == list(A.REPORT_COLUMNS) and len(table) == 5
+    assert table[0] == list(report.REPORT_COLUMNS) and len(table) == 5
     back = [dict(zip(table[0], r)) for r in table[1:]]
     assert back[2]["description"] == "学习率减半\n第二行" and back[2]["learning_rate"] == "0.0015"
     assert back[1]["description"].startswith("'=")  # not a formula when a spreadsheet opens it
     assert back[0]["val_loss"] == "NaN" and back[3]["val_loss"] == ""
-    again = A.write_tracker_csv(A.report_rows(list(reversed(_records()))), tmp_path / "again.csv")
-    assert again.read_bytes() == path.read_bytes()  # stable: input order does not matter
+    again = report.tracker_csv(report.report_rows(list(reversed(_records()))))
+    assert again.encode("utf-8") == path.read_bytes()  # stable: input order does not matter
 
     for lang, title in (("zh", "# 实验报告"), ("en", "# Experiment report")):
-        md = A.render_report_md(rows, lang)
+        md = report.render_report_md(rows, lang)
         assert md.startswith(title) and all(v in md for v in ("1.0.0", "1.4.0", "1.4.1", "1.10.0"))
         assert "later \\| with a pipe" in md and "学习率减半 第二行" in md
         assert "| val_loss | 5.1 | 1.4.1 |" in md and "| tokens_per_s | 3100 | 1.0.0, 1.4.0 |" in md
@@ -529,7 +531,7 @@ def test_report_rows_csv_and_markdown(tmp_path):
 
 def test_report_over_a_long_lineage_chain_does_not_recurse():
     records = [{"version": f"1.{i}.0", "status": "draft", "parent": f"1.{i - 1}.0" if i else None} for i in range(1500)]
-    md = A.render_report_md(A.report_rows(records), "en")
+    md = report.render_report_md(report.report_rows(records), "en")
     assert f"{'  ' * 1499}- 1.1499.0" in md
 
 
@@ -542,21 +544,21 @@ def test_report_over_a_long_lineage_chain_does_not_recurse():
     (math.nan, "NaN"), (None, "n/a"), (True, "true"),
 ])
 def test_format_number(x, text):
-    assert A.format_number(x) == text
+    assert numbers.format_number(x) == text
 
 
 def test_format_percent_and_signed():
-    assert A.format_percent(0.0163) == "1.63%" and A.format_percent(-0.125, signed=True) == "-12.5%"
-    assert A.format_number(0.12, signed=True) == "+0.12" and A.format_number(3, signed=True) == "+3"
+    assert numbers.format_percent(0.0163) == "1.63%" and numbers.format_percent(-0.125, signed=True) == "-12.5%"
+    assert numbers.format_number(0.12, signed=True) == "+0.12" and numbers.format_number(3, signed=True) == "+3"
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**15, 10**15)))
 def test_every_formatted_number_traces_back_to_its_value(x):
-    ev = A.evidence_values({"x": x})
-    assert A.untraceable_numbers(f"value {A.format_number(x)} here", ev) == []
+    ev = traceable.evidence_values({"x": x})
+    assert traceable.untraceable_numbers(f"value {numbers.format_number(x)} here", ev) == []
     if isinstance(x, float):
-        assert A.untraceable_numbers(f"ratio {A.format_percent(x)}", ev) == []
+        assert traceable.untraceable_numbers(f"ratio {numbers.format_percent(x)}", ev) == []
 
 
 EVIDENCE = {"val_loss": 5.2318, "delta": -0.1234, "ratio": 0.125, "tokens": 1234, "lr": 0.003, "lr2": 8e-05,
@@ -573,12 +575,12 @@ EVIDENCE = {"val_loss": 5.2318, "delta": -0.1234, "ratio": 0.125, "tokens": 1234
     ("0.07", True), ("3", True), ("1.5x", False), ("596.9MB", False), ("5.23s", True),
 ])
 def test_untraceable_numbers_rounding_rule(written, ok):
-    ev = A.evidence_values(EVIDENCE)
-    assert A.untraceable_numbers(f"the value is {written} here", ev) == ([] if ok else [(1, written)])
+    ev = traceable.evidence_values(EVIDENCE)
+    assert traceable.untraceable_numbers(f"the value is {written} here", ev) == ([] if ok else [(1, written)])
 
 
 def test_untraceable_numbers_in_chinese_markdown_and_exceptions():
-    ev = A.evidence_values(EVIDENCE)
+    ev = traceable.evidence_values(EVIDENCE)
     text = "\n".join([
         "验证集损失降到 5.23，比父实验低 0.12",  # 1 ok
         "验证集损失降到5.24，比父实验低0.12。",  # 2: 5.24 wrong, even without spaces
@@ -590,13 +592,13 @@ def test_untraceable_numbers_in_chinese_markdown_and_exceptions():
         "吞吐 1,234 tok/s，困惑度 1626，学习率 3e-3 与 8.0e-05，共 3 次运行，另有 42 个编造的数",  # 8: 42
         "- 损失尖峰 +7.7（第 77 步）",  # 9: 7.7 and 77
     ])
-    assert A.untraceable_numbers(text, ev) == [(2, "5.24"), (5, "9.99"), (8, "42"), (9, "7.7"), (9, "77")]
+    assert traceable.untraceable_numbers(text, ev) == [(2, "5.24"), (5, "9.99"), (8, "42"), (9, "7.7"), (9, "77")]
 
 
 def test_evidence_values_walks_every_kind_of_source():
-    v = A.Verdict("val_loss < 2.5", "refuted", 5.2318, 2.5, None, "val_loss", 3)
-    ev = A.evidence_values({"nested": [{"x": 1.5}, (2, 3)], "flag": True, "s": "lr=8e-5, warmup 100"}, v, None)
+    v = verdicts.Verdict("val_loss < 2.5", "refuted", 5.2318, 2.5, None, "val_loss", 3)
+    ev = traceable.evidence_values({"nested": [{"x": 1.5}, (2, 3)], "flag": True, "s": "lr=8e-5, warmup 100"}, v, None)
     for value in (1.5, 2, 3, 8e-5, 100, 5.2318, 2.5):
         assert value in ev, value
     assert 1.0 not in ev  # True is not a number (and no list of one)
-    assert A.untraceable_numbers("2 items", ev) == []  # the list (2, 3) has 2 entries
+    assert traceable.untraceable_numbers("2 items", ev) == []  # the list (2, 3) has 2 entries

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
-from conftest import FILLED, fill
+from conftest import run_exp, FILLED, fill
 
-from expkit import store
 from expkit.config import TrainConfig
-from expkit.problems import check_record
+from expkit.lifecycle import check_record
 from expkit.record import Record
 from expkit.version import Version
+from expkit import lifecycle, records
 
 V = Version.parse("1.4.1")
 
@@ -20,7 +20,7 @@ def problems_of(ws, version=V):
 
 
 def test_fresh_record_reports_every_hint_with_its_line(ws):
-    rec = store.create(ws, V, description="d")
+    rec = lifecycle.create(ws, V, description="d")
     result = problems_of(ws)
     assert not result["ok"] and result["status"] == "draft"
     lines = rec.path.read_text(encoding="utf-8").split("\n")
@@ -32,7 +32,7 @@ def test_fresh_record_reports_every_hint_with_its_line(ws):
 
 
 def test_filled_record_is_clean_and_becomes_ready(ws):
-    rec = store.create(ws, V, description="d")
+    rec = lifecycle.create(ws, V, description="d")
     fill(rec.path)
     result = problems_of(ws)
     assert result["ok"], result["problems"]
@@ -46,7 +46,7 @@ def test_filled_record_is_clean_and_becomes_ready(ws):
 
 
 def test_claim_problems(ws):
-    rec = store.create(ws, V, description="d")
+    rec = lifecycle.create(ws, V, description="d")
     fill(rec.path, {**FILLED, "expected": "- val_loss < 2\n- val_loss <= baseline - 0.1\n- loss <> 3\n- val_los < 1\n"})
     result = problems_of(ws)
     msgs = [(p["level"], p["message"]) for p in result["problems"]]
@@ -55,19 +55,22 @@ def test_claim_problems(ws):
     assert any(lvl == "warning" and "val_los" in m for lvl, m in msgs)
 
 
-def test_invalid_config_in_front_matter_is_reported_at_its_line(ws):
-    rec = store.create(ws, V, description="d")
+def test_a_config_typed_into_the_front_matter_is_undone_from_the_state_and_said_so(ws):
+    """The config lives in the tool's state: a hand edit in the front matter cannot smuggle an
+    invalid value in; the next command renders the front matter again and says so."""
+    rec = lifecycle.create(ws, V, description="d")
     fill(rec.path)
     text = rec.path.read_text(encoding="utf-8").replace("learning_rate: 0.003", "learning_rate: -5", 1)
     rec.path.write_text(text, encoding="utf-8")
-    result = problems_of(ws)
-    bad = [p for p in result["problems"] if "learning_rate" in p["message"]]
-    assert bad and text.split("\n")[bad[0]["line"] - 1] == "config:"
-    assert "exp set" in bad[0]["fix"]
+    r = run_exp("check", str(V))
+    assert r.returncode == 0, r.stderr
+    assert "restored the front matter's config from exp's state" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert "learning_rate: 0.003" in rec.path.read_text(encoding="utf-8")
+    assert records.load(ws, V).meta["config"]["learning_rate"] == 0.003
 
 
 def test_hand_edit_of_generated_section_is_an_error_naming_exp_set(ws):
-    rec = store.create(ws, V, description="d")
+    rec = lifecycle.create(ws, V, description="d")
     fill(rec.path)
     text = rec.path.read_text(encoding="utf-8").replace(f"| `max_steps` | {TrainConfig().max_steps} |", "| `max_steps` | 99 |", 1)
     rec.path.write_text(text, encoding="utf-8")
@@ -78,28 +81,28 @@ def test_hand_edit_of_generated_section_is_an_error_naming_exp_set(ws):
 
 
 def test_one_variable_rule_warns_without_failing(ws):
-    store.create(ws, Version.parse("1.4.0"), description="parent")
-    child = store.create(ws, V, parent=Version.parse("1.4.0"), description="child")
+    lifecycle.create(ws, Version.parse("1.4.0"), description="parent")
+    child = lifecycle.create(ws, V, parent=Version.parse("1.4.0"), description="child")
     fill(child.path)
-    store.set_config(ws, V, ["learning_rate=1e-3", "warmup_steps=10", "model_type=model_moe"])
+    lifecycle.set_config(ws, V, ["learning_rate=1e-3", "warmup_steps=10", "model_type=model_moe"])
     result = problems_of(ws)
     warnings = [p["message"] for p in result["problems"] if p["level"] == "warning"]
     assert result["ok"]
     assert any("model_type changes" in w for w in warnings)
     assert any("3 config keys differ" in w for w in warnings)
     # an exploratory version may change several things at once
-    other = store.create(ws, Version.parse("1.5.0"), parent=Version.parse("1.4.0"), description="x")
+    other = lifecycle.create(ws, Version.parse("1.5.0"), parent=Version.parse("1.4.0"), description="x")
     fill(other.path)
-    store.set_config(ws, Version.parse("1.5.0"), ["learning_rate=1e-3", "warmup_steps=10"])
+    lifecycle.set_config(ws, Version.parse("1.5.0"), ["learning_rate=1e-3", "warmup_steps=10"])
     assert not [p for p in problems_of(ws, Version.parse("1.5.0"))["problems"] if p["level"] == "warning"]
 
 
 def test_preregistered_sections_changed_after_run_start_are_reported(ws):
-    rec = store.create(ws, V, description="d")
+    rec = lifecycle.create(ws, V, description="d")
     fill(rec.path)
     from expkit.record import sha256
 
-    with store.update(ws, V) as r:  # what `exp run` stores at run start
+    with records.update(ws, V) as r:  # what `exp run` stores at run start
         r.meta["prereg"] = {"at": "2026-11-22T10:00:00+00:00", "sections": {n: sha256(r.human(n)) for n in ("goal", "hypothesis", "expected")}}
     assert problems_of(ws)["ok"]
     fill(rec.path, {"hypothesis": "a different hypothesis, written after seeing the loss"})
@@ -108,7 +111,7 @@ def test_preregistered_sections_changed_after_run_start_are_reported(ws):
 
 
 def test_check_json_via_cli(ws, cli):
-    store.create(ws, V, description="d")
+    lifecycle.create(ws, V, description="d")
     code, out, _ = cli("check", "1.4.1", "--json")
     assert code == 1
     data = json.loads(out)

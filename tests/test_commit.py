@@ -10,10 +10,12 @@ import pytest
 from conftest import run_exp
 from test_review import REVIEWER, V, approve, git_identity, make_analyzed
 
-from expkit import gitops, review, store
+from expkit import gitops, review
+from expkit import approval, commit, records
 
 RECORD = "experiment/experiment_1.0.0.md"
 SCRIPT = "run_file/experiment_1.0.0.sh"
+STATE = "experiment/experiment_1.0.0.state.json"
 OUT = "out/experiment_1.0.0"
 
 
@@ -43,7 +45,7 @@ def repo(ws, tmp_path, monkeypatch):
 def test_commit_holds_exactly_the_record_script_and_small_artifacts(repo):
     root = repo.root
     out = repo.out_dir(V)
-    (out / "plots" / "huge.png").write_bytes(bytes(review.DEFAULT_ARTIFACT_MAX_BYTES + 1))  # over the cap
+    (out / "plots" / "huge.png").write_bytes(bytes(commit.DEFAULT_ARTIFACT_MAX_BYTES + 1))  # over the cap
     # the user's own work elsewhere: staged, unstaged, staged-new and untracked
     (root / "CLAUDE.md").write_text((root / "CLAUDE.md").read_text() + "\nstaged line\n")
     git(root, "add", "CLAUDE.md")
@@ -56,7 +58,7 @@ def test_commit_holds_exactly_the_record_script_and_small_artifacts(repo):
     cached, unstaged = git(root, "diff", "--cached"), git(root, "diff")
     status = git(root, "status", "--porcelain", "--", *user_paths)
     before = head(root)
-    approved_sha = store.load(repo, V).meta["review"]["approved"]["record_sha256"]
+    approved_sha = records.load(repo, V).meta["review"]["approved"]["record_sha256"]
 
     done = run_exp("commit", "1.0.0")
     assert done.returncode == 0, done.stderr
@@ -65,7 +67,7 @@ def test_commit_holds_exactly_the_record_script_and_small_artifacts(repo):
     sha = head(root)
     assert git(root, "rev-parse", "HEAD~1").strip() == before
     assert sorted(git(root, "show", "--name-only", "--format=", "HEAD").split()) == sorted(
-        [RECORD, SCRIPT, f"{OUT}/analysis.json", f"{OUT}/plots/loss.png", f"{OUT}/summary.json"]
+        [RECORD, STATE, SCRIPT, f"{OUT}/analysis.json", f"{OUT}/plots/loss.png", f"{OUT}/summary.json"]
     )
     assert git(root, "ls-tree", "HEAD", SCRIPT).split()[0] == "100755"
     message = git(root, "log", "-1", "--format=%B")
@@ -79,15 +81,15 @@ def test_commit_holds_exactly_the_record_script_and_small_artifacts(repo):
     assert git(root, "diff") == unstaged
     assert git(root, "status", "--porcelain", "--", *user_paths) == status
     # the committed files are clean; checkpoints and other outputs stay out of git
-    assert git(root, "status", "--porcelain", "--", RECORD, SCRIPT, f"{OUT}/plots/loss.png") == ""
+    assert git(root, "status", "--porcelain", "--", RECORD, STATE, SCRIPT, f"{OUT}/plots/loss.png") == ""
     assert git(root, "ls-files", OUT).split() == [f"{OUT}/analysis.json", f"{OUT}/plots/loss.png", f"{OUT}/summary.json"]
 
     # the record says committed, in the commit and on disk alike, and `exp show` finds the SHA
-    record = store.load(repo, V)
+    record = records.load(repo, V)
     assert record.status == "committed"
     assert git(root, "show", f"HEAD:{RECORD}") == record.path.read_text(encoding="utf-8")
     assert record.meta["commit"]["paths"][0] == RECORD
-    info = review.commit_info(repo, record)
+    info = commit.commit_info(repo, record)
     assert info["sha"] == sha and info["branch"] == "main"
     assert json.loads((repo.out_dir(V) / "commit.json").read_text())["sha"] == sha
     shown = json.loads(run_exp("show", "1.0.0", "--json").stdout)
@@ -96,14 +98,14 @@ def test_commit_holds_exactly_the_record_script_and_small_artifacts(repo):
     # a committed record is final: a second commit is refused, an edit is flagged
     again = run_exp("commit", "1.0.0")
     assert again.returncode == 1 and sha[:7] in again.stderr and "exp new NEXT --from 1.0.0" in again.stderr
-    assert review.stale_approval_problem(repo, record) is None
+    assert approval.stale_approval_problem(repo, record) is None
     text = record.path.read_text(encoding="utf-8")
     record.path.write_text(text.replace("未见尖峰", "未见尖峯"), encoding="utf-8")
-    edited = store.load(repo, V)
-    assert "committed and must not change" in review.stale_approval_problem(repo, edited)
-    (problem,) = review.review_problems(repo, edited)
+    edited = records.load(repo, V)
+    assert "committed and must not change" in approval.stale_approval_problem(repo, edited)
+    (problem,) = approval.review_problems(repo, edited)
     assert problem.level == "error" and "exp new NEXT --from 1.0.0" in problem.fix
-    with store.update(repo, V) as r:
+    with records.update(repo, V) as r:
         assert not review.refresh_status(repo, r)  # never demoted; flagged instead
 
 
@@ -111,11 +113,11 @@ def test_artifact_cap_is_configurable(repo):
     from expkit.workspace import Workspace
 
     small = Workspace(repo.root, {"artifact_max_bytes": 100})
-    kept, skipped = review.artifacts(small, V)
+    kept, skipped = commit.artifacts(small, V)
     assert [p.name for p in kept] == ["summary.json", "analysis.json"]
     assert [(p.name, size) for p, size in skipped] == [("loss.png", 208)]
     with pytest.raises(Exception, match="artifact_max_bytes"):
-        review.artifacts(Workspace(repo.root, {"artifact_max_bytes": "1MB"}), V)
+        commit.artifacts(Workspace(repo.root, {"artifact_max_bytes": "1MB"}), V)
 
 
 def test_refuses_a_record_that_is_not_approved(ws, tmp_path, monkeypatch):
@@ -140,7 +142,7 @@ def test_refuses_a_stale_approval_naming_the_changed_file(repo, changed, path):
     done = run_exp("commit", "1.0.0")
     assert done.returncode == 1
     assert f"the {changed} {path} changed since" in done.stderr and "exp review 1.0.0" in done.stderr
-    assert head(repo.root) == before and store.load(repo, V).status == "approved"
+    assert head(repo.root) == before and records.load(repo, V).status == "approved"
 
 
 def test_refuses_outside_a_repository(ws, tmp_path, monkeypatch):
@@ -149,7 +151,7 @@ def test_refuses_outside_a_repository(ws, tmp_path, monkeypatch):
     approve(ws)
     done = run_exp("commit", "1.0.0")
     assert done.returncode == 1 and "not in a git repository" in done.stderr and "git init" in done.stderr
-    assert store.load(ws, V).status == "approved"
+    assert records.load(ws, V).status == "approved"
 
 
 def test_refuses_a_detached_head_and_a_merge_in_progress(repo):
@@ -210,7 +212,7 @@ def test_sign_passes_through_to_git_and_fails_clearly_without_a_key(repo, tmp_pa
     assert done.returncode == 1
     assert "could not sign" in done.stderr and "gpg failed to sign" in done.stderr and "nothing was committed" in done.stderr
     assert head(root) == before and git(root, "status", "--porcelain") == status
-    assert store.load(repo, V).status == "approved"
+    assert records.load(repo, V).status == "approved"
 
     gpg = tmp_path / "fake-gpg"
     gpg.write_text(FAKE_GPG)

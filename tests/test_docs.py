@@ -5,21 +5,24 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from expkit.cli import app
+from expkit.cli import COMMANDS, load_command
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def command_names() -> list[str]:
     """Public commands; hidden ones (``_start``, ``_finalize``) are steps of the run script."""
-    return [info.name or info.callback.__name__ for info in app.registered_commands if not info.hidden]
+    return [name for name in COMMANDS if not name.startswith("_")]
 
 
-def test_every_command_has_a_one_line_help():
-    for info in app.registered_commands:
-        doc = (info.callback.__doc__ or "").strip()
-        assert doc, info.name
-        assert len(doc.splitlines()[0]) <= 100
+def test_every_command_has_a_one_line_help_and_the_table_says_the_same():
+    for name, (_, line) in COMMANDS.items():
+        command = load_command(name)
+        doc = (command.help or "").strip()
+        assert doc, name
+        assert doc.splitlines()[0] == line, f"expkit/cli.py's COMMANDS[{name!r}] differs from the command's docstring"
+        assert len(line) <= 100
+        assert command.hidden == name.startswith("_")
 
 
 def test_every_command_appears_in_readme_and_claude_md():

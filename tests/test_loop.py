@@ -25,6 +25,7 @@ from test_review import REVIEWER, Terminal, git_identity
 from test_runner import TINY
 
 from expkit import review
+from expkit import commit
 
 HUMAN = {
     "goal": "确认微型模型在 20 步内能学到东西，整个流程可以走通。",
@@ -178,6 +179,7 @@ def test_loop_new_run_analyze_review_commit_then_a_one_byte_edit_refuses(ws, tmp
     paths = set(git(ws, "show", "--name-only", "--format=", "HEAD").split())
     assert paths == {
         "experiment/experiment_0.1.0.md",
+        "experiment/experiment_0.1.0.state.json",
         "run_file/experiment_0.1.0.sh",
         "out/experiment_0.1.0/summary.json",
         "out/experiment_0.1.0/analysis.json",
@@ -223,7 +225,7 @@ def test_loop_new_run_analyze_review_commit_then_a_one_byte_edit_refuses(ws, tmp
     assert len(lines) == 1 and "experiment/experiment_0.1.1.md" in lines[0], refused.stderr
     assert git(ws, "rev-parse", "HEAD").strip() == head  # no commit
     assert porcelain(ws) == status_before and path.read_bytes() == edited  # nothing touched
-    assert not (ws.out_dir("0.1.1") / review.COMMIT_FILE).exists()
+    assert not (ws.out_dir("0.1.1") / commit.COMMIT_FILE).exists()
 
     shown = exp_json(ws, "show", "0.1.1")
     assert shown["approval"]["stale"] and shown["approval"]["changed"] == ["record"]

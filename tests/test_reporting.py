@@ -15,9 +15,10 @@ import subprocess
 import pytest
 from conftest import fill, run_exp
 
-from expkit import reporting, results, store
-from expkit.analysis import REPORT_COLUMNS
+from expkit import reporting, results
+from expkit.report import REPORT_COLUMNS
 from expkit.version import Version
+from expkit import lifecycle, records
 
 EXPECTED = {"goal": "比较学习率。", "hypothesis": "学习率越低越稳。", "expected": "- val_loss < 5\n- best_val_loss <= parent - 0.05\n",
             "focus": "曲线。"}
@@ -43,18 +44,18 @@ def fake_run(ws, version: str, final: float, lr: float = 3e-3, steps: int = 40, 
                "val_loss": last["val_loss"], "tokens_seen": last["tokens_seen"], "wall_s": last["elapsed_s"],
                "tokens_per_s": 1000.0, "params": 1000}
     (out / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    with store.update(ws, v) as r:
+    with records.update(ws, v) as r:
         r.meta["config"]["learning_rate"] = lr
         r.meta["config"]["max_steps"] = steps
         r.meta["config"]["warmup_steps"] = 4  # below max_steps: the config stays valid for `exp new --from`
         r.meta["run"] = {"status": "finished", "exit_code": 0, "git_sha": git_sha, "git_dirty": False,
                          "env": env or {"python": "3.11.7", "torch": "2.13.0+cpu"}}
-        r.set_status("finished")
+        r.meta["status"] = "finished"
     results.analyze(ws, v)
 
 
 def new(ws, version: str, parent: str | None = None, desc: str = "") -> None:
-    rec = store.create(ws, Version.parse(version), parent=Version.parse(parent) if parent else None, description=desc)
+    rec = lifecycle.create(ws, Version.parse(version), parent=Version.parse(parent) if parent else None, description=desc)
     fill(rec.path, EXPECTED)
 
 
@@ -72,7 +73,7 @@ def lineage(ws):
 
 
 def table(ws, version: str) -> dict:
-    return store.load(ws, Version.parse(version)).meta["analysis"]["metrics"]
+    return records.load(ws, Version.parse(version)).meta["analysis"]["metrics"]
 
 
 # -- exp compare ---------------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def test_tree_shows_verdicts_and_the_best_loss(lineage, cli):
     assert set(nodes) == {"0.1.0", "0.2.0"}
     child = {c["version"]: c for c in nodes["0.1.0"]["children"]}
     assert set(child) == {"0.1.1", "0.1.2"}
-    a = store.load(lineage, Version.parse("0.1.1")).meta["analysis"]
+    a = records.load(lineage, Version.parse("0.1.1")).meta["analysis"]
     assert child["0.1.1"]["verdicts"] == a["verdict_counts"]
     assert child["0.1.1"]["metric"] == {"name": "best_val_loss", "value": a["metrics"]["best_val_loss"]}
     assert child["0.1.1"]["best"] and not nodes["0.1.0"]["best"] and not nodes["0.2.0"]["best"]
@@ -224,7 +225,7 @@ def test_report_rows_are_cached_and_a_changed_record_is_read_again(lineage):
     reporting.report(lineage)
     cache = lineage.cache_dir() / reporting.CACHE_FILE
     assert len(json.loads(cache.read_text(encoding="utf-8"))["rows"]) == 4
-    with store.update(lineage, Version.parse("0.2.0")) as r:
+    with records.update(lineage, Version.parse("0.2.0")) as r:
         r.meta["description"] = "renamed direction"
     reporting.report(lineage)
     md = (lineage.experiment_dir / reporting.REPORT_MD).read_text(encoding="utf-8")

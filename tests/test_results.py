@@ -16,11 +16,13 @@ import re
 import pytest
 from conftest import fill, run_exp
 
+from expkit import times
 from expkit import record as rec_mod
-from expkit import results, store
+from expkit import results
 from expkit.config import TrainConfig
 from expkit.record import Record
 from expkit.version import Version
+from expkit import lifecycle, records, view
 
 V = Version.parse("0.1.0")
 PARENT = Version.parse("0.0.1")  # exists, never runs: `parent` claims stay inconclusive
@@ -97,14 +99,14 @@ def write_run(ws, version=V, *, final_loss=FINAL_LOSS, val_loss=VAL_LOSS, tps=TP
 
 def end_run(ws, version=V, status: str = "finished", exit_code: int = 0) -> None:
     """What the runner writes into the record when the run ends."""
-    with store.update(ws, version) as r:
+    with records.update(ws, version) as r:
         r.meta["run"] = {
             "started": STARTED, "ended": ENDED, "duration_s": DURATION_S, "exit_code": exit_code, "status": status,
             "backend": "local", "host": "testhost", "command": f"bash run_file/experiment_{version}.sh",
             "git_sha": "f" * 40, "git_dirty": False, "env": {"python": "3.11.9", "torch": "2.5.0"},
         }
-        r.set_status(status)
-        store.regenerate_blocks(ws, r, ("execution", "environment"))
+        r.meta["status"] = status
+        view.regenerate(ws, r, ("execution", "environment"))
 
 
 def ran(ws, version=V, status: str = "finished", **kw) -> list[dict]:
@@ -114,16 +116,16 @@ def ran(ws, version=V, status: str = "finished", **kw) -> list[dict]:
 
 
 def new_record(ws, version=V, parent=PARENT, lang=None, human=None, description="analysis test"):
-    r = store.create(ws, version, parent=parent, description=description, lang=lang)
+    r = lifecycle.create(ws, version, parent=parent, description=description, lang=lang)
     fill(r.path, human or HUMAN)
-    store.set_config(ws, version, [f"max_steps={STEPS}", f"warmup_steps={WARMUP}"])
+    lifecycle.set_config(ws, version, [f"max_steps={STEPS}", f"warmup_steps={WARMUP}"])
     return r.path
 
 
 @pytest.fixture
 def rec(ws):
     """Record 0.1.0 (human sections filled) whose parent 0.0.1 exists but never ran."""
-    store.create(ws, PARENT, description="parent")
+    lifecycle.create(ws, PARENT, description="parent")
     new_record(ws)
     return ws
 
@@ -159,7 +161,7 @@ def test_analyze_turns_a_finished_run_into_an_analyzed_record_with_table_verdict
     code, out, err = cli("analyze", "0.1.0", "--json")
     assert code == 0, err
     r = json.loads(out)
-    record = store.load(rec, V)
+    record = records.load(rec, V)
     assert record.status == r["status"] == "analyzed"
 
     # human text: the same blocks and the same bytes in the file
@@ -191,7 +193,7 @@ def test_analyze_turns_a_finished_run_into_an_analyzed_record_with_table_verdict
     # samples: shown cut and one-line, with the pipe escaped; all kept in samples.json
     assert "| 人生 | 如梦如梦如梦如梦 | greedy |" in block
     assert "| The | quick brown fox \\| jumps | sample |" in block
-    shown = " ".join(LONG.split())[: results.SAMPLE_CHARS - 1] + "…"
+    shown = " ".join(LONG.split())[: view.SAMPLE_CHARS - 1] + "…"
     assert f"| Life | {shown} | sample |" in block
 
     # the plot link resolves, from the record's directory, to a PNG
@@ -268,7 +270,7 @@ def test_a_parent_with_a_run_gives_deltas_a_config_diff_an_overlay_and_decided_v
     new_record(ws, parent, parent=None, human={**HUMAN, "expected": "- val_loss < 6\n"})
     new_record(ws, child, parent=parent, human={
         **HUMAN, "expected": "- val_loss <= parent - 0.1\n- tokens_per_s >= parent * 2\n"})
-    store.set_config(ws, child, ["learning_rate=1.5e-3"])
+    lifecycle.set_config(ws, child, ["learning_rate=1.5e-3"])
     ran(ws, parent, final_loss=p_final, val_loss=p_val, tps=p_tps)
     if parent_analyzed:
         results.analyze(ws, parent)
@@ -282,7 +284,7 @@ def test_a_parent_with_a_run_gives_deltas_a_config_diff_an_overlay_and_decided_v
     assert got["tokens_per_s >= parent * 2"]["verdict"] == ("confirmed" if c_tps >= p_tps * 2 else "refuted")
     assert got["tokens_per_s >= parent * 2"]["reference"] == pytest.approx(p_tps * 2)
 
-    ref = store.load(ws, child).meta["analysis"]["references"]["parent"]
+    ref = records.load(ws, child).meta["analysis"]["references"]["parent"]
     assert ref["version"] == "0.1.0" and ref["has_run"] is True
     assert ref["config_diff"] == {"learning_rate": [DEFAULT.learning_rate, 1.5e-3]}
     d = ref["deltas"]
@@ -294,7 +296,7 @@ def test_a_parent_with_a_run_gives_deltas_a_config_diff_an_overlay_and_decided_v
     compare = ws.out_dir(child) / "plots" / "compare.png"
     assert compare.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r["plots"] == ["out/experiment_0.1.1/plots/loss.png", "out/experiment_0.1.1/plots/compare.png"]
-    record = store.load(ws, child)
+    record = records.load(ws, child)
     block = record.block("generated", "metrics").text
     assert "**与父实验 0.1.0 对比**：" in block and "`learning_rate` 0.003 → 0.0015" in block
     assert f"| `val_loss` | {VAL_LOSS:.4g} | {p_val:g} |" in block and "![compare](../out/experiment_0.1.1/plots/compare.png)" in block
@@ -307,7 +309,7 @@ def test_reanalysis_keeps_refined_prose_and_redrafts_what_still_holds_the_last_d
     ran(rec)
     first = results.analyze(rec, V)
     assert first["drafted"] == list(rec_mod.AI)
-    before = store.load(rec, V)
+    before = records.load(rec, V)
     old_suggestions = before.block("ai", "suggestions").text
 
     refined = "训练损失平稳下降，验证集损失达到预期。"
@@ -324,7 +326,7 @@ def test_reanalysis_keeps_refined_prose_and_redrafts_what_still_holds_the_last_d
     # the run is redone and now misses the claim: the drafts must follow, the prose must stay
     ran(rec, val_loss=6.25)
     again = results.analyze(rec, V)
-    record = store.load(rec, V)
+    record = records.load(rec, V)
     assert again["kept"] == ["analysis", "diagnosis"] and again["drafted"] == ["suggestions"]
     assert record.block("ai", "analysis").text == refined
     assert record.block("ai", "diagnosis").text == edited
@@ -338,7 +340,7 @@ def test_reanalysis_keeps_refined_prose_and_redrafts_what_still_holds_the_last_d
                     encoding="utf-8")
     third = results.analyze(rec, V)
     assert set(third["drafted"]) == {"analysis", "suggestions"} and third["kept"] == ["diagnosis"]
-    assert "6.25" in store.load(rec, V).block("ai", "analysis").text
+    assert "6.25" in records.load(rec, V).block("ai", "analysis").text
 
 
 def test_a_hand_edited_metrics_section_makes_analyze_refuse_and_write_nothing(rec, cli):
@@ -360,13 +362,13 @@ def test_fill_writes_only_the_named_ai_section(rec, cli, tmp_path):
     results.analyze(rec, V)
     path = rec.record_path(V)
     before = path.read_text(encoding="utf-8")
-    old = store.load(rec, V).block("ai", "diagnosis").render()
+    old = records.load(rec, V).block("ai", "diagnosis").render()
     prose = f"- 验证损失 {VAL_LOSS:.3g}，没有发现异常。\n- 一行结束标记也可以出现在文字里：\n<!-- /exp -->\n- 最后一行。"
     f = tmp_path / "d.md"
     f.write_text(prose + "\n\n", encoding="utf-8")  # trailing newlines are not part of the text
     code, out, err = cli("fill", "0.1.0", "diagnosis", "--file", str(f))
     assert code == 0 and err == "" and "wrote the diagnosis of 0.1.0" in out
-    record = store.load(rec, V)
+    record = records.load(rec, V)
     assert record.block("ai", "diagnosis").text == prose
     assert path.read_text(encoding="utf-8") == before.replace(old, "<!-- exp:ai diagnosis -->\n" + prose + "\n<!-- /exp -->\n")
     assert record.status == "analyzed"
@@ -378,7 +380,7 @@ def test_fill_reads_standard_input_in_a_real_process(rec):
     r = run_exp("fill", "0.1.0", "suggestions", "--file", "-", cwd=rec.root, input="- 第一条\r\n- 第二条\r\n")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
-    assert store.load(rec, V).block("ai", "suggestions").text == "- 第一条\n- 第二条"  # CRLF normalised
+    assert records.load(rec, V).block("ai", "suggestions").text == "- 第一条\n- 第二条"  # CRLF normalised
 
 
 @pytest.mark.parametrize("section, code, words", [
@@ -441,8 +443,8 @@ def test_fill_refuses_empty_text_a_marker_line_a_missing_file_and_the_wrong_stat
     code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(tmp_path / "missing.md"))
     assert code == 2 and "no such file" in err and path.read_bytes() == before
 
-    with store.update(rec, V) as r:  # after a person approved it, the prose is final
-        r.set_status("approved")
+    with records.update(rec, V) as r:  # after a person approved it, the prose is final
+        r.meta["status"] = "approved"
     before = path.read_bytes()
     f.write_text("改写。\n", encoding="utf-8")
     code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
@@ -479,7 +481,7 @@ def test_fill_before_the_analysis_writes_without_number_warnings(rec, cli, tmp_p
     f.write_text(f"验证损失 {VAL_LOSS:.2f}。\n", encoding="utf-8")
     code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
     assert code == 0 and "not analysed yet" in err and "warning" not in err
-    record = store.load(rec, V)
+    record = records.load(rec, V)
     assert record.block("ai", "analysis").text == f"验证损失 {VAL_LOSS:.2f}。" and record.status == "finished"
     # the analysis keeps it (refined prose) and finds its number in the evidence
     r = results.analyze(rec, V)
@@ -512,10 +514,6 @@ def test_check_names_each_untraceable_number_with_its_line_until_the_text_is_fix
     for x in found:
         assert x["path"] == "experiment/experiment_0.1.0.md"
         assert x["number"] in lines[int(x["line"]) - 1], x  # the line named holds the number
-    # the front matter keeps the same list, at the same lines
-    stored = store.load(rec, V).meta["analysis"]["untraceable"]
-    assert sorted((u["section"], u["line"], u["number"]) for u in stored) == sorted(
-        (x["section"], int(x["line"]), x["number"]) for x in found)
     assert "99.9" not in out  # numbers in human sections are the person's
 
     f.write_text(f"- 验证损失 {good}，共 {STEPS} 步。\n", encoding="utf-8")
@@ -524,15 +522,14 @@ def test_check_names_each_untraceable_number_with_its_line_until_the_text_is_fix
     assert cli("fill", "0.1.0", "diagnosis", "--file", str(f))[0] == 0
     code, out, _ = cli("check", "0.1.0")
     assert code == 0 and "not in the run's evidence" not in out
-    assert store.load(rec, V).meta["analysis"]["untraceable"] == []
 
 
 def test_timestamps_are_not_evidence_for_numbers_in_the_text(rec, monkeypatch):
     analyzed_at = "2031-07-29T13:41:59+00:00"
-    monkeypatch.setattr(store, "now", lambda: analyzed_at)
+    monkeypatch.setattr(times, "now", lambda: analyzed_at)
     ran(rec)
     results.analyze(rec, V)
-    assert store.load(rec, V).meta["analysis"]["analyzed_at"] == analyzed_at
+    assert records.load(rec, V).meta["analysis"]["analyzed_at"] == analyzed_at
     # minutes and seconds of the analysis and of the run's start, and a year: none is a result
     stray = ["41", "59", "53", "2031"]
     r = results.fill(rec, V, "analysis", "\n".join(f"- 数字 {n}。" for n in stray) + f"\n- 耗时 {DURATION_S:g} 秒。")
@@ -542,7 +539,7 @@ def test_timestamps_are_not_evidence_for_numbers_in_the_text(rec, monkeypatch):
 # -- runs that did not go well, and records without a run -------------------------------------------
 def test_a_record_that_never_ran_is_refused_in_one_line_and_left_unchanged(rec, cli):
     code, out, _ = cli("check", "0.1.0")
-    assert code == 0 and store.load(rec, V).status == "ready"
+    assert code == 0 and records.load(rec, V).status == "ready"
     path = rec.record_path(V)
     before = path.read_bytes()
     code, _, err = cli("analyze", "0.1.0")
@@ -555,7 +552,7 @@ def test_a_killed_run_with_a_torn_last_line_is_analysed_with_a_note_and_inconclu
     done = 45
     rows = ran(rec, status="interrupted", steps=done, summary=False, torn=True)
     r = results.analyze(rec, V)
-    record = store.load(rec, V)
+    record = records.load(rec, V)
     assert record.status == "analyzed" and record.meta["analysis"]["run_status"] == "interrupted"
     assert any(f"truncated last line {done + 1} of metrics.jsonl" in n for n in r["notes"]), r["notes"]
     assert any("no summary.json" in n for n in r["notes"])
@@ -596,7 +593,7 @@ def test_non_finite_losses_become_an_anomaly_and_stay_out_of_json_and_yaml(rec, 
     json.loads((rec.out_dir(V) / "metrics_summary.json").read_text(encoding="utf-8"), parse_constant=refuse)
     front = rec.record_path(V).read_text(encoding="utf-8").split("\n---\n")[0]
     assert ".nan" not in front.lower() and ".inf" not in front.lower()
-    assert "数值溢出" in store.load(rec, V).block("ai", "diagnosis").text
+    assert "数值溢出" in records.load(rec, V).block("ai", "diagnosis").text
     assert (rec.out_dir(V) / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -644,7 +641,7 @@ def test_context_gives_an_assistant_everything_consistent_with_the_record(rec, c
     c = json.loads(out)
     for key in ("sections", "config", "diff_from_parent", "metrics", "anomalies", "verdicts", "samples", "paths"):
         assert key in c, key
-    record = store.load(rec, V)
+    record = records.load(rec, V)
     meta = record.meta
     assert c["version"] == "0.1.0" and c["status"] == "analyzed" and c["analyzed"] is True and c["parent"] == "0.0.1"
 
@@ -691,7 +688,7 @@ def test_context_before_the_analysis_computes_live_and_writes_nothing(rec, cli):
     assert not (rec.out_dir(V) / "analysis.json").exists() and not (rec.out_dir(V) / "plots").exists()
 
     # and a draft with no run at all: the same keys, empty
-    store.create(rec, Version.parse("0.2.0"))
+    lifecycle.create(rec, Version.parse("0.2.0"))
     c = json.loads(cli("context", "0.2.0", "--json")[1])
     assert c["metrics"] is None and c["verdicts"] == [] and c["samples"] == [] and c["analyzed"] is False
     assert c["diff_from_parent"] is None and c["paths"]["plots"] == []
@@ -700,10 +697,10 @@ def test_context_before_the_analysis_computes_live_and_writes_nothing(rec, cli):
 # -- the English templates -----------------------------------------------------------------------
 def test_an_english_record_gets_an_english_metrics_section_and_drafts(ws):
     new_record(ws, V, parent=None, lang="en")
-    assert "⏳ Not analysed yet. `exp analyze 0.1.0`" in store.load(ws, V).block("generated", "metrics").text
+    assert "⏳ Not analysed yet. `exp analyze 0.1.0`" in records.load(ws, V).block("generated", "metrics").text
     ran(ws, samples=SAMPLES_EN)
     r = results.analyze(ws, V)
-    record = store.load(ws, V)
+    record = records.load(ws, V)
     block = record.block("generated", "metrics").text
     c = r["verdict_counts"]
     assert c == {"confirmed": 1, "refuted": 1, "inconclusive": 2}  # no parent: its claim cannot be judged

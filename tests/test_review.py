@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import fcntl
 import os
 import pty
@@ -18,10 +20,11 @@ from pathlib import Path
 import pytest
 from conftest import fill, run_exp
 
-from expkit import review, store
+from expkit import review
 from expkit import record as rec_mod
 from expkit.record import Record
 from expkit.version import Version
+from expkit import approval, store, lifecycle, records, view
 
 EXP_BIN = str(Path(sys.executable).parent / "exp")  # the console script, as a person starts it
 V = Version.parse("1.0.0")
@@ -55,9 +58,9 @@ def git_identity(monkeypatch, tmp_path: Path, name: str | None = REVIEWER[0], em
 
 def make_analyzed(ws, version: Version = V, description: str = "学习率减半", anomalies: list | None = None) -> Path:
     """An analyzed record with a plausible analysis, a run script and small outputs."""
-    rec = store.create(ws, version, description=description)
+    rec = lifecycle.create(ws, version, description=description)
     fill(rec.path)
-    with store.update(ws, version) as r:
+    with records.update(ws, version) as r:
         r.meta["run"] = {
             "started": "2025-01-01T10:00:00+00:00", "ended": "2025-01-01T10:05:00+00:00", "duration_s": 300.0,
             "exit_code": 0, "status": "finished", "backend": "local", "host": "testhost",
@@ -74,8 +77,8 @@ def make_analyzed(ws, version: Version = V, description: str = "学习率减半"
         r.require_block("ai", "analysis").set_text("验证集损失 6.1，低于预期的 6.5，比基线低 5.93。")
         r.require_block("ai", "diagnosis").set_text("损失平稳下降，未见尖峰。")
         r.require_block("ai", "suggestions").set_text(f"下一步：`exp new 1.0.1 --from {version}` 试更长的预热。")
-        r.set_status("analyzed")
-        store.regenerate_blocks(ws, r, ("execution", "environment", "metrics"))
+        r.meta["status"] = "analyzed"
+        view.regenerate(ws, r, ("execution", "environment", "metrics"))
     script = ws.run_script_path(version)
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(f"#!/usr/bin/env bash\n# experiment {version}\necho train\n", encoding="utf-8")
@@ -198,16 +201,16 @@ def test_approve_at_a_terminal_shows_the_evidence_and_binds_the_hashes(rws):
     t.expect("approved")
     assert t.wait() == 0
 
-    record = store.load(rws, V)
+    record = records.load(rws, V)
     assert record.status == "approved"
     (entry,) = record.meta["review"]["history"]
     assert entry["decision"] == "approve" and entry["reviewer"] == "Ada Tester" and entry["email"] == "ada@example.com"
-    assert entry["record_sha256"] == review.file_record_sha256(record.path) == record.meta["review"]["approved"]["record_sha256"]
-    assert entry["script_sha256"] == review.file_sha256(rws.run_script_path(V))
+    assert entry["record_sha256"] == approval.current_hashes(rws, record)["record"] == record.meta["review"]["approved"]["record_sha256"]
+    assert entry["script_sha256"] == approval.file_sha256(rws.run_script_path(V))
     assert "✅ 通过" in record.require_block("generated", "review").text
-    state = review.approval_state(rws, record)
+    state = approval.approval_state(rws, record)
     assert state["valid"] and not state["stale"]
-    assert review.stale_approval_problem(rws, record) is None
+    assert approval.stale_approval_problem(rws, record) is None
     # approved and unchanged: another review is refused, naming the next step
     t = terminal(rws, "1.0.0")
     assert t.wait() == 1 and "exp commit 1.0.0" in t.screen
@@ -230,7 +233,7 @@ def test_changes_with_multiline_comments_then_approval_keeps_every_round(rws):
     t.expect("changes_requested")
     assert t.wait() == 0
 
-    record = store.load(rws, V)  # the marker-like and '---' lines did not break the file
+    record = records.load(rws, V)  # the marker-like and '---' lines did not break the file
     assert record.status == "changes_requested"
     (entry,) = record.meta["review"]["history"]
     assert entry["decision"] == "changes" and entry["comments"] == "\n".join(comments)
@@ -243,7 +246,7 @@ def test_changes_with_multiline_comments_then_approval_keeps_every_round(rws):
     t.expect(review.PROMPT.strip())
     t.send("approve")
     assert t.wait() == 0
-    record = store.load(rws, V)
+    record = records.load(rws, V)
     assert record.status == "approved"
     assert [h["decision"] for h in record.meta["review"]["history"]] == ["changes", "approve"]
     assert [h["round"] for h in record.meta["review"]["history"]] == [1, 2]
@@ -282,7 +285,7 @@ def test_refuses_pipes_agents_and_the_wrong_status(rws, ws):
     assert "not an AI agent (CLAUDECODE set)" in t.screen and review.PROMPT.strip() not in t.screen
     assert path.read_bytes() == before
 
-    store.create(rws, Version.parse("2.0.0"))
+    lifecycle.create(rws, Version.parse("2.0.0"))
     t = terminal(rws, "2.0.0")
     assert t.wait() == 1
     assert "status is draft" in t.screen and "exp check 2.0.0" in t.screen
@@ -322,50 +325,54 @@ def _replace_once(path: Path, old: str, new: str) -> None:
 
 def test_the_hash_ignores_only_what_review_and_commit_write(rws):
     text = rws.record_path(V).read_text(encoding="utf-8")
-    base = review.record_sha256(text)
-    record = Record.parse(text)
+    meta = store.read_meta(rws, V)
+    base = approval.text_sha256(text, meta)
+    record = Record.parse(text, meta=copy.deepcopy(meta))
     # what a review or a commit writes does not count
-    record.set_status("committed")
+    record.meta["status"] = "committed"
     record.meta["review"] = {"history": [{"decision": "approve", "comments": "x\n---\ny"}]}
     record.meta["commit"] = {"time": "now", "paths": ["a"]}
     record.set_generated("review", "anything at all\n")
-    assert review.record_sha256(record.render()) == base
-    # every other byte does, wherever it is
+    assert approval.text_sha256(record.render(), record.meta) == base
+    # every other byte of the markdown does, wherever it is
     for old, new in (
         ("检验", "检査"),  # a human section
         ("未见尖峰", "未见尖峯"),  # an AI section
-        ('description: "学习率减半"', 'description: "学习率减半 "'),  # the front matter
-        ("learning_rate: 0.003", "learning_rate: 0.0030"),  # the same value, other bytes
         ("| `hidden_size` | 128 |", "| `hidden_size` | 129 |"),  # a generated block
         ("## ⚙️ 配置参数", "## ⚙️ 配置参数 "),  # text between sections
         ("\n## ⚙️", "\r\n## ⚙️"),  # a line ending
     ):
         assert old in text, old
-        assert review.record_sha256(text.replace(old, new, 1)) != base, old
+        assert approval.text_sha256(text.replace(old, new, 1), meta) != base, old
+    # and every value of the state but those three
+    for key, value in (("description", meta["description"] + " "), ("config", {**meta["config"], "learning_rate": 0.0031})):
+        assert approval.text_sha256(text, {**meta, key: value}) != base, key
+    # the front matter is a view of the state: its bytes alone are not the content
+    assert approval.text_sha256(text.replace("learning_rate: 0.003", "learning_rate: 0.0030", 1), meta) == base
 
 
 def test_a_one_byte_edit_of_the_record_makes_the_approval_stale(rws):
     approve(rws)
     path = rws.record_path(V)
     _replace_once(path, "未见尖峰", "未见尖峯")  # one character of the diagnosis
-    record = store.load(rws, V)
-    state = review.approval_state(rws, record)
+    record = records.load(rws, V)
+    state = approval.approval_state(rws, record)
     assert state["approved"] and state["stale"] and state["changed"] == ["record"]
-    message = review.stale_approval_problem(rws, record)
+    message = approval.stale_approval_problem(rws, record)
     assert "stale" in message and "experiment/experiment_1.0.0.md" in message
-    (problem,) = review.review_problems(rws, record)
+    (problem,) = approval.review_problems(rws, record)
     assert problem.level == "error" and "exp review 1.0.0" in problem.fix
 
-    with store.update(rws, V) as record:
+    with records.update(rws, V) as record:
         assert review.refresh_status(rws, record)
-    record = store.load(rws, V)
+    record = records.load(rws, V)
     assert record.status == "analyzed" and "approved" not in record.meta["review"]
     assert record.meta["review"]["stale"]["changed"] == ["record"]
     assert len(record.meta["review"]["history"]) == 1  # the round itself is kept
-    assert "round 1 went stale" in review.stale_approval_problem(rws, record)
+    assert "round 1 went stale" in approval.stale_approval_problem(rws, record)
     assert "已失效" in record.require_block("generated", "review").text
     review.require_reviewable(rws, record)  # a person may review it again
-    with store.update(rws, V) as record:
+    with records.update(rws, V) as record:
         assert not review.refresh_status(rws, record)  # nothing left to refresh
 
 
@@ -373,23 +380,23 @@ def test_a_one_byte_edit_of_the_script_makes_the_approval_stale(rws):
     approve(rws)
     script = rws.run_script_path(V)
     script.write_bytes(script.read_bytes().replace(b"echo train", b"echo trains"))
-    record = store.load(rws, V)
-    state = review.approval_state(rws, record)
+    record = records.load(rws, V)
+    state = approval.approval_state(rws, record)
     assert state["stale"] and state["changed"] == ["script"]
-    assert "run_file/experiment_1.0.0.sh" in review.stale_approval_problem(rws, record)
+    assert "run_file/experiment_1.0.0.sh" in approval.stale_approval_problem(rws, record)
     review.require_reviewable(rws, record)  # approved-but-stale may be reviewed
-    with store.update(rws, V) as record:
+    with records.update(rws, V) as record:
         assert review.refresh_status(rws, record)
-    assert store.load(rws, V).status == "analyzed"
+    assert records.load(rws, V).status == "analyzed"
 
 
 def test_checklist_says_why_an_item_fails(ws, tmp_path, monkeypatch):
     git_identity(monkeypatch, tmp_path)
     make_analyzed(ws, anomalies=[{"kind": "spike", "message": "loss jumped 4x", "steps": [40]}])
-    with store.update(ws, V) as r:
+    with records.update(ws, V) as r:
         r.require_block("ai", "diagnosis").set_text("> 💡 运行结束后由 AI 填写")
         r.set_human("expected", "预期损失会更低。")
-    items = {c.key: c for c in review.checklist(ws, store.load(ws, V))}
+    items = {c.key: c for c in review.checklist(ws, records.load(ws, V))}
     assert items["goal"].mark == "✗" and "machine-checkable" in items["goal"].reason
     assert items["params"].mark == "✓"
     assert items["stable"].mark == "✗" and "spike" in items["stable"].reason
@@ -397,27 +404,27 @@ def test_checklist_says_why_an_item_fails(ws, tmp_path, monkeypatch):
     assert items["diagnosis"].mark == "✗" and "hint" in items["diagnosis"].reason
     assert items["suggestions"].mark == "✓"
     shutil.rmtree(ws.out_dir(V))  # no loss curve, no anomalies: convergence cannot be judged
-    with store.update(ws, V) as r:
+    with records.update(ws, V) as r:
         r.meta["analysis"]["anomalies"] = []
-    assert {c.key: c.mark for c in review.checklist(ws, store.load(ws, V))}["stable"] == "?"
+    assert {c.key: c.mark for c in review.checklist(ws, records.load(ws, V))}["stable"] == "?"
 
 
 def test_english_records_render_every_round_of_the_history(ws, tmp_path, monkeypatch):
     git_identity(monkeypatch, tmp_path)
-    store.create(ws, Version.parse("0.9.0"), lang="en")
+    lifecycle.create(ws, Version.parse("0.9.0"), lang="en")
     v = Version.parse("0.9.0")
     path = ws.record_path(v)
     fill(path)
-    with store.update(ws, v) as r:
-        r.set_status("analyzed")
+    with records.update(ws, v) as r:
+        r.meta["status"] = "analyzed"
     review.record_decision(ws, v, "changes", "cite the baseline\nand | pipes", REVIEWER)
-    with store.update(ws, v) as r:
-        r.set_status("analyzed")  # as `exp analyze` would after the fixes
+    with records.update(ws, v) as r:
+        r.meta["status"] = "analyzed"  # as `exp analyze` would after the fixes
     review.record_decision(ws, v, "approve", "", REVIEWER)
     path.write_text(path.read_text(encoding="utf-8") + "\n", encoding="utf-8")
-    with store.update(ws, v) as r:
+    with records.update(ws, v) as r:
         assert review.refresh_status(ws, r)
-    block = store.load(ws, v).require_block("generated", "review").text
+    block = records.load(ws, v).require_block("generated", "review").text
     assert "| 1 | ✏️ changes requested | Ada Tester |" in block and "| 2 | ✅ approved | Ada Tester |" in block
     assert "Round 1 comments (Ada Tester," in block and "> cite the baseline\n> and | pipes" in block
     assert "The approval of round 2 is void (record changed" in block

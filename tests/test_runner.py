@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import FILLED, fill, run_exp
 
-from expkit import runner, store, tracking
+from expkit.script import LaunchOptions, write_script
+from expkit import runner, tracking
 from expkit.record import Record
 from expkit.version import Version
+from expkit import lifecycle, records
 
 TINY = ["hidden_size=64", "max_seq_len=64", "batch_size=8", "log_interval=5", "eval_interval=10", "eval_batches=2",
         "save_interval=10", "warmup_steps=5", "sample_max_new_tokens=8"]
@@ -40,14 +42,14 @@ def gitws(ws):
 
 def make(ws, version="0.1.0", steps=20, sections=None, desc="tiny run", extra=()):
     v = Version.parse(version)
-    rec = store.create(ws, v, description=desc)
+    rec = lifecycle.create(ws, v, description=desc)
     fill(rec.path, sections or FILLED)
-    store.set_config(ws, v, [*TINY, f"max_steps={steps}", *extra])
+    lifecycle.set_config(ws, v, [*TINY, f"max_steps={steps}", *extra])
     return rec.path
 
 
 def record(ws, version="0.1.0") -> Record:
-    return store.load(ws, Version.parse(version))
+    return records.load(ws, Version.parse(version))
 
 
 def no_pwned(root: Path) -> None:
@@ -55,7 +57,7 @@ def no_pwned(root: Path) -> None:
 
 
 def test_unready_record_is_refused_with_lines_and_nothing_changes(gitws):
-    store.create(gitws, Version.parse("0.1.0"), description="d")
+    lifecycle.create(gitws, Version.parse("0.1.0"), description="d")
     before = record(gitws).path.read_bytes()
     r = run_exp("run", "0.1.0", cwd=gitws.root)
     assert r.returncode == 1
@@ -64,24 +66,34 @@ def test_unready_record_is_refused_with_lines_and_nothing_changes(gitws):
     assert not gitws.out_dir("0.1.0").exists()
 
 
-def test_dry_run_renders_a_safe_script_and_starts_nothing(gitws):
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``root`` (the lock files aside) with its bytes and mtime."""
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and ".locks" not in p.parts}
+
+
+def test_dry_run_renders_a_safe_script_writes_nothing_and_renders_what_a_run_writes(gitws, tmp_path):
     make(gitws, sections=HOSTILE, desc="evil $(touch PWNED_DESC)\n`touch PWNED_DESC2`; touch PWNED_DESC3")
-    before = record(gitws).path.read_bytes()
+    before = _tree(gitws.root)
     r = run_exp("run", "0.1.0", "--dry-run", cwd=gitws.root)
     assert r.returncode == 0, r.stderr
-    script = gitws.run_script_path("0.1.0")
-    text = script.read_text()
-    assert r.stdout.startswith(text)
-    assert "preflight (ok)" in r.stdout and "nothing was started" in r.stdout
-    assert os.stat(script).st_mode & stat.S_IXUSR
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert _tree(gitws.root) == before  # not the script, not out/, not the record: nothing
+    assert not gitws.run_script_path("0.1.0").exists() and not gitws.out_dir("0.1.0").exists()
+    assert "preflight (ok)" in r.stdout and "nothing was started or written" in r.stdout
+    text = r.stdout[: r.stdout.index("\n# ---- preflight")]
+    again = run_exp("run", "0.1.0", "--dry-run", cwd=gitws.root)
+    assert again.stdout[: again.stdout.index("\n# ---- preflight")] == text  # the same record renders the same bytes
+    shown = tmp_path / "shown.sh"
+    shown.write_text(text)
+    assert subprocess.run(["bash", "-n", str(shown)]).returncode == 0
     for line in text.splitlines():
         if "evil" in line and line.startswith("#"):
             assert "\n" not in line  # the description stayed inside its comment
     assert "# Experiment 0.1.0: evil $(touch PWNED_DESC) `touch PWNED_DESC2`; touch PWNED_DESC3" in text
-    assert record(gitws).path.read_bytes() == before
     assert record(gitws).status == "draft"  # unchanged: a dry run starts nothing
-    assert not gitws.out_dir("0.1.0").exists()
+    # what `exp run` writes (and records the hash of) is exactly what the dry run showed
+    path, written = write_script(gitws, record(gitws), LaunchOptions().check())
+    assert written == text and path.read_text() == text and os.stat(path).st_mode & stat.S_IXUSR
     no_pwned(gitws.root)
 
 

@@ -7,8 +7,8 @@ import re
 import pytest
 from conftest import run_exp
 
-from expkit import store
 from expkit.version import Version
+from expkit import lifecycle
 
 HEAVY = ("torch", "transformers", "swanlab", "matplotlib", "PIL", "numpy", "git", "pydantic", "jinja2")
 
@@ -21,7 +21,7 @@ def imported_modules(*args, cwd):
 
 @pytest.mark.parametrize("args", [["--help"], ["list"], ["list", "--json"], ["show", "0.1.0"], ["tree"]])
 def test_fast_commands_import_nothing_heavy(ws, args):
-    store.create(ws, Version.parse("0.1.0"), description="x")
+    lifecycle.create(ws, Version.parse("0.1.0"), description="x")
     mods = imported_modules(*args, cwd=ws.root)
     assert "expkit" in mods  # the measurement itself works
     allowed = {"pydantic", "jinja2"} if args[0] == "show" else set()  # show validates the config diff lazily

@@ -1,0 +1,83 @@
+"""Writing records: ``exp new``, ``exp check``, ``exp set``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .. import lifecycle
+from . import JSON_HELP, VERSION_HELP, command, echo_json, typer_app, usage, version, current_workspace
+
+app = typer_app()
+
+
+@command(app)
+def new(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    parent: Optional[str] = typer.Option(None, "--from", metavar="PARENT", help="copy the config of this experiment"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", metavar="VERSION", help="the experiment to compare against"),
+    desc: str = typer.Option("", "--desc", metavar="TEXT", help="one-line description"),
+    lang: Optional[str] = typer.Option(None, "--lang", metavar="zh|en", help="record language (default: workspace's, zh)"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write experiment/experiment_VERSION.md from the templates."""
+    v = version(version_)
+    p = version(parent) if parent else None
+    b = version(baseline) if baseline else None
+    if lang is not None and lang not in ("zh", "en"):
+        raise usage(f"--lang must be zh or en, not {lang!r}")
+    ws = current_workspace()
+    record = lifecycle.create(ws, v, parent=p, baseline=b, description=desc, lang=lang)
+    if json_out:
+        echo_json({"version": str(v), "path": str(record.path), "state": str(ws.state_path(v)), "status": record.status})
+        return
+    typer.echo(f"created {ws.rel(ws.record_path(v))} (and its state {ws.rel(ws.state_path(v))})")
+    nxt = f"`exp check {v}`"
+    if p is not None and v.category == "validation":
+        nxt = f"set the variable under test (`exp set {v} KEY=VALUE`), then `exp check {v}`"
+    typer.echo(f"next: fill the 🧑‍🔬 human sections (goal, hypothesis, expected, focus), then {nxt}")
+
+
+@command(app)
+def check(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """List every problem of a record with its line and fix; a clean draft becomes ready."""
+    result = lifecycle.check_record(current_workspace(), version(version_))
+    if json_out:
+        echo_json(result)
+    else:
+        for p in result["problems"]:
+            typer.echo(f"{result['path']}:{p['line']}: {p['level']}: {p['message']} — fix: {p['fix']}")
+        n_err = sum(p["level"] == "error" for p in result["problems"])
+        n_warn = len(result["problems"]) - n_err
+        verdict = "ok" if n_err == 0 else ("not ready" if result["status"] in ("draft", "ready") else "problems")
+        typer.echo(f"{version_}: {verdict} ({n_err} error(s), {n_warn} warning(s)); status {result['status']}")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@command(app, "set")
+def set_(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    assignments: Optional[list[str]] = typer.Argument(None, metavar="KEY=VALUE...", help="config values, e.g. learning_rate=8e-5"),
+    regenerate: bool = typer.Option(
+        False, "--regenerate", help="rewrite hand-edited generated sections (their text is saved under out/.discarded/)"
+    ),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Set config values (typed and range-checked) and regenerate the parameter table."""
+    if not assignments and not regenerate:
+        raise usage("give at least one KEY=VALUE (e.g. learning_rate=8e-5), or --regenerate")
+    result = lifecycle.set_config(current_workspace(), version(version_), assignments or [], regenerate=regenerate)
+    if json_out:
+        echo_json(result)
+        return
+    for key, (old, new) in result["changed"].items():
+        typer.echo(f"{key}: {old} → {new}")
+    for path in result["discarded"]:
+        typer.echo(f"saved the hand-edited text to {path}")
+    if not result["changed"] and not result["discarded"]:
+        typer.echo("nothing changed")

@@ -1,0 +1,109 @@
+"""A record's results: ``exp analyze``, ``exp context``, ``exp fill``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .. import results as results_mod
+from ..numbers import format_number
+from . import JSON_HELP, VERSION_HELP, command, counts, echo_json, typer_app, usage, version, current_workspace
+
+app = typer_app()
+
+
+@command(app)
+def analyze(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."""
+    result = results_mod.analyze(current_workspace(), version(version_))
+    if json_out:
+        echo_json(result)
+        return
+    _print_analysis(result)
+
+
+def _print_analysis(result: dict[str, Any]) -> None:
+    v = result["version"]
+    m = result["metrics"]
+    typer.echo(f"{v}: analyzed — {result['path']}")
+    shown = [k for k in ("steps", "final_loss", "val_loss", "best_val_loss", "val_ppl", "tokens_per_s", "wall_s") if k in m]
+    typer.echo("  " + "  ".join(f"{k} {format_number(m[k])}" for k in shown))
+    marks = {"confirmed": "✓", "refuted": "✗", "inconclusive": "?"}
+    c = result["verdict_counts"]
+    typer.echo(f"verdicts  {counts(c)}")
+    for x in result["verdicts"]:
+        why = f"  ({x['reason']})" if x.get("reason") else ""
+        typer.echo(f"  {marks[x['verdict']]} {x['claim']:30} observed {format_number(x['observed'])}  reference {format_number(x['reference'])}{why}")
+    typer.echo(f"anomalies {len(result['anomalies']) or 'none'}")
+    for a in result["anomalies"][:10]:
+        typer.echo(f"  ! {a['kind']}: {a['message']}")
+    for p in result["plots"]:
+        typer.echo(f"plot      {p}")
+    if result["drafted"]:
+        typer.echo(f"drafted   {', '.join(result['drafted'])} (refine with `exp fill {v} SECTION --file F`)")
+    if result["kept"]:
+        typer.echo(f"kept      {', '.join(result['kept'])} (already written; not redrafted)")
+    for u in result["untraceable"]:
+        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not in the run's evidence")
+    for n in result["notes"]:
+        typer.echo(f"note      {n}")
+    typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs `exp review {v}`")
+
+
+@command(app)
+def context(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """What an AI assistant needs to write the analysis: the evidence to cite, sections, verdicts, samples."""
+    data = results_mod.context(current_workspace(), version(version_))
+    if json_out:
+        echo_json(data)
+        return
+    typer.echo(f"experiment {data['version']} [{data['status']}] — {data['description'] or '(no description)'}")
+    for key, value in data["paths"].items():
+        typer.echo(f"  {key:9} {value}")
+    if data["metrics"]:
+        typer.echo("metrics   " + "  ".join(f"{k} {format_number(x)}" for k, x in data["metrics"].items()))
+    for x in data["verdicts"]:
+        typer.echo(f"verdict   {x['claim']}: {x['verdict']} (observed {format_number(x['observed'])}, reference {format_number(x['reference'])})")
+    for a in data["anomalies"]:
+        typer.echo(f"anomaly   {a['message']}")
+    for s in data["samples"][:4]:
+        typer.echo(f"sample    {s.get('prompt')!r} → {str(s.get('completion'))[:80]!r}")
+    typer.echo(f"write     {data['rules']['write']}\n(--json gives everything, section texts included)")
+
+
+@command(app)
+def fill(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    section: str = typer.Argument(..., metavar="SECTION", help="analysis, diagnosis or suggestions"),
+    file: str = typer.Option(..., "--file", metavar="F", help="the text (markdown); - reads standard input"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Write the AI's prose into an AI section, resolving [[citations]]; refuses untraceable numbers."""
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise usage(f"--file {file}: no such file") from None
+        except UnicodeDecodeError:
+            raise usage(f"--file {file}: not UTF-8 text") from None
+    result = results_mod.fill(current_workspace(), version(version_), section, text)
+    if json_out:
+        echo_json(result)
+        return
+    typer.echo(f"wrote the {section} of {version_} ({result['path']})")
+    for u in result["untraceable"]:
+        typer.echo(f"warning: line {u['line']}: {u['number']} is not in the run's evidence "
+                   f"(`exp context {version_} --json` lists the values)", err=True)
+    if not result["analyzed"]:
+        typer.echo(f"note: {version_} is not analysed yet, so numbers cannot be checked; run `exp analyze {version_}`", err=True)

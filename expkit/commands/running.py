@@ -1,0 +1,267 @@
+"""Running: ``exp run``, ``exp doctor``, ``exp status``, ``exp logs``, ``exp stop``, ``exp sync``,
+and the run script's own steps ``exp _start`` / ``exp _finalize``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any, Optional
+
+import typer
+
+from .. import records, runner
+from ..numbers import fmt, format_number
+from ..preflight import Check, failed_checks, preflight
+from ..script import LaunchOptions
+from ..status import next_step
+from . import JSON_HELP, VERSION_HELP, command, counts, duration, echo_json, typer_app, version, current_workspace
+
+app = typer_app()
+
+
+def _opts(backend: str, gpus: str | None, nproc: int | None, nnodes: int, node_rank: int, master_addr: str | None,
+          resume: bool, time_limit: str | None = None, partition: str | None = None) -> LaunchOptions:
+    return LaunchOptions(
+        backend=backend, gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+        master_addr=master_addr or "127.0.0.1", resume=resume, time_limit=time_limit or "24:00:00", partition=partition,
+    ).check()
+
+
+def _print_checks(checks: list[Check], err: bool = False) -> None:
+    marks = {True: "✓", False: "✗", None: "!"}
+    for c in checks:
+        fix = f"  → {c.fix}" if c.fix and c.ok is not True else ""
+        typer.echo(f"  {marks[c.ok]} {c.name:15} {c.detail}{fix}", err=err)
+
+
+def _watch(ws: Any, v: Any, launch: runner.Launch, max_steps: int, resume: bool) -> None:
+    """Progress of a foreground run: a rich bar on a terminal, plain lines otherwise."""
+    alive = lambda: launch.process.poll() is None  # noqa: E731
+    stopping = False
+
+    def lines():
+        nonlocal stopping
+        while True:
+            try:
+                yield from runner.follow_metrics(ws, v, alive, resume=resume)
+                return
+            except KeyboardInterrupt:
+                if stopping:
+                    runner.interrupt(launch, signal.SIGKILL)
+                else:
+                    stopping = True
+                    typer.echo("\nexp: stopping — the trainer saves a checkpoint first (Ctrl-C again to kill)", err=True)
+                    runner.interrupt(launch, signal.SIGTERM)
+
+    def describe(m) -> str:
+        parts = [f"loss {m['loss']:.4f}" if m.get("loss") is not None else ""]
+        if m.get("val_loss") is not None:
+            parts.append(f"val {m['val_loss']:.4f}")
+        if m.get("tokens_per_s"):
+            parts.append(f"{m['tokens_per_s']:,.0f} tok/s")
+        return "  ".join(p for p in parts if p)
+
+    if sys.stdout.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn(f"[bold]{v}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        ) as bar:
+            task = bar.add_task("train", total=max_steps, info="starting…")
+            for m in lines():
+                if m.get("step") is not None:
+                    bar.update(task, completed=m["step"], info=describe(m))
+    else:
+        for m in lines():
+            if m.get("step") is None:
+                continue
+            eta = (max_steps - m["step"]) * m.get("elapsed_s", 0) / max(m["step"], 1)
+            typer.echo(f"step {m['step']:>6}/{max_steps}  {describe(m)}  eta {duration(eta)}")
+
+
+@command(app)
+def run(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the script and the preflight; start nothing"),
+    detach: bool = typer.Option(False, "--detach", help="run in its own session and return (pid file in out/)"),
+    backend: str = typer.Option("local", "--backend", metavar="local|torchrun|slurm", help="how to launch"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", metavar="0,1", help="GPUs to use (sets CUDA_VISIBLE_DEVICES and the process count)"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="processes per node where there is no GPU"),
+    nnodes: int = typer.Option(1, "--nnodes", metavar="N", help="nodes (torchrun multi-node)"),
+    node_rank: int = typer.Option(0, "--node-rank", metavar="R", help="this node's rank"),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", metavar="HOST", help="rank-0 host for multi-node"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
+    time_limit: Optional[str] = typer.Option(None, "--time", metavar="HH:MM:SS", help="Slurm time limit (default 24:00:00)"),
+    partition: Optional[str] = typer.Option(None, "--partition", metavar="NAME", help="Slurm partition"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."""
+    v = version(version_)
+    ws = current_workspace()
+    opts = _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit, partition)
+    launch = runner.prepare(ws, v, opts, dry_run=dry_run)
+    bad = failed_checks(launch.checks)
+    if dry_run:
+        if json_out:
+            echo_json({"version": str(v), "script": str(launch.script), "text": launch.text,
+                        "preflight": [c.to_dict() for c in launch.checks], "ok": not bad})
+        else:
+            typer.echo(launch.text, nl=False)
+            typer.echo(f"\n# ---- preflight ({'ok' if not bad else 'FAILED'}); nothing was started or written "
+                       f"(`exp run {v}` writes {ws.rel(launch.script)})")
+            _print_checks(launch.checks)
+        raise typer.Exit(1 if bad else 0)
+    if not json_out:
+        typer.echo(f"script    {ws.rel(launch.script)}")
+        typer.echo("preflight")
+        _print_checks(launch.checks)
+    launch = runner.launch(ws, v, opts, launch)
+    where = f"Slurm job {launch.job_id}" if launch.job_id else f"pid {launch.pid}"
+    if launch.job_id or detach:
+        if json_out:
+            echo_json({"version": str(v), "status": "running", "job_id": launch.job_id, "pid": launch.pid, "log": str(launch.log)})
+        else:
+            typer.echo(f"started   {v} as {where}; log {ws.rel(launch.log)}")
+            typer.echo(f"follow    exp status {v} · exp logs {v} -f · exp stop {v}")
+        return
+    if not json_out:
+        typer.echo(f"started   {v} as {where}; log {ws.rel(launch.log)}")
+        record = records.load(ws, v)
+        _watch(ws, v, launch, int((record.meta.get("config") or {}).get("max_steps", 0)), opts.resume)
+    record = runner.wait(ws, v, launch)
+    run_info = record.meta.get("run") or {}
+    if json_out:
+        echo_json({"version": str(v), "status": record.status, "run": {k: w for k, w in run_info.items() if k != "token"}})
+    else:
+        typer.echo(f"\n{v}: {record.status} (exit {run_info.get('exit_code')}, {duration(run_info.get('duration_s'))})")
+        for key, value in (run_info.get("final") or {}).items():
+            typer.echo(f"  {key:15} {fmt(round(value, 4) if isinstance(value, float) else value)}")
+        if run_info.get("error"):
+            typer.echo(f"  error: {run_info['error']}")
+        out = ws.rel(ws.out_dir(v))
+        typer.echo(f"record    {ws.rel(ws.record_path(v))}\noutputs   {out}/ (samples.json, summary.json, metrics.jsonl, train.log)")
+        found = record.meta.get("analysis") or {}
+        if record.status == "analyzed" and found:
+            c = found.get("verdict_counts") or {}
+            typer.echo(f"verdicts  {counts(c)}")
+            for x in found.get("verdicts") or []:
+                typer.echo(f"  {x['verdict']:12} {x['claim']} (observed {format_number(x.get('observed'))})")
+            typer.echo(f"anomalies {len(found.get('anomalies') or []) or 'none'}")
+            for p in found.get("plots") or []:
+                typer.echo(f"plot      {p}")
+        nxt = (f"write the analysis (`exp context {v} --json`, `exp fill {v} analysis --file F`), then a person runs `exp review {v}`"
+               if record.status == "analyzed" else next_step(record.status, str(v)))
+        typer.echo(f"next      {nxt}")
+    if record.status not in ("finished", "analyzed"):
+        raise typer.Exit(1)
+
+
+@command(app)
+def doctor(
+    version_: Optional[str] = typer.Argument(None, metavar="[VERSION]", help="check this record's config too"),
+    backend: str = typer.Option("local", "--backend", metavar="local|torchrun|slurm", help="the backend to check"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", metavar="0,1", help="GPUs the run will ask for"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Check the environment a run needs: torch, GPUs, data, tokenizer, disk, SwanLab, git."""
+    ws = current_workspace()
+    record = records.load(ws, version(version_)) if version_ else None
+    checks, env = preflight(ws, record, _opts(backend, gpus, None, 1, 0, None, False))
+    bad = failed_checks(checks)
+    if json_out:
+        echo_json({"ok": not bad, "checks": [c.to_dict() for c in checks], "environment": env})
+    else:
+        _print_checks(checks)
+        typer.echo("ok" if not bad else f"{len(bad)} problem(s)")
+    if bad:
+        raise typer.Exit(1)
+
+
+@command(app)
+def status(
+    version_: Optional[str] = typer.Argument(None, metavar="[VERSION]", help="one record (default: every running one)"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show running experiments: step, loss, tokens/s, ETA; finds runs that died."""
+    rows = runner.status(current_workspace(), version(version_) if version_ else None)
+    if json_out:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo("nothing is running")
+        return
+    for r in rows:
+        step = f"step {r['step']}/{r.get('max_steps')}" if r.get("step") is not None else "no steps yet"
+        loss = f"loss {r['loss']:.4f}" if r.get("loss") is not None else ""
+        tps = f"{r['tokens_per_s']:,.0f} tok/s" if r.get("tokens_per_s") else ""
+        eta = f"eta {duration(r['eta_s'])}" if r.get("eta_s") is not None and r["status"] == "running" else ""
+        line = "  ".join(x for x in (r["version"], r["status"], step, loss, tps, eta, r.get("where", "")) if x)
+        typer.echo(line)
+        for key in ("note", "error"):
+            if r.get(key):
+                typer.echo(f"  {key}: {r[key]}")
+
+
+@command(app)
+def logs(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    follow: bool = typer.Option(False, "-f", "--follow", help="keep printing until the run ends"),
+) -> None:
+    """Print the run's log (out/experiment_VERSION/run.log); -f follows it."""
+    try:
+        for line in runner.follow_log(current_workspace(), version(version_), follow):
+            typer.echo(line, nl=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@command(app)
+def stop(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Stop a run with SIGTERM (scancel on Slurm); it checkpoints and becomes interrupted."""
+    result = runner.stop(current_workspace(), version(version_))
+    if json_out:
+        echo_json(result)
+    else:
+        typer.echo(f"{version_}: {result['status']}" + (f" ({result['note']})" if result.get("note") else ""))
+        if result["status"] == "interrupted":
+            typer.echo(f"resume with: exp run {version_} --resume (or `exp analyze {version_}` for a partial analysis first)")
+
+
+@command(app)
+def sync(version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP)) -> None:
+    """Upload the run's offline SwanLab log to the cloud (swanlab sync)."""
+    result = runner.sync(current_workspace(), version(version_))
+    typer.echo(result["output"] or f"synced {result['run_dir']}")
+
+
+@command(app, "_start", hidden=True)
+def start_(
+    version_: str = typer.Argument(..., metavar="VERSION"),
+    backend: str = typer.Option("local", "--backend"),
+    pid: int = typer.Option(0, "--pid"),
+    gpus: Optional[str] = typer.Option(None, "--gpus"),
+) -> None:
+    """Run-script step: preflight, then mark the record running (called by the rendered script)."""
+    checks, record = runner.start_from_script(current_workspace(), version(version_), backend, pid, gpus)
+    if checks:
+        typer.echo("preflight", err=True)
+        _print_checks(checks, err=True)
+    if record is None:
+        typer.echo("exp: preflight failed; nothing started, the record is unchanged", err=True)
+        raise typer.Exit(1)
+
+
+@command(app, "_finalize", hidden=True)
+def finalize_(version_: str = typer.Argument(..., metavar="VERSION"), exit_code: int = typer.Option(..., "--exit-code")) -> None:
+    """Run-script step: record how the run ended (called by the script's EXIT trap)."""
+    record, result, failure = runner.conclude(current_workspace(), version(version_), exit_code)
+    run_status = (record.meta.get("run") or {}).get("status", record.status)
+    typer.echo(f"exp: {version_} {run_status} (exit {exit_code})", err=True)
+    if failure:
+        typer.echo(f"exp: the analysis failed: {failure}; run `exp analyze {version_}` after fixing it", err=True)
+    elif result is not None:
+        typer.echo(f"exp: {version_} analyzed: {counts(result['verdict_counts'])}, {len(result['anomalies'])} anomalies", err=True)

@@ -1,0 +1,268 @@
+"""A record from its creation to the run: ``exp new``, ``exp check``, ``exp set``.
+
+``check`` finds every problem of a record, each with its line and its fix: errors make it not
+ready (``exp run`` refuses it), warnings are advice (the one-variable rule, an unknown metric
+name) and never change an exit code. ``check_record`` moves a clean draft to ``ready`` and a
+ready record with errors back to ``draft``, through the one state machine (``status``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import approval, records, results, review, store, times, view
+from . import claims as claims_mod
+from . import config as cfg_mod
+from .comparison import config_changes
+from .errors import ConfigError, RecordError
+from .problem import Problem, is_clean
+from .record import GENERATED, HINT_RE, HUMAN, SCHEMA, Record, dump_front_matter, meta_problems, sha256
+from .render import render
+from .status import STATUSES, require_status, transition
+from .version import Version
+from .workspace import Workspace
+
+LABELS = {
+    "zh": {"goal": "实验目的", "hypothesis": "研究假设", "expected": "预期结果", "focus": "实验重点"},
+    "en": {"goal": "goal", "hypothesis": "hypothesis", "expected": "expected result", "focus": "focus"},
+}
+#: Statuses in which the config may still change: once a run started, the config is what ran.
+EDITABLE = ("draft", "ready", "failed")
+
+
+# -- exp new -----------------------------------------------------------------------------------
+def create(ws: Workspace, version: Version, parent: Version | None = None, baseline: Version | None = None,
+           description: str = "", lang: str | None = None) -> Record:
+    """Write experiment/experiment_VERSION.md (and its state) from the templates."""
+    path = ws.record_path(version)
+    if path.exists() or ws.state_path(version).exists():
+        raise RecordError(
+            f"experiment {version} already exists ({ws.rel(path)}); nothing was changed — pick another version, "
+            f"e.g. {version.bump('patch')}"
+        )
+    config: dict[str, Any] = cfg_mod.TrainConfig().model_dump()
+    if parent is not None:
+        if parent == version:
+            raise RecordError(f"an experiment cannot be its own parent ({version})")
+        parent_meta = _existing_meta(ws, parent, "--from")
+        try:
+            config = cfg_mod.validate(parent_meta.get("config") or {}).model_dump()
+        except ConfigError as err:
+            raise RecordError(f"parent {parent} has an invalid config ({err}); fix it with `exp set {parent}` first") from None
+        lang = lang or parent_meta.get("lang")
+        if baseline is None and parent_meta.get("baseline"):
+            baseline = Version.parse(str(parent_meta["baseline"]))
+    if baseline is not None and baseline != version:
+        _existing_meta(ws, baseline, "--baseline")
+    lang = lang or ws.default_lang
+    if lang not in ("zh", "en"):
+        raise RecordError(f"language {lang!r} is not zh or en")
+    meta: dict[str, Any] = {
+        "schema": SCHEMA,
+        "version": str(version),
+        "parent": str(parent) if parent else None,
+        "baseline": str(baseline) if baseline else None,
+        "status": "draft",
+        "description": description,
+        "lang": lang,
+        "created": times.now(),
+        "config": config,
+    }
+    skeleton = Record(meta=meta, parts=[], path=path)
+    ctx = view.block_context(ws, skeleton)
+    blocks = {name: view.render_block(ws, skeleton, name, ctx) for name in GENERATED}
+    body = render(ws.templates_dir, f"{lang}/record.md.j2", version=str(version), blocks=blocks)
+    record = Record.parse("---\n" + dump_front_matter(meta) + "---\n" + body, path, meta=meta)
+    record.view["generated"] = {b.name: b.content for b in record.blocks("generated")}
+    record.view["ai"] = {b.name: {"text": b.text} for b in record.blocks("ai")}
+    with store.locked(ws, version):
+        if path.exists():  # lost a race with another `exp new`
+            raise RecordError(f"experiment {version} already exists ({ws.rel(path)}); nothing was changed")
+        store.save(ws, record)
+    return record
+
+
+def _existing_meta(ws: Workspace, version: Version, flag: str) -> dict[str, Any]:
+    if not ws.record_path(version).exists():
+        raise RecordError(f"{flag} {version}: no such experiment ({ws.rel(ws.record_path(version))}); create it first or drop {flag}")
+    return store.read_meta(ws, version)
+
+
+# -- exp check ---------------------------------------------------------------------------------
+def _front_line(record: Record, key: str) -> int:
+    """1-based line of ``key:`` in the front matter (1 if not found)."""
+    for i, line in enumerate(record.front_raw.split("\n")):
+        if line.startswith(f"{key}:"):
+            return i + 2
+    return 1
+
+
+def check(ws: Workspace, record: Record) -> list[Problem]:
+    out: list[Problem] = []
+    meta = record.meta
+    for msg in meta_problems(meta, STATUSES):
+        out.append(Problem("error", 1, msg, f"restore {ws.rel(ws.state_path(meta.get('version')))} from git"))
+    version = str(meta.get("version", "?"))
+    lang = meta.get("lang", "zh") if meta.get("lang") in LABELS else "zh"
+
+    # -- human sections ----------------------------------------------------------------------
+    for name in HUMAN:
+        label = f"{name} ({LABELS[lang][name]})" if lang == "zh" else name
+        block = record.block("human", name)
+        if block is None:
+            out.append(Problem("error", 1, f"the human section '{name}' is missing",
+                               f"restore the lines '<!-- exp:human {name} -->' and '<!-- /exp -->' around your {label}"))
+            continue
+        lines = block.text.split("\n")
+        hint_lines = [i for i, line in enumerate(lines) if HINT_RE.match(line)]
+        own = [line for line in lines if line.strip() and not HINT_RE.match(line)]
+        if hint_lines:
+            out.append(Problem("error", block.first_content_line + hint_lines[0], f"the {label} still holds the template's hint text",
+                               f"replace the '> 💡' line(s) with your own {label}"))
+        elif not own:
+            out.append(Problem("error", block.first_content_line, f"the {label} is empty", f"write the {label} between its markers"))
+
+    expected = record.block("human", "expected")
+    if expected is not None:
+        found, bad = claims_mod.parse_claims(expected.text, expected.first_content_line)
+        for p in bad:
+            out.append(Problem("error", p.line, f"expected result `{p.text}` {p.message}", p.fix))
+        for c in found:
+            ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True
+            if not ref:
+                flag = "--from" if c.reference == "parent" else "--baseline"
+                out.append(Problem("error", c.line, f"expected result `{c.text}` compares with the {c.reference}, but this record has none",
+                                   f"compare with a number, or recreate with `exp new {version} {flag} VERSION`"))
+            hint = claims_mod.unknown_metric_hint(c.metric)
+            if hint:
+                out.append(Problem("warning", c.line, hint, "use a metric from summary.json or metrics.jsonl"))
+        if not found and not bad and not any(HINT_RE.match(x) for x in expected.text.split("\n")):
+            out.append(Problem("warning", expected.first_content_line, "no machine-checkable expected result",
+                               "add a line such as `- val_loss < 2.5` so `exp analyze` can give a verdict"))
+
+    # -- config --------------------------------------------------------------------------------
+    config = meta.get("config")
+    if isinstance(config, dict):
+        try:
+            cfg_mod.validate(config)
+        except ConfigError as err:
+            out.append(Problem("error", _front_line(record, "config"), str(err), f"set valid values with `exp set {version} KEY=VALUE`"))
+        out.extend(_one_variable(ws, record, config))
+
+    # -- generated blocks ----------------------------------------------------------------------
+    for block in record.edited_generated():
+        out.append(Problem(
+            "error", block.line, f"the generated section '{block.name}' was edited by hand",
+            f"make the change with `exp set {version} KEY=VALUE`; `exp set {version} --regenerate` restores the section "
+            "(saving your edited text under out/.discarded/)",
+        ))
+
+    # -- pre-registration ----------------------------------------------------------------------
+    prereg = meta.get("prereg") or {}
+    for name, digest in (prereg.get("sections") or {}).items():
+        block = record.block("human", name)
+        if block is not None and sha256(block.text) != digest:
+            out.append(Problem(
+                "error", block.first_content_line,
+                f"the {name} was changed after the run started ({prereg.get('at', 'at run start')}); pre-registered text no longer matches",
+                f"restore the pre-registered text (git shows it), or record the new idea as `exp new NEXT --from {version}`",
+            ))
+
+    out.extend(approval.review_problems(ws, record))  # stale approval, edited committed record
+    out.extend(results.evidence_problems(ws, record))  # numbers in the ai sections that the evidence lacks
+
+    if not str(meta.get("description", "")).strip():
+        out.append(Problem("warning", _front_line(record, "description"), "the description is empty",
+                           f"set it in the front matter's `description:` line of {ws.rel(ws.record_path(version))}"))
+    return sorted(out, key=lambda p: (p.line, p.level))
+
+
+def _one_variable(ws: Workspace, record: Record, config: dict[str, Any]) -> list[Problem]:
+    """A validation run (X.Y.Z, Z ≥ 1) changes one thing relative to its parent."""
+    meta = record.meta
+    parent = meta.get("parent")
+    try:
+        version = Version.parse(str(meta.get("version")))
+    except Exception:
+        return []
+    if not parent or version.category != "validation":
+        return []
+    if not ws.record_path(parent).exists():
+        return [Problem("warning", _front_line(record, "parent"), f"parent {parent} has no record", "restore it or clear `parent:`")]
+    changed = config_changes(store.read_meta(ws, parent).get("config") or {}, config)
+    line = _front_line(record, "config")
+    if not changed:
+        return [Problem(
+            "error", line, f"{version} is a validation of {parent} but its config is the same: nothing is under test yet",
+            f"set the variable under test: `exp set {version} KEY=VALUE` (a change that is not in the config, such as "
+            f"new code, is a new direction: `exp new {version.major}.{version.minor + 1}.0 --from {parent}`)",
+        )]
+    out = []
+    if "model_type" in changed:
+        old, new = changed["model_type"]
+        out.append(Problem(
+            "warning", line, f"model_type changes from {old} to {new} in a validation version",
+            f"a new model type is a new direction: use an exploratory version (X.Y.0), e.g. `exp new {version.major}.{version.minor + 1}.0 --from {parent}`",
+        ))
+    if len(changed) > 1:
+        out.append(Problem("warning", line, f"{len(changed)} config keys differ from parent {parent}: {', '.join(changed)}",
+                           "change one variable at a time, or split this into several versions"))
+    return out
+
+
+def check_record(ws: Workspace, version: Version) -> dict[str, Any]:
+    """Check a record; a clean draft becomes ready, a ready record with errors goes back to draft."""
+    with records.update(ws, version) as record:
+        review.refresh_status(ws, record)  # an approval whose hashes no longer match lapses
+        problems = check(ws, record)
+        ok = is_clean(problems)
+        if ok and record.status == "draft":
+            transition(record, "ready")
+        elif not ok and record.status == "ready":
+            transition(record, "draft")
+    return {
+        "version": str(version),
+        "path": ws.rel(ws.record_path(version)),
+        "ok": ok,
+        "status": record.status,
+        "problems": [p.to_dict() for p in problems],
+    }
+
+
+def ready_or_raise(ws: Workspace, record: Record) -> None:
+    """``exp run``'s gate: no error from ``check``."""
+    problems = check(ws, record)
+    if not is_clean(problems):
+        errors = [p for p in problems if p.level == "error"]
+        listed = "; ".join(f"line {p.line}: {p.message}" for p in errors[:6])
+        more = f"; and {len(errors) - 6} more" if len(errors) > 6 else ""
+        raise RecordError(f"{record.version} is not ready to run — {listed}{more} (see `exp check {record.version}`)")
+
+
+# -- exp set -----------------------------------------------------------------------------------
+def set_config(ws: Workspace, version: Version, assignments: list[str], regenerate: bool = False) -> dict[str, Any]:
+    """Apply KEY=VALUE strings and rewrite the parameter table; ``regenerate`` rewrites every
+    generated section, saving hand edits under out/.discarded/ first."""
+    changed: dict[str, tuple[Any, Any]] = {}
+    with records.update(ws, version) as record:
+        if regenerate and record.status in ("approved", "committed"):
+            raise RecordError(
+                f"cannot regenerate {version}: it is {record.status}, and rewriting its sections would change the approved "
+                f"record; start the next experiment with `exp new NEXT --from {version}`"
+            )
+        if assignments:
+            require_status(record, EDITABLE, "change the config of")
+            new, changed = cfg_mod.apply(record.meta.get("config") or {}, assignments)
+            if changed:
+                record.meta["config"] = new.model_dump()
+                if record.status == "failed":
+                    transition(record, "draft")  # a changed config needs `exp check` before a rerun
+        names = GENERATED if regenerate else (("config",) if changed else ())
+        discarded = view.regenerate(ws, record, names, discard=regenerate)
+    return {
+        "version": str(version),
+        "changed": {k: list(v) for k, v in changed.items()},
+        "discarded": [str(p) for p in discarded],
+        "status": record.status,
+    }
+

@@ -1,0 +1,208 @@
+"""The report over all records: its rows, the tracker CSV and the report markdown, as text.
+
+Layer 3 (pure): the caller (``reporting``) reads the records and writes the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
+from .numbers import format_number, is_finite_number
+from .verdicts import VERDICTS
+
+# -- reports over all records ----------------------------------------------------------------------
+
+#: Config keys the report shows as columns; the others appear in "changes" when they differ from the parent.
+REPORT_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "learning_rate", "max_steps")
+REPORT_METRICS = ("steps", "final_loss", "best_val_loss", "val_loss", "val_ppl", "tokens_seen", "tokens_per_s",
+                  "wall_s", "peak_mem_mb", "params", "distinct_2", "repetition_rate")
+#: experiment/tracker.csv columns, in this order, always.
+REPORT_COLUMNS = ("version", "status", "description", "parent", "baseline", "changes", *REPORT_CONFIG,
+                  *REPORT_METRICS, "confirmed", "refuted", "inconclusive")
+
+
+def _version_key(v: Any) -> tuple[int, tuple[int, ...], str]:
+    text = str(v)
+    parts = text.split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return (0, tuple(int(p) for p in parts), text)
+    return (1, (), text)  # a malformed version sorts after the rest rather than failing the report
+
+
+def _short(value: Any) -> str:
+    return format_number(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def report_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One flat row per record (REPORT_COLUMNS), sorted by version.
+
+    A record is a dict::
+
+        {"version": "1.4.1", "status": "analyzed", "description": "...",
+         "parent": "1.4.0" | None, "baseline": "1.0.0" | None,
+         "config": {TrainConfig dump} | None,
+         "metrics": summarize() table | None,           # None: never ran
+         "verdicts": [Verdict.to_dict(), ...] | None,
+         "changes": {key: [parent's value, this value]}}   # optional
+
+    ``changes`` lists the config keys that differ from the parent's config ("k=v; ..."): the
+    record's own ``changes`` when given, else computed when the parent is among the records."""
+    configs = {str(r.get("version")): r.get("config") or {} for r in records}
+    rows = []
+    for r in sorted(records, key=lambda r: _version_key(r.get("version"))):
+        config = r.get("config") or {}
+        metrics = r.get("metrics") or {}
+        parent = r.get("parent")
+        changes = ""
+        if isinstance(r.get("changes"), Mapping):
+            changes = "; ".join(f"{k}={_short(v[1] if isinstance(v, (list, tuple)) else v)}" for k, v in r["changes"].items())
+        elif parent and str(parent) in configs:
+            pc = configs[str(parent)]
+            changes = "; ".join(f"{k}={_short(config.get(k))}" for k in config if config.get(k) != pc.get(k))
+        row: dict[str, Any] = {
+            "version": str(r.get("version", "")), "status": r.get("status") or "", "description": r.get("description") or "",
+            "parent": parent or "", "baseline": r.get("baseline") or "", "changes": changes,
+        }
+        row.update({k: config.get(k) for k in REPORT_CONFIG})
+        row.update({k: metrics.get(k) for k in REPORT_METRICS})
+        counts = {k: 0 for k in VERDICTS}
+        for v in r.get("verdicts") or []:
+            verdict = v.get("verdict") if isinstance(v, Mapping) else getattr(v, "verdict", None)
+            if verdict in counts:
+                counts[verdict] += 1
+        row.update(counts)
+        rows.append(row)
+    return rows
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("NaN" if math.isnan(value) else ("Inf" if value > 0 else "-Inf"))
+    text = str(value)
+    # a cell starting with = + @ is a formula to a spreadsheet (CSV injection): quote it as text
+    return "'" + text if text[:1] in ("=", "+", "@") else text
+
+
+def tracker_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as CSV text with REPORT_COLUMNS in that order, starting with a BOM: Excel opens a
+    BOM-less UTF-8 CSV as the local code page and garbles Chinese descriptions; LibreOffice,
+    Google Sheets and Python's ``encoding="utf-8-sig"`` read the BOM correctly. Floats are
+    written in full (repr), missing values as empty cells."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\r\n")  # RFC 4180 line ends; what spreadsheets expect
+    writer.writerow(REPORT_COLUMNS)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in REPORT_COLUMNS])
+    return "\ufeff" + buf.getvalue()
+
+
+_MD = {
+    "title": ("Experiment report", "实验报告"),
+    "count": ("{n} experiment(s).", "共 {n} 个实验。"),
+    "overview": ("Overview", "总览"),
+    "best": ("Best per metric", "各指标最佳"),
+    "lineage": ("Lineage", "谱系"),
+    "status": ("By status", "按状态"),
+    "cols": (("version", "status", "description", "key config", "changes vs parent", "final_loss", "val_loss",
+              "best_val_loss", "tokens/s", "verdicts ✓/✗/?"),
+             ("版本", "状态", "描述", "关键配置", "相对父实验的改动", "final_loss", "val_loss", "best_val_loss", "tokens/s",
+              "结论 ✓/✗/?")),
+    "best_cols": (("metric", "best", "version"), ("指标", "最佳值", "版本")),
+    "none": ("no finished run has metrics yet", "尚无带指标的完成运行"),
+}
+
+
+def _md_cell(value: Any) -> str:
+    text = _short(value) if value is not None and value != "" else "—"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _key_config(row: Mapping[str, Any]) -> str:
+    """"128×2 seq 128 bs 16 lr 0.003 360 steps": the shape and the optimisation at a glance."""
+    if row.get("hidden_size") is None:
+        return ""
+    kind = "" if row.get("model_type") in (None, "model_original") else f"{row['model_type']} "
+    return (f"{kind}{_short(row.get('hidden_size'))}×{_short(row.get('num_hidden_layers'))} seq {_short(row.get('max_seq_len'))} "
+            f"bs {_short(row.get('batch_size'))} lr {_short(row.get('learning_rate'))} {_short(row.get('max_steps'))} steps")
+
+
+def lineage(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, list[Mapping[str, Any]]]]:
+    """(roots, children by parent version) of rows with "version" and "parent", in row order.
+    A row whose parent is not among the rows is a root; rows in a parent cycle are in neither."""
+    versions = {str(r["version"]) for r in rows}
+    children: dict[str, list[Mapping[str, Any]]] = {}
+    roots = []
+    for r in rows:
+        p = r.get("parent")
+        if p and str(p) in versions and str(p) != str(r["version"]):
+            children.setdefault(str(p), []).append(r)
+        else:
+            roots.append(r)
+    return roots, children
+
+
+def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh") -> str:
+    """experiment/EXPERIMENT_REPORT.md from ``report_rows``: the overview table of every
+    experiment, the best value of each metric and where, the lineage tree, counts by status.
+    Deterministic (no date): the file changes only when a record does."""
+    i = 1 if lang == "zh" else 0
+    t = {k: v[i] for k, v in _MD.items()}
+    out = [f"# {t['title']}", "", t["count"].format(n=len(rows)), "", f"## {t['overview']}", ""]
+    cols = t["cols"]
+    out += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        counts = f"{r.get('confirmed', 0)}/{r.get('refuted', 0)}/{r.get('inconclusive', 0)}"
+        cells = [r.get("version"), r.get("status"), r.get("description"), _key_config(r), r.get("changes"),
+                 r.get("final_loss"), r.get("val_loss"), r.get("best_val_loss"), r.get("tokens_per_s"), counts]
+        out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+
+    out += ["", f"## {t['best']}", ""]
+    best_lines = []
+    for metric in REPORT_METRICS:
+        if metric not in LOWER_IS_BETTER and metric not in HIGHER_IS_BETTER:
+            continue
+        cands = [(r[metric], r["version"]) for r in rows if is_finite_number(r.get(metric))]
+        if not cands:
+            continue
+        sign = 1 if metric in LOWER_IS_BETTER else -1
+        value = min(c[0] * sign for c in cands) * sign
+        where = ", ".join(v for x, v in cands if x == value)
+        best_lines.append(f"| {metric} | {_md_cell(value)} | {_md_cell(where)} |")
+    if best_lines:
+        bc = t["best_cols"]
+        out += ["| " + " | ".join(bc) + " |", "|---|---|---|", *best_lines]
+    else:
+        out.append(t["none"])
+
+    out += ["", f"## {t['lineage']}", ""]
+    roots, children = lineage(rows)
+    seen: set[str] = set()
+    stack = [(r, 0) for r in reversed(roots)]
+    while stack:  # iterative: a chain of 1,000 records must not hit the recursion limit
+        r, depth = stack.pop()
+        if r["version"] in seen:
+            continue
+        seen.add(r["version"])
+        desc = f" {_md_cell(r.get('description'))}" if r.get("description") else ""
+        out.append(f"{'  ' * depth}- {r['version']}{desc} ({r.get('status') or '—'})")
+        stack += [(c, depth + 1) for c in reversed(children.get(r["version"], []))]
+    for r in rows:  # a parent cycle leaves records unreached: list them rather than drop them
+        if r["version"] not in seen:
+            out.append(f"- {r['version']} ({r.get('status') or '—'})")
+
+    out += ["", f"## {t['status']}", ""]
+    by_status: dict[str, list[str]] = {}
+    for r in rows:
+        by_status.setdefault(r.get("status") or "—", []).append(r["version"])
+    for status in sorted(by_status):
+        out.append(f"- {status}: {len(by_status[status])} ({', '.join(by_status[status])})")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,151 @@
+"""The record's generated sections, rendered from its state through the templates.
+
+A generated block (``info``, ``config``, ``execution``, ``environment``, ``metrics``,
+``review``) is a view of the record's state: ``regenerate`` renders it again from data, and
+refuses when a person edited it by hand (the edit would be lost), unless asked to keep that
+text aside under ``out/.discarded/`` first. Layer 4: the templates (Jinja) and the parameter
+table (the config schema) are imported here, not on the read path (``exp list``, ``exp show``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import config as cfg_mod
+from . import store, times
+from .errors import HandEditError
+from .files import atomic_write, read_json
+from .metrics import SAMPLES_FILE
+from .record import GENERATED, Block, Record
+from .render import render
+from .samples import sample_quality
+from .version import Version
+from .workspace import Workspace
+
+#: The record shows this many samples, each cut to this many characters (samples.json has all).
+SHOWN_SAMPLES, SAMPLE_CHARS = 6, 80
+
+
+def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERATED) -> dict[str, Any]:
+    """What the generated blocks' templates see; the parameter table and the samples are built
+    only when ``names`` includes the blocks that show them."""
+    meta = record.meta
+    version = Version.parse(str(meta["version"]))
+    lang = meta.get("lang", "zh")
+    config = meta.get("config") or {}
+    rows: list[dict[str, Any]] = []
+    if "config" in names:
+        parent_cfg = None
+        if meta.get("parent") and ws.record_path(meta["parent"]).exists():
+            parent_cfg = store.read_meta(ws, meta["parent"]).get("config") or {}
+        rows = cfg_mod.table_rows(config, parent_cfg, lang)
+    last_group = None
+    for row in rows:
+        row["first"] = row["group"] != last_group
+        last_group = row["group"]
+    analysis = meta.get("analysis") or {}
+    return {
+        "version": str(version),
+        "stem": version.stem,
+        "category": version.category,
+        "description": meta.get("description", ""),
+        "parent": meta.get("parent"),
+        "baseline": meta.get("baseline"),
+        "created": meta.get("created", ""),
+        "lang": lang,
+        "script": ws.rel(ws.run_script_path(version)),
+        "out": ws.rel(ws.out_dir(version)) + "/",
+        "rows": rows,
+        "changed": [r["key"] for r in rows if r["changed"]],
+        "run": meta.get("run") or {},
+        "analysis": analysis,
+        "plots": plot_links(ws, record.path, [str(p) for p in analysis.get("plots") or []]) if record.path else [],
+        # samples.json is read (and its quality computed) only for the section that shows it
+        "samples": sample_rows(ws, version) if "metrics" in names and analysis else [],
+        "review": meta.get("review") or {},
+    }
+
+
+def render_block(ws: Workspace, record: Record, name: str, context: dict[str, Any] | None = None) -> str:
+    ctx = context or block_context(ws, record)
+    text = render(ws.templates_dir, f"{ctx['lang']}/blocks/{name}.md.j2", r=ctx)
+    return text if text.endswith("\n") else text + "\n"
+
+
+def hand_edit_error(ws: Workspace, record: Record, block: Block) -> HandEditError:
+    v = record.meta.get("version")
+    return HandEditError(
+        f"{ws.rel(record.path) if record.path else 'record'}:{block.line}: the generated section "
+        f"'{block.name}' was edited by hand and would be overwritten; make the change with "
+        f"`exp set {v} KEY=VALUE` instead (to drop the hand edit, `exp set {v} --regenerate` saves it under out/.discarded/ first)"
+    )
+
+
+def regenerate(ws: Workspace, record: Record, names: tuple[str, ...] = GENERATED, discard: bool = False) -> list[Path]:
+    """Render generated blocks again from the state. Refuses (HandEditError) if one was edited
+    by hand, unless ``discard``, in which case the edited text is saved first; returns those files."""
+    saved: list[Path] = []
+    edited = {b.name: b for b in record.edited_generated()}
+    for name in names:
+        if name in edited:
+            if not discard:
+                raise hand_edit_error(ws, record, edited[name])
+            saved.append(_save_discarded(ws, record, edited[name]))
+    ctx = block_context(ws, record, names)
+    for name in names:
+        if record.block("generated", name) is not None:
+            record.set_generated(name, render_block(ws, record, name, ctx))
+    return saved
+
+
+def regenerate_quietly(ws: Workspace, record: Record, names: tuple[str, ...]) -> str | None:
+    """``regenerate`` for a run's own bookkeeping: the data is in the state either way; a hand
+    edit is left for ``exp check`` to report. Returns the warning, if any."""
+    try:
+        regenerate(ws, record, names)
+    except HandEditError as err:
+        return str(err)
+    return None
+
+
+def _save_discarded(ws: Workspace, record: Record, block: Block) -> Path:
+    path = ws.discarded_dir() / f"experiment_{record.meta.get('version')}.{block.name}.{times.stamp()}.md"
+    atomic_write(path, block.content)
+    return path
+
+
+def plot_links(ws: Workspace, record_path: Path, plots: list[str]) -> list[dict[str, str]]:
+    """The plots as markdown-relative links from the record's directory."""
+    out = []
+    for p in plots:
+        target = ws.root / p
+        out.append({"name": Path(p).stem, "href": os.path.relpath(target, record_path.parent).replace(os.sep, "/")})
+    return out
+
+
+def samples_with_quality(raw: Any, quality: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """samples.json's samples, each with its quality figures (``samples.sample_quality``)."""
+    items = raw.get("samples", []) if isinstance(raw, dict) else raw if isinstance(raw, list) else []
+    per = (quality or {}).get("samples") or []
+    out = []
+    for item, q in zip([i for i in items if isinstance(i, (dict, str))], per):
+        entry = ({"prompt": item.get("prompt"), "completion": item.get("completion", item.get("text"))}
+                 if isinstance(item, dict) else {"prompt": None, "completion": item})
+        entry.update({k: q.get(k) for k in ("mode", "tokens", "distinct_1", "distinct_2", "repetition_rate")})
+        out.append(entry)
+    return out
+
+
+def sample_rows(ws: Workspace, version: Version | str) -> list[dict[str, Any]]:
+    """The run's samples for the record's metrics section: prompt, the completion cut short,
+    and its quality figures."""
+    raw = read_json(ws.out_dir(version) / SAMPLES_FILE)
+    if not raw:
+        return []
+    rows = samples_with_quality(raw, sample_quality(raw))[:SHOWN_SAMPLES]
+    for r in rows:
+        text = " ".join(str(r.get("completion") or "").split())
+        r["completion"] = text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…"
+    return rows
