@@ -4,34 +4,46 @@ A workspace is a directory holding a ``pyproject.toml`` with a ``[tool.exp]`` ta
 find it by walking up from the current directory, or take ``EXP_ROOT`` when set, so tests can
 redirect everything to a temporary directory.
 
-The embedded corpus, tokenizer and templates live beside the installed ``expkit`` package, in
-the source checkout (``pip install -e .``): ``dataset/`` and ``templates/``. That checkout is
-the single source of both; ``exp init`` copies the templates into a new workspace.
+What expkit ships (the templates, the embedded corpus and tokenizer, CLAUDE.md, the manual) is
+package data under ``expkit/_data``, found through ``importlib.resources`` by ``shipped_path``
+alone. In the repository ``expkit/_data`` holds only symlinks to the top-level ``templates/``,
+``dataset/``, ``CLAUDE.md`` and ``experiment/README.md``, the one source of each: an editable
+install reads them through the links, and building a wheel copies the files they point at.
+``exp init`` copies the templates, CLAUDE.md and the manual into a new workspace.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import WorkspaceError
 
-#: The checkout expkit was installed from (editable install): holds templates/ and dataset/.
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
-
 EMBEDDED = "embedded"
 
 
-def source_templates_dir() -> Path:
-    return SOURCE_ROOT / "templates"
+def shipped_path(rel: str) -> Path:
+    """A file or directory expkit ships, by its path in the repository (``templates``,
+    ``dataset``, ``CLAUDE.md``, ``experiment/README.md``), wherever expkit is installed."""
+    root = resources.files(__package__) / "_data"
+    if not isinstance(root, Path):  # a zipped install: Jinja, torch and tokenizers need real files
+        raise WorkspaceError(f"expkit is installed inside an archive ({root}); install it as files (`pip install .` in its checkout)")
+    # resolved: in a checkout, messages and scripts/build_corpus.py then name the real file, not the link
+    return (root / rel).resolve()
+
+
+def package_templates_dir() -> Path:
+    return shipped_path("templates")
 
 
 def dataset_dir() -> Path:
-    """The embedded corpus and tokenizer (``dataset/`` of the expkit checkout)."""
-    return SOURCE_ROOT / "dataset"
+    """The embedded corpus and tokenizer (``dataset/`` of the repository)."""
+    return shipped_path("dataset")
 
 
 def embedded_train_path() -> Path:
@@ -109,9 +121,9 @@ class Workspace:
 
     @property
     def templates_dir(self) -> Path:
-        """The workspace's own templates, falling back to the checkout's when it has none."""
+        """The workspace's own templates, falling back to the ones expkit ships when it has none."""
         local = self.root / "templates"
-        return local if local.is_dir() else source_templates_dir()
+        return local if local.is_dir() else package_templates_dir()
 
     @property
     def locks_dir(self) -> Path:
@@ -152,19 +164,17 @@ def scaffold(directory: Path, force: bool = False) -> tuple[list[Path], list[Pat
 
     Refuses a non-empty directory unless ``force``; never overwrites an existing file.
     """
-    import shutil
-
     directory = directory.expanduser()
     if directory.exists() and not directory.is_dir():
         raise WorkspaceError(f"{directory} exists and is not a directory; pick another DIR")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         raise WorkspaceError(f"{directory} is not empty; use --force to add a workspace to it (existing files are kept)")
-    src = source_templates_dir()
+    src = package_templates_dir()
     if not src.is_dir():
-        raise WorkspaceError(f"expkit's templates are missing at {src}; reinstall expkit from its checkout (pip install -e .)")
+        raise WorkspaceError(f"expkit's templates are missing at {src}; reinstall expkit (`pip install .` in its checkout)")
     files: list[tuple[Path, Path]] = [
-        (SOURCE_ROOT / "experiment" / "README.md", Path("experiment/README.md")),
-        (SOURCE_ROOT / "CLAUDE.md", Path("CLAUDE.md")),
+        (shipped_path("experiment/README.md"), Path("experiment/README.md")),
+        (shipped_path("CLAUDE.md"), Path("CLAUDE.md")),
         (src / "workspace" / "pyproject.toml", Path("pyproject.toml")),
         (src / "workspace" / "gitignore", Path(".gitignore")),
     ]
@@ -185,6 +195,6 @@ def scaffold(directory: Path, force: bool = False) -> tuple[list[Path], list[Pat
         except FileExistsError:
             kept.append(target)
             continue
-        shutil.copymode(source, target)
+        os.chmod(target, stat.S_IMODE(source.stat().st_mode) | 0o200)  # an installed package may be read-only
         created.append(target)
     return created, kept
