@@ -58,7 +58,8 @@ def probe_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     CLI never imports torch itself)."""
     try:
         out = subprocess.run(
-            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}
+            # -P: like the trainer (PYTHONSAFEPATH=1 in the run script), not importing from the current directory
+            [sys.executable, "-P", "-c", _PROBE], capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, OSError) as err:

@@ -4,34 +4,48 @@ A workspace is a directory holding a ``pyproject.toml`` with a ``[tool.exp]`` ta
 find it by walking up from the current directory, or take ``EXP_ROOT`` when set, so tests can
 redirect everything to a temporary directory.
 
-The embedded corpus, tokenizer and templates live beside the installed ``expkit`` package, in
-the source checkout (``pip install -e .``): ``dataset/`` and ``templates/``. That checkout is
-the single source of both; ``exp init`` copies the templates into a new workspace.
+What expkit ships (the templates, the embedded corpus and tokenizer, CLAUDE.md, the manual) is
+package data under ``expkit/_data``, found through ``importlib.resources`` by ``shipped_path``
+alone. In the repository ``expkit/_data`` holds only symlinks to the top-level ``templates/``,
+``dataset/``, ``CLAUDE.md`` and ``experiment/README.md``, the one source of each: an editable
+install reads them through the links, and building a wheel copies the files they point at.
+``exp init`` copies the templates, CLAUDE.md and the manual into a new workspace.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import WorkspaceError
-
-#: The checkout expkit was installed from (editable install): holds templates/ and dataset/.
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
+from .files import atomic_write
 
 EMBEDDED = "embedded"
 
 
-def source_templates_dir() -> Path:
-    return SOURCE_ROOT / "templates"
+def shipped_path(rel: str) -> Path:
+    """A file or directory expkit ships, by its path in the repository (``templates``,
+    ``dataset``, ``CLAUDE.md``, ``experiment/README.md``), wherever expkit is installed."""
+    root = resources.files(__package__) / "_data"
+    if not isinstance(root, Path):  # a zipped install: Jinja, torch and tokenizers need real files
+        raise WorkspaceError(f"expkit is installed inside an archive ({root}); install it as files (`pip install .` in its checkout)")
+    # resolved: in a checkout, messages and scripts/build_corpus.py then name the real file, not the link
+    return (root / rel).resolve()
+
+
+def package_templates_dir() -> Path:
+    return shipped_path("templates")
 
 
 def dataset_dir() -> Path:
-    """The embedded corpus and tokenizer (``dataset/`` of the expkit checkout)."""
-    return SOURCE_ROOT / "dataset"
+    """The embedded corpus and tokenizer (``dataset/`` of the repository)."""
+    return shipped_path("dataset")
 
 
 def embedded_train_path() -> Path:
@@ -109,9 +123,9 @@ class Workspace:
 
     @property
     def templates_dir(self) -> Path:
-        """The workspace's own templates, falling back to the checkout's when it has none."""
+        """The workspace's own templates, falling back to the ones expkit ships when it has none."""
         local = self.root / "templates"
-        return local if local.is_dir() else source_templates_dir()
+        return local if local.is_dir() else package_templates_dir()
 
     @property
     def locks_dir(self) -> Path:
@@ -158,33 +172,74 @@ class Workspace:
         return lang if lang in ("zh", "en") else "zh"
 
 
-def scaffold(directory: Path, force: bool = False) -> tuple[list[Path], list[Path]]:
-    """Create a workspace in ``directory``; returns (created, kept) paths.
+# -- exp init --------------------------------------------------------------------------------
+#: What ``exp init`` copies from expkit into a workspace, besides ``templates/``.
+_SHIPPED_DOCS = ("CLAUDE.md", "experiment/README.md")
+_WORKSPACE_DIRS = ("experiment", "run_file", "out")
 
-    Refuses a non-empty directory unless ``force``; never overwrites an existing file.
+
+@dataclass(frozen=True)
+class Appended:
+    """Lines ``exp init --force`` added at the end of a file that was already there."""
+
+    path: Path
+    lines: list[str]
+
+
+@dataclass(frozen=True)
+class Scaffolded:
+    """What ``scaffold`` did: paths it created, files it left as they were, lines it appended."""
+
+    created: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+    appended: list[Appended] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.appended)
+
+
+def scaffold(directory: Path, force: bool = False) -> Scaffolded:
+    """Create a workspace in ``directory``, or (``force``) add one to an existing project.
+
+    Refuses a non-empty directory unless ``force``; never overwrites what a file holds. A
+    ``pyproject.toml`` or ``.gitignore`` already there gets what it lacks appended (the
+    ``[tool.exp]`` table, the ignore rules); when that cannot be done safely nothing at all is
+    written and the ``WorkspaceError`` names the lines to add by hand.
     """
-    import shutil
-
     directory = directory.expanduser()
     if directory.exists() and not directory.is_dir():
         raise WorkspaceError(f"{directory} exists and is not a directory; pick another DIR")
     if directory.is_dir() and any(directory.iterdir()) and not force:
         raise WorkspaceError(f"{directory} is not empty; use --force to add a workspace to it (existing files are kept)")
-    src = source_templates_dir()
+    src = package_templates_dir()
     if not src.is_dir():
-        raise WorkspaceError(f"expkit's templates are missing at {src}; reinstall expkit from its checkout (pip install -e .)")
-    files: list[tuple[Path, Path]] = [
-        (SOURCE_ROOT / "experiment" / "README.md", Path("experiment/README.md")),
-        (SOURCE_ROOT / "CLAUDE.md", Path("CLAUDE.md")),
-        (src / "workspace" / "pyproject.toml", Path("pyproject.toml")),
-        (src / "workspace" / "gitignore", Path(".gitignore")),
-    ]
-    files += [(p, Path("templates") / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]
-    created: list[Path] = []
+        raise WorkspaceError(f"expkit's templates are missing at {src}; reinstall expkit (`pip install .` in its checkout)")
+    copies: list[tuple[Path, Path]] = [(shipped_path(rel), Path(rel)) for rel in _SHIPPED_DOCS]
+    copies += [(p, Path("templates") / p.relative_to(src)) for p in sorted(src.rglob("*")) if p.is_file()]
+    # Plan the appends before writing anything: a refusal must leave the directory as it was.
+    appends: list[tuple[Appended, str]] = []
     kept: list[Path] = []
-    for sub in ("experiment", "run_file", "out"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    for source, rel in files:
+    for template, rel, plan in (
+        (src / "workspace" / "pyproject.toml", Path("pyproject.toml"), _pyproject_addition),
+        (src / "workspace" / "gitignore", Path(".gitignore"), _gitignore_addition),
+    ):
+        target = directory / rel
+        if not target.exists():
+            copies.append((template, rel))
+            continue
+        planned = plan(target, template.read_text(encoding="utf-8"))
+        if planned is None:
+            kept.append(target)
+        else:
+            appends.append(planned)
+
+    created: list[Path] = []
+    for sub in _WORKSPACE_DIRS:
+        if not (directory / sub).is_dir():
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+            created.append(directory / sub)
+    for source, rel in copies:
         target = directory / rel
         if target.exists():
             kept.append(target)
@@ -196,6 +251,91 @@ def scaffold(directory: Path, force: bool = False) -> tuple[list[Path], list[Pat
         except FileExistsError:
             kept.append(target)
             continue
-        shutil.copymode(source, target)
+        os.chmod(target, stat.S_IMODE(source.stat().st_mode) | 0o200)  # an installed package may be read-only
         created.append(target)
-    return created, kept
+    for added, text in appends:
+        real = added.path.resolve()  # a symlinked pyproject.toml stays a symlink
+        atomic_write(real, text, chmod=stat.S_IMODE(real.stat().st_mode))
+    return Scaffolded(created, kept, [added for added, _ in appends])
+
+
+def _append(text: str, lines: list[str]) -> str:
+    """``text`` with ``lines`` at its end, after a blank line, in the file's own line ending."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    if text and not text.endswith("\n"):
+        text += newline
+    if text.strip():
+        text += newline
+    return text + newline.join(lines) + newline
+
+
+def _pyproject_addition(target: Path, template: str) -> tuple[Appended, str] | None:
+    """The ``[tool.exp]`` table to append to an existing ``pyproject.toml`` and the text that
+    results, None when it has one already. The result is parsed before it is accepted: it must
+    hold the template's table and, apart from it, exactly what the file held before."""
+    lines = template.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "[tool.exp]")
+    table = lines[start:]
+    while table and not table[-1].strip():
+        table.pop()
+    wanted = tomllib.loads(template)["tool"]["exp"]
+    keys = [line.strip() for line in table[1:] if line.strip() and not line.lstrip().startswith("#")]
+    paste = " and ".join(f"`{line}`" for line in ["[tool.exp]", *keys])
+
+    def refuse(why: str, what: str) -> WorkspaceError:
+        return WorkspaceError(f"cannot add the exp settings to {target} safely: {why}; {what}, "
+                              "then run `exp init --force` again (nothing was written)")
+
+    try:
+        text = target.read_bytes().decode("utf-8")  # not read_text: keep \r\n line endings as they are
+        data = tomllib.loads(text)
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise refuse(f"it is not valid TOML ({err})", f"fix it and add the lines {paste} at its end") from None
+    tool = data.get("tool")
+    if isinstance(tool, dict) and isinstance(tool.get("exp"), dict):
+        return None
+    if isinstance(tool, dict) and "exp" in tool:
+        raise refuse(f"its tool.exp is {tool['exp']!r}, not a table", f"remove that key and add the lines {paste} at its end")
+    new_text = _append(text, table)
+    try:
+        new_data = tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError as err:
+        new_data, reason = {}, str(err)
+    else:
+        reason = "the table does not read back as written"
+    new_tool = new_data.get("tool")
+    if isinstance(new_tool, dict) and new_tool.get("exp") == wanted and _without_exp(new_data) == _without_exp(data):
+        return Appended(target, table), new_text
+    if isinstance(tool, dict) and re.search(r"(?m)^\s*tool\s*=", text):  # a [tool.exp] header cannot extend an inline table
+        raise refuse("its `tool` is an inline table", f"add `exp = {{ {', '.join(keys)} }}` inside that `tool = {{...}}` table")
+    raise refuse(f"appending a [tool.exp] table would not give valid TOML ({reason})", f"add the lines {paste} by hand")
+
+
+def _without_exp(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without ``tool.exp`` (and without a ``tool`` table left empty by that)."""
+    rest = {k: v for k, v in data.items() if k != "tool"}
+    tool = data.get("tool")
+    if isinstance(tool, dict):
+        tool = {k: v for k, v in tool.items() if k != "exp"}
+    if tool:
+        rest["tool"] = tool
+    return rest
+
+
+def _gitignore_addition(target: Path, template: str) -> tuple[Appended, str] | None:
+    """The workspace's ignore rules that an existing ``.gitignore`` lacks, None when it has them all."""
+    rules = [line.strip() for line in template.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        text = target.read_bytes().decode("utf-8")  # not read_text: keep \r\n line endings as they are
+    except UnicodeDecodeError:
+        raise WorkspaceError(
+            f"cannot add exp's ignore rules to {target} safely: it is not UTF-8; add the lines "
+            + " ".join(f"`{rule}`" for rule in rules)
+            + " at its end, then run `exp init --force` again (nothing was written)"
+        ) from None
+    present = {line.strip() for line in text.splitlines()}
+    missing = [rule for rule in rules if rule not in present]
+    if not missing:
+        return None
+    lines = ["# exp workspace: run outputs and caches stay out of git (added by exp init)", *missing]
+    return Appended(target, lines), _append(text, lines)

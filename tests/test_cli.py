@@ -97,6 +97,78 @@ def test_init_refuses_non_empty_and_force_never_overwrites(tmp_path, cli):
     assert (target / "templates/zh/record.md.j2").exists()
 
 
+PROJECT_TOML = '[project]\nname = "mine"\nversion = "1.0"\n\n[tool.black]\nline-length = 100'  # no final newline
+PROJECT_IGNORE = "*.pyc\n.venv/\nout/**/checkpoints/\n"
+
+
+def added_lines(stdout: str, path) -> list[str]:
+    """The `  + LINE` lines `exp init` printed under `added to PATH:`."""
+    lines = stdout.splitlines()
+    start = lines.index(f"added to {path}:") + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  +"):
+            break
+        block.append(line[4:])
+    return block
+
+
+def test_init_force_adds_the_exp_table_and_ignore_rules_to_an_existing_project(tmp_path):
+    import tomllib
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PROJECT_TOML)
+    (project / ".gitignore").write_text(PROJECT_IGNORE)
+    r = run_exp("init", str(project), "--force", env={"EXP_ROOT": ""})
+    assert r.returncode == 0, r.stderr
+    text = (project / "pyproject.toml").read_text()
+    assert text.startswith(PROJECT_TOML + "\n")
+    data = tomllib.loads(text)
+    assert data["tool"] == {"black": {"line-length": 100}, "exp": {"lang": "zh"}}
+    assert data["project"] == {"name": "mine", "version": "1.0"}
+    shown = added_lines(r.stdout, project / "pyproject.toml")
+    assert shown[:1] == ["[tool.exp]"] and 'lang = "zh"' in shown
+    assert text.rstrip("\n").endswith("\n".join(shown))  # what it printed is what it wrote
+    ignore = (project / ".gitignore").read_text()
+    assert ignore.startswith(PROJECT_IGNORE)
+    shown = added_lines(r.stdout, project / ".gitignore")
+    assert ignore.rstrip("\n").endswith("\n".join(shown))
+    assert "out/**/final/" in shown and "*.pt" in shown
+    assert ".venv/" not in shown and "out/**/checkpoints/" not in shown  # only what was missing
+    assert (project / "templates/zh/record.md.j2").is_file() and (project / "CLAUDE.md").is_file()
+
+    before = {p: p.read_bytes() for p in project.rglob("*") if p.is_file()}
+    again = run_exp("init", str(project), "--force", env={"EXP_ROOT": ""})
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    assert "added to" not in again.stdout and "created" not in again.stdout
+    assert {p: p.read_bytes() for p in project.rglob("*") if p.is_file()} == before
+
+    r = run_exp("new", "0.1.0", cwd=project, env={"EXP_ROOT": ""})
+    assert r.returncode == 0, r.stderr
+    assert (project / "experiment/experiment_0.1.0.md").is_file()
+
+
+@pytest.mark.parametrize("content, paste", [
+    ('[project\nname = "mine"\n', ["`[tool.exp]`", '`lang = "zh"`', "not valid TOML"]),
+    ('name = "mine"\ntool = { black = { line-length = 100 } }\n', ['`exp = { lang = "zh" }`', "inline table"]),
+    ('[tool]\nexp = "yes"\n', ["`[tool.exp]`", '`lang = "zh"`', "not a table"]),
+])
+def test_init_force_refuses_a_pyproject_it_cannot_extend_safely(tmp_path, content, paste):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(content)
+    (project / ".gitignore").write_text(PROJECT_IGNORE)
+    r = run_exp("init", str(project), "--force", env={"EXP_ROOT": ""})
+    assert r.returncode == 1, r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    for needle in [str(project / "pyproject.toml"), *paste, "nothing was written"]:
+        assert needle in r.stderr, (needle, r.stderr)
+    assert sorted(os.listdir(project)) == [".gitignore", "pyproject.toml"]
+    assert (project / "pyproject.toml").read_text() == content
+    assert (project / ".gitignore").read_text() == PROJECT_IGNORE
+
+
 def test_every_command_has_help(cli):
     from expkit.cli import COMMANDS
 
