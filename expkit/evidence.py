@@ -65,7 +65,8 @@ leaves take names from their place (a delta's abs/rel/ratio is also named by its
 by its kind, "spike"/尖峰, and its metric). A bare number passes when some leaf matches it at the
 precision written *and* one of that leaf's names is mentioned in the number's **clause**: the
 text between clause ends, which are 。！？；;!? a line end, and a period followed by white space.
-Commas do not end a clause ("val_loss 5.23 vs 5.40 for the parent, -3.2%" is one).
+Commas do not end a clause ("val_loss 5.23 vs 5.40 for the parent, -3.2%" is one). In a
+markdown table a row's clause also has the names of the table's first row (its column heads).
 
 A name is mentioned where it occurs in the clause case-insensitively; a Latin name only as a
 whole word (letters, digits, ``_``, ``/`` and an apostrophe continue a word, so "loss" is not in
@@ -906,16 +907,40 @@ def _unnamed(text: str, numbers: list[re.Match[str]], bare: list[re.Match[str]],
     index = _Index(evidence)
     clause_ends = [m.start() for m in _CLAUSE_END.finditer(text)]
     named = _named_per_clause(text, numbers, index, clause_ends)
+    headers = _table_headers(text)
+    mentioned_in: dict[int, set[str]] = {}  # by clause, with a table row's header
     groups_of: dict[int, list[_Sorted]] = {}  # the groups a clause names, looked up once per clause
     out = []
     for m in bare:
         clause = bisect.bisect_right(clause_ends, m.start())
         if clause not in groups_of:
-            groups_of[clause] = index.named(named.get(clause, ()))
+            names = set(named.get(clause, ()))
+            header = headers.get(lines.of(m.start()))
+            if header is not None:
+                first, last = (bisect.bisect_right(clause_ends, at) for at in header)
+                names.update(*(named.get(c, ()) for c in range(first, last + 1)))
+            mentioned_in[clause], groups_of[clause] = names, index.named(names)
         groups = groups_of[clause]
         if not any(g.has(w, tol) for w, tol in _readings(m) for g in groups):
-            why = _why(m, index, groups, named.get(clause, set()))
+            why = _why(m, index, groups, mentioned_in[clause])
             out.append((m, Finding(lines.of(m.start()), m[0], why)))
+    return out
+
+
+def _table_headers(text: str) -> dict[int, tuple[int, int]]:
+    """For each body row of a markdown table (lines starting with "|"), by its line number, the
+    [start, end) of the table's first row: a cell's quantity is named in its column's header."""
+    out = {}
+    header: tuple[int, int] | None = None
+    pos = 0
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.lstrip().startswith("|"):
+            header = None
+        elif header is None:
+            header = (pos, pos + len(line))
+        else:
+            out[number] = header
+        pos += len(line) + 1
     return out
 
 

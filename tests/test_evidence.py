@@ -358,6 +358,19 @@ def test_the_clause_is_the_context(ev):
     assert E.check("父实验的验证损失为 5.4，本次低 3.1%。", ev) == []
 
 
+def test_a_table_cell_is_named_by_its_column_head(ev):
+    text = "\n".join([
+        "| step | val_loss | train loss |",
+        "|---|---|---|",
+        "| 10 | 5.9 | 7.5 |",
+        "| 60 | 5.232 | 5.0 |",
+        "| 70 | 5.1 | 4.9 |",
+        "",
+        "60 5.232",  # after the table: no head
+    ])
+    assert numbers(text, ev) == [(5, "70"), (5, "5.1"), (5, "4.9"), (7, "60"), (7, "5.232")]
+
+
 def test_times_memory_and_parameters_by_name(ev):
     assert E.check("The script ran 254 s, the trainer 30.72 s.", ev) == []
     assert E.check("运行总耗时 254 秒，训练耗时 30.72 秒。", ev) == []
