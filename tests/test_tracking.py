@@ -1,14 +1,16 @@
 """expkit.tracking against the real SwanLab (offline, no network): what is logged is what is stored.
 
 Cloud mode is tested against SwanLab hosts these tests start on 127.0.0.1, each failing the way
-a real network does (``FAILING_HOSTS``): a cloud run falls back to offline, says why, and is
-tracked offline in full.
+a real network does (``FAILING_HOSTS``, which bench/bench_tracking.py times): a cloud run
+falls back to offline, says why, and is tracked offline in full.
 """
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from pathlib import Path
 import pytest
 
 from expkit import tracking
+
+REPO = Path(__file__).resolve().parent.parent
 
 ROWS = [
     {"step": 1, "loss": 8.5, "lr": 1e-4, "grad_norm": 1.5, "tokens_per_s": 1000.0},
@@ -307,6 +311,51 @@ def test_call_within_hands_a_late_value_to_on_late():
         thread.join(60)
     assert late == ["opened"]  # the caller gave up, so the one who closes it is on_late
     assert tracking._call_within(5.0, lambda: 42, "prompt-call", on_late=late.append) == 42 and late == ["opened"]
+
+
+def tiny_trainer_run(directory: Path, swanlab_mode: str,
+                     api_host: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a trainer run of a few seconds into ``directory/run``:
+    a tiny model on a slice of the embedded corpus, with SwanLab's state under ``directory``."""
+    from expkit.config import TrainConfig
+
+    data = {}
+    for kind, n in (("train", 300), ("val", 40)):  # a slice of the embedded corpus: less to tokenize
+        with gzip.open(REPO / "dataset" / f"pretrain_{kind}.jsonl.gz", "rt", encoding="utf-8") as src:
+            (directory / f"{kind}.jsonl").write_text("".join(next(src) for _ in range(n)), encoding="utf-8")
+        data[kind] = str(directory / f"{kind}.jsonl")
+    cfg = TrainConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_seq_len=64, batch_size=4, max_steps=3, warmup_steps=1, log_interval=1, eval_interval=3,
+                      save_interval=3, eval_batches=1, sample_max_new_tokens=2, knowledge_num=1024,
+                      data_path=data["train"], val_data_path=data["val"], swanlab_mode=swanlab_mode)
+    config = directory / "config.json"
+    config.write_text(json.dumps(cfg.model_dump()), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWANLAB_")}
+    env.update(SWANLAB_ROOT=str(directory / "swanlab_home"), SWANLAB_API_KEY="k" * 21, OMP_NUM_THREADS="1")
+    if api_host is not None:
+        env["SWANLAB_API_HOST"] = api_host
+    cmd = [sys.executable, "-m", "model.train_pretrain", "--config", str(config), "--out-dir", str(directory / "run")]
+    return cmd, env
+
+
+@pytest.mark.slow
+def test_the_trainer_records_why_it_tracked_a_cloud_run_offline(tmp_path):
+    """A real trainer process against the silent host: it trains, and says where its tracking went and why."""
+    with silent_host() as url:
+        cmd, env = tiny_trainer_run(tmp_path, "cloud", api_host=url)
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+    out = tmp_path / "run"
+    expected = {"requested": "cloud", "mode": "offline",
+                "reason": f"no answer from {url}/api within {tracking.PROBE_TIMEOUT_S:g} s"}
+    assert json.loads((out / "summary.json").read_text())["tracking"] == expected
+    assert json.loads((out / "status.json").read_text())["tracking"] == expected
+    fallback = [line for line in (out / "train.log").read_text().splitlines() if "SwanLab cloud unavailable" in line]
+    assert len(fallback) == 1
+    assert f"warning: SwanLab cloud unavailable: {expected['reason']}; tracking offline" in fallback[0]
+    assert [step for step, _ in tracking.read_run(out)["loss"]] == [1, 2, 3]
+    assert tracking.read_run_meta(out)["state"] == "finished"
 
 
 class Exploding:
