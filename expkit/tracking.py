@@ -14,35 +14,49 @@ Modes (``TrainConfig.swanlab_mode``, overridden by the ``SWANLAB_MODE`` environm
   prompt, no probes that shell out to git / pip / GPU tools. ``sync_command`` gives the
   ``swanlab sync`` line that uploads such a run later.
 - ``cloud``: upload while training, only when an API key is configured (``SWANLAB_API_KEY``
-  or ``swanlab login``) and the API host answers a TCP connect within 3 s; otherwise one
-  warning line and the run is tracked offline.
+  or ``swanlab login``), the API host (``SWANLAB_API_HOST``) answers an HTTP request below 500
+  within ``PROBE_TIMEOUT_S``, and ``swanlab.init`` returns within ``CLOUD_START_TIMEOUT_S``;
+  otherwise one warning line and the run is tracked offline. A cloud run never waits longer
+  than the sum of the two for its start.
 - ``disabled``: nothing is written but ``metrics.jsonl``.
+
+``Tracker.describe()`` says what a run asked for, what it got and why not
+(``{"requested": "cloud", "mode": "offline", "reason": "..."}``); the trainer writes it into
+``status.json`` and ``summary.json``.
 
 A tracker error never stops training: it is reported once and tracking goes on if it can.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import socket
+import ssl
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 #: Tracking modes a TrainConfig may name; ``SWANLAB_MODE`` accepts these and SwanLab's own names.
 MODES = ("offline", "cloud", "disabled")
 _MODE_ALIASES = {"offline": "offline", "local": "offline", "cloud": "cloud", "online": "cloud", "disabled": "disabled"}
-#: Seconds the cloud reachability probe waits before falling back to offline.
+#: Seconds the cloud probe (one HTTP request, name resolution included) may take in all.
 PROBE_TIMEOUT_S = 3.0
+#: Seconds ``swanlab.init`` in online mode (log in, create the project and the run) may take.
+#: A start that works takes one or two; SwanLab alone would retry each request five times,
+#: ten seconds each (86 s against a host that accepts connections and never answers).
+CLOUD_START_TIMEOUT_S = 10.0
 #: SwanLab's log directory inside a run's output directory.
 SWANLOG_DIR = "swanlog"
 METRICS_FILE = "metrics.jsonl"
 
 Warn = Callable[[str], None]
+T = TypeVar("T")
 
 
 def _stderr_warn(message: str) -> None:
@@ -126,20 +140,57 @@ def resolve_mode(config_mode: str, warn: Warn = _stderr_warn) -> str:
     return _MODE_ALIASES.get(config_mode, "offline")
 
 
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"https://{url}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.hostname or "", port
+class _Abandoned(Exception):
+    """``_call_within`` stopped waiting for its call."""
 
 
-def cloud_available(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
-    """Whether cloud tracking can work now: (True, host) or (False, the reason in a few words).
+def _call_within(seconds: float, fn: Callable[[], T], name: str, on_late: Callable[[T], None] | None = None) -> T:
+    """``fn()`` run in a daemon thread: its value or its exception, or ``_Abandoned`` after ``seconds``.
 
-    Needs an API key (``SWANLAB_API_KEY`` or the login swanlab saved) and a TCP connection to
-    SwanLab's configured API host (``SWANLAB_API_HOST``, default api.swanlab.cn) within
-    ``timeout`` seconds. A connect is enough: it proves a route and a listener without
-    sending the key anywhere.
+    Python cannot interrupt a thread blocked in getaddrinfo, connect or recv, and a timeout
+    given to a socket bounds each operation, not their sum. So the caller stops waiting and the
+    call is left to end on its own (a daemon thread does not keep the process alive); should it
+    return after all, ``on_late`` gets the value to close what it opened.
     """
+    lock = threading.Lock()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as err:
+            with lock:
+                outcome.setdefault("error", err)
+            return
+        with lock:
+            late = "abandoned" in outcome
+            outcome.setdefault("value", value)
+        if late and on_late is not None:
+            on_late(value)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    with lock:  # decided under the lock: either the caller takes the value or on_late does
+        if not outcome:
+            outcome["abandoned"] = True
+            raise _Abandoned(f"{name} did not return within {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def cloud_available(timeout: float | None = None) -> tuple[bool, str]:
+    """Whether cloud tracking can work now: (True, the URL that answered) or (False, why not, in a few words).
+
+    Needs an API key (``SWANLAB_API_KEY`` or the login swanlab saved) and an answer below HTTP
+    500 from SwanLab's API host (``SWANLAB_API_HOST``, default https://api.swanlab.cn) to the
+    request ``swanlab ping`` makes, ``GET {host}/api``, within ``timeout`` seconds in all
+    (default ``PROBE_TIMEOUT_S``), name resolution and TLS included. No answer, a refused
+    connection, an unknown name, a failed TLS handshake or a 5xx mean unavailable. The key is
+    not sent: the login is swanlab.init's, under its own deadline.
+    """
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
     try:
         from swanlab import Settings
 
@@ -148,15 +199,54 @@ def cloud_available(timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
         return False, f"cannot read SwanLab settings ({_one_line(err)})"
     if not settings.api_key:
         return False, "no SwanLab API key (set SWANLAB_API_KEY or run `swanlab login`)"
-    host, port = _host_port(str(settings.api_host))
-    if not host:
-        return False, f"SwanLab API host {settings.api_host!r} has no host name"
+    url = f"{str(settings.api_host).rstrip('/')}/api"
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as err:
-        return False, f"SwanLab host {host}:{port} unreachable within {timeout:g} s ({_one_line(err)})"
-    return True, f"{host}:{port}"
+        status = _call_within(timeout, functools.partial(_http_status, url, timeout), "expkit-swanlab-probe")
+    except _Abandoned:
+        return False, _no_answer(url, timeout)
+    except Exception as err:
+        return False, _unreachable(url, timeout, err)
+    if status >= 500:
+        return False, f"{url} answered HTTP {status}"
+    return True, url
+
+
+def _http_status(url: str, timeout: float) -> int:
+    # requests is SwanLab's own HTTP stack: the same proxies (from the environment) and CA
+    # bundle (certifi), so the probe fails where SwanLab's requests would
+    import requests
+
+    return requests.get(url, timeout=timeout, allow_redirects=False).status_code
+
+
+def _no_answer(url: str, timeout: float) -> str:
+    return f"no answer from {url} within {timeout:g} s"
+
+
+def _unreachable(url: str, timeout: float, err: BaseException) -> str:
+    """The probe's failure in a few words, named by its first recognisable cause."""
+    parts = urlsplit(url)
+    for cause in _causes(err):
+        if isinstance(cause, socket.gaierror):
+            return f"cannot resolve {parts.hostname} ({cause.strerror or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"{parts.netloc} refused the connection"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS with {parts.netloc} failed ({_one_line(cause)})"
+        if isinstance(cause, TimeoutError):  # a socket timeout that beat the probe's own deadline
+            return _no_answer(url, timeout)
+    return f"{url} unreachable ({_one_line(err)})"
+
+
+def _causes(err: BaseException | None) -> Iterator[BaseException]:
+    """``err`` and what it wraps: requests wraps urllib3, whose MaxRetryError keeps its cause in ``reason``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        reason = getattr(err, "reason", None)
+        wrapped = next((a for a in err.args if isinstance(a, BaseException)), None)
+        err = reason if isinstance(reason, BaseException) else err.__cause__ or err.__context__ or wrapped
 
 
 def _one_line(err: BaseException) -> str:
@@ -186,12 +276,17 @@ def _settings(mode: str, log_dir: Path) -> Any:
 class Tracker:
     """Mirror of the metric lines in SwanLab. Every method swallows errors (reported once).
 
-    ``mode`` is the effective mode (``cloud`` may have fallen back to ``offline``); ``run_dir``
-    is SwanLab's directory for this run, or None when nothing is stored locally.
+    ``mode`` is the effective mode, ``requested`` the one asked for (``cloud`` may have fallen
+    back to ``offline``, anything to ``disabled``) and ``reason`` why they differ (None when they
+    do not); ``run_dir`` is SwanLab's directory for this run, or None when nothing is stored
+    locally.
     """
 
-    def __init__(self, mode: str = "disabled", run: Any = None, run_dir: Path | None = None, warn: Warn = _stderr_warn):
+    def __init__(self, mode: str = "disabled", run: Any = None, run_dir: Path | None = None, warn: Warn = _stderr_warn,
+                 *, requested: str | None = None, reason: str | None = None):
         self.mode = mode
+        self.requested = requested or mode
+        self.reason = reason
         self.run_dir = run_dir
         self._run = run
         self._warn = warn
@@ -201,6 +296,10 @@ class Tracker:
     @property
     def active(self) -> bool:
         return self._run is not None
+
+    def describe(self) -> dict[str, str | None]:
+        """``{"requested": ..., "mode": ..., "reason": ...}``: what the run asked for, got, and why not."""
+        return {"requested": self.requested, "mode": self.mode, "reason": self.reason}
 
     def _report(self, what: str, err: BaseException) -> None:
         self.errors += 1
@@ -251,41 +350,94 @@ def start(
     written before a resume: they are logged again first, so that each SwanLab run of the
     directory mirrors the whole file and the newest one is complete.
     """
-    mode = resolve_mode(mode, warn)
-    if mode == "disabled":
+    requested = resolve_mode(mode, warn)
+    if requested == "disabled":
         return Tracker("disabled", warn=warn)
-    if mode == "cloud":
-        ok, reason = cloud_available()
-        if not ok:
-            warn(f"SwanLab cloud unavailable: {reason}; tracking offline (upload later with `swanlab sync`)")
-            mode = "offline"
     log_dir = Path(out_dir).resolve() / SWANLOG_DIR
-    try:
-        run = _init(mode, log_dir, project, name, description, tags, config)
-    except Exception as err:
-        if mode == "cloud":
-            warn(f"SwanLab cloud start failed ({_one_line(err)}); tracking offline")
-            mode = "offline"
-            try:
-                run = _init(mode, log_dir, project, name, description, tags, config)
-            except Exception as err2:
-                warn(f"SwanLab start failed ({_one_line(err2)}); tracking disabled, metrics.jsonl is complete")
-                return Tracker("disabled", warn=warn)
-        else:
-            warn(f"SwanLab start failed ({_one_line(err)}); tracking disabled, metrics.jsonl is complete")
-            return Tracker("disabled", warn=warn)
-    tracker = Tracker(mode, run, _run_dir_of(run), warn)
+    open_run = functools.partial(_init, log_dir=log_dir, project=project, name=name, description=description,
+                                 tags=tags, config=config)
+    run, reason = None, None
+    if requested == "cloud":
+        run, reason = _start_cloud(open_run, log_dir)
+        if run is None:
+            warn(f"SwanLab cloud unavailable: {reason}; tracking offline (upload later with `swanlab sync`)")
+    if run is None:
+        try:
+            run = open_run("offline")
+        except Exception as err:
+            failed = f"SwanLab start failed ({_one_line(err)})"
+            warn(f"{failed}; tracking disabled, metrics.jsonl is complete")
+            return Tracker("disabled", requested=requested, reason=f"{reason}; {failed}" if reason else failed,
+                           warn=warn)
+    tracker = Tracker("offline" if reason else requested, run, _run_dir_of(run), warn,
+                      requested=requested, reason=reason)
     for row in history:
         if "step" in row:
             tracker.log(row, int(row["step"]))
     return tracker
 
 
+def _start_cloud(open_run: Callable[..., Any], log_dir: Path) -> tuple[Any, str | None]:
+    """The online SwanLab run, or (None, why not) after at most PROBE_TIMEOUT_S + CLOUD_START_TIMEOUT_S."""
+    ok, reason = cloud_available()
+    if not ok:
+        return None, reason
+    before = {d.name for d in log_dir.glob("run-*")}
+    run, reason = _init_cloud(open_run)
+    if run is None:
+        # swanlab.init makes the run's directory before it logs in; left empty, it would sort
+        # among the real runs' directories (exp run records the last run-* as the SwanLab run).
+        # rmdir removes only an empty one, never a run that started late after all.
+        for directory in log_dir.glob("run-*"):
+            if directory.name not in before:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    pass
+    return run, reason
+
+
+def _init_cloud(open_run: Callable[..., Any]) -> tuple[Any, str | None]:
+    """``open_run("cloud")`` within CLOUD_START_TIMEOUT_S: (the run, None) or (None, why not)."""
+
+    def attempt() -> Any:
+        # This thread may be abandoned (_call_within), so the attempt must not hold what the
+        # offline start that follows needs: swanlab.init's command lock, which its undecorated
+        # function does not take. And since a retry cannot fit in the deadline, each of its
+        # requests is tried once: SwanLab's per-request override, a context variable set here
+        # in this thread's own context (uploads during training keep SwanLab's retries).
+        try:
+            from swanlab.sdk.internal.pkg.client.session import request_retries_ctx
+
+            request_retries_ctx.set(0)
+        except ImportError:  # another SwanLab layout: its retries, still under the deadline
+            pass
+        return open_run("cloud", unlocked=True)
+
+    timeout = CLOUD_START_TIMEOUT_S
+    try:
+        return _call_within(timeout, attempt, "expkit-swanlab-cloud-start", on_late=_close_late_run), None
+    except _Abandoned:
+        return None, f"swanlab.init did not return within {timeout:g} s"
+    except Exception as err:
+        return None, f"swanlab.init failed ({type(err).__name__}: {_one_line(err)})"
+
+
+def _close_late_run(run: Any) -> None:
+    """A cloud run that started after start() gave up on it: nobody logs to it, so it ends now."""
+    try:
+        if run.alive:  # the offline start (reinit=True) may have finished it already
+            run.finish(state="aborted")
+    except Exception:
+        pass  # a thread nobody waits for: there is no one to tell
+
+
 def _init(mode: str, log_dir: Path, project: str, name: str | None, description: str | None,
-          tags: Iterable[str], config: Mapping[str, Any] | None) -> Any:
+          tags: Iterable[str], config: Mapping[str, Any] | None, unlocked: bool = False) -> Any:
     import swanlab
 
-    return swanlab.init(
+    init = getattr(swanlab.init, "__wrapped__", swanlab.init) if unlocked else swanlab.init
+    return init(
         reinit=True,
         project=project,
         name=name or None,

@@ -14,15 +14,19 @@ Outputs in DIR (rank 0 writes them all):
                      val_loss on eval steps (every eval step is a log step; step 1 is always logged)
     config.json      the TrainConfig it ran with (written when absent; the run script puts it there)
     train.log        the human-readable log, also echoed to stdout
-    status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, ...}
+    status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, "tracking", ...}
     heartbeat        {"time" (ISO 8601), "unix", "step", "pid", "status"}, rewritten at log steps and at
                      least every 10 s of training
     checkpoints/     step_XXXXXXXX.pt (+ .json with its val loss): the best keep_top_k by val loss + the last
     summary.json     steps, final_loss, best_val_loss, val_loss, val_ppl, tokens_seen, wall_s, tokens_per_s,
-                     params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP)
+                     params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP), tracking
     samples.json     greedy and seeded-sampling continuations of fixed Chinese and English prompts
     final/           save_pretrained model + tokenizer (``import model`` registers the Auto classes)
     swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking)
+
+"tracking" in status.json and summary.json is {"requested": swanlab_mode (or SWANLAB_MODE), "mode":
+what tracking got, "reason": why they differ, or null}, e.g. a cloud run tracked offline because the
+SwanLab host did not answer; null itself when the run ended before tracking started.
 
 Exit codes: 0 finished; 1 uncaught error (traceback in train.log); 2 bad input (config, data,
 tokenizer, out dir: one line, no traceback); 3 loss became NaN/Inf (the last good checkpoint is
@@ -594,6 +598,7 @@ class _Run:
         self.last_heartbeat = 0.0
         self.owns_dir = False  # False until we know out_dir is ours to write (not another run's)
         self.tracker = tracking.Tracker("disabled")
+        self.tracking: dict[str, Any] | None = None  # tracker.describe() once tracking started
 
     @property
     def elapsed(self) -> float:
@@ -608,6 +613,7 @@ class _Run:
             data["error"] = error
         if exit_code is not None:
             data["exit_code"] = exit_code
+        data["tracking"] = self.tracking
         data.update(extra)
         _write_json_atomic(self.files.status, data)
 
@@ -777,6 +783,8 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
                                         name=name or files.out.name, description=description, tags=tags,
                                         config=cfg.model_dump(), history=history, warn=log.warn)
         stop.install()  # swanlab.init replaced the SIGINT handler; ours must win
+        run.tracking = run.tracker.describe()
+        run.write_status("running")  # now with the tracking mode the run got
     tracker = run.tracker
     log.info(f"{cfg.model_type}: device {device}, autocast {str(dtype).removeprefix('torch.')}, "
              f"{dist.world_size} process(es), tracking {tracker.mode}")
@@ -1021,7 +1029,7 @@ def _summary_fields(run: _Run, last_loss: float, best_val: float, last_val: floa
 def _write_summary(run: _Run, state: dict[str, Any], status: str, extra: dict[str, Any] | None = None) -> None:
     if not run.dist.master:
         return
-    summary = {"status": status, **(extra or state.get("summary_fields", {}))}
+    summary = {"status": status, **(extra or state.get("summary_fields", {})), "tracking": run.tracking}
     if "steps" not in summary:
         summary["steps"] = run.step
     state["summary"] = summary
