@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import claims as claims_mod
-from . import records, store, times, traceable, view
+from . import citations, records, store, times, view
+from . import evidence as evidence_mod
 from .catalog import clean_table, metrics_file, run_table
 from .anomalies import detect_anomalies
 from .comparison import config_changes, metric_deltas
@@ -184,25 +185,51 @@ def _sample_figures(quality: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # -- the evidence check --------------------------------------------------------------------------
-def evidence(record: Record) -> Any:
-    """Every number the AI's text may cite: the analysis (metrics, verdicts, deltas, anomalies,
-    findings, sample figures), the config, and the run's record (environment, timings)."""
+def _curve_rows(metrics: Metrics | None) -> list[dict[str, Any]]:
+    """The metrics lines the evidence's curve takes: every evaluation (its val and train loss),
+    and the first and last line's train loss."""
+    if metrics is None or not len(metrics):
+        return []
+    loss_at = {int(s): float(v) for s, v in zip(metrics.step, metrics.loss)}
+    rows = [{"step": int(metrics.step[0]), "loss": float(metrics.loss[0])}]
+    rows += [{"step": int(s), "val_loss": float(v), **({"loss": loss_at[int(s)]} if int(s) in loss_at else {})}
+             for s, v in zip(metrics.val_step, metrics.val_loss)]
+    rows.append({"step": int(metrics.step[-1]), "loss": float(metrics.loss[-1])})
+    return rows
+
+
+def evidence(ws: Workspace, record: Record) -> dict[str, Any]:
+    """Every value the AI's text may cite (``evidence.build``): the analysis, the parameter
+    breakdown and peak memory of summary.json, every validation loss along the run (kept in
+    analysis.json), the config and the run's record."""
     meta = record.meta
-    found = {k: v for k, v in (meta.get("analysis") or {}).items() if k not in _ANALYSIS_NOT_EVIDENCE}
-    run = {k: v for k, v in (meta.get("run") or {}).items() if k not in _RUN_NOT_EVIDENCE}
-    return traceable.evidence_values(found, meta.get("config") or {}, run)
+    out = ws.out_dir(record.version)
+    full = read_json(out / ANALYSIS_FILE)
+    curve = full.get("curve") if isinstance(full, dict) and isinstance(full.get("curve"), dict) else None
+    analysis = dict(meta.get("analysis") or {})
+    if isinstance(full, dict) and isinstance(full.get("anomalies"), list):
+        analysis["anomalies"] = full["anomalies"]  # all of them: the state keeps the first 20
+    return evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
+                              curve=curve if curve is not None else evidence_mod.curve_of(_curve_rows(metrics_file(ws, record.version))))
 
 
-def untraceable(record: Record, ev: Any = None) -> list[dict[str, Any]]:
-    """Each number in an ai section that the evidence does not explain, with its record line."""
-    ev = evidence(record) if ev is None else ev
+def _human(record: Record) -> dict[str, str]:
+    return {n: record.block("human", n).text for n in HUMAN if record.block("human", n) is not None}
+
+
+def untraceable(ws: Workspace, record: Record, ev: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Each number in an ai section that is neither a citation still true to the evidence nor a
+    value its sentence names, with its record line and why."""
+    ev = evidence(ws, record) if ev is None else ev
+    human = _human(record)
     out = []
     for name in AI:
         block = record.block("ai", name)
         if block is None:
             continue
-        for line, number in traceable.untraceable_numbers(block.text, ev):
-            out.append({"section": name, "line": block.first_content_line + line - 1, "number": number})
+        cited = record.ai_entry(name).get("citations") or ()
+        for f in citations.check(block.text, ev, cited, human):
+            out.append({"section": name, "line": block.first_content_line + f.line - 1, "number": f.number, "reason": f.reason})
     return out
 
 
@@ -213,10 +240,11 @@ def evidence_problems(ws: Workspace, record: Record) -> list[Problem]:
     v = str(record.meta.get("version"))
     return [
         Problem(
-            "error", u["line"], f"the number {u['number']} in the ai section '{u['section']}' is not in the run's evidence",
-            f"cite the value as `exp context {v} --json` gives it (at the precision written), or drop the number",
+            "error", u["line"], f"the number {u['number']} in the ai section '{u['section']}' is not traceable: {u['reason']}",
+            f"cite it as [[PATH]] with `exp fill {v} {u['section']} --file F` (`exp context {v} --json` lists the evidence), "
+            "name the quantity it is, or drop it",
         )
-        for u in untraceable(record)
+        for u in untraceable(ws, record)
     ]
 
 
@@ -350,6 +378,7 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     texts = drafts(result, lang, str(version))
     plots = [ws.rel(p) for p in write_plots(ws, record, result["_metrics"])]
     out = ws.out_dir(version)
+    curve = evidence_mod.curve_of(_curve_rows(result["_metrics"]))
 
     kept: list[str] = []
     drafted_names: list[str] = []
@@ -372,9 +401,10 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
         rec.meta["analysis"] = _stored_analysis(result, plots, digests)
         transition(rec, "analyzed")
         view.regenerate(ws, rec, ("metrics",))  # refuses (nothing written) if hand-edited
-        found = untraceable(rec)
+        found = untraceable(ws, rec, evidence_mod.build(rec.meta["analysis"], rec.meta.get("config") or {},
+                                                         rec.meta.get("run") or {}, read_json(out / SUMMARY_FILE), curve=curve))
     full = {"version": str(version), **{k: v for k, v in result.items() if not k.startswith("_")},
-            "samples_detail": result["_samples"], "plots": plots, "untraceable": found}
+            "samples_detail": result["_samples"], "plots": plots, "curve": curve, "untraceable": found}
     write_json(out / ANALYSIS_FILE, full)
     write_json(out / METRICS_SUMMARY_FILE, result["metrics"])
     return {
@@ -396,8 +426,14 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
 
 
 # -- exp fill -------------------------------------------------------------------------------------
-def fill(ws: Workspace, version: Version, section: str, text: str) -> dict[str, Any]:
-    """Write prose into an ai section; human and generated sections are refused, untouched."""
+class UntraceableError(ExpError):
+    """The text has numbers the evidence does not hold; nothing was written."""
+
+
+def fill(ws: Workspace, version: Version, section: str, text: str, allow_untraceable: bool = False) -> dict[str, Any]:
+    """Write prose into an ai section, its ``[[PATH]]`` / ``[[PATH:FORMAT]]`` citations resolved
+    against the evidence. A number that is neither cited nor named by its sentence refuses the
+    text (nothing written) unless ``allow_untraceable``. Human and generated sections are refused."""
     if section in HUMAN:
         raise RecordError(
             f"'{section}' is a human section: only a person writes it, in the record itself; "
@@ -410,18 +446,30 @@ def fill(ws: Workspace, version: Version, section: str, text: str) -> dict[str, 
         )
     if section not in AI:
         raise UsageError(f"no section {section!r}; `exp fill` writes one of: {', '.join(AI)}")
-    text = text.replace("\r\n", "\n").rstrip("\n")
-    if not text.strip():
+    source = text.replace("\r\n", "\n").rstrip("\n")
+    if not source.strip():
         raise UsageError("the text is empty; nothing was written (give the prose with --file F, or - for stdin)")
     with records.update(ws, version) as rec:
         require_status(rec, FILLABLE, f"fill the {section} of")
-        rec.set_ai(section, text)
-        rec.refresh_lines()
-        found = untraceable(rec) if rec.meta.get("analysis") is not None else []
-    analyzed = rec.meta.get("analysis") is not None
-    mine = [u for u in found if u["section"] == section]
+        if not rec.meta.get("analysis"):
+            raise RecordError(f"{version} is not analysed yet: its numbers have no evidence to be checked against; "
+                              f"run `exp analyze {version}` first (nothing was written)")
+        ev = evidence(ws, rec)
+        rendered, cited = citations.resolve(source, ev, version=str(version))
+        block = rec.require_block("ai", section)
+        findings = [{"section": section, "line": block.first_content_line + f.line - 1, "number": f.number, "reason": f.reason}
+                    for f in citations.check(rendered, ev, cited, _human(rec))]
+        if findings and not allow_untraceable:
+            listed = "; ".join(f"line {u['line']}: {u['number']} ({u['reason']})" for u in findings[:5])
+            more = f"; and {len(findings) - 5} more" if len(findings) > 5 else ""
+            raise UntraceableError(
+                f"{len(findings)} number(s) in the {section} are not traceable — {listed}{more}; cite each as [[PATH]] "
+                f"(`exp context {version} --json` lists the evidence) or name the quantity it is; nothing was written "
+                "(--allow-untraceable writes it anyway, and `exp check` will list them)"
+            )
+        rec.set_ai(section, rendered, source=source, citations=[c.to_dict() for c in cited])
     return {"version": str(version), "section": section, "path": ws.rel(ws.record_path(version)),
-            "untraceable": mine, "analyzed": analyzed}
+            "citations": [c.to_dict() for c in cited], "untraceable": findings, "text": rendered}
 
 
 # -- exp context ----------------------------------------------------------------------------------
@@ -478,12 +526,16 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "suggestions": (analysis_data or {}).get("suggestions") or [],
         "samples": samples,
         "sample_quality": (analysis_data or {}).get("samples"),
-        "untraceable": untraceable(record) if stored is not None else [],
+        "evidence": evidence(ws, record) if stored is not None else None,
+        "untraceable": untraceable(ws, record) if stored is not None else [],
         "error": (live or {}).get("error") if isinstance(live, dict) else None,
         "paths": paths,
         "rules": {
-            "numbers": "every number in an ai section must equal, at the precision written, a value in this "
-                       "object's metrics, verdicts, references, anomalies, config or run; versions and list numbering excepted",
+            "numbers": "cite every number as [[PATH]] or [[PATH:FORMAT]] (a Python format spec, e.g. "
+                       "[[references.parent.deltas.val_loss.rel:+.1%]]), PATH a dotted path into `evidence`; exp fill "
+                       "writes the value and keeps where it came from. A number written out must be a value that its "
+                       "sentence names, at the precision written. Exempt: versions, list numbering, code spans (write "
+                       "a proposal as `exp set VERSION key=value`), and quotations of the human sections in quotation marks",
             "write": f"exp fill {v} SECTION --file F (SECTION: {', '.join(AI)}); human sections are the person's",
             "after": f"stop and ask a person to run `exp review {v}`",
         },

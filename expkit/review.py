@@ -332,7 +332,7 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "verdicts": [x for x in analysis.get("verdicts") or [] if isinstance(x, dict)],
         "anomalies": [x for x in analysis.get("anomalies") or [] if isinstance(x, dict)],
         # computed now, not read from meta.analysis: the ai text may have been edited since
-        "untraceable": results.untraceable(record) if analysis else [],
+        "untraceable": results.untraceable(ws, record) if analysis else [],
         "prereg": {"recorded": bool(prereg.get("sections")), "at": prereg.get("at"), "changed": changed},
         "plots": plots,
         "checklist": [c.to_dict() for c in checklist(ws, record)],

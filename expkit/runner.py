@@ -238,9 +238,11 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
         final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
         if final:
             run["final"] = final
-        swan = sorted((out / "swanlog").glob("run-*")) if (out / "swanlog").is_dir() else []
+        swan = tracking.run_dirs(out)
         if swan:
             run["swanlab_dir"] = ws.rel(swan[-1])
+        if isinstance(summary.get("tracking") or trainer.get("tracking"), dict):
+            run["tracking"] = summary.get("tracking") or trainer["tracking"]  # the mode it got, and why not the one asked for
         if status != "finished":
             error = trainer.get("error") or reason or (f"the run exited with code {exit_code}" if exit_code else "the trainer did not report finishing")
             run["error"] = " ".join(str(error).split())[:500]

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .errors import ExpError
+
 #: Tracking modes a TrainConfig may name; ``SWANLAB_MODE`` accepts these and SwanLab's own names.
 MODES = ("offline", "cloud", "disabled")
 _MODE_ALIASES = {"offline": "offline", "local": "offline", "cloud": "cloud", "online": "cloud", "disabled": "disabled"}
@@ -477,8 +479,6 @@ def run_dirs(path: Path) -> list[Path]:
 def latest_run_dir(path: Path) -> Path:
     dirs = run_dirs(path)
     if not dirs:
-        from .errors import ExpError
-
         raise ExpError(f"no SwanLab run under {path} (was the run tracked with swanlab_mode=disabled?)")
     return dirs[-1]
 

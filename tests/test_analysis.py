@@ -14,14 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from expkit.claims import parse_claims
 from expkit.config import TrainConfig
 from expkit.errors import ExpError
 from expkit import diagnosis as diagnosis_mod
-from expkit import anomalies, comparison, metrics, numbers, plots, report, samples, traceable, verdicts
+from expkit import anomalies, comparison, metrics, numbers, plots, report, samples, verdicts
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -112,8 +110,6 @@ def test_real_run_summary_has_every_claim_metric(real_run):
         assert 0.0 <= table[key] <= 1.0
     assert len(m) == 13 and list(m.val_step) == [20, 40, 60]  # step 1, every 5th, evals at 20/40/60
     assert m.to_dict()["evals"] == [[int(s), float(v)] for s, v in zip(m.val_step, m.val_loss)]
-    first_eval = numbers.format_number(float(m.val_loss[0]))
-    assert traceable.untraceable_numbers(f"val_loss {first_eval} at step 20", traceable.evidence_values(m)) == []
 
 
 @pytest.mark.slow
@@ -169,9 +165,6 @@ def test_real_run_verdicts_plots_and_traceable_diagnosis(real_run, tmp_path):
         diagnosis, suggestions = diagnosis_mod.diagnose([], vs, deltas, lang=lang)
         rules = {f.rule for f in diagnosis}
         assert {"claim_refuted", "claim_inconclusive", "delta_better", "delta_slower"} <= rules
-        text = "\n".join(f.text for f in diagnosis + suggestions)
-        evidence = traceable.evidence_values(table, vs, deltas, diagnosis)
-        assert traceable.untraceable_numbers(text, evidence) == [], text
 
     overlay = metrics.load_metrics(real_run / "metrics.jsonl")
     overlay.loss = overlay.loss + 0.3
@@ -311,7 +304,7 @@ def test_each_bad_curve_fires_exactly_its_kind(tmp_path, kind, make, const_lr, e
         assert lo <= found[0].evidence[key] <= hi, (key, found[0].evidence)
     for lang in ("en", "zh"):
         msg = found[0].message(lang)
-        assert "\n" not in msg and traceable.untraceable_numbers(msg, traceable.evidence_values(found[0])) == [], msg
+        assert "\n" not in msg, msg
 
 
 def test_a_single_slow_line_is_not_a_throughput_drop(tmp_path):
@@ -451,8 +444,6 @@ def test_diagnose_rules_in_both_languages_with_traceable_numbers(tmp_path):
                 assert word in by_rule[rule], (rule, by_rule[rule])
         else:
             assert "损失发散" in diagnosis[0].text and "学习率" in "".join(f.text for f in diagnosis)
-        text = "\n".join(f.text for f in diagnosis + suggestions)
-        assert traceable.untraceable_numbers(text, traceable.evidence_values(found, vs, deltas)) == [], text
 
 
 # -- plots ----------------------------------------------------------------------------------------
@@ -550,55 +541,3 @@ def test_format_number(x, text):
 def test_format_percent_and_signed():
     assert numbers.format_percent(0.0163) == "1.63%" and numbers.format_percent(-0.125, signed=True) == "-12.5%"
     assert numbers.format_number(0.12, signed=True) == "+0.12" and numbers.format_number(3, signed=True) == "+3"
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**15, 10**15)))
-def test_every_formatted_number_traces_back_to_its_value(x):
-    ev = traceable.evidence_values({"x": x})
-    assert traceable.untraceable_numbers(f"value {numbers.format_number(x)} here", ev) == []
-    if isinstance(x, float):
-        assert traceable.untraceable_numbers(f"ratio {numbers.format_percent(x)}", ev) == []
-
-
-EVIDENCE = {"val_loss": 5.2318, "delta": -0.1234, "ratio": 0.125, "tokens": 1234, "lr": 0.003, "lr2": 8e-05,
-            "big": 3_400_000, "ppl": 1626.4, "claim": "val_loss <= baseline - 0.07", "runs": ["a", "b", "c"]}
-
-
-@pytest.mark.parametrize("written,ok", [
-    ("5.23", True), ("5.2", True), ("5.232", True), ("5.2318", True), ("5", True), ("5.24", False), ("5.20", False),
-    ("5.231", False), ("6", False), ("0.12", True), ("-0.12", True), ("0.123", True), ("0.14", False),
-    ("12.5%", True), ("12.50%", True), ("13%", True), ("14%", False), ("0.125", True),
-    ("1,234", True), ("1,235", False), ("1234.0", True), ("1.2k", True), ("1.3k", False),
-    ("3e-3", True), ("3.0e-3", True), ("3E-03", True), ("0.003", True), ("8.0e-05", True), ("8e-5", True), ("8.1e-05", False),
-    ("3.4M", True), ("3.5M", False), ("3,400,000", True), ("1626", True), ("1626.4", True), ("1627", False),
-    ("0.07", True), ("3", True), ("1.5x", False), ("596.9MB", False), ("5.23s", True),
-])
-def test_untraceable_numbers_rounding_rule(written, ok):
-    ev = traceable.evidence_values(EVIDENCE)
-    assert traceable.untraceable_numbers(f"the value is {written} here", ev) == ([] if ok else [(1, written)])
-
-
-def test_untraceable_numbers_in_chinese_markdown_and_exceptions():
-    ev = traceable.evidence_values(EVIDENCE)
-    text = "\n".join([
-        "验证集损失降到 5.23，比父实验低 0.12",  # 1 ok
-        "验证集损失降到5.24，比父实验低0.12。",  # 2: 5.24 wrong, even without spaces
-        "1. 实验 1.4.1 与 experiment_1.4.1 的版本号不算数字，v2.0.1 也不算",  # 3 numbering and versions
-        "2) 日期 2026-11-22、2026年11月22日、11月22日 与时间 13:48:47 不检查",  # 4
-        "3、路径 `out/experiment_1.4.1/metrics.jsonl` 与 `run_file/x_2.sh` 不检查，但 `val_loss < 9.99` 要检查",  # 5: 9.99
-        "## 4. 结果：H100、bf16、distinct_2、top_k 中的数字属于标识符",  # 6
-        "见 https://example.com/issues/4242 与 2026-11-22T13:49:18+00:00",  # 7
-        "吞吐 1,234 tok/s，困惑度 1626，学习率 3e-3 与 8.0e-05，共 3 次运行，另有 42 个编造的数",  # 8: 42
-        "- 损失尖峰 +7.7（第 77 步）",  # 9: 7.7 and 77
-    ])
-    assert traceable.untraceable_numbers(text, ev) == [(2, "5.24"), (5, "9.99"), (8, "42"), (9, "7.7"), (9, "77")]
-
-
-def test_evidence_values_walks_every_kind_of_source():
-    v = verdicts.Verdict("val_loss < 2.5", "refuted", 5.2318, 2.5, None, "val_loss", 3)
-    ev = traceable.evidence_values({"nested": [{"x": 1.5}, (2, 3)], "flag": True, "s": "lr=8e-5, warmup 100"}, v, None)
-    for value in (1.5, 2, 3, 8e-5, 100, 5.2318, 2.5):
-        assert value in ev, value
-    assert 1.0 not in ev  # True is not a number (and no list of one)
-    assert traceable.untraceable_numbers("2 items", ev) == []  # the list (2, 3) has 2 entries

@@ -221,7 +221,7 @@ def test_analyze_turns_a_finished_run_into_an_analyzed_record_with_table_verdict
     assert f"最终验证损失 {VAL_LOSS:.4g}" in record.block("ai", "analysis").text
     assert "`final_loss > 7`" in record.block("ai", "diagnosis").text
     assert "exp new 下一个版本 --from 0.1.0" in record.block("ai", "suggestions").text
-    assert r["untraceable"] == [] and results.untraceable(record) == []
+    assert r["untraceable"] == [] and results.untraceable(rec, record) == []
 
 
 def test_each_claim_gets_a_verdict_with_the_observed_and_reference_values(rec, cli):
@@ -301,7 +301,7 @@ def test_a_parent_with_a_run_gives_deltas_a_config_diff_an_overlay_and_decided_v
     assert "**与父实验 0.1.0 对比**：" in block and "`learning_rate` 0.003 → 0.0015" in block
     assert f"| `val_loss` | {VAL_LOSS:.4g} | {p_val:g} |" in block and "![compare](../out/experiment_0.1.1/plots/compare.png)" in block
     assert "与父实验 0.1.0 相比：val_loss" in record.block("ai", "analysis").text
-    assert results.untraceable(record) == []  # the delta sentence cites the deltas as stored
+    assert results.untraceable(ws, record) == []  # the delta sentence cites the deltas as stored
     assert ws.record_path(parent).read_bytes() == parent_bytes  # reading a reference writes nothing to it
 
 
@@ -452,40 +452,73 @@ def test_fill_refuses_empty_text_a_marker_line_a_missing_file_and_the_wrong_stat
 
 
 @pytest.mark.parametrize("written, traceable", [
-    (f"{VAL_LOSS:.2f}", True),  # 5.23: VAL_LOSS rounded to two decimals
-    (f"{VAL_LOSS:.1f}", True),  # 5.2
-    (f"{VAL_LOSS}", True),  # 5.2318 as logged
-    (f"{VAL_LOSS + 0.01:.2f}", False),  # 5.24: one unit off in the last digit
-    (f"{VAL_LOSS:.1f}0", False),  # 5.20 claims a precision the value does not round to
-    (f"{math.exp(VAL_LOSS):.0f}", True),  # the perplexity, rounded
-    (f"{math.exp(VAL_LOSS) + 1:.0f}", False),
+    (f"验证集损失 {VAL_LOSS:.2f}", True),  # 5.23: the val loss rounded to two decimals, and named
+    (f"验证集损失 {VAL_LOSS:.1f}", True),  # 5.2
+    (f"val_loss {VAL_LOSS}", True),  # 5.2318 as logged
+    (f"验证集损失 {VAL_LOSS - 0.01:.2f}", False),  # 5.22: one unit off (below the best: no eval was that low)
+    (f"验证集损失 {VAL_LOSS:.1f}0", False),  # 5.20 claims a precision the value does not round to
+    (f"数值 {VAL_LOSS:.2f}", False),  # the right value, but the sentence does not say what it is
+    (f"困惑度 {math.exp(VAL_LOSS):.0f}", True),  # the perplexity, rounded
+    (f"困惑度 {math.exp(VAL_LOSS) + 1:.0f}", False),
 ])
-def test_a_number_traces_to_the_evidence_only_when_a_value_rounds_to_it(rec, cli, tmp_path, written, traceable):
+def test_a_written_number_must_be_a_value_its_sentence_names(rec, cli, tmp_path, written, traceable):
+    ran(rec)
+    results.analyze(rec, V)
+    path = rec.record_path(V)
+    before = path.read_bytes()
+    f = tmp_path / "a.md"
+    f.write_text(f"- 本次运行的指标：\n- {written}。\n", encoding="utf-8")
+    code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
+    if traceable:
+        assert code == 0 and "warning" not in err, err
+        return
+    number = written.split()[-1]
+    assert code == 1 and f": {number} (" in err and "nothing was written" in err, err
+    one_line_error(err)
+    assert path.read_bytes() == before  # refused: the record is as it was
+    code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f), "--allow-untraceable")
+    assert code == 0 and f"warning: line " in err and f": {number} is not traceable" in err
+    line = int(re.search(r"warning: line (\d+):", err).group(1))
+    assert number in path.read_text(encoding="utf-8").split("\n")[line - 1]
+
+
+def test_citations_are_resolved_kept_and_checked_exactly(rec, cli, tmp_path):
     ran(rec)
     results.analyze(rec, V)
     f = tmp_path / "a.md"
-    f.write_text(f"- 本次运行的指标：\n- 数值 {written}。\n", encoding="utf-8")
+    f.write_text("- 验证集损失降到 [[metrics.val_loss:.3f]]，共 [[metrics.steps]] 步（[[run.duration_s:.0f]] 秒）。\n", encoding="utf-8")
+    code, out, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
+    assert code == 0 and "3 cited number(s)" in out, err
+    record = records.load(rec, V)
+    text = record.block("ai", "analysis").text
+    assert text == f"- 验证集损失降到 {VAL_LOSS:.3f}，共 {STEPS} 步（{DURATION_S:.0f} 秒）。"
+    kept = record.ai_entry("analysis")
+    assert [c["path"] for c in kept["citations"]] == ["metrics.val_loss", "metrics.steps", "run.duration_s"]
+    assert kept["source"] == f.read_text(encoding="utf-8").rstrip("\n")
+    assert cli("check", "0.1.0")[0] == 0
+    # the evidence changes under the citation (a hand edit of the state stands for a re-analysis): check says so
+    state = json.loads(rec.state_path(V).read_text(encoding="utf-8"))
+    state["meta"]["analysis"]["metrics"]["val_loss"] = VAL_LOSS + 0.1
+    rec.state_path(V).write_text(json.dumps(state), encoding="utf-8")
+    code, out, _ = cli("check", "0.1.0")
+    assert code == 1 and "cited metrics.val_loss now reads" in out
+    # an unknown path is refused in one line with the nearest paths, nothing written
+    before = rec.record_path(V).read_bytes()
+    f.write_text("- [[metrics.val_los]]\n", encoding="utf-8")
     code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
-    assert code == 0
-    if traceable:
-        assert "warning" not in err, err
-    else:
-        assert "warning: line " in err and f": {written} is not in the run's evidence" in err
-        line = int(re.search(r"warning: line (\d+):", err).group(1))
-        assert written in rec.record_path(V).read_text(encoding="utf-8").split("\n")[line - 1]
+    assert code == 1 and "did you mean metrics.val_loss" in err and rec.record_path(V).read_bytes() == before
+    one_line_error(err)
 
 
-def test_fill_before_the_analysis_writes_without_number_warnings(rec, cli, tmp_path):
-    ran(rec)  # finished, not analysed: the evidence has no metrics yet
+def test_fill_before_the_analysis_is_refused_naming_exp_analyze(rec, cli, tmp_path):
+    ran(rec)  # finished, not analysed: there is no evidence to check the numbers against
+    path = rec.record_path(V)
+    before = path.read_bytes()
     f = tmp_path / "a.md"
     f.write_text(f"验证损失 {VAL_LOSS:.2f}。\n", encoding="utf-8")
     code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
-    assert code == 0 and "not analysed yet" in err and "warning" not in err
-    record = records.load(rec, V)
-    assert record.block("ai", "analysis").text == f"验证损失 {VAL_LOSS:.2f}。" and record.status == "finished"
-    # the analysis keeps it (refined prose) and finds its number in the evidence
-    r = results.analyze(rec, V)
-    assert "analysis" in r["kept"] and r["untraceable"] == []
+    assert code == 1 and "not analysed yet" in err and "`exp analyze 0.1.0`" in err
+    assert path.read_bytes() == before
 
 
 # -- the evidence check ----------------------------------------------------------------------------
@@ -499,10 +532,10 @@ def test_check_names_each_untraceable_number_with_its_line_until_the_text_is_fix
     bad = f"{VAL_LOSS + 0.5:.2f}"
     f = tmp_path / "a.md"
     f.write_text(f"- 验证损失 {good}。\n- 比上次低 {bad}。\n\n- 吞吐提升 37%，共 {STEPS} 步。\n", encoding="utf-8")
-    code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f))
+    code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f), "--allow-untraceable")
     assert code == 0 and err.count("warning:") == 2
     f.write_text("- 诊断：第 13 处尖峰 1.5x。\n", encoding="utf-8")
-    assert cli("fill", "0.1.0", "diagnosis", "--file", str(f))[0] == 0
+    assert cli("fill", "0.1.0", "diagnosis", "--file", str(f), "--allow-untraceable")[0] == 0
 
     code, out, _ = cli("check", "0.1.0")
     assert code == 1
@@ -521,7 +554,7 @@ def test_check_names_each_untraceable_number_with_its_line_until_the_text_is_fix
     f.write_text("- 诊断：没有异常。\n", encoding="utf-8")
     assert cli("fill", "0.1.0", "diagnosis", "--file", str(f))[0] == 0
     code, out, _ = cli("check", "0.1.0")
-    assert code == 0 and "not in the run's evidence" not in out
+    assert code == 0 and "not traceable" not in out
 
 
 def test_timestamps_are_not_evidence_for_numbers_in_the_text(rec, monkeypatch):
@@ -532,7 +565,8 @@ def test_timestamps_are_not_evidence_for_numbers_in_the_text(rec, monkeypatch):
     assert records.load(rec, V).meta["analysis"]["analyzed_at"] == analyzed_at
     # minutes and seconds of the analysis and of the run's start, and a year: none is a result
     stray = ["41", "59", "53", "2031"]
-    r = results.fill(rec, V, "analysis", "\n".join(f"- 数字 {n}。" for n in stray) + f"\n- 耗时 {DURATION_S:g} 秒。")
+    r = results.fill(rec, V, "analysis", "\n".join(f"- 耗时数字 {n}。" for n in stray) + f"\n- 耗时 {DURATION_S:g} 秒。",
+                     allow_untraceable=True)
     assert [u["number"] for u in r["untraceable"]] == stray  # the run's duration is evidence, its clock is not
 
 
@@ -720,4 +754,4 @@ def test_an_english_record_gets_an_english_metrics_section_and_drafts(ws):
         assert not cjk.search(record.block("ai", name).text), name
     assert record.block("ai", "analysis").text.startswith(f"- Run: finished, {STEPS} steps")
     assert "exp new NEXT --from 0.1.0" in record.block("ai", "suggestions").text
-    assert results.untraceable(record) == []
+    assert results.untraceable(ws, record) == []

@@ -85,6 +85,9 @@ def fill(
     version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
     section: str = typer.Argument(..., metavar="SECTION", help="analysis, diagnosis or suggestions"),
     file: str = typer.Option(..., "--file", metavar="F", help="the text (markdown); - reads standard input"),
+    allow_untraceable: bool = typer.Option(
+        False, "--allow-untraceable", help="write the text even when a number in it is not traceable (exp check lists them)"
+    ),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write the AI's prose into an AI section, resolving [[citations]]; refuses untraceable numbers."""
@@ -97,13 +100,11 @@ def fill(
             raise usage(f"--file {file}: no such file") from None
         except UnicodeDecodeError:
             raise usage(f"--file {file}: not UTF-8 text") from None
-    result = results_mod.fill(current_workspace(), version(version_), section, text)
+    result = results_mod.fill(current_workspace(), version(version_), section, text, allow_untraceable=allow_untraceable)
     if json_out:
         echo_json(result)
         return
-    typer.echo(f"wrote the {section} of {version_} ({result['path']})")
+    cited = len(result["citations"])
+    typer.echo(f"wrote the {section} of {version_} ({result['path']}); {cited} cited number(s)")
     for u in result["untraceable"]:
-        typer.echo(f"warning: line {u['line']}: {u['number']} is not in the run's evidence "
-                   f"(`exp context {version_} --json` lists the values)", err=True)
-    if not result["analyzed"]:
-        typer.echo(f"note: {version_} is not analysed yet, so numbers cannot be checked; run `exp analyze {version_}`", err=True)
+        typer.echo(f"warning: line {u['line']}: {u['number']} is not traceable: {u['reason']}", err=True)
