@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from expkit import tracking  # noqa: E402
+from expkit.names import METRICS_FILE  # noqa: E402
 from tests.test_tracking import FAILING_HOSTS, tiny_trainer_run  # noqa: E402
 
 TARGET_S = 5.0
@@ -61,7 +62,7 @@ def time_start(case: str, url: str | None, scratch: Path) -> float:
 def time_first_step(case: str, url: str | None, scratch: Path) -> float:
     """Seconds from launching a trainer process for ``case`` until its metrics.jsonl holds step 1."""
     cmd, env = tiny_trainer_run(scratch, "offline" if case == "offline" else "cloud", api_host=url)
-    metrics = scratch / "run" / tracking.METRICS_FILE
+    metrics = scratch / "run" / METRICS_FILE
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

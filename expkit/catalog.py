@@ -103,18 +103,18 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
 
 # -- the metrics of a record's run -------------------------------------------------------------
 #: summarize()'s aliases of final_loss (claim names): not stored, restored on reading.
-ALIASES = ("train_loss", "loss")
+LOSS_ALIASES = ("train_loss", "loss")
 
 
 def clean_table(table: dict[str, Any]) -> dict[str, Any]:
     """The numeric, finite entries of a summarize() table, without the aliases (what the state keeps)."""
-    return {k: v for k, v in table.items() if k not in ALIASES and is_finite_number(v)}
+    return {k: v for k, v in table.items() if k not in LOSS_ALIASES and is_finite_number(v)}
 
 
 def with_aliases(table: dict[str, Any]) -> dict[str, Any]:
     """A stored table with the claim names ``train_loss`` and ``loss`` for ``final_loss``."""
     if "final_loss" in table:
-        return {**table, **{k: table["final_loss"] for k in ALIASES}}
+        return {**table, **{k: table["final_loss"] for k in LOSS_ALIASES}}
     return dict(table)
 
 

@@ -143,7 +143,7 @@ class _Index:
 
 # -- reading a text: code, exempt spans, numbers, clauses, names --------------------------------------
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_CODE_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INLINE_CODE = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
 # Spans whose digits are not quantities of the run. (Each pattern here starts with a lookahead
 # for its possible first characters: re tries a pattern at every offset of the text.)
@@ -171,7 +171,7 @@ _NUMBER = re.compile(
     """,
     re.X,
 )
-_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}
+_SUFFIX_SCALE = {"k": 1e3, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9}
 _CLAUSE_END = re.compile(r"[。！？；;!?\n]|\.(?=\s)")
 _CITATION = re.compile(r"\[\[\s*([^\[\]:\s]+)\s*(?::([^\[\]\n]*))?\]\]")
 #: What continues a Latin word for the name search.
@@ -188,7 +188,7 @@ def _code_spans(text: str) -> list[tuple[int, int]]:
     fence: tuple[str, int, int] | None = None  # (character, length, start)
     pos = 0
     for line in text.splitlines(keepends=True):
-        m = _FENCE.match(line)
+        m = _CODE_FENCE.match(line)
         if fence is None and m:
             fence = (m[1][0], len(m[1]), pos)
         elif fence is not None:
@@ -293,7 +293,7 @@ def _reading(m: re.Match[str]) -> tuple[float, float]:
     mant = m["mant"].replace(",", "")
     decimals = len(mant.split(".")[1]) if "." in mant else 0
     exp = int(m["exp"] or 0)
-    scale = _SCALE.get(m["suffix"] or "", 1.0)
+    scale = _SUFFIX_SCALE.get(m["suffix"] or "", 1.0)
     # decimal strings through float(): exact to the last bit, also for 1e-320-sized values
     return float(f"{mant}e{exp}") * scale, float(f"5e{exp - decimals - 1}") * scale
 

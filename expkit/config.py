@@ -18,10 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, UsageError
+from .names import EMBEDDED
 
-#: Sentinel for ``data_path`` / ``val_data_path`` / ``tokenizer_path``: the corpus and tokenizer
-#: shipped in ``dataset/``, found from any workspace without setup.
-EMBEDDED = "embedded"
 
 
 class TrainConfig(BaseModel):

@@ -39,7 +39,7 @@ For example ``metrics.val_loss`` 5.2318, ``params.embedding`` 819200, ``curve.va
 ``anomaly_counts.spike`` 3, ``config.learning_rate`` 0.003, ``run.duration_s`` 254.0.
 
 The names of a quantity (``names_of``) are its key's own forms (``val_loss``, "val loss",
-"val-loss") and the aliases of ``_ALIASES`` in English and Chinese; see ``citations`` for the rule.
+"val-loss") and the aliases of ``_NAMES`` in English and Chinese; see ``citations`` for the rule.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ _LR = ("learning rate", "lr", "学习率")
 _GPUS = ("process", "rank", "gpu", "进程")
 _OBSERVED = ("observed", "actual", "measured", "实际", "实测", "观测")
 _THRESHOLD = ("threshold", "expected", "expectation", "target", "claim", "预期", "阈值", "目标")
-_MARGIN = ("margin", "above", "below", "exceed", "short of", "余量", "差距", "高出", "超出", "超过", "低于", "高于")
+_MARGIN_WORDS = ("margin", "above", "below", "exceed", "short of", "余量", "差距", "高出", "超出", "超过", "低于", "高于")
 _CLAIMS = ("claim", "expected result", "expectation", "预期", "预期结果")
 _ANOMALY = ("anomaly", "anomalies", "异常")
 _RATIO = ("x", "×", "times", "ratio", "倍")
@@ -281,7 +281,7 @@ _ROLES = {"parent": ("parent", "父实验", "父版本"), "baseline": ("baseline
 #: Names of a quantity by the key that holds it, besides the key's own forms. Lower case; an
 #: English plural needs no entry. The metrics (analysis.SUMMARY_KEYS), the parameter breakdown
 #: (model.param_counts), TrainConfig, the run's record, the verdicts and the anomaly kinds.
-_ALIASES: dict[str, tuple[str, ...]] = {
+_NAMES: dict[str, tuple[str, ...]] = {
     "steps": _STEPS, "step": _STEPS, "end_step": _STEPS, "min_step": _STEPS, "last_step": _STEPS,
     "max_steps": _STEPS + ("max steps", "total steps", "总步数"),
     "loss": _TRAIN_LOSS, "final_loss": _TRAIN_LOSS, "train_loss": _TRAIN_LOSS,
@@ -369,7 +369,7 @@ def _key_names(key: str) -> tuple[str, ...]:
     forms = [key.lower(), key.lower().replace("_", "-")]
     if not any(part.isdigit() for part in key.split("_")):
         forms.append(key.lower().replace("_", " "))
-    return tuple(forms) + _ALIASES.get(key, ())
+    return tuple(forms) + _NAMES.get(key, ())
 
 
 def _roles_in(claim: Any) -> tuple[str, ...]:
@@ -408,7 +408,7 @@ def _names(shape: tuple[Any, ...]) -> frozenset[str]:
         return frozenset({
             "observed": metric_names + _OBSERVED,
             "reference": metric_names + _THRESHOLD + role_names,
-            "margin": _MARGIN + _THRESHOLD + role_names,
+            "margin": _MARGIN_WORDS + _THRESHOLD + role_names,
         }.get(part, _key_names(part)))
     if section == "verdict_counts":
         return frozenset((() if key == "total" else _key_names(key)) + _CLAIMS)

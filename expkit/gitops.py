@@ -8,6 +8,7 @@ and leaves every other staged or unstaged change of the user as it was.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -57,8 +58,25 @@ def _repo(path: Path):
         return None
 
 
-def state(path: Path) -> RepoState | None:
-    """The repository holding ``path``, or None when it is not in one."""
+def _pathspecs(repo: Any, only: tuple[Path, ...], exclude: tuple[Path, ...]) -> list[str]:
+    """git pathspecs, relative to the repository's root, for ``only`` minus ``exclude``."""
+    root = Path(repo.working_tree_dir).resolve()
+
+    def rel(p: Path) -> str | None:
+        try:
+            return Path(p).resolve().relative_to(root).as_posix() or "."
+        except ValueError:
+            return None
+
+    specs = [r for r in (rel(p) for p in only) if r is not None] or (["."] if not only else [])
+    specs += [f":(exclude){r}" for r in (rel(p) for p in exclude) if r is not None and r != "."]
+    return specs
+
+
+def state(path: Path, only: tuple[Path, ...] = (), exclude: tuple[Path, ...] = ()) -> RepoState | None:
+    """The repository holding ``path``, or None when it is not in one. ``dirty`` counts the
+    uncommitted changes to tracked files and the untracked files (ignored ones aside) under
+    ``only`` (default: everywhere) outside ``exclude`` — a run's code, not exp's own records."""
     repo = _repo(path)
     if repo is None:
         return None
@@ -67,19 +85,37 @@ def state(path: Path) -> RepoState | None:
     except ValueError:  # no commits yet
         sha = None
     branch = None if repo.head.is_detached else repo.active_branch.name
-    return RepoState(sha=sha, dirty=repo.is_dirty(untracked_files=False), branch=branch, root=str(repo.working_tree_dir))
+    specs = _pathspecs(repo, only, exclude)
+    dirty = bool(specs) and bool(repo.git.status("--porcelain", "--untracked-files=normal", "--", *specs).strip())
+    return RepoState(sha=sha, dirty=dirty, branch=branch, root=str(repo.working_tree_dir))
 
 
-def diff(path: Path) -> str:
-    """Uncommitted changes to tracked files (staged and unstaged) against HEAD, as a patch."""
+def diff(path: Path, only: tuple[Path, ...] = (), exclude: tuple[Path, ...] = ()) -> str:
+    """Uncommitted changes against HEAD under ``only`` outside ``exclude``, as a patch: the
+    tracked files' changes (staged and unstaged), then each untracked file as a new file."""
     repo = _repo(path)
     if repo is None:
+        return ""
+    specs = _pathspecs(repo, only, exclude)
+    if not specs:
         return ""
     try:
         repo.head.commit
     except ValueError:
-        return ""
-    return repo.git.diff("HEAD")
+        tracked = ""
+    else:
+        tracked = repo.git.diff("HEAD", "--", *specs)
+    parts = [tracked.rstrip("\n") + "\n"] if tracked.strip() else []
+    root = Path(repo.working_tree_dir)
+    for name in repo.git.ls_files("--others", "--exclude-standard", "--", *specs).splitlines():
+        try:
+            lines = (root / name).read_text(encoding="utf-8").splitlines(keepends=True)
+        except (OSError, UnicodeDecodeError):
+            parts.append(f"diff --git a/{name} b/{name}\nnew file (binary or unreadable): {name}\n")
+            continue
+        body = "".join(difflib.unified_diff([], lines, "/dev/null", f"b/{name}"))
+        parts.append(f"diff --git a/{name} b/{name}\nnew file mode 100644\n{body}" + ("" if body.endswith("\n") else "\n"))
+    return "".join(parts)
 
 
 # -- identity ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ExpError
+from .names import METRICS_FILE, SAMPLES_FILE, STATUS_FILE, SUMMARY_FILE
 from .numbers import is_finite_number, json_safe
 from .samples import sample_quality
 
@@ -28,10 +29,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.json"
-STATUS_FILE = "status.json"
 
 #: The per-line series of metrics.jsonl that Metrics keeps as arrays (by step).
 SERIES = ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .record import Record
-from .script import LaunchOptions, git_state
+from .script import LaunchOptions, code_state, git_state
 from .workspace import Workspace
 
 
@@ -49,6 +49,9 @@ for name in ("transformers", "tokenizers", "swanlab"):
         info[name] = __import__(name).__version__
     except Exception as err:
         info[name + "_error"] = f"{type(err).__name__}: {err}"
+import importlib.util
+spec = importlib.util.find_spec("model")  # the trainer package, found as the run will find it
+info["model_path"] = spec.origin if spec and spec.origin else None
 print(json.dumps(info))
 """
 
@@ -141,11 +144,20 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
 
     repo = git_state(ws)
     if repo is None:
-        checks.append(Check("git", None, "not a git repository: runs cannot be traced to code", "git init && git commit"))
+        checks.append(Check("git", None, "the workspace is not a git repository: records cannot be committed", "git init && git commit"))
     elif repo.get("dirty"):
-        checks.append(Check("git", None, f"{(repo.get('sha') or 'no commit')[:12]} with uncommitted changes (saved to git.diff)", "commit before running for a clean trace"))
+        checks.append(Check("git", None, f"{(repo.get('sha') or 'no commit')[:12]} with uncommitted changes outside exp's "
+                            "records and outputs (saved to git.diff)", "commit that code before running; records wait for review"))
     else:
-        checks.append(Check("git", True, f"{(repo.get('sha') or 'no commit yet')[:12]} on {repo.get('branch') or 'detached HEAD'}"))
+        checks.append(Check("git", True, f"{(repo.get('sha') or 'no commit yet')[:12]} on {repo.get('branch') or 'detached HEAD'}"
+                            " (exp's records and outputs aside)"))
+    code = code_state(env)
+    where = code.get("package") or f"{code['location']} at {str(code.get('git_sha'))[:12]}"
+    if code.get("dirty"):
+        checks.append(Check("code", None, f"trainer code {where} has uncommitted changes (saved to code.diff)",
+                            f"commit them in {code['location']} for a clean trace"))
+    else:
+        checks.append(Check("code", True, f"trainer code {where}"))
 
     if opts.backend == "slurm":
         sbatch = shutil.which("sbatch")

@@ -172,7 +172,7 @@ def dump_front_matter(meta: dict[str, Any]) -> str:
 
 
 _OPENER = re.compile(r"---[ \t]*\r?\n")
-_FENCE = re.compile(r"^---[ \t]*\r?$", re.M)
+_FRONT_FENCE = re.compile(r"^---[ \t]*\r?$", re.M)
 
 
 def split_front_matter(text: str, where: str = "record") -> tuple[str, str]:
@@ -184,7 +184,7 @@ def split_front_matter(text: str, where: str = "record") -> tuple[str, str]:
             f"{where}:1: the file must start with a line '---' opening the front matter (it starts with {line[:40]!r}); "
             "put that line back at the top (your text below it is kept)"
         )
-    end = _FENCE.search(text, first.end())
+    end = _FRONT_FENCE.search(text, first.end())
     if end is None:
         raise RecordError(
             f"{where}: the front matter opened on line 1 is never closed; add a line '---' after it (your text is kept)"

@@ -50,13 +50,6 @@ ANALYSIS_FILE = "analysis.json"
 METRICS_SUMMARY_FILE = "metrics_summary.json"
 #: The state keeps at most this many anomalies (analysis.json keeps them all).
 META_ANOMALIES = 20
-#: Parts of the run entry that are not evidence for the analysis' numbers. The start and end
-#: timestamps are not either: the text check masks dates and times anyway, so their digits
-#: (year, month, day, minute, second) would only let unrelated numbers such as "47%" pass.
-_RUN_NOT_EVIDENCE = ("log_tail", "token", "started", "ended")
-#: Parts of the analysis that are not evidence: bookkeeping (the drafts' hex digests would
-#: yield stray numbers) and the analysis' own timestamp (see _RUN_NOT_EVIDENCE).
-_ANALYSIS_NOT_EVIDENCE = ("drafts", "analyzed_at")
 
 
 def _references(ws: Workspace, record: Record) -> dict[str, dict[str, Any]]:

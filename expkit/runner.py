@@ -30,7 +30,7 @@ from .errors import ExpError
 from .files import atomic_write, read_json, write_json
 from .preflight import Check, failed_checks, preflight, swanlab_logged_in
 from .record import PREREGISTERED, Record, sha256
-from .script import LaunchOptions, RunError, git_state, render_script, write_script
+from .script import LaunchOptions, RunError, code_state, git_state, own_paths, render_script, write_script
 from .status import next_step, require_status, transition
 from .store import entries
 from .version import Version
@@ -131,7 +131,8 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
             }
             if opts.backend in ("torchrun", "slurm"):
                 run["processes"] = opts.procs * opts.nnodes
-            _snapshot(ws, version, out, record, repo, env)
+            run["code"] = code_state(env)
+            _snapshot(ws, version, out, record, repo, env, run["code"])
             script = ws.run_script_path(version)
             if script.exists():
                 run["script_sha256"] = sha256(script.read_bytes())
@@ -151,13 +152,20 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
     return record
 
 
-def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: dict[str, Any], env: dict[str, Any] | None) -> None:
-    """Files that let a result be traced: git diff, pip freeze, environment, a plain summary."""
+def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: dict[str, Any], env: dict[str, Any] | None,
+              code: dict[str, Any]) -> None:
+    """Files that let a result be traced: the workspace's and the trainer code's uncommitted
+    changes (git.diff, code.diff; untracked files included), pip freeze, environment, a summary."""
+    diffs = []
     if repo.get("dirty"):
+        diffs.append(("git.diff", ws.root, (), own_paths(ws)))
+    if code.get("dirty"):
+        diffs.append(("code.diff", Path(code["location"]), tuple(Path(p) for p in code["packages"]), ()))
+    for name, where, only, exclude in diffs:
         try:
-            atomic_write(out / "git.diff", gitops.diff(ws.root))
+            atomic_write(out / name, gitops.diff(where, only=only, exclude=exclude))
         except Exception as err:  # the diff is evidence, not a precondition
-            atomic_write(out / "git.diff", f"# could not save the diff: {err}\n")
+            atomic_write(out / name, f"# could not save the diff: {err}\n")
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--disable-pip-version-check"], capture_output=True, text=True, timeout=120)
     atomic_write(out / "requirements.txt", freeze.stdout if freeze.returncode == 0 else f"# pip freeze failed: {freeze.stderr.strip()}\n")
     write_json(out / "env.json", env or {})

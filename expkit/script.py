@@ -134,10 +134,37 @@ def write_script(ws: Workspace, record: Record, opts: LaunchOptions) -> tuple[Pa
     return path, text
 
 
+def own_paths(ws: Workspace) -> tuple[Path, ...]:
+    """What exp itself writes in a workspace (records and their state, run scripts, outputs):
+    not code, so not what makes a run's code revision dirty."""
+    return (ws.experiment_dir, ws.run_file_dir, ws.out_root)
+
+
 def git_state(ws: Workspace) -> dict[str, Any] | None:
-    """The workspace repository's revision (sha, dirty, branch), or None when there is none."""
+    """The workspace repository's revision (sha, branch; dirty: changes outside exp's own files),
+    or None when there is none."""
     try:
-        st = gitops.state(ws.root)
+        st = gitops.state(ws.root, exclude=own_paths(ws))
     except Exception:  # a broken repository must not stop a run; the record says "unknown"
         return None
     return st.to_dict() if st else None
+
+
+def code_state(env: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the trainer code that runs comes from: the ``model`` package the run's Python
+    imports (``env["model_path"]`` from the preflight probe, which imports as the run does) and
+    expkit beside it — a checkout (its git revision, dirty when the packages have uncommitted or
+    untracked changes) or an installed package (its version)."""
+    model_path = (env or {}).get("model_path")
+    if not model_path:
+        return {"version": __version__, "location": "unknown (the preflight could not find the model package)"}
+    model_dir = Path(model_path).resolve().parent
+    packages = (model_dir, Path(__file__).resolve().parent)
+    try:
+        st = gitops.state(model_dir, only=packages)
+    except Exception:
+        st = None
+    if st is None:
+        return {"version": __version__, "location": str(model_dir.parent), "package": f"expkit {__version__} (installed, not a checkout)"}
+    return {"version": __version__, "location": st.root, "git_sha": st.sha or "no commit yet", "dirty": st.dirty,
+            "packages": [str(p) for p in packages]}

@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from .errors import ExpError
+from .files import atomic_write
 
 #: Tracking modes a TrainConfig may name; ``SWANLAB_MODE`` accepts these and SwanLab's own names.
 MODES = ("offline", "cloud", "disabled")
@@ -55,7 +56,6 @@ PROBE_TIMEOUT_S = 3.0
 CLOUD_START_TIMEOUT_S = 10.0
 #: SwanLab's log directory inside a run's output directory.
 SWANLOG_DIR = "swanlog"
-METRICS_FILE = "metrics.jsonl"
 
 Warn = Callable[[str], None]
 T = TypeVar("T")
@@ -99,13 +99,7 @@ class MetricsFile:
         """Keep the rows with ``step <= step`` (and drop a torn last line); returns the rows kept."""
         path = Path(path)
         kept = [row for row in read_metrics(path) if row.get("step", 0) <= step]
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in kept:
-                fh.write(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, "".join(json.dumps(row, ensure_ascii=False, allow_nan=True) + "\n" for row in kept))
         return kept
 
 

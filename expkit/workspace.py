@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkspaceError
+from .names import EMBEDDED
 from .files import atomic_write
 
-EMBEDDED = "embedded"
 
 
 def shipped_path(rel: str) -> Path:

@@ -13,13 +13,12 @@ itself. The configuration files are written by this module rather than by
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expkit.errors import DataError
+from expkit.files import atomic_write
 from expkit.workspace import resolve_data_path
 
 if TYPE_CHECKING:
@@ -74,18 +73,6 @@ def _tokenizer_config() -> dict[str, object]:
     }
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _json_text(data: dict[str, object]) -> str:
     return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
 
@@ -118,9 +105,9 @@ def train_tokenizer(texts: Iterable[str], out_dir: Path, vocab_size: int = 6400)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
-    _write_atomic(out_dir / "tokenizer_config.json", _json_text(_tokenizer_config()))
-    _write_atomic(out_dir / "special_tokens_map.json", _json_text(_special_tokens_map()))
+    atomic_write(out_dir / "tokenizer.json", tokenizer.to_str(pretty=True) + "\n")
+    atomic_write(out_dir / "tokenizer_config.json", _json_text(_tokenizer_config()))
+    atomic_write(out_dir / "special_tokens_map.json", _json_text(_special_tokens_map()))
     return out_dir
 
 

@@ -65,8 +65,10 @@ import torch
 import torch.distributed as torch_dist
 
 from expkit import tracking
+from expkit.names import METRICS_FILE
 from expkit.config import TrainConfig, validate
 from expkit.errors import ConfigError, ExpError
+from expkit.files import atomic_file, atomic_write
 from expkit.workspace import resolve_data_path
 
 from .data import BatchStream, PackedBlocks, eval_batches, load_corpus
@@ -105,7 +107,7 @@ class RunFiles:
 
     @property
     def metrics(self) -> Path:
-        return self.out / tracking.METRICS_FILE
+        return self.out / METRICS_FILE
 
     @property
     def log(self) -> Path:
@@ -141,11 +143,8 @@ class RunFiles:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=2, allow_nan=False, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    """Strict JSON (no NaN: a reader of status.json or summary.json is not Python alone), atomically."""
+    atomic_write(path, json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False, default=str) + "\n")
 
 
 def _finite_or_none(x: float | None) -> float | None:
@@ -318,19 +317,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class Checkpoints:
     """``checkpoints/step_XXXXXXXX.pt``, written atomically, pruned to the best k plus the last.
 
@@ -346,14 +332,9 @@ class Checkpoints:
     def save(self, state: dict[str, Any], step: int, val_loss: float | None) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / _ckpt_name(step)
-        tmp = self.dir / f".{path.name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as fh:
+        with atomic_file(path) as fh:
             torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
         _write_json_atomic(path.with_suffix(".json"), {"step": step, "val_loss": _finite_or_none(val_loss)})
-        _fsync_dir(self.dir)
         self.prune()
         return path
 

@@ -25,17 +25,16 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
+from expkit.files import atomic_write  # noqa: E402
 from expkit.workspace import dataset_dir  # noqa: E402
 
 SOURCE_DIR = Path("/usr/share/games/fortunes")
@@ -189,16 +188,7 @@ def jsonl_gz_bytes(docs: list[str]) -> bytes:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, data, chmod=0o644)  # readable by all: these files are shipped
 
 
 def package_version(package: str) -> str:

@@ -477,7 +477,7 @@ def test_a_written_number_must_be_a_value_its_sentence_names(rec, cli, tmp_path,
     one_line_error(err)
     assert path.read_bytes() == before  # refused: the record is as it was
     code, _, err = cli("fill", "0.1.0", "analysis", "--file", str(f), "--allow-untraceable")
-    assert code == 0 and f"warning: line " in err and f": {number} is not traceable" in err
+    assert code == 0 and "warning: line " in err and f": {number} is not traceable" in err
     line = int(re.search(r"warning: line (\d+):", err).group(1))
     assert number in path.read_text(encoding="utf-8").split("\n")[line - 1]
 

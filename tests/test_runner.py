@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FILLED, fill, run_exp
+from conftest import FILLED, REPO, fill, run_exp
 
 from expkit.script import LaunchOptions, write_script
 from expkit import runner, tracking
@@ -241,10 +241,23 @@ def test_detach_stop_resume_finishes(gitws):
     assert rec.status == "interrupted"
     last_step = rec.meta["run"].get("last_step")
     assert last_step is not None and 10 <= last_step < 150, rec.meta["run"]
+    # stop, look, resume: a partial analysis of the interrupted run says it is partial ...
+    looked = run_exp("analyze", "0.1.0", "--json", cwd=gitws.root)
+    assert looked.returncode == 0, looked.stderr
+    partial = json.loads(looked.stdout)["partial"]
+    assert partial["run_status"] == "interrupted" and partial["resumable"] and partial["max_steps"] == 150
+    shown = json.loads(run_exp("show", "0.1.0", "--json", cwd=gitws.root).stdout)
+    assert shown["status"] == "analyzed" and shown["partial"]["run_status"] == "interrupted"
+    assert all(v["verdict"] == "inconclusive" for v in shown["verdicts"])  # nothing is judged on half a run
+    assert "部分分析" in record(gitws).block("ai", "analysis").text
+    # ... and the run goes on from its checkpoint
     resumed = run_exp("run", "0.1.0", "--resume", cwd=gitws.root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     rec = record(gitws)
     assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished" and rec.meta["run"]["resumed"]
+    assert "partial" not in rec.meta["analysis"]  # analysed again when it finished: whole now
+    again = run_exp("run", "0.1.0", "--resume", cwd=gitws.root)  # a finished run has nothing to resume
+    assert again.returncode == 1 and "its run finished" in again.stderr and len(again.stderr.splitlines()) == 1
     steps = [json.loads(line)["step"] for line in (gitws.out_dir("0.1.0") / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 150  # no step logged twice across the resume
 
@@ -290,3 +303,28 @@ def test_multinode_flags_are_rendered(gitws):
     assert "MASTER_PORT=2" in r.stdout or "MASTER_PORT=3" in r.stdout  # a fixed port all nodes agree on
     bad = run_exp("run", "0.1.0", "--dry-run", "--nnodes", "2", "--node-rank", "2", "--backend", "torchrun", cwd=gitws.root)
     assert bad.returncode == 2 and "--node-rank" in bad.stderr
+
+
+def test_the_dirty_check_looks_at_code_not_at_exps_own_files_and_the_run_records_the_trainer_code(gitws):
+    make(gitws)  # a record, its state and (after set) its parameter table: exp's own files, uncommitted
+    r = run_exp("doctor", "0.1.0", "--json", cwd=gitws.root)
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["git"]["ok"] is True, checks["git"]  # records wait for review: they do not make the code dirty
+    (gitws.root / "my_helper.py").write_text("def f():\n    return 1\n")  # code, untracked
+    checks = {c["name"]: c for c in json.loads(run_exp("doctor", "0.1.0", "--json", cwd=gitws.root).stdout)["checks"]}
+    assert checks["git"]["ok"] is None and "outside exp's records" in checks["git"]["detail"]
+    # the trainer code that runs is this checkout (the editable install the tests use)
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "model", "expkit"],
+                                capture_output=True, text=True).stdout.strip())
+    assert str(REPO) in checks["code"]["detail"] and head[:12] in checks["code"]["detail"]
+    assert (checks["code"]["ok"] is None) == dirty
+    r = run_exp("run", "0.1.0", cwd=gitws.root)
+    assert r.returncode == 0, r.stderr
+    run = record(gitws).meta["run"]
+    assert run["code"]["location"] == str(REPO) and run["code"]["git_sha"] == head and run["code"]["dirty"] == dirty
+    assert run["git_dirty"] is True  # the helper file
+    diff = (gitws.out_dir("0.1.0") / "git.diff").read_text()
+    assert "b/my_helper.py" in diff and "+    return 1" in diff  # untracked files are in the diff
+    assert "experiment_0.1.0" not in diff  # exp's own files are not
+    assert (gitws.out_dir("0.1.0") / "code.diff").exists() == dirty

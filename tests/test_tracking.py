@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from expkit import tracking
+from expkit.names import METRICS_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ class Warnings(list):
 
 
 def log_rows(tracker: tracking.Tracker, out: Path, rows=ROWS) -> None:
-    with tracking.MetricsFile(out / tracking.METRICS_FILE) as metrics:
+    with tracking.MetricsFile(out / METRICS_FILE) as metrics:
         for row in rows:
             metrics.write(row)
             tracker.log(row, row["step"])
@@ -89,7 +90,7 @@ def test_history_is_replayed_so_the_newest_run_mirrors_the_file(tmp_path):
     first.finish("interrupted")
     time.sleep(1.1)  # run directories are named by the second they start
 
-    kept = tracking.MetricsFile.truncate_after(tmp_path / tracking.METRICS_FILE, 1)
+    kept = tracking.MetricsFile.truncate_after(tmp_path / METRICS_FILE, 1)
     assert kept == ROWS[:1]
     second = tracking.start(tmp_path, mode="offline", history=kept, warn=Warnings())
     log_rows(second, tmp_path, ROWS[1:])
@@ -98,7 +99,7 @@ def test_history_is_replayed_so_the_newest_run_mirrors_the_file(tmp_path):
     assert len(tracking.run_dirs(tmp_path)) == 2
     assert tracking.read_run(tmp_path)["loss"] == [(1, 8.5), (10, 7.25), (20, 6.0)]
     assert tracking.read_run_meta(tracking.run_dirs(tmp_path)[0])["state"] == "aborted"
-    assert tracking.read_metrics(tmp_path / tracking.METRICS_FILE) == ROWS
+    assert tracking.read_metrics(tmp_path / METRICS_FILE) == ROWS
 
 
 def test_disabled_writes_nothing(tmp_path):
@@ -384,7 +385,7 @@ def test_a_tracker_that_raises_never_stops_logging(tmp_path, monkeypatch):
     assert run.calls == len(ROWS)  # it kept trying
     assert tracker.errors == len(ROWS) + 1
     assert len(warnings) == 1 and "disk full" in warnings[0]  # reported once
-    assert tracking.read_metrics(tmp_path / tracking.METRICS_FILE) == ROWS
+    assert tracking.read_metrics(tmp_path / METRICS_FILE) == ROWS
 
 
 def test_a_tracker_that_cannot_start_is_disabled(tmp_path, monkeypatch):
@@ -401,7 +402,7 @@ def test_a_tracker_that_cannot_start_is_disabled(tmp_path, monkeypatch):
 
 
 def test_metrics_file_survives_a_torn_line_and_truncates(tmp_path):
-    path = tmp_path / tracking.METRICS_FILE
+    path = tmp_path / METRICS_FILE
     with tracking.MetricsFile(path) as metrics:
         for row in ROWS:
             metrics.write(row)
