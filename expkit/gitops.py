@@ -49,13 +49,16 @@ class RepoState:
         return asdict(self)
 
 
-def _repo(path: Path):
+def _repo(path: Path, read_only: bool = False):
     import git  # GitPython: ~0.1 s to import, so only where a command needs it
 
     try:
-        return git.Repo(path, search_parent_directories=True)
+        repo = git.Repo(path, search_parent_directories=True)
     except (git.InvalidGitRepositoryError, git.NoSuchPathError):
         return None
+    if read_only:  # a read (status, diff) must not write: `git status` would refresh .git/index
+        repo.git.set_persistent_git_options(no_optional_locks=True)
+    return repo
 
 
 def _pathspecs(repo: Any, only: tuple[Path, ...], exclude: tuple[Path, ...]) -> list[str]:
@@ -77,7 +80,7 @@ def state(path: Path, only: tuple[Path, ...] = (), exclude: tuple[Path, ...] = (
     """The repository holding ``path``, or None when it is not in one. ``dirty`` counts the
     uncommitted changes to tracked files and the untracked files (ignored ones aside) under
     ``only`` (default: everywhere) outside ``exclude`` — a run's code, not exp's own records."""
-    repo = _repo(path)
+    repo = _repo(path, read_only=True)
     if repo is None:
         return None
     try:
@@ -93,7 +96,7 @@ def state(path: Path, only: tuple[Path, ...] = (), exclude: tuple[Path, ...] = (
 def diff(path: Path, only: tuple[Path, ...] = (), exclude: tuple[Path, ...] = ()) -> str:
     """Uncommitted changes against HEAD under ``only`` outside ``exclude``, as a patch: the
     tracked files' changes (staged and unstaged), then each untracked file as a new file."""
-    repo = _repo(path)
+    repo = _repo(path, read_only=True)
     if repo is None:
         return ""
     specs = _pathspecs(repo, only, exclude)

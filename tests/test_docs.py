@@ -58,3 +58,23 @@ def test_the_assistant_stops_after_the_analysis_and_the_demo_hands_over_to_a_per
     assert guide.index("exp analyze") < stop < guide.index("exp review X.Y.Z", stop)
     demo = (REPO / "scripts" / "demo.sh").read_text(encoding="utf-8").rstrip().splitlines()
     assert demo[-1] == "EOF" and demo[-2].strip().endswith("exp review 0.1.0")  # the last line it prints
+
+
+def test_the_citation_example_of_claude_md_resolves_against_a_real_evidence_object():
+    """The assistant learns the syntax from CLAUDE.md's example: every path in it must exist."""
+    from expkit import citations, evidence
+
+    guide = (REPO / "CLAUDE.md").read_text(encoding="utf-8")
+    example = guide.split("```markdown", 1)[1].split("```", 1)[0]
+    assert example.count("[[") >= 5
+    ev = evidence.build(
+        {"metrics": {"val_loss": 5.219, "peak_mem_mb": 812.4, "params": 1_200_000},
+         "verdicts": [{"claim": "val_loss < 2.5", "metric": "val_loss", "verdict": "refuted", "observed": 5.219, "reference": 2.5}],
+         "references": {"parent": {"version": "1.4.0", "has_run": True,
+                                   "deltas": {"val_loss": {"value": 5.219, "reference": 5.39, "abs": -0.171, "rel": -0.0317}}}}},
+        {}, {}, {"param_counts": {"total": 1_200_000, "memory": 400_000, "embedding": 819_200}},
+        rows=[{"step": 120, "loss": 6.0, "val_loss": 6.1}],
+    )
+    text, cited = citations.resolve(example, ev)
+    assert "[[" not in text and len(cited) == example.count("[[")
+    assert "5.219" in text and "-3.2%" in text and "400,000" in text
