@@ -213,7 +213,10 @@ def main() -> None:
         ]
         if args.only:
             benches = [b for b in benches if b.command or any(w in b.label for w in args.only)]
-        results = [(b, measure(sides, b, args.repeats)) for b in benches]
+        results = []
+        for b in benches:
+            load = os.getloadavg()[0]  # another process on a 2-core machine shows in every column
+            results.append((b, load, measure(sides, b, args.repeats)))
         load1 = os.getloadavg()
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old_tree)], cwd=REPO, capture_output=True)
@@ -229,16 +232,17 @@ def main() -> None:
           f"checked in {built:.0f} s; median of {args.repeats} fresh processes per side, interleaved")
     print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in load0)} at the start, "
           f"{', '.join(f'{x:.2f}' for x in load1)} at the end\n")
-    head = f"{'command':36} {'old s':>7} {'new s':>7} {'new/old':>8} {'paired':>7} {'noise':>7}  verdict"
+    head = f"{'command':36} {'load':>5} {'old s':>7} {'new s':>7} {'new/old':>8} {'paired':>7} {'noise':>7}  verdict"
     print(head)
     print("-" * len(head))
-    for bench, times in results:
+    for bench, load, times in results:
         ratio, paired, noise, word = verdict(times["old"], times["new"])
         if bench.command:
             word = "control: the same command on both sides"
-        print(f"{bench.label:36} {statistics.median(times['old']):7.3f} {statistics.median(times['new']):7.3f} "
+        print(f"{bench.label:36} {load:5.2f} {statistics.median(times['old']):7.3f} {statistics.median(times['new']):7.3f} "
               f"{ratio:8.2f} {paired:7.2f} {noise:+7.1%}  {word}")
-    print("\nnew/old: ratio of the medians; paired: median of new/old over the pairs run back to back;")
+    print("\nload: the 1-minute load average as the command's runs began; new/old: ratio of the medians;")
+    print("paired: median of new/old over the pairs run back to back;")
     print("noise: the old repeats' upper quartile over their median (new within it: 'within noise').")
 
 
