@@ -1,13 +1,15 @@
-"""Speed of expkit.analysis on large inputs: medians of repeated in-process runs.
+"""Speed of the analysis and the report on large inputs: medians of repeated runs.
 
 Targets (2-core machine): ``exp analyze`` on a 100,000-step metrics.jsonl ≤ 1 s; ``exp report``
 over 1,000 records ≤ 2 s. Both are measured as the commands' core functions in-process
-(``results.analyze``: compute, plots, record and analysis.json written; ``reporting.report``:
-front matters read, CSV, markdown and PNG written) and as the real ``exp`` command in a fresh
+(``results.analyze``: compute, plots, record, its state and analysis.json written;
+``reporting.report``: every record's state read, CSV, markdown and PNG written) and as the real ``exp`` command in a fresh
 process (Python start-up and the numpy/Pillow imports included; expkit's own modules are
 byte-compiled first, as any machine without PYTHONDONTWRITEBYTECODE does on the first run).
-The pure stages are printed too, and the import cost of ``expkit.analysis``, which must not
-pull numpy or Pillow.
+The pure stages are printed too (``metrics``, ``anomalies``, ``verdicts``, ``plots``, ``report``),
+and the import cost of the pure computation layer (metrics, anomalies, verdicts, comparison,
+diagnosis, samples, plots, report, evidence, citations), which must not pull numpy or Pillow.
+It measures the expkit of the tree it lives in (``bench/..``), whatever else is installed.
 
     python bench/bench_analysis.py [--steps 100000] [--records 1000] [--repeats 5]
 """
@@ -27,6 +29,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+#: expkit.analysis before issue 13, split by concept: what `import expkit.analysis` used to load
+PURE_MODULES = ("metrics", "anomalies", "verdicts", "comparison", "diagnosis", "samples", "plots", "report",
+                "evidence", "citations")
 
 
 def make_run(out: Path, steps: int, eval_every: int = 1000) -> None:
@@ -84,17 +91,23 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _env(**extra: str) -> dict[str, str]:
+    """This tree's expkit first, for every process the benchmark starts."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
 def import_cost(repeats: int) -> tuple[float, float, bool]:
-    code = ("import sys,time; t=time.perf_counter(); import expkit.analysis; d=time.perf_counter()-t; "
+    pure = ", ".join(f"expkit.{m}" for m in PURE_MODULES)
+    code = (f"import sys,time; t=time.perf_counter(); import {pure}; d=time.perf_counter()-t; "
             "print(d, 'numpy' in sys.modules or 'PIL' in sys.modules)")
     base = "import sys,time; t=time.perf_counter(); import expkit.claims, expkit.errors; print(time.perf_counter()-t, False)"
     ours, theirs, heavy = [], [], False
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=_env()).stdout.split()
         ours.append(float(out[0]))
         heavy |= out[1] == "True"
         theirs.append(float(subprocess.run([sys.executable, "-c", base], capture_output=True, text=True,
-                                           check=True).stdout.split()[0]))
+                                           check=True, env=_env()).stdout.split()[0]))
     return statistics.median(ours), statistics.median(theirs), heavy
 
 
@@ -104,6 +117,7 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    sys.path.insert(0, str(REPO))  # this tree's expkit, not another checkout's editable install
     tmp = Path(tempfile.mkdtemp(prefix="exp-bench-analysis-"))
     try:
         run_all(tmp, args)
@@ -112,8 +126,11 @@ def main() -> None:
 
 
 def run_all(tmp: Path, args: argparse.Namespace) -> None:
-    from expkit import analysis as A
+    from expkit import metrics as M
+    from expkit import plots, report
+    from expkit.anomalies import detect_anomalies
     from expkit.claims import parse_claims
+    from expkit.verdicts import verdicts
 
     run = tmp / "run"
     make_run(run, args.steps)
@@ -122,30 +139,30 @@ def run_all(tmp: Path, args: argparse.Namespace) -> None:
     size_mb = (run / "metrics.jsonl").stat().st_size / 1e6
 
     def analyze() -> None:
-        m = A.load_metrics(run / "metrics.jsonl")
-        table = A.summarize(run, m)
-        A.detect_anomalies(m, args.steps)
-        A.verdicts(claims, table, ref, ref, run_ok=True)
+        m = M.load_metrics(run / "metrics.jsonl")
+        table = M.summarize(run, m)
+        detect_anomalies(m, args.steps)
+        verdicts(claims, table, ref, ref, run_ok=True)
 
-    m = A.load_metrics(run / "metrics.jsonl")
-    table = A.summarize(run, m)
+    m = M.load_metrics(run / "metrics.jsonl")
+    table = M.summarize(run, m)
     stages = {
-        "load_metrics": lambda: A.load_metrics(run / "metrics.jsonl"),
-        "summarize (metrics given)": lambda: A.summarize(run, m),
-        "detect_anomalies": lambda: A.detect_anomalies(m, args.steps),
-        "verdicts": lambda: A.verdicts(claims, table, ref, ref, run_ok=True),
+        "metrics.load_metrics": lambda: M.load_metrics(run / "metrics.jsonl"),
+        "metrics.summarize (metrics given)": lambda: M.summarize(run, m),
+        "anomalies.detect_anomalies": lambda: detect_anomalies(m, args.steps),
+        "verdicts.verdicts": lambda: verdicts(claims, table, ref, ref, run_ok=True),
     }
-    A.plot_run(m, tmp / "warm.png")  # Pillow's first import and font load are not the plot's cost
-    plots = {
-        "plot_run (with 1 overlay)": lambda: A.plot_run(m, tmp / "run.png", overlays={"parent": m}),
-        "plot_compare (3 runs)": lambda: A.plot_compare({"a": m, "b": m, "c": m}, tmp / "cmp.png"),
+    plots.plot_run(m, tmp / "warm.png")  # Pillow's first import and font load are not the plot's cost
+    charts = {
+        "plots.plot_run (with 1 overlay)": lambda: plots.plot_run(m, tmp / "run.png", overlays={"parent": m}),
+        "plots.plot_compare (3 runs)": lambda: plots.plot_compare({"a": m, "b": m, "c": m}, tmp / "cmp.png"),
     }
     records = make_records(args.records)
 
-    def report() -> None:
-        rows = A.report_rows(records)
-        A.write_tracker_csv(rows, tmp / "tracker.csv")
-        A.render_report_md(rows, "zh")
+    def report_core() -> None:
+        rows = report.report_rows(records)
+        (tmp / "tracker.csv").write_text(report.tracker_csv(rows), encoding="utf-8")
+        report.render_report_md(rows, "zh")
 
     print(f"metrics.jsonl: {args.steps:,} lines, {size_mb:.1f} MB; {len(records):,} records; median of {args.repeats}")
     total = median_time(analyze, args.repeats)
@@ -153,20 +170,21 @@ def run_all(tmp: Path, args: argparse.Namespace) -> None:
     print(f"{'analysis (load+summarize+anomalies+verdicts)':48s} {total:7.3f} s   target ≤ 1 s   {verdict}")
     for name, fn in stages.items():
         print(f"  {name:46s} {median_time(fn, args.repeats):7.3f} s")
-    fast = A._json_loads()
+    fast = M._json_loads()
     if len(fast) > 1:  # orjson is there (it comes with swanlab): what the stdlib alone would cost
-        A._json_loads = lambda: (json.loads,)
-        stdlib = median_time(lambda: A.load_metrics(run / "metrics.jsonl"), args.repeats)
-        A._json_loads = lambda: fast
+        M._json_loads = lambda: (json.loads,)
+        stdlib = median_time(lambda: M.load_metrics(run / "metrics.jsonl"), args.repeats)
+        M._json_loads = lambda: fast
         print(f"  {'load_metrics with the stdlib json only':46s} {stdlib:7.3f} s")
-    for name, fn in plots.items():
+    for name, fn in charts.items():
         print(f"{name:48s} {median_time(fn, args.repeats):7.3f} s")
-    rep = median_time(report, args.repeats)
+    rep = median_time(report_core, args.repeats)
     print(f"{'report core over records (rows+csv+md)':48s} {rep:7.3f} s")
     commands(tmp, run, records, args)
     ours, theirs, heavy = import_cost(max(3, args.repeats))
-    print(f"{'import expkit.analysis (fresh process)':48s} {ours:7.3f} s   (its imports claims+errors alone: {theirs:.3f} s)"
+    print(f"{'import the pure layer (fresh process)':48s} {ours:7.3f} s   (claims+errors alone: {theirs:.3f} s)"
           f"   numpy/Pillow imported: {heavy}")
+    print(f"  ({', '.join(PURE_MODULES)})")
 
 
 def _workspace(root: Path):
@@ -178,19 +196,19 @@ def _workspace(root: Path):
 
 def _record(ws, version: str, parent: str | None, meta_update: dict) -> None:
     """A record as `exp new` writes it, then the state a run and an analysis leave."""
-    from expkit import store
+    from expkit import lifecycle, records
     from expkit.version import Version
 
     v = Version.parse(version)
-    rec = store.create(ws, v, parent=Version.parse(parent) if parent and ws.record_path(parent).exists() else None,
-                       description=meta_update.pop("description", ""))
-    with store.update(ws, v) as r:
+    lifecycle.create(ws, v, parent=Version.parse(parent) if parent and ws.record_path(parent).exists() else None,
+                     description=meta_update.pop("description", ""))
+    with records.update(ws, v) as r:  # a benchmark's setup: the state set directly, no state machine
         r.meta.update(meta_update)
         r.set_human("expected", "- val_loss < 3\n- best_val_loss <= parent - 0.01\n")
 
 
 def _exp(args: list[str], cwd: Path, repeats: int) -> float:
-    env = {**os.environ, "EXP_ROOT": str(cwd)}
+    env = _env(EXP_ROOT=str(cwd))
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -203,9 +221,7 @@ def commands(tmp: Path, run: Path, records: list[dict], args: argparse.Namespace
     from expkit import reporting, results, store
     from expkit.version import Version
 
-    import expkit
-
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(expkit.__file__).parent)], check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "expkit")], check=True)
     ws = _workspace(tmp / "ws-analyze")
     finished = {"status": "finished", "run": {"status": "finished", "exit_code": 0}}
     _record(ws, "1.0.0", None, dict(finished))
@@ -217,9 +233,10 @@ def commands(tmp: Path, run: Path, records: list[dict], args: argparse.Namespace
     print(f"  {'results.analyze (in-process)':46s} {inproc:7.3f} s   {'ok' if inproc <= 1 else 'SLOW'}")
     print(f"  {'`exp analyze` (fresh process, imports included)':46s} {cmd:7.3f} s   {'ok' if cmd <= 1 else 'SLOW'}")
 
-    # every record's front matter as big as a real analysis leaves it (diagnosis, anomalies, ...)
-    real = store.load(ws, v)
-    full_analysis, full_config, full_run = real.meta["analysis"], real.meta["config"], real.meta.get("run") or {}
+    # every record's state (and the front matter rendered from it) as big as a real analysis
+    # leaves it (diagnosis, anomalies, references, ...)
+    real = store.read_meta(ws, v)
+    full_analysis, full_config, full_run = real["analysis"], real["config"], real.get("run") or {}
     ws = _workspace(tmp / "ws-report")
     t = time.perf_counter()
     for r in records:
