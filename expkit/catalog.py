@@ -7,14 +7,18 @@ here imports the config schema, the templates or YAML (``exp list`` over 1,000 r
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from . import approval, commit, records, store
 from . import claims as claims_mod
 from .comparison import config_changes
-from .errors import UsageError
+from .errors import RecordError, UsageError
+from .files import atomic_write
 from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summarize
 from .numbers import is_finite_number
+from .report import REPORT_CONFIG
 from .record import HUMAN, REQUIRED_META, sha256
 from .status import STATUSES, next_step
 from .version import Version
@@ -83,22 +87,90 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
     """``exp list``: every record with its status, category, parent and description."""
     if status is not None and status not in STATUSES and status != "broken":
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
-    rows = []
-    for e in store.entries(ws):
-        if status and e.status != status:
+    folder = ws.rel(ws.experiment_dir)
+    out = []
+    for row in rows(ws):
+        if status and row["status"] != status:
             continue
-        rows.append(
-            {
-                "version": str(e.version),
-                "status": e.status,
-                "category": e.version.category,
-                "parent": e.meta.get("parent"),
-                "baseline": e.meta.get("baseline"),
-                "description": e.error or e.meta.get("description", ""),
-                "path": ws.rel(e.path),
-            }
-        )
-    return rows
+        v = row["version"]
+        out.append({"version": v, "status": row["status"], "category": Version.parse(v).category, "parent": row.get("parent"),
+                    "baseline": row.get("baseline"), "description": row.get("description") or "",
+                    "path": f"{folder}/experiment_{v}.md"})
+    return out
+
+
+# -- every record's row, cached ---------------------------------------------------------------------
+CACHE_FILE = "record-rows.json"
+CACHE_LAYOUT = 5  # bump when _row changes what it returns
+
+
+def _row(ws: Workspace, version: str) -> dict[str, Any]:
+    """One record as ``report.report_rows`` takes it (a broken record is listed as broken): the
+    report's seven config keys and three parts of the analysis; the config diff against the
+    parent comes from the analysis, or for a record not analysed yet from both configs."""
+    try:
+        meta = store.read_meta(ws, version)
+        found = meta.get("analysis") or {}
+        changes = found.get("changes")
+        parent = meta.get("parent")
+        if not isinstance(changes, dict):
+            changes = {}
+            if parent and ws.record_path(parent).exists():
+                changes = config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {})
+    except RecordError as err:
+        return {"version": version, "status": "broken", "description": str(err)}
+    config = meta.get("config") or {}
+    return {
+        "version": version, "status": meta.get("status"), "description": meta.get("description"),
+        "parent": parent, "baseline": meta.get("baseline"), "config": {k: config.get(k) for k in REPORT_CONFIG},
+        "metrics": found.get("metrics"), "changes": changes,
+        # the verdicts as the report and the tree count them (their reasons and values stay in the state)
+        "verdicts": [{"verdict": x.get("verdict")} for x in found["verdicts"] if isinstance(x, dict)]
+        if isinstance(found.get("verdicts"), list) else None,
+    }
+
+
+def _stamp(record_path: str) -> list[int]:
+    """What changes when a record changes: the size and mtime of its markdown and its state
+    (plain strings and os.stat: a thousand pathlib objects cost more than the rest of a listing)."""
+    out = []
+    for path in (record_path, record_path[: -len(".md")] + ".state.json"):
+        try:
+            st = os.stat(path)
+            out += [st.st_mtime_ns, st.st_size]
+        except FileNotFoundError:
+            out += [0, 0]
+    return out
+
+
+def rows(ws: Workspace) -> list[dict[str, Any]]:
+    """Every record's row (what ``exp list``, ``exp tree`` and ``exp report`` show), sorted by
+    version. Reading a record's state costs a JSON parse of its whole analysis (0.15 s for 1,000
+    records); so each row is kept in ``out/.cache/`` under its files' sizes and mtimes, and only
+    records that changed since are read again."""
+    cache_path = ws.cache_dir() / CACHE_FILE
+    try:
+        saved = json.loads(cache_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    # rows of another layout (an older or newer expkit) are not reused
+    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == CACHE_LAYOUT else None
+    cache = cache if isinstance(cache, dict) else {}
+    fresh: dict[str, Any] = {}
+    out = []
+    for version, path in store.record_files(ws):
+        stamp = _stamp(str(path))
+        hit = cache.get(path.name)
+        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, str(version))
+        fresh[path.name] = {"stamp": stamp, "row": row}
+        out.append(row)
+    if fresh != cache:
+        try:
+            text = json.dumps({"layout": CACHE_LAYOUT, "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
+            atomic_write(cache_path, text)
+        except OSError:
+            pass  # a read-only out/: the report is still right, only slower next time
+    return out
 
 
 # -- the metrics of a record's run -------------------------------------------------------------

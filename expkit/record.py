@@ -243,6 +243,7 @@ class Record:
     #: set when the file's front matter is not the tool's (a stale save, a hand edit): render anew
     front_stale: bool = False
     _meta_at_load: dict[str, Any] = field(default_factory=dict, repr=False)
+    _front_cache: tuple[dict[str, Any], str] | None = field(default=None, repr=False)
 
     # -- parse / render ----------------------------------------------------------------------
     @classmethod
@@ -290,10 +291,13 @@ class Record:
         return cls.parse(text, path, meta)
 
     def front_text(self) -> str:
-        """The front matter to write: the file's own when it is the tool's and unchanged."""
+        """The front matter to write: the file's own when it is the tool's and unchanged, else
+        the state dumped as YAML (once per state: a dump of a large analysis costs ~15 ms)."""
         if self.front_raw and not self.front_stale and self.meta == self._meta_at_load:
             return self.front_raw
-        return with_newline(dump_front_matter(self.meta), self.newline)
+        if self._front_cache is None or self._front_cache[0] != self.meta:
+            self._front_cache = (copy.deepcopy(self.meta), with_newline(dump_front_matter(self.meta), self.newline))
+        return self._front_cache[1]
 
     def render(self) -> str:
         nl = self.newline

@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import gitops, store
+from . import catalog, gitops, store
 from .catalog import clean_table, metrics_file, run_table
 from .comparison import compare, config_changes, metric_deltas
-from .errors import RecordError, UsageError
+from .errors import UsageError
 from .files import atomic_write
 from .metrics import METRICS_FILE, AnalysisError
 from .numbers import is_finite_number
 from .plots import plot_by_version, plot_compare
-from .report import REPORT_CONFIG, lineage, render_report_md, report_rows, tracker_csv
+from .report import lineage, render_report_md, report_rows, tracker_csv
 from .verdicts import VERDICTS
 from .version import Version
 from .workspace import Workspace
@@ -128,76 +128,6 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
 
 
 # -- exp report --------------------------------------------------------------------------------------
-CACHE_FILE = "report-index.json"
-CACHE_LAYOUT = 3  # bump when _row changes what it returns
-
-
-def _row(ws: Workspace, version: str) -> dict[str, Any]:
-    """One record as ``report.report_rows`` takes it (a broken record is listed as broken): the
-    report's seven config keys and three parts of the analysis; the config diff against the
-    parent comes from the analysis, or for a record not analysed yet from both configs."""
-    try:
-        meta = store.read_meta(ws, version)
-        found = meta.get("analysis") or {}
-        changes = found.get("changes")
-        parent = meta.get("parent")
-        if not isinstance(changes, dict):
-            changes = {}
-            if parent and ws.record_path(parent).exists():
-                changes = config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {})
-    except RecordError as err:
-        return {"version": version, "status": "broken", "description": str(err)}
-    config = meta.get("config") or {}
-    return {
-        "version": version, "status": meta.get("status"), "description": meta.get("description"),
-        "parent": parent, "baseline": meta.get("baseline"), "config": {k: config.get(k) for k in REPORT_CONFIG},
-        "metrics": found.get("metrics"), "verdicts": found.get("verdicts"), "changes": changes,
-    }
-
-
-def _stamp(ws: Workspace, version: Version) -> list[int]:
-    """What changes when a record changes: the size and mtime of its markdown and its state."""
-    out = []
-    for path in (ws.record_path(version), ws.state_path(version)):
-        try:
-            st = path.stat()
-            out += [st.st_mtime_ns, st.st_size]
-        except FileNotFoundError:
-            out += [0, 0]
-    return out
-
-
-def collect(ws: Workspace) -> list[dict[str, Any]]:
-    """Every record as ``report.report_rows`` takes it, sorted by version.
-
-    Reading a record's state costs a JSON parse of its whole analysis; so each record's row is
-    kept in ``out/.cache/`` under its files' sizes and mtimes, and only records that changed
-    since the last report are read again."""
-    cache_path = ws.cache_dir() / CACHE_FILE
-    try:
-        saved = json.loads(cache_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = {}
-    # rows of another layout (an older or newer expkit) are not reused
-    cache = saved.get("rows") if isinstance(saved, dict) and saved.get("layout") == CACHE_LAYOUT else None
-    cache = cache if isinstance(cache, dict) else {}
-    fresh: dict[str, Any] = {}
-    out = []
-    for version, path in store.record_files(ws):
-        stamp = _stamp(ws, version)
-        hit = cache.get(path.name)
-        row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, str(version))
-        fresh[path.name] = {"stamp": stamp, "row": row}
-        out.append(row)
-    if fresh != cache:
-        try:
-            text = json.dumps({"layout": CACHE_LAYOUT, "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
-            atomic_write(cache_path, text)
-        except OSError:
-            pass  # a read-only out/: the report is still right, only slower next time
-    return out
-
-
 def _families(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Lineage root → its versions (itself and every descendant)."""
     roots, children = lineage(rows)
@@ -250,7 +180,7 @@ _PLOTS_HEADING = {"zh": "## 图表", "en": "## Plots"}
 def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
     """Write experiment/EXPERIMENT_REPORT.md, experiment/experiment_tracker.csv and the
     comparison PNGs under experiment/report/."""
-    records = collect(ws)
+    records = catalog.rows(ws)
     rows = report_rows(records)
     ws.experiment_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ws.experiment_dir / TRACKER_CSV
@@ -288,8 +218,8 @@ def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
 def tree(ws: Workspace) -> list[dict[str, Any]]:
     """The lineage by parent, each node with its verdict counts and its best loss; the node with
     the lowest of those across the workspace is marked ``best``. Reads the report's rows
-    (``collect``), so it shares their cache."""
-    rows = collect(ws)
+    (``catalog.rows``), so it shares their cache."""
+    rows = catalog.rows(ws)
     roots, children = lineage(rows)
     values = [m[1] for r in rows if (m := _tree_metric(r))]
     best_value = min(values) if values else None

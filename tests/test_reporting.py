@@ -18,7 +18,7 @@ from conftest import fill, run_exp
 from expkit import reporting, results
 from expkit.report import REPORT_COLUMNS
 from expkit.version import Version
-from expkit import lifecycle, records
+from expkit import catalog, lifecycle, records
 
 EXPECTED = {"goal": "比较学习率。", "hypothesis": "学习率越低越稳。", "expected": "- val_loss < 5\n- best_val_loss <= parent - 0.05\n",
             "focus": "曲线。"}
@@ -223,7 +223,7 @@ def test_tree_shows_verdicts_and_the_best_loss(lineage, cli):
 
 def test_report_rows_are_cached_and_a_changed_record_is_read_again(lineage):
     reporting.report(lineage)
-    cache = lineage.cache_dir() / reporting.CACHE_FILE
+    cache = lineage.cache_dir() / catalog.CACHE_FILE
     assert len(json.loads(cache.read_text(encoding="utf-8"))["rows"]) == 4
     with records.update(lineage, Version.parse("0.2.0")) as r:
         r.meta["description"] = "renamed direction"
@@ -231,14 +231,16 @@ def test_report_rows_are_cached_and_a_changed_record_is_read_again(lineage):
     md = (lineage.experiment_dir / reporting.REPORT_MD).read_text(encoding="utf-8")
     assert "renamed direction" in md and "other direction" not in md
     cache.write_text('{"layout": [0, []], "rows": {"experiment_0.1.0.md": {"stamp": [0, 0], "row": {}}}}')
-    assert [r["version"] for r in reporting.collect(lineage)] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
+    assert [r["version"] for r in catalog.rows(lineage)] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
     lineage.record_path("0.1.2").unlink()
     assert [n["version"] for n in reporting.tree(lineage)[0]["children"]] == ["0.1.1"]
 
 
-def test_a_second_report_reads_no_record_again(lineage, monkeypatch):
+def test_a_second_report_or_listing_reads_no_record_again(lineage, monkeypatch):
     reporting.report(lineage)
     reads = []
-    monkeypatch.setattr(reporting, "_row", lambda ws, path, version: reads.append(version) or {})
+    monkeypatch.setattr(catalog, "_row", lambda ws, version: reads.append(version) or {})
     reporting.report(lineage)
+    listed = catalog.list_records(lineage)
     assert reads == []  # every row came from the cache
+    assert [r["version"] for r in listed] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
