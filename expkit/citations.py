@@ -119,7 +119,7 @@ class _Sorted:
         return self.leaves[lo:hi]
 
 
-class _Index:
+class Index:
     """The evidence's numbers: all of them by value, and in groups of leaves sharing their names
     (a curve of 1,000 evaluations is one group), so a clause looks up only the groups it names."""
 
@@ -453,13 +453,14 @@ def _verify(c: Citation, text: str, evidence: Mapping[str, Any], lines: _Lines) 
 
 
 def check(text: str, evidence: Mapping[str, Any], citations: Iterable[Citation | Mapping[str, Any]] = (),
-          human: Mapping[str, str] | None = None) -> list[Finding]:
+          human: Mapping[str, str] | None = None, index: Index | None = None) -> list[Finding]:
     """The numbers of ``text`` that the evidence does not vouch for, in text order.
 
     ``citations``: ``resolve``'s (or their ``to_dict()``), with offsets in ``text``; each must
     still render as it reads. Every other number must match, at the precision written, a leaf
     that its clause names (see the module docstring). ``human``: the human sections
-    {name: text}, whose verbatim quotations are exempt."""
+    {name: text}, whose verbatim quotations are exempt. ``index``: ``Index(evidence)`` when the
+    caller checks several texts against one evidence (building it is most of a check's cost)."""
     lines = _Lines(text)
     findings: list[tuple[int, Finding]] = []
     exempt = _code_spans(text)
@@ -481,7 +482,7 @@ def check(text: str, evidence: Mapping[str, Any], citations: Iterable[Citation |
     numbers = list(_NUMBER.finditer(text))
     bare = [m for m in numbers if not skip.overlaps(m.start(), m.end())]
     if bare:
-        findings += [(m.start(), f) for m, f in _unnamed(text, numbers, bare, evidence, lines)]
+        findings += [(m.start(), f) for m, f in _unnamed(text, numbers, bare, index or Index(evidence), lines)]
     return [f for _, f in sorted(findings, key=lambda x: x[0])]
 
 
@@ -490,10 +491,9 @@ def _unresolved(text: str, code: _Spans) -> list[re.Match[str]]:
     return [m for m in _CITATION.finditer(text) if not code.overlaps(m.start(), m.end())]
 
 
-def _unnamed(text: str, numbers: list[re.Match[str]], bare: list[re.Match[str]], evidence: Mapping[str, Any],
+def _unnamed(text: str, numbers: list[re.Match[str]], bare: list[re.Match[str]], index: Index,
              lines: _Lines) -> list[tuple[re.Match[str], Finding]]:
     """The bare numbers that no leaf named in their clause matches, with the reason."""
-    index = _Index(evidence)
     clause_ends = [m.start() for m in _CLAUSE_END.finditer(text)]
     named = _named_per_clause(text, numbers, index, clause_ends)
     headers = _table_headers(text)
@@ -533,7 +533,7 @@ def _table_headers(text: str) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _named_per_clause(text: str, numbers: list[re.Match[str]], index: _Index,
+def _named_per_clause(text: str, numbers: list[re.Match[str]], index: Index,
                       clause_ends: list[int]) -> dict[int, set[str]]:
     """The names each clause mentions. Numbers are blanked first so that a unit written onto
     one ("596.9MB", "1.5x") is a word of its own."""
@@ -551,7 +551,7 @@ def _named_per_clause(text: str, numbers: list[re.Match[str]], index: _Index,
 _RATIO_KEY = re.compile(r"(?:^|\.)(?:rel|ratio|\w+_ratio|\w+_rate|mfu|distinct_\d)$")
 
 
-def _why(m: re.Match[str], index: _Index, groups: list[_Sorted], mentioned: set[str]) -> str:
+def _why(m: re.Match[str], index: Index, groups: list[_Sorted], mentioned: set[str]) -> str:
     """Why a number is not vouched for: what it matches that the clause does not name, or that
     nothing matches; and what the clause does name nearest to it."""
     written = m[0]

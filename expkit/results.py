@@ -215,13 +215,14 @@ def untraceable(ws: Workspace, record: Record, ev: dict[str, Any] | None = None)
     value its sentence names, with its record line and why."""
     ev = evidence(ws, record) if ev is None else ev
     human = _human(record)
+    index = citations.Index(ev)
     out = []
     for name in AI:
         block = record.block("ai", name)
         if block is None:
             continue
         cited = record.ai_entry(name).get("citations") or ()
-        for f in citations.check(block.text, ev, cited, human):
+        for f in citations.check(block.text, ev, cited, human, index):
             out.append({"section": name, "line": block.first_content_line + f.line - 1, "number": f.number, "reason": f.reason})
     return out
 
