@@ -23,7 +23,8 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-# Start-up, analysis and report speed (~3 min); the trainer's: python bench/bench_trainer.py (~10 min).
+# exp commands against the code before issue 13 (6c676cc, in this clone's history), then the analysis stages
+# (~8 min); the trainer's: python bench/bench_trainer.py (~10 min); SwanLab's cloud fallback: bench/bench_tracking.py.
 bench: $(STAMP)
 	$(PY) bench/bench_cli.py
 	$(PY) bench/bench_analysis.py

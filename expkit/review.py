@@ -407,7 +407,7 @@ def show(console: Any, view: dict[str, Any]) -> None:
 
     heading("untraceable")
     for u in view["untraceable"]:
-        console.print(f"• line {u.get('line')} ({escape(str(u.get('section')))}): {escape(_fmt(u.get('number')))} [dim]— not found in the run's evidence[/dim]")
+        console.print(f"• line {u.get('line')} ({escape(str(u.get('section')))}): {escape(_fmt(u.get('number')))} [dim]— {escape(str(u.get('reason') or 'not traceable to the evidence'))}[/dim]")
     if not view["untraceable"]:
         console.print("[dim]none: every number in the AI sections traces to the evidence[/dim]")
 

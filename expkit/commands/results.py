@@ -50,7 +50,7 @@ def _print_analysis(result: dict[str, Any]) -> None:
     if result["kept"]:
         typer.echo(f"kept      {', '.join(result['kept'])} (already written; not redrafted)")
     for u in result["untraceable"]:
-        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not in the run's evidence")
+        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not traceable: {u['reason']}")
     for n in result["notes"]:
         typer.echo(f"note      {n}")
     typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs `exp review {v}`")
