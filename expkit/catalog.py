@@ -25,6 +25,46 @@ from .version import Version
 from .workspace import Workspace
 
 
+#: Config keys that say where a run goes and what it logs, not what it learns: they are not the
+#: variable a validation changes (setting device=cpu on both records is no second variable).
+PLACEMENT_KEYS = ("device", "cuda_devices", "swanlab_mode", "swanlab_project", "log_interval", "save_interval", "keep_top_k")
+
+
+def parent_exists(ws: Workspace, meta: dict[str, Any]) -> bool:
+    return bool(meta.get("parent")) and ws.record_path(meta["parent"]).exists()
+
+
+def one_variable_issues(ws: Workspace, meta: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(level, message, fix) of the one-variable rule: a validation version (X.Y.Z, Z ≥ 1)
+    changes one thing relative to its parent; the same config is an error (nothing is under test
+    yet), a new model type or several keys are warnings. Placement keys do not count."""
+    parent = meta.get("parent")
+    if not parent or not Version.is_valid(str(meta.get("version"))):
+        return []
+    version = Version.parse(str(meta["version"]))
+    if version.category != "validation":
+        return []
+    if not parent_exists(ws, meta):
+        return [("warning", f"parent {parent} has no record", "restore it or clear `parent:`")]
+    changed = {k: v for k, v in config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {}).items()
+               if k not in PLACEMENT_KEYS}
+    new_direction = f"exp new {version.major}.{version.minor + 1}.0 --from {parent}"
+    if not changed:
+        return [("error", f"{version} is a validation of {parent} but its config is the same: nothing is under test yet",
+                 f"set the variable under test: `exp set {version} KEY=VALUE` (a change that is not in the config, such as "
+                 f"new code, is a new direction: `{new_direction}`)")]
+    out = []
+    if "model_type" in changed:
+        old, new = changed["model_type"]
+        out.append(("warning", f"model_type changes from {old} to {new} in a validation version",
+                    f"a new model type is a new direction: use an exploratory version (X.Y.0), e.g. `{new_direction}`; "
+                    "a person may keep the version as it is (this is advice, not an error)"))
+    if len(changed) > 1:
+        out.append(("warning", f"{len(changed)} config keys differ from parent {parent}: {', '.join(changed)}",
+                    "change one variable at a time, or split this into several versions"))
+    return out
+
+
 def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     """``exp show``: the record's state, human sections, claims, config changes and next step."""
     record = records.load(ws, version)
@@ -46,9 +86,10 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     if stale:
         warnings.append(stale)
     nxt = next_step(record.status, str(version))
-    if record.status in ("draft", "ready") and parent and not changed and version.category == "validation":
-        nxt = f"set the variable under test: `exp set {version} KEY=VALUE` (its config is still {parent}'s)"
-        warnings.append(f"the config is the same as {parent}'s: nothing is under test yet")
+    for level, message, fix in one_variable_issues(ws, meta):
+        warnings.append(f"{message}; {fix}")
+        if level == "error" and record.status in ("draft", "ready"):
+            nxt = f"set the variable under test: `exp set {version} KEY=VALUE` (its config is still {parent}'s)"
     info: dict[str, Any] = {k: meta.get(k) for k in REQUIRED_META}
     info.update(
         {

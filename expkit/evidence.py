@@ -20,12 +20,14 @@ top-level key is always present, possibly empty::
                      non_embedding, active}, else {total: metrics.params}
     curve           {steps: [the steps below], val_loss: {step: v} at every evaluation,
                      loss: {step: v} (train loss) at those steps and at the first and last line}
-    verdicts        [{claim, metric, verdict, observed, reference (the threshold), margin
-                     (observed − reference)}]
+    verdicts        [{claim, metric, verdict, label (the verdict in the record's language),
+                     observed, reference (the threshold), margin (observed − reference: negative
+                     below the threshold, whatever the claim's direction)}]
     verdict_counts  {confirmed, refuted, inconclusive, total}
     references      {parent|baseline: {version, has_run,
                      deltas: {metric: {value, reference, abs, rel, ratio (= value/reference)}},
-                     config: {key: the reference's value, for the keys that differ}}}
+                     config: {key: the reference's value, for the keys that differ},
+                     curve: the reference run's own curve, shaped as ``curve`` below}}
     samples         {distinct_1, distinct_2, repetition_rate}
     anomaly_counts  {total, <kind>: n}
     anomalies       [{kind, metric, step, end_step, <the anomaly's evidence: loss, jump, ...>}]
@@ -168,7 +170,7 @@ def _verdicts(items: Any) -> list[dict[str, Any]]:
     for v in items if isinstance(items, list) else ():
         if not isinstance(v, Mapping):
             continue
-        entry = {k: v[k] for k in ("claim", "metric", "verdict") if isinstance(v.get(k), str)}
+        entry = {k: v[k] for k in ("claim", "metric", "verdict", "label") if isinstance(v.get(k), str)}
         entry.update({k: v[k] for k in ("observed", "reference", "margin") if is_finite_number(v.get(k))})
         if "margin" not in entry and "observed" in entry and "reference" in entry:
             entry["margin"] = entry["observed"] - entry["reference"]
@@ -194,6 +196,8 @@ def _references(refs: Any) -> dict[str, Any]:
         # config_diff is {key: [theirs, ours]}; ours is config.<key> already
         entry["config"] = {str(k): v[0] for k, v in diff.items()
                            if isinstance(v, (list, tuple)) and len(v) == 2 and is_scalar(v[0])}
+        if isinstance(ref.get("curve"), Mapping):  # the reference's own evaluations ("lower at every step")
+            entry["curve"] = dict(ref["curve"])
         out[str(role)] = entry
     return out
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import approval, records, results, review, store, times, view
+from . import approval, catalog, records, results, review, store, times, view
 from . import claims as claims_mod
 from . import config as cfg_mod
-from .comparison import config_changes
 from .errors import ConfigError, RecordError
 from .problem import Problem, is_clean
 from .record import GENERATED, HINT_RE, HUMAN, SCHEMA, Record, dump_front_matter, meta_problems, sha256
@@ -147,7 +146,7 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
             cfg_mod.validate(config)
         except ConfigError as err:
             out.append(Problem("error", _front_line(record, "config"), str(err), f"set valid values with `exp set {version} KEY=VALUE`"))
-        out.extend(_one_variable(ws, record, config))
+        out.extend(_one_variable(ws, record))
 
     # -- generated blocks ----------------------------------------------------------------------
     for block in record.edited_generated():
@@ -177,37 +176,10 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
     return sorted(out, key=lambda p: (p.line, p.level))
 
 
-def _one_variable(ws: Workspace, record: Record, config: dict[str, Any]) -> list[Problem]:
+def _one_variable(ws: Workspace, record: Record) -> list[Problem]:
     """A validation run (X.Y.Z, Z ≥ 1) changes one thing relative to its parent."""
-    meta = record.meta
-    parent = meta.get("parent")
-    try:
-        version = Version.parse(str(meta.get("version")))
-    except Exception:
-        return []
-    if not parent or version.category != "validation":
-        return []
-    if not ws.record_path(parent).exists():
-        return [Problem("warning", _front_line(record, "parent"), f"parent {parent} has no record", "restore it or clear `parent:`")]
-    changed = config_changes(store.read_meta(ws, parent).get("config") or {}, config)
-    line = _front_line(record, "config")
-    if not changed:
-        return [Problem(
-            "error", line, f"{version} is a validation of {parent} but its config is the same: nothing is under test yet",
-            f"set the variable under test: `exp set {version} KEY=VALUE` (a change that is not in the config, such as "
-            f"new code, is a new direction: `exp new {version.major}.{version.minor + 1}.0 --from {parent}`)",
-        )]
-    out = []
-    if "model_type" in changed:
-        old, new = changed["model_type"]
-        out.append(Problem(
-            "warning", line, f"model_type changes from {old} to {new} in a validation version",
-            f"a new model type is a new direction: use an exploratory version (X.Y.0), e.g. `exp new {version.major}.{version.minor + 1}.0 --from {parent}`",
-        ))
-    if len(changed) > 1:
-        out.append(Problem("warning", line, f"{len(changed)} config keys differ from parent {parent}: {', '.join(changed)}",
-                           "change one variable at a time, or split this into several versions"))
-    return out
+    line = _front_line(record, "parent") if not catalog.parent_exists(ws, record.meta) else _front_line(record, "config")
+    return [Problem(level, line, message, fix) for level, message, fix in catalog.one_variable_issues(ws, record.meta)]
 
 
 def check_record(ws: Workspace, version: Version) -> dict[str, Any]:

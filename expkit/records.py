@@ -105,10 +105,10 @@ def load(ws: Workspace, version: Version, locked: bool = False) -> Record:
         with store.locked(ws, version):
             return load(ws, version, locked=True)
     record = store.load(ws, version)
-    note = reconcile(ws, record)
-    if note:
+    restored = reconcile(ws, record)
+    if restored:
         store.save(ws, record)
-        _notices.append(note)
+        note(restored)
     return record
 
 
@@ -118,10 +118,10 @@ def update(ws: Workspace, version: Version) -> Iterator[Record]:
     atomically (state, then markdown). Nothing of the caller's is written when the body raises."""
     with store.locked(ws, version):
         record = store.load(ws, version)
-        note = reconcile(ws, record)
+        restored = reconcile(ws, record)
         before_text, before = record.render(), _fingerprint(record)
         yield record
-        if note or record.front_stale or _fingerprint(record) != before or record.render() != before_text:
+        if restored or record.front_stale or _fingerprint(record) != before or record.render() != before_text:
             store.save(ws, record)
-        if note:
-            _notices.append(note)
+        if restored:
+            note(restored)

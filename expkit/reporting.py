@@ -108,6 +108,7 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
             code.update(gitops.diffstat(ws.root, code["a"], code["b"]))
     else:
         code["note"] = "a git revision is recorded when a record runs inside a git repository"
+    code["trainer"] = _trainer_code(ra.get("code"), rb.get("code"))
 
     ta, tb = run_table(ws, a, ma), run_table(ws, b, mb)
     metrics: dict[str, Any] = {}
@@ -125,6 +126,30 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
             f"{v} has no run results" for v, t in ((a, ta), (b, tb)) if t is None
         ) or None,
     }
+
+
+def _trainer_code(a: Any, b: Any) -> dict[str, Any]:
+    """The trainer code each run used (its checkout and revision, or its package) and whether
+    they are known to be the same: uncommitted changes on either side make that unknown."""
+    def where(code: Any) -> str | None:
+        if not isinstance(code, dict):
+            return None
+        if code.get("package"):
+            return str(code["package"])
+        return f"{code.get('location')} @ {str(code.get('git_sha'))[:12]}" + (" (+ uncommitted changes: code.diff)" if code.get("dirty") else "")
+
+    out: dict[str, Any] = {"a": where(a), "b": where(b)}
+    if out["a"] is None or out["b"] is None:
+        out["same"] = None
+        out["note"] = "a run made before exp recorded the trainer code has none"
+    else:
+        same_revision = (a.get("git_sha"), a.get("package")) == (b.get("git_sha"), b.get("package"))
+        out["same"] = same_revision and not a.get("dirty") and not b.get("dirty")
+        if same_revision and not out["same"]:
+            out["note"] = "the same revision, but with uncommitted changes: compare the runs' code.diff"
+        elif not same_revision:
+            out["note"] = "the runs trained with different code"
+    return out
 
 
 # -- exp report --------------------------------------------------------------------------------------

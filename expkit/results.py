@@ -140,6 +140,7 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     for x in found:
         d = x.to_dict()
         d.pop("line")  # a line of the record at analysis time: stale once the record grows
+        d["label"] = VERDICT_LABELS[lang][x.verdict]  # what the record's table says: 成立 / confirmed
         if x.reason:
             d["reason"] = reason_text(x, lang)  # the record's language, like its diagnosis
         if is_finite_number(x.observed) and is_finite_number(x.reference):
@@ -191,17 +192,40 @@ def _curve_rows(metrics: Metrics | None) -> list[dict[str, Any]]:
     return rows
 
 
-def evidence(ws: Workspace, record: Record) -> dict[str, Any]:
+VERDICT_LABELS = {"zh": {"confirmed": "成立", "refuted": "不成立", "inconclusive": "无法判定"},
+                  "en": {"confirmed": "confirmed", "refuted": "refuted", "inconclusive": "inconclusive"}}
+
+
+def _curve_of_run(ws: Workspace, version: Version | str) -> dict[str, Any] | None:
+    """A run's evaluations as the evidence shapes them: from its analysis.json, else its metrics."""
+    full = read_json(ws.out_dir(version) / ANALYSIS_FILE)
+    if isinstance(full, dict) and isinstance(full.get("curve"), dict):
+        return full["curve"]
+    return evidence_mod.curve_of(_curve_rows(metrics_file(ws, version))) or None
+
+
+def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every value the AI's text may cite (``evidence.build``): the analysis, the parameter
     breakdown and peak memory of summary.json, every validation loss along the run (kept in
-    analysis.json), the config and the run's record."""
+    analysis.json; ``curve`` when the caller has it) and the references' own, the config and
+    the run's record."""
     meta = record.meta
     out = ws.out_dir(record.version)
-    full = read_json(out / ANALYSIS_FILE)
-    curve = full.get("curve") if isinstance(full, dict) and isinstance(full.get("curve"), dict) else None
     analysis = dict(meta.get("analysis") or {})
-    if isinstance(full, dict) and isinstance(full.get("anomalies"), list):
+    full = read_json(out / ANALYSIS_FILE)
+    if not (isinstance(full, dict) and full.get("analyzed_at") == analysis.get("analyzed_at")):
+        full = {}  # analysis.json of another analysis (an older one, or one being written now)
+    if curve is None and isinstance(full.get("curve"), dict):
+        curve = full["curve"]
+    if isinstance(full.get("anomalies"), list):
         analysis["anomalies"] = full["anomalies"]  # all of them: the state keeps the first 20
+    references = {}
+    for role, ref in (analysis.get("references") or {}).items():
+        ref = dict(ref)
+        if ref.get("has_run"):  # "lower than the parent at every evaluation" needs the parent's curve
+            ref["curve"] = _curve_of_run(ws, ref["version"])
+        references[role] = ref
+    analysis["references"] = references
     return evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
                               curve=curve if curve is not None else evidence_mod.curve_of(_curve_rows(metrics_file(ws, record.version))))
 
@@ -395,8 +419,7 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
         rec.meta["analysis"] = _stored_analysis(result, plots, digests)
         transition(rec, "analyzed")
         view.regenerate(ws, rec, ("metrics",))  # refuses (nothing written) if hand-edited
-        found = untraceable(ws, rec, evidence_mod.build(rec.meta["analysis"], rec.meta.get("config") or {},
-                                                         rec.meta.get("run") or {}, read_json(out / SUMMARY_FILE), curve=curve))
+        found = untraceable(ws, rec, evidence(ws, rec, curve=curve))
     full = {"version": str(version), **{k: v for k, v in result.items() if not k.startswith("_")},
             "samples_detail": result["_samples"], "plots": plots, "curve": curve, "untraceable": found}
     write_json(out / ANALYSIS_FILE, full)

@@ -69,12 +69,14 @@ def test_the_citation_example_of_claude_md_resolves_against_a_real_evidence_obje
     assert example.count("[[") >= 5
     ev = evidence.build(
         {"metrics": {"val_loss": 5.219, "peak_mem_mb": 812.4, "params": 1_200_000},
-         "verdicts": [{"claim": "val_loss < 2.5", "metric": "val_loss", "verdict": "refuted", "observed": 5.219, "reference": 2.5}],
+         "verdicts": [{"claim": "val_loss < 2.5", "metric": "val_loss", "verdict": "refuted", "label": "不成立",
+                       "observed": 5.219, "reference": 2.5}],
          "references": {"parent": {"version": "1.4.0", "has_run": True,
-                                   "deltas": {"val_loss": {"value": 5.219, "reference": 5.39, "abs": -0.171, "rel": -0.0317}}}}},
+                                   "deltas": {"val_loss": {"value": 5.219, "reference": 5.39, "abs": -0.171, "rel": -0.0317}},
+                                   "curve": evidence.curve_of([{"step": 120, "loss": 6.2, "val_loss": 6.3}])}}},
         {}, {}, {"param_counts": {"total": 1_200_000, "memory": 400_000, "embedding": 819_200}},
         rows=[{"step": 120, "loss": 6.0, "val_loss": 6.1}],
     )
     text, cited = citations.resolve(example, ev)
     assert "[[" not in text and len(cited) == example.count("[[")
-    assert "5.219" in text and "-3.2%" in text and "400,000" in text
+    assert "5.219" in text and "-3.2%" in text and "400,000" in text and "6.300" in text and "不成立" in text

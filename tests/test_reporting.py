@@ -244,3 +244,14 @@ def test_a_second_report_or_listing_reads_no_record_again(lineage, monkeypatch):
     listed = catalog.list_records(lineage)
     assert reads == []  # every row came from the cache
     assert [r["version"] for r in listed] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
+
+
+def test_diff_says_when_two_runs_trained_with_different_code(lineage, cli):
+    with records.update(lineage, Version.parse("0.1.0")) as r:
+        r.meta["run"] = {**(r.meta.get("run") or {}), "code": {"location": "/src/lab", "git_sha": "a" * 40, "dirty": False}}
+    with records.update(lineage, Version.parse("0.1.1")) as r:
+        r.meta["run"] = {**(r.meta.get("run") or {}), "code": {"location": "/src/lab", "git_sha": "a" * 40, "dirty": True}}
+    trainer = reporting.diff_records(lineage, Version.parse("0.1.0"), Version.parse("0.1.1"))["code"]["trainer"]
+    assert trainer["same"] is False and "uncommitted changes" in trainer["note"] and "code.diff" in trainer["b"]
+    code, out, _ = cli("diff", "0.1.0", "0.1.1")
+    assert code == 0 and "trainer code" in out and "⚠ the same revision, but with uncommitted changes" in out

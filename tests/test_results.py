@@ -755,3 +755,28 @@ def test_an_english_record_gets_an_english_metrics_section_and_drafts(ws):
     assert record.block("ai", "analysis").text.startswith(f"- Run: finished, {STEPS} steps")
     assert "exp new NEXT --from 0.1.0" in record.block("ai", "suggestions").text
     assert results.untraceable(ws, record) == []
+
+
+def test_the_parents_curve_and_the_verdict_labels_are_citable(ws, cli, tmp_path):
+    """A hypothesis about the trend ("lower than the parent at every evaluation") needs the
+    parent's own evaluations; a Chinese record says 成立, not "confirmed"."""
+    parent, child = Version.parse("0.1.0"), Version.parse("0.1.1")
+    new_record(ws, parent, parent=None, human={**HUMAN, "expected": "- val_loss < 6\n"})
+    new_record(ws, child, parent=parent, human={**HUMAN, "expected": "- val_loss < 6\n"})
+    lifecycle.set_config(ws, child, ["learning_rate=1.5e-3"])
+    parent_rows = ran(ws, parent, val_loss=5.6)
+    ran(ws, child)
+    results.analyze(ws, parent)
+    results.analyze(ws, child)
+    ev = json.loads(cli("context", "0.1.1", "--json")[1])["evidence"]
+    evals = {str(r["step"]): r["val_loss"] for r in parent_rows if "val_loss" in r}
+    assert ev["references"]["parent"]["curve"]["val_loss"] == pytest.approx(evals)
+    assert ev["verdicts"][0]["label"] == "成立"
+    step = max(evals, key=int)
+    f = tmp_path / "a.md"
+    f.write_text(f"- 第 {step} 步父实验的验证损失为 [[references.parent.curve.val_loss.{step}:.3f]]；"
+                 f"预期 `val_loss < 6` [[verdicts.0.label]]。\n", encoding="utf-8")
+    code, out, err = cli("fill", "0.1.1", "analysis", "--file", str(f))
+    assert code == 0, err
+    assert f"父实验的验证损失为 {evals[step]:.3f}；预期 `val_loss < 6` 成立。" in records.load(ws, child).block("ai", "analysis").text
+    assert cli("check", "0.1.1")[0] == 0

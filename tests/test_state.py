@@ -259,3 +259,27 @@ def test_two_analyses_of_one_record_at_once_leave_valid_files(ws):
     json.loads((out / "metrics_summary.json").read_text(encoding="utf-8"))
     assert records.load(ws, V).status == "analyzed"
     assert not [p for p in out.rglob("*tmp*")] and not [p for p in ws.experiment_dir.glob(".*tmp*")]
+
+
+def test_the_one_variable_rule_speaks_the_same_in_check_and_show_and_ignores_placement_keys(ws):
+    lifecycle.create(ws, Version.parse("1.4.0"), description="baseline")
+    child = lifecycle.create(ws, Version.parse("1.4.1"), parent=Version.parse("1.4.0"), description="memory")
+    fill(child.path)
+    assert run_exp("set", "1.4.1", "device=cpu", "swanlab_mode=disabled").returncode == 0
+    r = run_exp("check", "1.4.1")  # placement keys are no variable: still nothing under test
+    assert r.returncode == 1 and "nothing is under test yet" in r.stdout
+    assert run_exp("set", "1.4.1", "model_type=model").returncode == 0
+    r = run_exp("check", "1.4.1")
+    assert r.returncode == 0 and "model_type changes from model_original to model" in r.stdout
+    assert "config keys differ" not in r.stdout  # device and swanlab_mode are not counted
+    info = json.loads(run_exp("show", "1.4.1", "--json").stdout)
+    assert any("model_type changes from model_original to model" in w for w in info["warnings"])
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(ws):
+    ready(ws)
+    proc = subprocess.Popen([*EXP, "show", "0.1.0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "EXP_ROOT": str(ws.root)})
+    proc.stdout.close()  # `exp show 0.1.0 | head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 from unicodedata import east_asian_width
@@ -45,6 +47,9 @@ def command(app: typer.Typer, name: str | None = None, hidden: bool = False) -> 
             except ExpError as err:
                 typer.echo(f"exp: error: {err}", err=True)
                 raise typer.Exit(err.exit_code) from None
+            except BrokenPipeError:  # `exp show V | head`: the reader has all it wanted; stop quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(141) from None  # 128 + SIGPIPE, as a shell reports a piped command cut short
             except OSError as err:
                 where = f": {err.filename}" if err.filename else ""
                 typer.echo(f"exp: error: {err.strerror or err}{where}", err=True)

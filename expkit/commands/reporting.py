@@ -37,13 +37,19 @@ def diff(
         typer.echo(f"  {code['note']}")
     else:
         dirty = lambda d: " (+ uncommitted changes)" if d else ""  # noqa: E731
-        typer.echo(f"  {a}: {code['a']}{dirty(code['a_dirty'])}\n  {b}: {code['b']}{dirty(code['b_dirty'])}")
+        typer.echo(f"  workspace  {a}: {code['a']}{dirty(code['a_dirty'])}\n             {b}: {code['b']}{dirty(code['b_dirty'])}")
         if code.get("same"):
-            typer.echo("  same revision")
+            typer.echo("  same workspace revision")
         elif code.get("error"):
             typer.echo(f"  {code['error']}")
         else:
             typer.echo(f"  {code.get('files', 0)} file(s) changed\n{code.get('stat', '')}")
+    trainer = code["trainer"]
+    typer.echo(f"  trainer code  {a}: {trainer['a'] or 'not recorded'}\n                {b}: {trainer['b'] or 'not recorded'}")
+    if trainer.get("same"):
+        typer.echo("  same trainer code")
+    elif trainer.get("note"):
+        typer.echo(f"  ⚠ {trainer['note']}")
     typer.echo("\n[metrics]")
     if r["metrics"]:
         rows = [[k, format_number(d["reference"]), format_number(d["value"]), format_number(d["abs"], signed=True), format_percent(d["rel"], signed=True)]
