@@ -70,6 +70,13 @@ _SUGGEST = {
     "delta_slower": ("check what slowed the run: batch_size / max_seq_len changes, dtype, or machine load",
                      "检查变慢原因：batch_size / max_seq_len 改动、dtype 或机器负载"),
 }
+# The same suggestions when the config keys that differ from the reference are known.
+_CHANGED = {
+    "delta_worse": ("the config differs from it in {keys}: test those changes one at a time",
+                    "配置与它的差别在 {keys}：逐项单独验证这些改动"),
+    "delta_slower": ("the config differs from it in {keys}: the slowdown comes from those, or from the machine's load",
+                     "配置与它的差别在 {keys}：变慢来自这些改动，或来自机器负载"),
+}
 _INCONCLUSIVE_FIX = {
     "run_not_ok": ("finish (or resume) the run, then analyze again", "完成（或恢复）运行后重新分析"),
     "metric_missing": ("log the metric, or fix the claim's metric name", "记录该指标，或修正预期中的指标名"),
@@ -148,10 +155,12 @@ def _as_verdict(v: Verdict | Mapping[str, Any]) -> Verdict:
 
 def diagnose(anomalies: Sequence[Anomaly], verdicts: Sequence[Verdict | Mapping[str, Any]],
              deltas: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
-             lang: str = "en") -> tuple[list[Finding], list[Finding]]:
+             lang: str = "en", changes: Mapping[str, Sequence[str]] | None = None) -> tuple[list[Finding], list[Finding]]:
     """Draft (diagnosis, suggestions) by explicit rules, as markdown bullets in ``lang`` (zh|en).
 
-    ``deltas``: {reference label, e.g. "parent 1.4.0": metric_deltas(this run, that run)}.
+    ``deltas``: {reference label, e.g. "parent 1.4.0": metric_deltas(this run, that run)};
+    ``changes``: {the same label: the config keys that differ}, named in the suggestions about
+    a reference ("check `model_type`", not a generic list of suspects).
     Rules, in order: no anomaly → "healthy"; each anomaly kind → one diagnosis (count and the
     worst instance) and that kind's suggestion; refuted claim → diagnosis and "revisit the
     hypothesis"; inconclusive claim → its reason and how to make it decidable; all claims
@@ -209,6 +218,10 @@ def diagnose(anomalies: Sequence[Anomaly], verdicts: Sequence[Verdict | Mapping[
             text = _say(rule, lang, label=label, value=_num(d["value"]), reference=_num(d["reference"]),
                         abs=_num(d["abs"], signed=True), rel=_pct(d["rel"], signed=True))
             diagnosis.append(Finding(rule, dict(d), text))
-            if rule in _SUGGEST:
+            keys = list((changes or {}).get(label) or [])
+            if rule in _CHANGED and keys:
+                named = ", ".join(f"`{k}`" for k in keys)
+                suggest(rule, dict(d), tuple(s.format(keys=named) for s in _CHANGED[rule]), label)
+            elif rule in _SUGGEST:
                 suggest(rule, dict(d), _SUGGEST[rule], label)
     return diagnosis, suggestions

@@ -19,7 +19,9 @@ top-level key is always present, possibly empty::
     params          summary.json's param_counts {total, embedding, memory, experts,
                      non_embedding, active}, else {total: metrics.params}
     curve           {steps: [the steps below], val_loss: {step: v} at every evaluation,
-                     loss: {step: v} (train loss) at those steps and at the first and last line}
+                     loss: {step: v} (train loss) at those steps and at the first and last line,
+                     tokens_per_s: {min, p10, median, p90, max} over the log lines (not the
+                     first: start-up), when the caller adds it}
     verdicts        [{claim, metric, verdict, label (the verdict in the record's language),
                      observed, reference (the threshold), margin (observed − reference: negative
                      below the threshold, whatever the claim's direction)}]
@@ -245,6 +247,9 @@ def _run(run: Any) -> dict[str, Any]:
     out = {k: v for k, v in _scalars(run).items() if k not in _RUN_NOT_EVIDENCE}
     if isinstance(run, Mapping) and isinstance(run.get("resumed"), list):
         out["resumes"] = len(run["resumed"])
+    env = run.get("env") if isinstance(run, Mapping) else None
+    if isinstance(env, Mapping) and is_finite_number(env.get("cpus")):
+        out["cpus"] = env["cpus"]  # the machine's CPU count ("on this 2-core CPU"); versions are not quantities
     return out
 
 
@@ -286,6 +291,8 @@ _ROLES = {"parent": ("parent", "父实验", "父版本"), "baseline": ("baseline
 #: English plural needs no entry. The metrics (analysis.SUMMARY_KEYS), the parameter breakdown
 #: (model.param_counts), TrainConfig, the run's record, the verdicts and the anomaly kinds.
 _NAMES: dict[str, tuple[str, ...]] = {
+    "cpus": ("cpu", "cpus", "core", "cores", "核", "CPU 核"),
+    "short": ("short", "stopped", "sample", "样本", "只生成", "过短"), "measured": ("sample", "样本"),
     "steps": _STEPS, "step": _STEPS, "end_step": _STEPS, "min_step": _STEPS, "last_step": _STEPS,
     "max_steps": _STEPS + ("max steps", "total steps", "总步数"),
     "loss": _TRAIN_LOSS, "final_loss": _TRAIN_LOSS, "train_loss": _TRAIN_LOSS,
@@ -394,6 +401,8 @@ def _shape(parts: tuple[str, ...], evidence: Mapping[str, Any]) -> tuple[Any, ..
         return section, parts[2], item.get("kind"), item.get("metric")
     if section == "curve" and len(parts) == 3:
         return section, parts[1]
+    if section == "references" and len(parts) == 5 and parts[2] == "curve":
+        return section, parts[1], "curve", parts[3]  # the reference's own curve: its metric, and the reference
     return parts
 
 
@@ -416,6 +425,9 @@ def _names(shape: tuple[Any, ...]) -> frozenset[str]:
         }.get(part, _key_names(part)))
     if section == "verdict_counts":
         return frozenset((() if key == "total" else _key_names(key)) + _CLAIMS)
+    if section == "references" and len(shape) == 4 and shape[2] == "curve":
+        _, role, _, metric = shape
+        return frozenset(_key_names(metric) + _ROLES.get(role, (role,)))
     if section == "references" and len(shape) == 5 and shape[2] == "deltas":
         _, role, _, metric, part = shape
         if part in ("value", "reference"):  # a side of the comparison: the quantity itself

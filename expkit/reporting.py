@@ -108,7 +108,7 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
             code.update(gitops.diffstat(ws.root, code["a"], code["b"]))
     else:
         code["note"] = "a git revision is recorded when a record runs inside a git repository"
-    code["trainer"] = _trainer_code(ra.get("code"), rb.get("code"))
+    code["trainer"] = _trainer_code(ra, rb, str(a), str(b))
 
     ta, tb = run_table(ws, a, ma), run_table(ws, b, mb)
     metrics: dict[str, Any] = {}
@@ -128,9 +128,11 @@ def diff_records(ws: Workspace, a: Version, b: Version) -> dict[str, Any]:
     }
 
 
-def _trainer_code(a: Any, b: Any) -> dict[str, Any]:
+def _trainer_code(run_a: dict[str, Any], run_b: dict[str, Any], a_name: str, b_name: str) -> dict[str, Any]:
     """The trainer code each run used (its checkout and revision, or its package) and whether
     they are known to be the same: uncommitted changes on either side make that unknown."""
+    a, b = run_a.get("code"), run_b.get("code")
+
     def where(code: Any) -> str | None:
         if not isinstance(code, dict):
             return None
@@ -139,7 +141,11 @@ def _trainer_code(a: Any, b: Any) -> dict[str, Any]:
         return f"{code.get('location')} @ {str(code.get('git_sha'))[:12]}" + (" (+ uncommitted changes: code.diff)" if code.get("dirty") else "")
 
     out: dict[str, Any] = {"a": where(a), "b": where(b)}
-    if out["a"] is None or out["b"] is None:
+    not_run = [name for name, run in ((a_name, run_a), (b_name, run_b)) if not run]
+    if not_run:
+        out["same"] = None
+        out["note"] = f"{' and '.join(not_run)} {'has' if len(not_run) == 1 else 'have'} not run yet"
+    elif out["a"] is None or out["b"] is None:
         out["same"] = None
         out["note"] = "a run made before exp recorded the trainer code has none"
     else:

@@ -34,7 +34,7 @@ from .numbers import is_finite_number
 from .plots import plot_compare, plot_run
 from .problem import Problem
 from .record import AI, GENERATED, HINT_RE, HUMAN, Block, Record, digest
-from .samples import sample_quality
+from .samples import MIN_TOKENS, sample_quality
 from .status import require_status, transition
 from .verdicts import VERDICTS, verdicts
 from .version import Version
@@ -133,9 +133,13 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
             ref_meta["deltas"] = deltas  # every metric both runs have: what `exp compare` prints
         references[role] = ref_meta
 
-    diagnosis, suggestions = diagnose(anomalies, found, deltas_by_label, lang)
+    changes_by_label = {f"{role} {entry['version']}": list(entry.get("config_diff") or {}) for role, entry in refs.items()}
+    diagnosis, suggestions = diagnose(anomalies, found, deltas_by_label, lang, changes_by_label)
     samples_raw = read_json(out / SAMPLES_FILE)
     quality = sample_quality(samples_raw) if samples_raw else None
+    if quality and quality.get("short"):
+        notes.append(f"{quality['short']} of {quality['short'] + quality['measured']} samples stopped after fewer than "
+                     f"{MIN_TOKENS} tokens: left out of distinct-1/2 and the repetition rate")
     verdict_dicts = []
     for x in found:
         d = x.to_dict()
@@ -175,10 +179,26 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
 def _sample_figures(quality: dict[str, Any] | None) -> dict[str, Any] | None:
     if not quality:
         return None
-    return {k: quality[k] for k in ("distinct_1", "distinct_2", "repetition_rate") if quality.get(k) is not None} or None
+    return {k: quality[k] for k in ("distinct_1", "distinct_2", "repetition_rate", "measured", "short")
+            if quality.get(k) is not None} or None
 
 
 # -- the evidence check --------------------------------------------------------------------------
+def run_curve(metrics: Metrics | None) -> dict[str, Any]:
+    """The evidence's ``curve`` of a run: every evaluation (``evidence.curve_of``) and the spread
+    of its throughput over the log lines ("was the throughput stable?"), the first line left out
+    (start-up, compilation)."""
+    import numpy as np
+
+    curve = evidence_mod.curve_of(_curve_rows(metrics))
+    tps = metrics.tokens_per_s[1:] if metrics is not None else []
+    tps = tps[np.isfinite(tps)] if len(tps) else tps
+    if len(tps):
+        p10, median, p90 = (float(x) for x in np.percentile(tps, [10, 50, 90]))
+        curve["tokens_per_s"] = {"min": float(tps.min()), "p10": p10, "median": median, "p90": p90, "max": float(tps.max())}
+    return curve
+
+
 def _curve_rows(metrics: Metrics | None) -> list[dict[str, Any]]:
     """The metrics lines the evidence's curve takes: every evaluation (its val and train loss),
     and the first and last line's train loss."""
@@ -201,7 +221,7 @@ def _curve_of_run(ws: Workspace, version: Version | str) -> dict[str, Any] | Non
     full = read_json(ws.out_dir(version) / ANALYSIS_FILE)
     if isinstance(full, dict) and isinstance(full.get("curve"), dict):
         return full["curve"]
-    return evidence_mod.curve_of(_curve_rows(metrics_file(ws, version))) or None
+    return run_curve(metrics_file(ws, version)) or None
 
 
 def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -227,7 +247,7 @@ def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None)
         references[role] = ref
     analysis["references"] = references
     return evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
-                              curve=curve if curve is not None else evidence_mod.curve_of(_curve_rows(metrics_file(ws, record.version))))
+                              curve=curve if curve is not None else run_curve(metrics_file(ws, record.version)))
 
 
 def _human(record: Record) -> dict[str, str]:
@@ -396,7 +416,7 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     texts = drafts(result, lang, str(version))
     plots = [ws.rel(p) for p in write_plots(ws, record, result["_metrics"])]
     out = ws.out_dir(version)
-    curve = evidence_mod.curve_of(_curve_rows(result["_metrics"]))
+    curve = run_curve(result["_metrics"])
 
     kept: list[str] = []
     drafted_names: list[str] = []

@@ -17,6 +17,9 @@ _TOKEN = rf"[{_CJK}]|[^\s{_CJK}\W]+|[\n\t]|[^\s\w{_CJK}]"
 
 #: The n of repetition_rate's n-grams.
 REPETITION_N = 3
+#: A completion shorter than this (in tokens) says nothing about diversity: one token is always
+#: "100 % distinct". Such samples are counted (``short``) and left out of the means.
+MIN_TOKENS = REPETITION_N + 1
 
 
 def sample_tokens(text: str) -> list[str]:
@@ -38,8 +41,9 @@ def sample_quality(samples: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]
     ``samples``: samples.json's dict (its "samples" list), or a list of {"completion" | "text"}
     dicts or of strings. Only the generated part (``completion``) is measured when present.
     distinct-n = unique n-grams / n-grams; repetition_rate = share of the 3-grams that repeat an
-    earlier 3-gram of the same sample (= 1 − distinct-3). A sample too short for an n-gram gets
-    None for it and is left out of that mean."""
+    earlier 3-gram of the same sample (= 1 − distinct-3). A sample of fewer than MIN_TOKENS
+    tokens (a model that stopped at once) keeps its figures but is left out of the means, and
+    counted in ``short``; ``measured`` is how many the means are of."""
     items = samples.get("samples", []) if isinstance(samples, Mapping) else samples
     per = []
     for item in items:
@@ -56,9 +60,12 @@ def sample_quality(samples: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]
         per.append({"prompt": prompt, "mode": mode, "tokens": len(tokens), "distinct_1": _distinct(tokens, 1),
                     "distinct_2": _distinct(tokens, 2), "repetition_rate": None if d3 is None else 1.0 - d3})
 
+    measured = [p for p in per if p["tokens"] >= MIN_TOKENS]
+
     def mean(key: str) -> float | None:
-        vals = [p[key] for p in per if p[key] is not None]
+        vals = [p[key] for p in measured if p[key] is not None]
         return math.fsum(vals) / len(vals) if vals else None
 
     return {"distinct_1": mean("distinct_1"), "distinct_2": mean("distinct_2"),
-            "repetition_rate": mean("repetition_rate"), "samples": per}
+            "repetition_rate": mean("repetition_rate"), "measured": len(measured),
+            "short": len(per) - len(measured), "samples": per}

@@ -384,6 +384,11 @@ def test_sample_quality_on_known_strings():
     assert per[4]["distinct_1"] == pytest.approx(6 / 7)
     assert q["distinct_1"] == pytest.approx((0.5 + 0.2 + 1.0 + 6 / 7) / 4)
     assert q["repetition_rate"] == pytest.approx((0.0 + 2 / 3 + 0.0 + 0.0) / 4)
+    assert (q["measured"], q["short"]) == (4, 1)
+    # a model that stopped after a token or two is not "100 % distinct": counted apart, not averaged
+    q = samples.sample_quality(["》", ".", "a b a b"])
+    assert [p["distinct_1"] for p in q["samples"]] == [1.0, 1.0, 0.5]
+    assert (q["measured"], q["short"], q["distinct_1"]) == (1, 2, 0.5)
 
 
 def test_sample_quality_reads_samples_json_completions():
@@ -442,6 +447,10 @@ def test_diagnose_rules_in_both_languages_with_traceable_numbers(tmp_path):
             by_rule = {s.rule: s.text for s in suggestions}
             for rule, word in expected.items():
                 assert word in by_rule[rule], (rule, by_rule[rule])
+            # with the config keys that differ from the reference known, the suggestion names them
+            _, named = diagnosis_mod.diagnose(found, vs, deltas, lang=lang, changes={"parent 1.4.0": ["model_type"]})
+            slower = next(s.text for s in named if s.rule == "delta_slower")
+            assert "`model_type`" in slower and "batch_size" not in slower
         else:
             assert "损失发散" in diagnosis[0].text and "学习率" in "".join(f.text for f in diagnosis)
 

@@ -255,3 +255,5 @@ def test_diff_says_when_two_runs_trained_with_different_code(lineage, cli):
     assert trainer["same"] is False and "uncommitted changes" in trainer["note"] and "code.diff" in trainer["b"]
     code, out, _ = cli("diff", "0.1.0", "0.1.1")
     assert code == 0 and "trainer code" in out and "⚠ the same revision, but with uncommitted changes" in out
+    trainer = reporting.diff_records(lineage, Version.parse("0.1.0"), Version.parse("0.1.2"))["code"]["trainer"]
+    assert trainer["same"] is None and trainer["note"] == "0.1.2 has not run yet"

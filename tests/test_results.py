@@ -772,6 +772,8 @@ def test_the_parents_curve_and_the_verdict_labels_are_citable(ws, cli, tmp_path)
     evals = {str(r["step"]): r["val_loss"] for r in parent_rows if "val_loss" in r}
     assert ev["references"]["parent"]["curve"]["val_loss"] == pytest.approx(evals)
     assert ev["verdicts"][0]["label"] == "成立"
+    # the throughput's spread over the log lines (the first, start-up, left out): every line ran at TPS here
+    assert ev["curve"]["tokens_per_s"] == pytest.approx({"min": TPS, "p10": TPS, "median": TPS, "p90": TPS, "max": TPS})
     step = max(evals, key=int)
     f = tmp_path / "a.md"
     f.write_text(f"- 第 {step} 步父实验的验证损失为 [[references.parent.curve.val_loss.{step}:.3f]]；"
