@@ -21,7 +21,7 @@ top-level key is always present, possibly empty::
     curve           {steps: [the steps below], val_loss: {step: v} at every evaluation,
                      loss: {step: v} (train loss) at those steps and at the first and last line,
                      tokens_per_s: {min, p10, median, p90, max} over the log lines (not the
-                     first: start-up), when the caller adds it}
+                     first: start-up), when the caller adds it; evaluations: how many}
     verdicts        [{claim, metric, verdict, label (the verdict in the record's language),
                      observed, reference (the threshold), margin (observed − reference: negative
                      below the threshold, whatever the claim's direction)}]
@@ -29,7 +29,9 @@ top-level key is always present, possibly empty::
     references      {parent|baseline: {version, has_run,
                      deltas: {metric: {value, reference, abs, rel, ratio (= value/reference)}},
                      config: {key: the reference's value, for the keys that differ},
-                     curve: the reference run's own curve, shaped as ``curve`` below}}
+                     curve: the reference run's own curve, shaped as ``curve`` below,
+                     curve_deltas: {val_loss: {step: this run's − the reference's}} at the
+                     steps both evaluated}}
     samples         {distinct_1, distinct_2, repetition_rate}
     anomaly_counts  {total, <kind>: n}
     anomalies       [{kind, metric, step, end_step, <the anomaly's evidence: loss, jump, ...>}]
@@ -83,13 +85,23 @@ def build(analysis: Mapping[str, Any] | None, config: Mapping[str, Any] | None, 
     metrics = _metrics(analysis, summary)
     verdicts = _verdicts(analysis.get("verdicts"))
     anomalies = _anomalies(analysis.get("anomalies"))
+    own = dict(curve) if curve is not None else curve_of(rows)
+    if isinstance(own.get("val_loss"), Mapping):
+        own["evaluations"] = len(own["val_loss"])
+    references = _references(analysis.get("references"))
+    for entry in references.values():
+        theirs = (entry.get("curve") or {}).get("val_loss")
+        if isinstance(theirs, Mapping) and isinstance(own.get("val_loss"), Mapping):
+            # "lower than the parent at every evaluation": this run minus the reference, step by step
+            entry["curve_deltas"] = {"val_loss": {s: own["val_loss"][s] - theirs[s] for s in own["val_loss"]
+                                                  if s in theirs and is_finite_number(theirs[s])}}
     return {
         "metrics": metrics,
         "params": _params(summary, metrics),
-        "curve": dict(curve) if curve is not None else curve_of(rows),
+        "curve": own,
         "verdicts": verdicts,
         "verdict_counts": _verdict_counts(analysis.get("verdict_counts"), verdicts),
-        "references": _references(analysis.get("references")),
+        "references": references,
         "samples": _scalars(analysis.get("samples")),
         "anomaly_counts": _anomaly_counts(anomalies, analysis.get("anomalies_total")),
         "anomalies": anomalies,
@@ -292,6 +304,7 @@ _ROLES = {"parent": ("parent", "父实验", "父版本"), "baseline": ("baseline
 #: (model.param_counts), TrainConfig, the run's record, the verdicts and the anomaly kinds.
 _NAMES: dict[str, tuple[str, ...]] = {
     "cpus": ("cpu", "cpus", "core", "cores", "核", "CPU 核"),
+    "evaluations": ("evaluation", "evaluations", "eval", "evals", "validation point", "验证点", "验证次数", "评估"),
     "short": ("short", "stopped", "sample", "样本", "只生成", "过短"), "measured": ("sample", "样本"),
     "steps": _STEPS, "step": _STEPS, "end_step": _STEPS, "min_step": _STEPS, "last_step": _STEPS,
     "max_steps": _STEPS + ("max steps", "total steps", "总步数"),
@@ -401,7 +414,7 @@ def _shape(parts: tuple[str, ...], evidence: Mapping[str, Any]) -> tuple[Any, ..
         return section, parts[2], item.get("kind"), item.get("metric")
     if section == "curve" and len(parts) == 3:
         return section, parts[1]
-    if section == "references" and len(parts) == 5 and parts[2] == "curve":
+    if section == "references" and len(parts) == 5 and parts[2] in ("curve", "curve_deltas"):
         return section, parts[1], "curve", parts[3]  # the reference's own curve: its metric, and the reference
     return parts
 

@@ -494,11 +494,17 @@ def fill(ws: Workspace, version: Version, section: str, text: str, allow_untrace
         ev = evidence(ws, rec)
         rendered, cited = citations.resolve(source, ev, version=str(version))
         block = rec.require_block("ai", section)
-        findings = [{"section": section, "line": block.first_content_line + f.line - 1, "number": f.number, "reason": f.reason}
+        findings = [{"section": section, "line": block.first_content_line + f.line - 1, "text_line": f.line,
+                     "number": f.number, "reason": f.reason}
                     for f in citations.check(rendered, ev, cited, _human(rec))]
         if findings and not allow_untraceable:
-            listed = "; ".join(f"line {u['line']}: {u['number']} ({u['reason']})" for u in findings[:5])
-            more = f"; and {len(findings) - 5} more" if len(findings) > 5 else ""
+            said: dict[tuple[int, str, str], int] = {}  # the same number twice on a line: said once, counted
+            for u in findings:
+                key = (u["text_line"], u["number"], u["reason"])
+                said[key] = said.get(key, 0) + 1
+            listed = "; ".join(f"line {line} of the text: {number}{f' (×{n})' if n > 1 else ''} ({reason})"
+                               for (line, number, reason), n in list(said.items())[:5])
+            more = f"; and {len(said) - 5} more" if len(said) > 5 else ""
             raise UntraceableError(
                 f"{len(findings)} number(s) in the {section} are not traceable — {listed}{more}; cite each as [[PATH]] "
                 f"(`exp context {version} --json` lists the evidence) or name the quantity it is; nothing was written "

@@ -782,3 +782,27 @@ def test_the_parents_curve_and_the_verdict_labels_are_citable(ws, cli, tmp_path)
     assert code == 0, err
     assert f"父实验的验证损失为 {evals[step]:.3f}；预期 `val_loss < 6` 成立。" in records.load(ws, child).block("ai", "analysis").text
     assert cli("check", "0.1.1")[0] == 0
+
+
+def test_the_step_by_step_difference_to_the_parent_and_the_number_of_evaluations_are_citable(ws, cli, tmp_path):
+    parent, child = Version.parse("0.1.0"), Version.parse("0.1.1")
+    new_record(ws, parent, parent=None, human={**HUMAN, "expected": "- val_loss < 6\n"})
+    new_record(ws, child, parent=parent, human={**HUMAN, "expected": "- val_loss < 6\n"})
+    lifecycle.set_config(ws, child, ["learning_rate=1.5e-3"])
+    parent_rows = ran(ws, parent, val_loss=5.6)
+    child_rows = ran(ws, child)
+    results.analyze(ws, parent)
+    results.analyze(ws, child)
+    ev = json.loads(cli("context", "0.1.1", "--json")[1])["evidence"]
+    theirs = {str(r["step"]): r["val_loss"] for r in parent_rows if "val_loss" in r}
+    ours = {str(r["step"]): r["val_loss"] for r in child_rows if "val_loss" in r}
+    assert ev["curve"]["evaluations"] == len(ours)
+    assert ev["references"]["parent"]["curve_deltas"]["val_loss"] == pytest.approx({s: ours[s] - theirs[s] for s in ours})
+    step = min(ours, key=int)
+    f = tmp_path / "a.md"
+    f.write_text(f"- 共 {len(ours)} 个验证点；第 {step} 步比父实验低 [[references.parent.curve_deltas.val_loss.{step}:.3f]]。\n"
+                 f"- 验证损失 9.99 与 9.99。\n", encoding="utf-8")
+    code, _, err = cli("fill", "0.1.1", "analysis", "--file", str(f))
+    assert code == 1 and "line 2 of the text: 9.99 (×2)" in err and "line 1 of the text" not in err
+    f.write_text(f.read_text(encoding="utf-8").split("\n")[0] + "\n", encoding="utf-8")
+    assert cli("fill", "0.1.1", "analysis", "--file", str(f))[0] == 0
