@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import signal
 import socket
@@ -25,14 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import gitops, lifecycle, records, results, store, times, tracking, view
+from . import gitops, lifecycle, procs, records, results, store, times, tracking, view
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
 from .preflight import Check, failed_checks, preflight, swanlab_logged_in
 from .record import PREREGISTERED, Record, sha256
 from .script import LaunchOptions, RunError, code_state, git_state, own_paths, render_script, write_script
 from .status import next_step, require_status, transition
-from .store import entries
 from .version import Version
 from .workspace import Workspace
 
@@ -99,7 +97,7 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
         if record.status == "running":
             if token and run.get("token") == token:
                 if pid:
-                    run["pid"] = pid
+                    run.update(_process(pid))
                 if os.environ.get("SLURM_JOB_ID"):
                     run["job_id"] = os.environ["SLURM_JOB_ID"]
                 record.meta["run"] = run
@@ -141,7 +139,7 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
             run["env"] = {k: envinfo[k] for k in ("python", "torch", "cuda", "transformers", "tokenizers", "swanlab", "platform", "host", "cpus") if envinfo.get(k) is not None}
         run["token"] = token or secrets.token_hex(8)
         if pid:
-            run["pid"] = pid
+            run.update(_process(pid))
         if os.environ.get("SLURM_JOB_ID"):
             run["job_id"] = os.environ["SLURM_JOB_ID"]
         record.meta["run"] = run
@@ -188,6 +186,15 @@ def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: 
     )
 
 
+def _process(pid: int) -> dict[str, Any]:
+    """What the record keeps of a run's process: host, pid, process group and start time, so that
+    a later look or stop never takes a reused pid (or one on another host) for it."""
+    ident = procs.identity(pid)
+    fields: dict[str, Any] = ident.to_dict() if ident else {"pid": pid}
+    fields["host"] = procs.hostname()
+    return fields
+
+
 def _regenerate_quietly(ws: Workspace, record: Record, names: tuple[str, ...]) -> None:
     """Generated sections follow the data; if a person edited one by hand, the data is still
     recorded in the state and the edit is left for `exp check` to report."""
@@ -222,15 +229,26 @@ def tail_lines(path: Path, n: int = LOG_TAIL_LINES) -> list[str]:
     return lines[-n:]
 
 
-def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None = None, interrupted: bool = False) -> Record:
-    """Record how the run ended: finished, failed (with the error and the log's tail) or interrupted."""
+def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None = None, interrupted: bool = False,
+             ended_by: str | None = None) -> Record:
+    """Record how the run ended: finished, failed (with the error and the log's tail) or interrupted.
+
+    ``ended_by`` names the command that concluded the run from outside (``exp status`` finding it
+    gone, ``exp stop``); without it, this is the run's own finalize (its script's EXIT trap), which
+    wins over such a conclusion when it comes later: the record is put back to running, then ended
+    with what the run itself says.
+    """
     out = ws.out_dir(version)
     trainer = _read_json(out / "status.json")
     summary = _read_json(out / "summary.json")
     with records.update(ws, version) as record:
+        run = record.meta.get("run") or {}
+        if record.status == "interrupted" and ended_by is None and run.get("ended_by"):
+            records.note(f"{version}: the run's own finalize replaces the conclusion of `{run['ended_by']}`")
+            run.pop("ended_by", None)
+            transition(record, "running")
         if record.status != "running":
             return record
-        run = record.meta.get("run") or {}
         t_status = trainer.get("status")
         if t_status == "finished" and summary:
             # the trainer finished and wrote its summary: whatever happened to the script after
@@ -260,6 +278,8 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
         if trainer.get("step") is not None:
             run["last_step"] = trainer["step"]
         run["status"] = status
+        if ended_by:
+            run["ended_by"] = ended_by
         record.meta["run"] = run
         transition(record, status)
         _regenerate_quietly(ws, record, ("execution", "environment"))
@@ -268,11 +288,11 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
 
 
 def conclude(ws: Workspace, version: Version, exit_code: int, reason: str | None = None,
-             interrupted: bool = False) -> tuple[Record, dict[str, Any] | None, str | None]:
+             interrupted: bool = False, ended_by: str | None = None) -> tuple[Record, dict[str, Any] | None, str | None]:
     """``finalize``, then analyse a run that finished (every way a run ends comes here: the
     script's EXIT trap, a foreground ``exp run``, ``exp status`` finding a dead process).
     Returns (record, the analysis or None, why the analysis failed or None)."""
-    record = finalize(ws, version, exit_code, reason=reason, interrupted=interrupted)
+    record = finalize(ws, version, exit_code, reason=reason, interrupted=interrupted, ended_by=ended_by)
     if record.status != "finished":
         return record, None, None
     try:
@@ -356,7 +376,7 @@ def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch)
                 )
             launch.process, launch.pid = proc, proc.pid
             atomic_write(out / "run.pid", f"{proc.pid}\n")
-            _update_run(ws, version, pid=proc.pid)
+            _update_run(ws, version, **_process(proc.pid))
     except BaseException as err:
         finalize(ws, version, 1, reason=f"could not start: {err}")
         raise
@@ -452,175 +472,6 @@ def follow_metrics(ws: Workspace, version: Version, alive: Any, poll_s: float = 
         if not running:
             return
         time.sleep(poll_s)
-
-
-# -- status, stop, logs ----------------------------------------------------------------------
-def _pid_alive(pid: int, script: str | None = None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a recycled pid running something else does not count
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="ignore")
-        stat = Path(f"/proc/{pid}/stat").read_text().split()
-        if len(stat) > 2 and stat[2] == "Z":
-            return False
-        return script is None or Path(script).name in cmdline
-    except OSError:
-        return True
-
-
-def slurm_state(job_id: str) -> str | None:
-    """The job's state from squeue, then scontrol (sacct needs accounting, off here)."""
-    try:
-        q = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-        if q.returncode == 0 and q.stdout.strip():
-            return q.stdout.strip().splitlines()[0]
-        s = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
-        m = re.search(r"JobState=(\S+)", s.stdout)
-        return m.group(1) if m else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-SLURM_ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING", "STAGE_OUT")
-
-
-def liveness(ws: Workspace, record: Record) -> tuple[bool, str]:
-    run = record.meta.get("run") or {}
-    if run.get("job_id"):
-        state = slurm_state(str(run["job_id"]))
-        if state is None:
-            return False, f"Slurm job {run['job_id']} is unknown to the cluster"
-        return state in SLURM_ACTIVE, f"Slurm job {run['job_id']} {state}"
-    pid = run.get("pid")
-    if not pid:
-        return True, "starting"
-    if run.get("host") and run["host"] != socket.gethostname():
-        return True, f"pid {pid} on {run['host']} (another host: not checked)"
-    alive = _pid_alive(int(pid), run.get("script"))
-    return alive, f"pid {pid} {'alive' if alive else 'gone'}"
-
-
-def progress(ws: Workspace, version: Version, config: dict[str, Any]) -> dict[str, Any]:
-    """Step, loss, throughput and ETA from the newest metrics line and the heartbeat."""
-    out = ws.out_dir(version)
-    last: dict[str, Any] = {}
-    val = None
-    for line in reversed(tail_lines(out / "metrics.jsonl", 50)):
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if not last:
-            last = item
-        if val is None and item.get("val_loss") is not None:
-            val = item["val_loss"]
-        if last and val is not None:
-            break
-    info: dict[str, Any] = {"step": last.get("step"), "max_steps": config.get("max_steps"), "loss": last.get("loss"),
-                            "val_loss": val, "tokens_per_s": last.get("tokens_per_s")}
-    if last.get("step") and last.get("elapsed_s") and config.get("max_steps"):
-        rate = last["step"] / max(last["elapsed_s"], 1e-9)
-        info["eta_s"] = round((config["max_steps"] - last["step"]) / rate, 1) if rate > 0 else None
-    beat = _read_json(out / "heartbeat")
-    if beat.get("time"):
-        try:
-            info["heartbeat_age_s"] = round(times.age_s(beat["time"]), 1)
-        except (TypeError, ValueError):
-            pass
-    return info
-
-
-def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]]:
-    """Runs and their progress; a run whose process died without finalizing becomes interrupted."""
-    if version is not None:
-        targets = [version]
-    else:
-        targets = [e.version for e in entries(ws) if e.status == "running"]
-    rows = []
-    for v in targets:
-        record = records.load(ws, v)
-        row: dict[str, Any] = {"version": str(v), "status": record.status}
-        run = record.meta.get("run") or {}
-        if record.status == "running":
-            alive, where = liveness(ws, record)
-            row["where"] = where
-            if not alive:
-                record, _, failure = conclude(ws, v, 1, reason=f"the run's process died without finalizing ({where})", interrupted=True)
-                row["status"] = record.status
-                row["note"] = f"marked {(record.meta.get('run') or {}).get('status', record.status)}: {where}"
-                if failure:
-                    row["note"] += f"; the analysis failed: {failure}"
-        row.update({k: run.get(k) for k in ("backend", "started", "ended", "exit_code", "job_id", "pid") if run.get(k) is not None})
-        row.update(progress(ws, v, record.meta.get("config") or {}))
-        if record.status == "failed" and run.get("error"):
-            row["error"] = run["error"]
-        rows.append(row)
-    return rows
-
-
-def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str, Any]:
-    """SIGTERM to the run (scancel for Slurm); the trainer checkpoints; status interrupted."""
-    record = records.load(ws, version)
-    require_status(record, ("running",), "stop")
-    run = record.meta.get("run") or {}
-    alive, where = liveness(ws, record)
-    if not alive:
-        record = finalize(ws, version, 143, reason=f"the process was already gone ({where})", interrupted=True)
-        return {"version": str(version), "status": record.status, "note": f"the process was already gone ({where})"}
-    if run.get("job_id"):
-        subprocess.run(["scancel", "--signal=TERM", "--full", str(run["job_id"])], capture_output=True, text=True, timeout=30)
-    else:
-        try:
-            os.killpg(int(run["pid"]), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = records.load(ws, version)
-        if record.status != "running":
-            break
-        alive, where = liveness(ws, record)
-        if not alive:
-            time.sleep(0.5)  # let the EXIT trap write its result
-            record = records.load(ws, version)
-            if record.status == "running":
-                record = finalize(ws, version, 143, reason="stopped by exp stop", interrupted=True)
-            break
-        time.sleep(0.3)
-    if record.status == "running" and run.get("job_id"):
-        subprocess.run(["scancel", str(run["job_id"])], capture_output=True, text=True, timeout=30)
-    return {"version": str(version), "status": record.status, "where": where}
-
-
-def log_path(ws: Workspace, version: Version) -> Path:
-    out = ws.out_dir(version)
-    for name in ("run.log", "train.log"):
-        if (out / name).exists():
-            return out / name
-    raise RunError(f"{version} has no log yet ({ws.rel(out)}/run.log); start it with `exp run {version}`")
-
-
-def follow_log(ws: Workspace, version: Version, follow: bool) -> Iterator[str]:
-    path = log_path(ws, version)
-    with open(path, "rb") as fh:
-        while True:
-            line = fh.readline()
-            if line:
-                yield line.decode("utf-8", errors="replace")
-                continue
-            if not follow:
-                return
-            record = records.load(ws, version)
-            if record.status != "running" or not liveness(ws, record)[0]:
-                rest = fh.read()
-                if rest:
-                    yield rest.decode("utf-8", errors="replace")
-                return
-            time.sleep(0.3)
 
 
 def sync(ws: Workspace, version: Version) -> dict[str, Any]:

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     # 1: formats and schemas
     "expkit.record": 1, "expkit.status": 1, "expkit.problem": 1, "expkit.config": 1, "expkit.claims": 1,
     # 2: where things are, and the side effects the layers above share (git, templates, SwanLab)
-    "expkit.workspace": 2, "expkit.store": 2, "expkit.gitops": 2, "expkit.render": 2, "expkit.tracking": 2,
+    "expkit.workspace": 2, "expkit.store": 2, "expkit.gitops": 2, "expkit.render": 2, "expkit.tracking": 2, "expkit.procs": 2,
     # 3: pure computation on data and the files handed in
     "expkit.metrics": 3, "expkit.samples": 3, "expkit.anomalies": 3, "expkit.verdicts": 3, "expkit.comparison": 3,
     "expkit.diagnosis": 3, "expkit.evidence": 3, "expkit.citations": 3, "expkit.charts": 3, "expkit.plots": 3,
@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     # 4: services
     "expkit.records": 4, "expkit.view": 4, "expkit.catalog": 4, "expkit.approval": 4, "expkit.commit": 4,
     "expkit.results": 4, "expkit.review": 4, "expkit.lifecycle": 4, "expkit.preflight": 4, "expkit.script": 4,
-    "expkit.runner": 4, "expkit.reporting": 4,
+    "expkit.runner": 4, "expkit.watch": 4, "expkit.reporting": 4,
     # 5: the command line
     "expkit.cli": 5, "expkit.commands": 5, "expkit.commands.workspace": 5, "expkit.commands.authoring": 5,
     "expkit.commands.catalog": 5, "expkit.commands.reporting": 5, "expkit.commands.results": 5,

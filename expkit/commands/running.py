@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from .. import records, runner
+from .. import records, runner, watch
 from ..numbers import fmt, format_number
 from ..preflight import Check, failed_checks, preflight
 from ..script import LaunchOptions
@@ -184,7 +184,7 @@ def status(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Show running experiments: step, loss, tokens/s, ETA; finds runs that died."""
-    rows = runner.status(current_workspace(), version(version_) if version_ else None)
+    rows = watch.status(current_workspace(), version(version_) if version_ else None)
     if json_out:
         echo_json(rows)
         return
@@ -210,7 +210,7 @@ def logs(
 ) -> None:
     """Print the run's log (out/experiment_VERSION/run.log); -f follows it."""
     try:
-        for line in runner.follow_log(current_workspace(), version(version_), follow):
+        for line in watch.follow_log(current_workspace(), version(version_), follow):
             typer.echo(line, nl=False)
     except KeyboardInterrupt:
         pass
@@ -222,7 +222,7 @@ def stop(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Stop a run with SIGTERM (scancel on Slurm); it checkpoints and becomes interrupted."""
-    result = runner.stop(current_workspace(), version(version_))
+    result = watch.stop(current_workspace(), version(version_))
     if json_out:
         echo_json(result)
     else:

@@ -1,0 +1,298 @@
+"""Watching a run that lives elsewhere: is it alive, where is it, what is its progress; stop it;
+follow its log.
+
+A status that never guesses. ``seen`` answers alive, gone, or *unknown* (the scheduler did not
+answer, the run is on another machine); unknown is reported as unknown and changes nothing. A run
+is ended by a read command (``exp status``) only when its process (the process table here, the
+scheduler for a job) is gone *and* its heartbeat is stale — and the run's own finalize, when it
+comes later, still wins over that conclusion (``runner.finalize``). The scheduler is asked at most
+once every ``SCHEDULER_POLL_S`` per job, across processes (a small cache file in the run's output
+directory); files are read in between. Signals go only to the recorded process (``procs``), never to
+a pid that now belongs to someone else, and never to a process on another host. Layer 4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import procs, records, times
+from .files import read_json, write_json
+from .record import Record
+from .runner import conclude, finalize, tail_lines
+from .script import RunError
+from .status import require_status
+from .store import entries
+from .version import Version
+from .workspace import Workspace
+
+#: The cluster is asked about a job at most this often (admins ban faster polling);
+#: EXP_SCHEDULER_POLL_S may raise it, never lower it.
+SCHEDULER_POLL_S = 10.0
+#: The trainer rewrites its heartbeat every 10 s; older than this, nobody is writing it.
+HEARTBEAT_STALE_S = 60.0
+#: How often files (the record, the log) are read while waiting.
+FILE_POLL_S = 0.5
+#: Slurm states of a job that is still alive (queued, running, being requeued).
+SLURM_ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+                "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a look at a run found: alive (True), gone (False) or unknown (None), in words."""
+
+    alive: bool | None
+    where: str
+
+
+# -- the scheduler, asked at most every SCHEDULER_POLL_S ---------------------------------------
+def ask_slurm(job_id: str) -> tuple[str | None, str]:
+    """(the job's state, or "GONE" when the cluster no longer knows it, or None when Slurm could not
+    be asked; and why not). squeue first, then scontrol (accounting may be off: no sacct)."""
+    try:
+        q = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if q.returncode == 0 and q.stdout.strip():
+            return q.stdout.strip().splitlines()[0], ""
+        s = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError as err:
+        return None, f"{Path(err.filename or 'squeue').name} is not on PATH"
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"{type(err).__name__}: {err}"
+    if s.returncode == 0:
+        for field in s.stdout.split():
+            if field.startswith("JobState="):
+                return field.split("=", 1)[1], ""
+    said = " ".join((s.stderr or s.stdout or q.stderr).split())
+    if "invalid job id" in said.lower():
+        return "GONE", ""  # the controller answered: it has forgotten the job (it ended a while ago)
+    return None, said[:200] or f"squeue exit {q.returncode}, scontrol exit {s.returncode}"
+
+
+def poll_interval() -> float:
+    try:
+        return max(SCHEDULER_POLL_S, float(os.environ.get("EXP_SCHEDULER_POLL_S", SCHEDULER_POLL_S)))
+    except ValueError:
+        return SCHEDULER_POLL_S
+
+
+def slurm_state(ws: Workspace, version: Version, job_id: str) -> tuple[str | None, str]:
+    """The job's state, from the cache when it is younger than SCHEDULER_POLL_S."""
+    cache = ws.out_dir(version) / "scheduler.json"
+    seen = read_json(cache)
+    if isinstance(seen, dict) and seen.get("job_id") == job_id and time.time() - float(seen.get("at", 0)) < poll_interval():
+        return seen.get("state"), str(seen.get("why", ""))
+    state, why = ask_slurm(job_id)
+    if cache.parent.exists():
+        write_json(cache, {"job_id": job_id, "at": round(time.time(), 3), "state": state, "why": why})
+    return state, why
+
+
+# -- is it alive -----------------------------------------------------------------------------------
+def seen(ws: Workspace, record: Record) -> Seen:
+    run = record.meta.get("run") or {}
+    if run.get("job_id"):
+        job = str(run["job_id"])
+        state, why = slurm_state(ws, record.version, job)
+        if state is None:
+            return Seen(None, f"Slurm job {job}: could not ask Slurm ({why}); left as it was")
+        if state == "GONE":
+            return Seen(False, f"Slurm job {job} is no longer known to the cluster")
+        return Seen(state.split()[0] in SLURM_ACTIVE, f"Slurm job {job} {state}")
+    host = run.get("host")
+    if host and host != procs.hostname():
+        return Seen(None, f"runs on {host}, not on this machine ({procs.hostname()}): look there with `exp status {record.version}`")
+    pid = run.get("pid")
+    if not pid:
+        return Seen(None, "no process recorded yet (starting, or begun by hand without a pid)")
+    same = procs.same_process(int(pid), run.get("pid_started"))
+    if same is None:
+        return Seen(None, f"pid {pid} exists but cannot be inspected")
+    if not same:
+        return Seen(False, f"pid {pid} gone" + (" (the number now belongs to another process)" if _exists(int(pid)) else ""))
+    return Seen(True, f"pid {pid} alive on {host or procs.hostname()}")
+
+
+def _exists(pid: int) -> bool:
+    return procs.same_process(pid, None) is True
+
+
+def heartbeat(ws: Workspace, version: Version) -> dict[str, Any]:
+    beat = read_json(ws.out_dir(version) / "heartbeat")
+    return beat if isinstance(beat, dict) else {}
+
+
+def heartbeat_stale(ws: Workspace, record: Record) -> tuple[bool, str]:
+    """Is nobody writing the run's heartbeat any more? Stale when it is older than
+    HEARTBEAT_STALE_S, when the trainer that writes it ran here and is gone, or when there is none."""
+    beat = heartbeat(ws, record.version)
+    if not beat.get("unix"):
+        return True, "no heartbeat"
+    age = time.time() - float(beat["unix"])
+    run = record.meta.get("run") or {}
+    local = not run.get("job_id") and run.get("host") in (None, procs.hostname())
+    if local and beat.get("pid") and not _exists(int(beat["pid"])):
+        return True, f"heartbeat {age:.0f} s old, its trainer (pid {beat['pid']}) gone"
+    return age > HEARTBEAT_STALE_S, f"heartbeat {age:.0f} s old"
+
+
+def _trainer_finished(ws: Workspace, version: Version) -> bool:
+    trainer = read_json(ws.out_dir(version) / "status.json")
+    return isinstance(trainer, dict) and trainer.get("status") == "finished"
+
+
+def progress(ws: Workspace, version: Version, config: dict[str, Any]) -> dict[str, Any]:
+    """Step, loss, throughput and ETA from the newest metrics line and the heartbeat."""
+    out = ws.out_dir(version)
+    last: dict[str, Any] = {}
+    val = None
+    for line in reversed(tail_lines(out / "metrics.jsonl", 50)):
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not last:
+            last = item
+        if val is None and item.get("val_loss") is not None:
+            val = item["val_loss"]
+        if last and val is not None:
+            break
+    info: dict[str, Any] = {"step": last.get("step"), "max_steps": config.get("max_steps"), "loss": last.get("loss"),
+                            "val_loss": val, "tokens_per_s": last.get("tokens_per_s")}
+    if last.get("step") and last.get("elapsed_s") and config.get("max_steps"):
+        rate = last["step"] / max(last["elapsed_s"], 1e-9)
+        info["eta_s"] = round((config["max_steps"] - last["step"]) / rate, 1) if rate > 0 else None
+    beat = heartbeat(ws, version)
+    if beat.get("time"):
+        try:
+            info["heartbeat_age_s"] = round(times.age_s(beat["time"]), 1)
+        except (TypeError, ValueError):
+            pass
+    return info
+
+
+# -- exp status ------------------------------------------------------------------------------------
+def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]]:
+    """Runs and their progress. A run whose process is gone and whose heartbeat is stale is
+    concluded (finished if its trainer said so, else interrupted); an unknown one is left alone."""
+    targets = [version] if version is not None else [e.version for e in entries(ws) if e.status == "running"]
+    rows = []
+    for v in targets:
+        record = records.load(ws, v)
+        row: dict[str, Any] = {"version": str(v), "status": record.status}
+        run = record.meta.get("run") or {}
+        if record.status == "running":
+            look = seen(ws, record)
+            row["where"] = look.where
+            row["alive"] = look.alive
+            if look.alive is None:
+                row["note"] = f"unknown: {look.where}"
+            elif not look.alive:
+                stale, beat = heartbeat_stale(ws, record)
+                if stale or _trainer_finished(ws, v):
+                    record, _, failure = conclude(ws, v, 1, reason=f"the run's process died without finalizing ({look.where}; {beat})",
+                                                  interrupted=True, ended_by="exp status")
+                    row["status"] = record.status
+                    row["note"] = f"marked {(record.meta.get('run') or {}).get('status', record.status)}: {look.where}; {beat}"
+                    if failure:
+                        row["note"] += f"; the analysis failed: {failure}"
+                else:
+                    row["note"] = f"{look.where}, but {beat}: waiting for the run's own finalize"
+        run = record.meta.get("run") or {}
+        row.update({k: run.get(k) for k in ("backend", "host", "started", "ended", "exit_code", "job_id", "pid", "restarts")
+                    if run.get(k) is not None})
+        row.update(progress(ws, v, record.meta.get("config") or {}))
+        if record.status == "failed" and run.get("error"):
+            row["error"] = run["error"]
+        rows.append(row)
+    return rows
+
+
+# -- exp stop --------------------------------------------------------------------------------------
+def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str, Any]:
+    """SIGTERM to the recorded process group (scancel for a Slurm job); the trainer checkpoints and
+    the run ends interrupted. Refused, in one line, for a run on another host or without a process."""
+    record = records.load(ws, version)
+    require_status(record, ("running",), "stop")
+    run = record.meta.get("run") or {}
+    if run.get("job_id"):
+        job = str(run["job_id"])
+        try:
+            res = subprocess.run(["scancel", "--signal=TERM", "--full", job], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as err:
+            raise RunError(f"could not ask Slurm to stop job {job} ({err}); run `scancel --signal=TERM --full {job}` where Slurm answers") from None
+        if res.returncode != 0 and "invalid job id" not in (res.stderr or "").lower():
+            raise RunError(f"scancel refused job {job}: {' '.join(res.stderr.split()) or res.returncode}; the run was left as it is")
+    else:
+        host = run.get("host")
+        if host and host != procs.hostname():
+            raise RunError(f"{version} runs on {host}, not on this machine ({procs.hostname()}); stop it there with "
+                           f"`exp stop {version}` (exp never signals a process on another host)")
+        if not run.get("pid"):
+            raise RunError(f"{version} has no process recorded (it was begun without one); if nothing runs it, "
+                           f"`exp status {version}` will end it once its heartbeat is stale")
+        done = procs.terminate(int(run["pid"]), run.get("pgid"), run.get("pid_started"))
+        if done != "signalled":
+            why = "is gone" if done == "gone" else "now belongs to another process (not signalled)"
+            stale, beat = heartbeat_stale(ws, record)
+            if not stale:
+                raise RunError(f"{version}'s pid {run['pid']} {why}, but its {beat}: something still runs it; look with `exp status {version}`")
+            record = finalize(ws, version, 143, reason=f"the process was already gone (pid {run['pid']} {why})", interrupted=True,
+                              ended_by="exp stop")
+            return {"version": str(version), "status": record.status, "note": f"pid {run['pid']} {why}; {beat}"}
+    deadline = time.monotonic() + timeout_s
+    look = Seen(True, "")
+    while time.monotonic() < deadline:
+        record = records.load(ws, version)
+        if record.status != "running":
+            break
+        look = seen(ws, record)  # the scheduler's answer is cached: files are read every FILE_POLL_S
+        if look.alive is False:
+            time.sleep(FILE_POLL_S)  # let the EXIT trap write its result
+            record = records.load(ws, version)
+            if record.status == "running":
+                record = finalize(ws, version, 143, reason="stopped by exp stop", interrupted=True, ended_by="exp stop")
+            break
+        time.sleep(FILE_POLL_S)
+    if record.status == "running" and run.get("job_id"):
+        subprocess.run(["scancel", str(run["job_id"])], capture_output=True, text=True, timeout=30)
+    result = {"version": str(version), "status": record.status, "where": look.where}
+    if record.status == "running":
+        result["note"] = f"still running after {timeout_s:.0f} s; `exp status {version}` to look again"
+    return result
+
+
+# -- exp logs --------------------------------------------------------------------------------------
+def log_path(ws: Workspace, version: Version) -> Path:
+    out = ws.out_dir(version)
+    for name in ("run.log", "train.log"):
+        if (out / name).exists():
+            return out / name
+    raise RunError(f"{version} has no log yet ({ws.rel(out)}/run.log); start it with `exp run {version}`")
+
+
+def follow_log(ws: Workspace, version: Version, follow: bool) -> Iterator[str]:
+    """The run's log; with ``follow``, new lines until the run ends (the record leaves running, or
+    its process is seen gone). An unknown state keeps following."""
+    path = log_path(ws, version)
+    with open(path, "rb") as fh:
+        while True:
+            line = fh.readline()
+            if line:
+                yield line.decode("utf-8", errors="replace")
+                continue
+            if not follow:
+                return
+            record = records.load(ws, version)
+            if record.status != "running" or seen(ws, record).alive is False:
+                rest = fh.read()
+                if rest:
+                    yield rest.decode("utf-8", errors="replace")
+                return
+            time.sleep(FILE_POLL_S)
