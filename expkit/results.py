@@ -15,6 +15,7 @@ did not finish (interrupted, failed) is *partial* and says so; the run may still
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from . import claims as claims_mod
 from . import citations, records, store, times, view
 from . import evidence as evidence_mod
 from .catalog import clean_table, metrics_file, run_table
-from .anomalies import detect_anomalies
+from .anomalies import DEFAULT_THRESHOLDS, detect_anomalies
 from .comparison import config_changes, metric_deltas
 from .diagnosis import diagnose, reason_text
 from .errors import ExpError, RecordError, UsageError
@@ -564,6 +565,7 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "metrics": (analysis_data or {}).get("metrics"),
         "verdicts": (analysis_data or {}).get("verdicts") or [],
         "anomalies": (analysis_data or {}).get("anomalies") or [],
+        "anomaly_rules": asdict(DEFAULT_THRESHOLDS),  # the thresholds each anomaly kind fires at (expkit/anomalies.py)
         "references": (analysis_data or {}).get("references") or {},
         "diagnosis": (analysis_data or {}).get("diagnosis") or [],
         "suggestions": (analysis_data or {}).get("suggestions") or [],

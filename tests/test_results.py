@@ -17,6 +17,7 @@ import pytest
 from conftest import fill, run_exp
 
 from expkit import times
+from expkit.anomalies import DEFAULT_THRESHOLDS
 from expkit import record as rec_mod
 from expkit import results
 from expkit.config import TrainConfig
@@ -694,6 +695,8 @@ def test_context_gives_an_assistant_everything_consistent_with_the_record(rec, c
     assert c["metrics"] == meta["analysis"]["metrics"] and c["metrics"]["val_loss"] == pytest.approx(VAL_LOSS)
     assert c["verdicts"] == meta["analysis"]["verdicts"] and [v["claim"] for v in c["verdicts"]] == list(CLAIMS)
     assert c["anomalies"] == meta["analysis"]["anomalies"]
+    assert c["anomaly_rules"]["throughput_ratio"] == DEFAULT_THRESHOLDS.throughput_ratio == 0.5
+    assert c["anomaly_rules"]["stall_min_s"] == DEFAULT_THRESHOLDS.stall_min_s
     assert [(s["prompt"], s["completion"], s["mode"]) for s in c["samples"]] == [
         (s["prompt"], s["completion"], s["mode"]) for s in SAMPLES_ZH]  # whole, not cut as in the record
     assert c["run"]["status"] == "finished" and c["untraceable"] == [] and c["error"] is None
