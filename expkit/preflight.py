@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .record import Record
+from . import slurm
 from .script import LaunchOptions, code_state, git_state
 from .workspace import Workspace
 
@@ -79,17 +80,26 @@ def _estimate_params(config: dict[str, Any]) -> int:
     return v * h + layers * per_layer + extra
 
 
-def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: dict[str, Any] | None = None) -> tuple[list[Check], dict[str, Any]]:
-    """Everything a run needs, checked before anything starts. Returns (checks, environment)."""
+def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: dict[str, Any] | None = None,
+              stage: str = "local") -> tuple[list[Check], dict[str, Any]]:
+    """Everything a run needs, checked before anything starts. Returns (checks, environment).
+
+    ``stage``: ``local`` (the machine that trains, before it starts), ``submit`` (a Slurm submit
+    on a login node that may have no GPU: files, disk, config, sbatch and the partition; torch
+    and GPUs are the job's to check) or ``job`` (inside the Slurm job, on the node that trains:
+    torch, CUDA and the GPUs Slurm bound to the job).
+    """
     checks: list[Check] = []
     config = (record.meta.get("config") if record else None) or {}
-    cuda = opts.gpus or config.get("cuda_devices") or ""
+    slurm_gpus = opts.backend == "slurm"
+    cuda = "" if slurm_gpus else (opts.gpus or config.get("cuda_devices") or "")
     env = probe if probe is not None else probe_environment({"CUDA_VISIBLE_DEVICES": cuda} if cuda else None)
 
     checks.append(Check("python", True, f"{env.get('python')} at {env.get('executable')}"))
     fix_install = f"install the environment: cd {ws.rel(ws.root) or '.'} && make venv (or pip install -e .)"
     if "torch_error" in env or "probe_error" in env:
-        checks.append(Check("torch", False, env.get("torch_error") or env.get("probe_error", "?"), fix_install))
+        ok = None if stage == "submit" else False  # the job's node checks it again, where it matters
+        checks.append(Check("torch", ok, env.get("torch_error") or env.get("probe_error", "?"), fix_install))
     else:
         checks.append(Check("torch", True, f"torch {env['torch']}" + (f", CUDA {env['cuda']}" if env.get("cuda") else ", CPU build")))
     if "transformers_error" in env:
@@ -99,7 +109,19 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
 
     gpus = env.get("gpus") or []
     wants_gpu = bool(cuda) or str(config.get("device", "auto")).startswith("cuda")
-    if wants_gpu and not gpus:
+    if stage == "submit":
+        asked = f"{opts.gpu_count} GPU(s) per node" if opts.gpu_count else "no GPU (CPU)"
+        checks.append(Check("gpus", True, f"{asked} asked of Slurm; checked in the job, on the node that trains"))
+    elif slurm_gpus:
+        if opts.gpu_count and len(gpus) < opts.gpu_count:
+            checks.append(Check("gpus", False, f"the job asked for {opts.gpu_count} GPU(s) per node; CUDA sees "
+                                f"{len(gpus)} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})",
+                                "check the partition's GPUs (sinfo -o '%P %G') and the job's --gres"))
+        elif str(config.get("device", "auto")).startswith("cuda") and not gpus:
+            checks.append(Check("gpus", False, "device is cuda, but the job got no GPU", "add --gpus N (a count per node)"))
+        else:
+            checks.append(Check("gpus", True, ", ".join(f"{i}: {n}" for i, n in enumerate(gpus)) or "none; training on CPU"))
+    elif wants_gpu and not gpus:
         checks.append(Check("gpus", False, f"GPUs {cuda or 'cuda'} asked for, none visible", "drop --gpus / set device=auto, or run where the GPUs are"))
     elif cuda and len(gpus) < len(cuda.split(",")):
         checks.append(Check("gpus", False, f"asked for GPUs {cuda}; visible: {', '.join(gpus) or 'none'}", "ask only for GPUs that exist"))
@@ -107,7 +129,7 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
         checks.append(Check("gpus", True, ", ".join(f"{i}: {n}" for i, n in enumerate(gpus))))
     else:
         checks.append(Check("gpus", True, "none; training on CPU"))
-    if opts.backend in ("torchrun", "slurm") and gpus and opts.procs > len(gpus) and not opts.gpus:
+    if stage != "submit" and opts.backend in ("torchrun", "slurm") and gpus and opts.procs > len(gpus) and not opts.gpus:
         checks.append(Check("processes", False, f"{opts.procs} processes for {len(gpus)} GPUs", "use --gpus or a smaller --nproc"))
 
     for key, kind, build in (
@@ -159,15 +181,27 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
     else:
         checks.append(Check("code", True, f"trainer code {where}"))
 
-    if opts.backend == "slurm":
-        sbatch = shutil.which("sbatch")
-        if not sbatch:
-            checks.append(Check("slurm", False, "sbatch not found", "install Slurm, or start the local cluster: scripts/slurm_local.sh start"))
-        else:
-            ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
-            up = ping.returncode == 0 and "UP" in ping.stdout
-            checks.append(Check("slurm", up, (ping.stdout.strip() or ping.stderr.strip()).splitlines()[0] if (ping.stdout or ping.stderr) else "no answer", "" if up else "start slurmctld (scripts/slurm_local.sh start)"))
+    if opts.backend == "slurm" and stage != "job":
+        checks += _slurm_checks(opts)
     return checks, env
+
+
+def _slurm_checks(opts: LaunchOptions) -> list[Check]:
+    """At submit: sbatch is there, the controller answers, the partition asked for exists."""
+    if not slurm.sbatch_path():
+        return [Check("slurm", False, "sbatch not found on PATH", "run exp on the cluster's login node (or start a local "
+                      "cluster: scripts/slurm_local.sh start)")]
+    up, said = slurm.ping()
+    checks = [Check("slurm", up, said, "" if up else "the Slurm controller does not answer: ask the admins, or `scontrol ping` again")]
+    if up and opts.partition:
+        known = slurm.partitions()
+        if known is None:
+            checks.append(Check("partition", None, f"could not list partitions to check {opts.partition}", "sinfo -s"))
+        else:
+            missing = [p for p in opts.partition.split(",") if p not in known]
+            checks.append(Check("partition", not missing, f"{opts.partition}" + (f" not among {', '.join(known)}" if missing else ""),
+                                f"pick one of {', '.join(known)} (--partition, or [tool.exp.slurm] partition)" if missing else ""))
+    return checks
 
 
 def swanlab_logged_in() -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import gitops, lifecycle, procs, records, results, store, times, tracking, view
+from . import gitops, lifecycle, procs, records, results, slurm, store, times, tracking, view
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
 from .preflight import Check, failed_checks, preflight, swanlab_logged_in
@@ -86,10 +86,12 @@ def _archive_previous_outputs(ws: Workspace, version: Version) -> Path | None:
 
 
 def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None = None, token: str | None = None,
-          env: dict[str, Any] | None = None, command: str | None = None) -> Record:
+          env: dict[str, Any] | None = None, command: str | None = None, snapshot: bool = True) -> Record:
     """Status running, pre-registration, config.json and the environment snapshot.
 
-    Idempotent for the token that ``exp run`` passed to the script it launched.
+    Idempotent for the token that ``exp run`` passed to the script it launched. ``snapshot=False``
+    (a Slurm submit on a login node): the environment is taken in the job, on the node that
+    trains (``start_from_script``).
     """
     out = ws.out_dir(version)
     with records.update(ws, version) as record:
@@ -129,14 +131,13 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
             }
             if opts.backend in ("torchrun", "slurm"):
                 run["processes"] = opts.procs * opts.nnodes
-            run["code"] = code_state(env)
-            _snapshot(ws, version, out, record, repo, env, run["code"])
             script = ws.run_script_path(version)
             if script.exists():
                 run["script_sha256"] = sha256(script.read_bytes())
-            envinfo = env or {}
-            run["gpus"] = ", ".join(envinfo.get("gpus") or []) or "none (CPU)"
-            run["env"] = {k: envinfo[k] for k in ("python", "torch", "cuda", "transformers", "tokenizers", "swanlab", "platform", "host", "cpus") if envinfo.get(k) is not None}
+            if snapshot:
+                _take_environment(ws, version, record, run, env, repo)
+            else:
+                run["host"] = "not yet: the Slurm job's node, once it starts"
         run["token"] = token or secrets.token_hex(8)
         if pid:
             run.update(_process(pid))
@@ -148,6 +149,20 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
         transition(record, "running")
         _regenerate_quietly(ws, record, ("execution", "environment"))
     return record
+
+
+def _take_environment(ws: Workspace, version: Version, record: Record, run: dict[str, Any], env: dict[str, Any] | None,
+                      repo: dict[str, Any] | None = None) -> None:
+    """The run's host, GPUs, versions and trainer code into ``run``; env.json, requirements.txt,
+    the diffs and experiment_info.txt into its outputs. Where the trainer runs: at ``exp run`` for
+    a local run, inside the job for a Slurm one."""
+    envinfo = env or {}
+    repo = repo if repo is not None else (git_state(ws) or {})
+    run["host"] = envinfo.get("host") or socket.gethostname()
+    run["code"] = code_state(env)
+    _snapshot(ws, version, ws.out_dir(version), record, repo, env, run["code"])
+    run["gpus"] = ", ".join(envinfo.get("gpus") or []) or "none (CPU)"
+    run["env"] = {k: envinfo[k] for k in ("python", "torch", "cuda", "transformers", "tokenizers", "swanlab", "platform", "host", "cpus") if envinfo.get(k) is not None}
 
 
 def _snapshot(ws: Workspace, version: Version, out: Path, record: Record, repo: dict[str, Any], env: dict[str, Any] | None,
@@ -249,6 +264,14 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
             transition(record, "running")
         if record.status != "running":
             return record
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and str(run.get("job_id")) == job and exit_code != 0 and trainer.get("status") != "finished" \
+                and slurm.requeue_pending(job, _restart_count()):
+            # Slurm is requeueing this job: the next attempt resumes from the checkpoint, the run goes on
+            run.setdefault("requeued", []).append(times.now())
+            run["last_step"] = trainer.get("step", run.get("last_step"))
+            record.meta["run"] = run
+            return record
         t_status = trainer.get("status")
         if t_status == "finished" and summary:
             # the trainer finished and wrote its summary: whatever happened to the script after
@@ -302,17 +325,63 @@ def conclude(ws: Workspace, version: Version, exit_code: int, reason: str | None
     return records.load(ws, version), result, None
 
 
-def start_from_script(ws: Workspace, version: Version, backend: str, pid: int, gpus: str | None) -> tuple[list[Check], Record | None]:
+def _restart_count() -> int:
+    """This Slurm attempt's ``SLURM_RESTART_COUNT`` (0: the first; a requeued job counts up)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def start_from_script(ws: Workspace, version: Version, opts: LaunchOptions, pid: int) -> tuple[list[Check], Record | None]:
     """The script's first step. Launched by ``exp run`` (its token in the environment): the
-    bookkeeping is done, only the pid is noted. Run by hand or by Slurm on its own: preflight,
-    and begin only if it passed (a failed preflight leaves the status unchanged)."""
-    opts = LaunchOptions(backend=backend, gpus=gpus, resume=bool(os.environ.get("EXP_RESUME"))).check()
+    bookkeeping is done, only the pid is noted — and in a Slurm job the job's own preflight runs
+    here, on the node that trains (torch, CUDA, the GPUs the job got, data), and the environment
+    is snapshotted here; a failed one fails the run with its reason. A requeued job
+    (``SLURM_RESTART_COUNT > 0``) continues its run: the trainer resumes from the checkpoint.
+    Run by hand or by Slurm on its own: preflight, and begin only if it passed (a failed preflight
+    leaves the status unchanged)."""
+    opts.resume = opts.resume or bool(os.environ.get("EXP_RESUME"))
+    opts.check()
     token = os.environ.get("EXP_RUN_TOKEN")
+    job = os.environ.get("SLURM_JOB_ID")
     record = records.load(ws, version)
-    if token and record.status == "running" and (record.meta.get("run") or {}).get("token") == token:
+    run = record.meta.get("run") or {}
+    ours = bool(token) and run.get("token") == token
+    requeued = ours and bool(job) and str(run.get("job_id")) == job and _restart_count() > 0 \
+        and record.status in ("running", "interrupted")
+    if ours and record.status == "running" and not job:
         return [], begin(ws, version, opts, pid=pid, token=token)
+    if (ours and record.status == "running") or requeued:
+        checks, env = preflight(ws, record, opts, stage="job")
+        bad = failed_checks(checks)
+        if bad:
+            host = env.get("host") or socket.gethostname()
+            reason = f"the job's preflight failed on {host}: " + "; ".join(f"{c.name}: {c.detail} — {c.fix}" for c in bad)
+            if record.status == "running":
+                with records.update(ws, version) as rec:
+                    r = rec.meta.get("run") or {}
+                    _take_environment(ws, version, rec, r, env)
+                    rec.meta["run"] = r
+                finalize(ws, version, 1, reason=reason)
+            return checks, None
+        with records.update(ws, version) as rec:
+            r = rec.meta.get("run") or {}
+            if rec.status != "running":  # the first attempt's EXIT trap ended it; the requeued attempt goes on
+                for key in ("ended", "duration_s", "exit_code", "error", "log_tail", "final", "status"):
+                    r.pop(key, None)
+                transition(rec, "running")
+            if requeued:
+                r["restarts"] = _restart_count()
+                r.setdefault("resumed", []).append(times.now())
+            _take_environment(ws, version, rec, r, env)
+            r.update(_process(pid))
+            r["job_id"] = job
+            rec.meta["run"] = r
+            _regenerate_quietly(ws, rec, ("execution", "environment"))
+        return checks, records.load(ws, version)
     _require_startable(ws, record, opts.resume)
-    checks, env = preflight(ws, record, opts)
+    checks, env = preflight(ws, record, opts, stage="job" if job else "local")
     if failed_checks(checks):
         return checks, None
     return checks, begin(ws, version, opts, pid=pid, env=env, command=f"bash {ws.rel(ws.run_script_path(version))}")
@@ -337,13 +406,19 @@ def prepare(ws: Workspace, version: Version, opts: LaunchOptions, dry_run: bool 
     nothing at all: the script is rendered to be printed, not saved."""
     opts.check()
     record = records.load(ws, version)
+    if opts.node_rank > 0:
+        # another node of a multi-node torchrun run: it joins node 0's run and never touches the
+        # record; its script lives beside its log, not in run_file/ (node 0's script is the record's)
+        path = ws.out_dir(version) / f"run.node{opts.node_rank}.sh"
+        checks, env = preflight(ws, record, opts)
+        return Launch(str(version), path, render_script(ws, record, opts), checks, env)
     _require_startable(ws, record, opts.resume)
     if dry_run:
         path, text = ws.run_script_path(version), render_script(ws, record, opts)
     else:
         with store.locked(ws, version):
             path, text = write_script(ws, record, opts)
-    checks, env = preflight(ws, record, opts)
+    checks, env = preflight(ws, record, opts, stage="submit" if opts.backend == "slurm" else "local")
     return Launch(str(version), path, text, checks, env)
 
 
@@ -352,9 +427,11 @@ def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch)
     bad = failed_checks(launch.checks)
     if bad:
         raise RunError("preflight failed, nothing started: " + "; ".join(f"{c.name}: {c.detail} — {c.fix}" for c in bad))
+    if opts.node_rank > 0:
+        return _join(ws, version, opts, launch)
     token = secrets.token_hex(8)
     command = " ".join(["exp", "run", str(version)] + _flags(opts))
-    begin(ws, version, opts, token=token, env=launch.env, command=command)
+    begin(ws, version, opts, token=token, env=launch.env, command=command, snapshot=opts.backend != "slurm")
     out = ws.out_dir(version)
     log = out / "run.log"
     child_env = {**os.environ, "EXP_ROOT": str(ws.root), "EXP_RUN_TOKEN": token}
@@ -362,11 +439,8 @@ def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch)
         child_env["EXP_RESUME"] = "1"
     try:
         if opts.backend == "slurm":
-            exports = "ALL,EXP_RUN_TOKEN=" + token + (",EXP_RESUME=1" if opts.resume else "")
-            res = subprocess.run(["sbatch", "--parsable", f"--export={exports}", str(launch.script)], capture_output=True, text=True, env=child_env, timeout=60)
-            if res.returncode != 0:
-                raise RunError(f"sbatch refused the job: {res.stderr.strip() or res.stdout.strip()}")
-            launch.job_id = res.stdout.strip().split(";")[0]
+            exports = {"EXP_RUN_TOKEN": token, **({"EXP_RESUME": "1"} if opts.resume else {})}
+            launch.job_id = slurm.submit(launch.script, exports, child_env, ws.root)
             _update_run(ws, version, job_id=launch.job_id)
         else:
             with open(log, "ab") as fh:
@@ -384,14 +458,46 @@ def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch)
     return launch
 
 
+#: How long another node of a multi-node run waits for node 0 to begin the record.
+JOIN_WAIT_S = 600.0
+
+
+def _join(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch) -> Launch:
+    """Node R > 0 of a multi-node torchrun run: wait until node 0 has begun the record (so its
+    fresh outputs are in place), then start this node's script; its log is run.nodeR.log. The
+    record is node 0's alone: nothing here reads or writes its state beyond looking."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while records.load(ws, version).status != "running":
+        if time.monotonic() > deadline:
+            raise RunError(f"node 0 has not started {version} within {JOIN_WAIT_S:.0f} s; start "
+                           f"`exp run {version} --backend torchrun --nnodes {opts.nnodes} --node-rank 0 ...` first")
+        time.sleep(1.0)
+    out = ws.out_dir(version)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(launch.script, launch.text, chmod=0o755)
+    log = out / f"run.node{opts.node_rank}.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(["bash", str(launch.script)], cwd=ws.root, env={**os.environ, "EXP_ROOT": str(ws.root)},
+                                stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    launch.process, launch.pid, launch.log = proc, proc.pid, log
+    return launch
+
+
 def _flags(opts: LaunchOptions) -> list[str]:
     flags = [] if opts.backend == "local" else ["--backend", opts.backend]
     if opts.gpus:
         flags += ["--gpus", opts.gpus]
     if opts.nproc:
         flags += ["--nproc", str(opts.nproc)]
-    if opts.nnodes > 1:
+    if opts.nnodes > 1 and opts.backend == "slurm":
+        flags += ["--nodes", str(opts.nnodes)]
+    elif opts.nnodes > 1:
         flags += ["--nnodes", str(opts.nnodes), "--node-rank", str(opts.node_rank), "--master-addr", opts.master_addr]
+    for flag, value in (("--partition", opts.partition), ("--time", opts.time_limit), ("--account", opts.account),
+                        ("--qos", opts.qos), ("--mem", opts.mem), ("--cpus-per-task", opts.cpus_per_task),
+                        ("--constraint", opts.constraint)):
+        if value is not None:
+            flags += [flag, str(value)]
     if opts.resume:
         flags.append("--resume")
     return flags

@@ -11,14 +11,13 @@ header).
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, gitops
+from . import __version__, gitops, slurm
 from .errors import ExpError, UsageError
 from .files import atomic_write
 from .record import Record
@@ -38,6 +37,7 @@ class RunError(ExpError):
 @dataclass
 class LaunchOptions:
     backend: str = "local"
+    #: local/torchrun: device ids "0,1"; slurm: a count of GPUs per node "4"
     gpus: str | None = None
     nproc: int | None = None
     nnodes: int = 1
@@ -45,17 +45,31 @@ class LaunchOptions:
     master_addr: str = "127.0.0.1"
     master_port: int | None = None
     resume: bool = False
-    time_limit: str = "24:00:00"
+    time_limit: str | None = None
     partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    mem: str | None = None
+    cpus_per_task: int | None = None
+    constraint: str | None = None
+    #: extra #SBATCH lines from [tool.exp.slurm] sbatch
+    sbatch_extra: tuple[str, ...] = ()
 
     def check(self) -> LaunchOptions:
         if self.backend not in BACKENDS:
             raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.gpus is not None and not re.fullmatch(r"\d+(,\d+)*", self.gpus):
+        if self.backend == "slurm":
+            if self.gpus is not None and not re.fullmatch(r"\d{1,3}", self.gpus):
+                raise UsageError(f"under Slurm --gpus is a count of GPUs per node (e.g. --gpus 4), not {self.gpus!r}: "
+                                 "Slurm chooses the devices")
+            if self.node_rank or self.master_addr != "127.0.0.1" or self.master_port:
+                raise UsageError("--node-rank, --master-addr and --master-port are for --backend torchrun; "
+                                 "under Slurm give --nodes N and Slurm places them")
+        elif self.gpus is not None and not re.fullmatch(r"\d+(,\d+)*", self.gpus):
             raise UsageError(f"--gpus must look like 0 or 0,1,2, not {self.gpus!r}")
         if self.nproc is not None and not 1 <= self.nproc <= 1024:
             raise UsageError(f"--nproc must be between 1 and 1024, not {self.nproc}")
-        if self.gpus and self.nproc and self.nproc != len(self.gpus.split(",")):
+        if self.gpus and self.nproc and self.nproc != self.gpu_count:
             raise UsageError(f"--nproc {self.nproc} disagrees with --gpus {self.gpus}; give one of them")
         if not 1 <= self.nnodes <= 4096 or not 0 <= self.node_rank < self.nnodes:
             raise UsageError(f"--node-rank {self.node_rank} must be below --nnodes {self.nnodes}")
@@ -65,16 +79,53 @@ class LaunchOptions:
             raise UsageError("--nnodes needs --backend torchrun or slurm")
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.master_addr):
             raise UsageError(f"--master-addr {self.master_addr!r} is not a host name or address")
-        if not re.fullmatch(r"(\d+-)?\d{1,3}(:\d\d){0,2}|UNLIMITED|INFINITE", self.time_limit):
-            raise UsageError(f"--time {self.time_limit!r} is not a Slurm time (e.g. 24:00:00 or 2-00:00:00)")
-        if self.partition is not None and not re.fullmatch(r"[A-Za-z0-9_\-]+", self.partition):
-            raise UsageError(f"--partition {self.partition!r} is not a partition name")
+        if self.master_port is not None and not 1024 <= self.master_port <= 65535:
+            raise UsageError(f"--master-port must be between 1024 and 65535, not {self.master_port}")
+        for key in ("partition", "account", "qos", "mem", "constraint"):
+            if getattr(self, key) is not None:
+                setattr(self, key, slurm.check_option(key, getattr(self, key)))
+        if self.time_limit is not None:
+            self.time_limit = slurm.check_option("time", self.time_limit)
+        if self.cpus_per_task is not None:
+            slurm.check_option("cpus_per_task", self.cpus_per_task)
+        if self.backend != "slurm":
+            given = [f for f, v in (("--partition", self.partition), ("--time", self.time_limit), ("--account", self.account),
+                                    ("--qos", self.qos), ("--mem", self.mem), ("--cpus-per-task", self.cpus_per_task),
+                                    ("--constraint", self.constraint)) if v is not None]
+            if given:
+                raise UsageError(f"{', '.join(given)} {'is a Slurm option' if len(given) == 1 else 'are Slurm options'}; "
+                                 "add --backend slurm")
         return self
+
+    def with_workspace_defaults(self, settings: dict[str, Any]) -> LaunchOptions:
+        """Under Slurm, what the command line left out comes from ``[tool.exp.slurm]``."""
+        if self.backend != "slurm":
+            return self.check()
+        table = slurm.defaults(settings)
+        for key, attr in (("partition", "partition"), ("time", "time_limit"), ("account", "account"), ("qos", "qos"),
+                          ("mem", "mem"), ("constraint", "constraint")):
+            if getattr(self, attr) is None and table.get(key):
+                setattr(self, attr, table[key])
+        if self.cpus_per_task is None and table.get("cpus_per_task"):
+            self.cpus_per_task = int(table["cpus_per_task"])
+        if self.gpus is None and table.get("gpus"):
+            self.gpus = str(table["gpus"])
+        if self.nnodes == 1 and table.get("nodes"):
+            self.nnodes = int(table["nodes"])
+        self.sbatch_extra = table["sbatch"]
+        return self.check()
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs per node: Slurm's --gpus is a count, the others' a list of device ids."""
+        if not self.gpus:
+            return 0
+        return int(self.gpus) if self.backend == "slurm" else len(self.gpus.split(","))
 
     @property
     def procs(self) -> int:
         """Processes per node: one per GPU asked for, else --nproc, else 1."""
-        return len(self.gpus.split(",")) if self.gpus else (self.nproc or 1)
+        return self.gpu_count or (self.nproc or 1)
 
     @property
     def distributed(self) -> bool:
@@ -88,14 +139,21 @@ def _master_port(version: Version) -> int:
 
 # -- rendering -------------------------------------------------------------------------------
 def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
+    """The run script's text. Launchers: ``python`` (one process), ``torchrun`` (``--standalone``
+    on one node: it binds its own free port; static rendezvous at --master-addr:--master-port over
+    several), ``srun`` (Slurm with more than one process or node: one torchrun per node, c10d
+    rendezvous on the job's first node)."""
     version = record.version
     meta = record.meta
     config = meta.get("config") or {}
     out = ws.out_dir(version)
     repo = git_state(ws)
-    backend = "torchrun" if opts.backend == "torchrun" or (opts.backend == "slurm" and opts.distributed) else "local"
-    if opts.backend == "slurm" and re.search(r"\s", str(out)):
+    is_slurm = opts.backend == "slurm"
+    launcher = ("srun" if is_slurm else "torchrun") if opts.distributed else "python"
+    if is_slurm and re.search(r"\s", str(out)):
         raise RunError(f"Slurm cannot take an output path with spaces ({out}); move the workspace")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    log = out / ("run.log" if opts.node_rank == 0 else f"run.node{opts.node_rank}.log")
     context = {
         "version": str(version),
         "description": meta.get("description", ""),
@@ -106,12 +164,14 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
         "exp_version": __version__,
         "git_sha": (repo or {}).get("sha") or "not a git repository",
         "git_dirty": bool((repo or {}).get("dirty")),
-        "backend": opts.backend if opts.backend != "slurm" else "slurm",
-        "launcher": backend,
+        "backend": opts.backend,
+        "launcher": launcher,
         "root": str(ws.root),
         "out": str(out),
         "python": sys.executable,
-        "cuda_devices": opts.gpus or config.get("cuda_devices") or "",
+        "torchrun": str(torchrun) if torchrun.exists() else "",
+        # Slurm binds the GPUs it gives a job (CUDA_VISIBLE_DEVICES): nothing may override that
+        "cuda_devices": "" if is_slurm else (opts.gpus or config.get("cuda_devices") or ""),
         "gpus": opts.gpus or "",
         "nproc": opts.procs,
         "nnodes": opts.nnodes,
@@ -120,9 +180,13 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
         "master_port": opts.master_port or _master_port(version),
         "name": f"experiment_{version}",
         "tags": [f"v{version}", version.category] + ([f"parent-{meta['parent']}"] if meta.get("parent") else []),
-        "time_limit": opts.time_limit,
-        "partition": opts.partition,
-        "cpus_per_task": max(1, os.cpu_count() or 1),
+        "sbatch": slurm.header(
+            job_name=f"exp-{version}", log=log, nodes=opts.nnodes, gpus_per_node=opts.gpu_count,
+            options={"partition": opts.partition, "time": opts.time_limit or "24:00:00", "account": opts.account,
+                     "qos": opts.qos, "mem": opts.mem, "cpus_per_task": str(opts.cpus_per_task or ""),
+                     "constraint": opts.constraint},
+            extra=opts.sbatch_extra,
+        ) if is_slurm else [],
     }
     return render(ws.templates_dir, TEMPLATE, **context)
 

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import procs, records, times
+from . import procs, records, slurm, times
 from .files import read_json, write_json
 from .record import Record
 from .runner import conclude, finalize, tail_lines
@@ -53,28 +52,6 @@ class Seen:
 
 
 # -- the scheduler, asked at most every SCHEDULER_POLL_S ---------------------------------------
-def ask_slurm(job_id: str) -> tuple[str | None, str]:
-    """(the job's state, or "GONE" when the cluster no longer knows it, or None when Slurm could not
-    be asked; and why not). squeue first, then scontrol (accounting may be off: no sacct)."""
-    try:
-        q = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-        if q.returncode == 0 and q.stdout.strip():
-            return q.stdout.strip().splitlines()[0], ""
-        s = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
-    except FileNotFoundError as err:
-        return None, f"{Path(err.filename or 'squeue').name} is not on PATH"
-    except (OSError, subprocess.SubprocessError) as err:
-        return None, f"{type(err).__name__}: {err}"
-    if s.returncode == 0:
-        for field in s.stdout.split():
-            if field.startswith("JobState="):
-                return field.split("=", 1)[1], ""
-    said = " ".join((s.stderr or s.stdout or q.stderr).split())
-    if "invalid job id" in said.lower():
-        return "GONE", ""  # the controller answered: it has forgotten the job (it ended a while ago)
-    return None, said[:200] or f"squeue exit {q.returncode}, scontrol exit {s.returncode}"
-
-
 def poll_interval() -> float:
     try:
         return max(SCHEDULER_POLL_S, float(os.environ.get("EXP_SCHEDULER_POLL_S", SCHEDULER_POLL_S)))
@@ -88,7 +65,7 @@ def slurm_state(ws: Workspace, version: Version, job_id: str) -> tuple[str | Non
     seen = read_json(cache)
     if isinstance(seen, dict) and seen.get("job_id") == job_id and time.time() - float(seen.get("at", 0)) < poll_interval():
         return seen.get("state"), str(seen.get("why", ""))
-    state, why = ask_slurm(job_id)
+    state, why = slurm.job_state(job_id)
     if cache.parent.exists():
         write_json(cache, {"job_id": job_id, "at": round(time.time(), 3), "state": state, "why": why})
     return state, why
@@ -224,11 +201,10 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
     if run.get("job_id"):
         job = str(run["job_id"])
         try:
-            res = subprocess.run(["scancel", "--signal=TERM", "--full", job], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError) as err:
-            raise RunError(f"could not ask Slurm to stop job {job} ({err}); run `scancel --signal=TERM --full {job}` where Slurm answers") from None
-        if res.returncode != 0 and "invalid job id" not in (res.stderr or "").lower():
-            raise RunError(f"scancel refused job {job}: {' '.join(res.stderr.split()) or res.returncode}; the run was left as it is")
+            slurm.cancel(job, "TERM")
+        except slurm.SlurmError as err:
+            if "invalid job id" not in str(err).lower():
+                raise RunError(f"could not ask Slurm to stop job {job}: {err}; the run was left as it is") from None
     else:
         host = run.get("host")
         if host and host != procs.hostname():
@@ -261,10 +237,17 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
             break
         time.sleep(FILE_POLL_S)
     if record.status == "running" and run.get("job_id"):
-        subprocess.run(["scancel", str(run["job_id"])], capture_output=True, text=True, timeout=30)
+        try:
+            slurm.cancel(str(run["job_id"]))
+        except slurm.SlurmError as err:
+            result_note = f"scancel: {err}"
+        else:
+            result_note = ""
+    else:
+        result_note = ""
     result = {"version": str(version), "status": record.status, "where": look.where}
     if record.status == "running":
-        result["note"] = f"still running after {timeout_s:.0f} s; `exp status {version}` to look again"
+        result["note"] = f"still running after {timeout_s:.0f} s; `exp status {version}` to look again" + (f" ({result_note})" if result_note else "")
     return result
 
 

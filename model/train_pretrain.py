@@ -30,7 +30,7 @@ SwanLab host did not answer; null itself when the run ended before tracking star
 
 Exit codes: 0 finished; 1 uncaught error (traceback in train.log); 2 bad input (config, data,
 tokenizer, out dir: one line, no traceback); 3 loss became NaN/Inf (the last good checkpoint is
-kept); 130 interrupted by SIGINT; 143 interrupted by SIGTERM (both after saving a checkpoint at
+kept); 130 interrupted by SIGINT; 143 interrupted by SIGTERM or SIGUSR1 (both after saving a checkpoint at
 the next step boundary; a second Ctrl-C exits at once, a repeated SIGTERM does not).
 
 ``--resume`` continues from the newest checkpoint that loads (a truncated one is skipped with a
@@ -516,6 +516,8 @@ def save_final(net: torch.nn.Module, tokenizer: Any, final: Path) -> None:
 
 class _StopFlag:
     """SIGINT/SIGTERM set it; the loop saves a checkpoint at the next step boundary and exits.
+    SIGUSR1 (Slurm's warning before the time limit, ``--signal=USR1@120``) does the same: the
+    requeued job resumes from that checkpoint.
 
     A second Ctrl-C (SIGINT) restores the default handler's effect: an immediate exit. A repeated
     SIGTERM is the same request again, not an escalation: `exp stop` signals the run script's
@@ -530,7 +532,7 @@ class _StopFlag:
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             self._old.setdefault(sig, signal.getsignal(sig))  # a re-install keeps the true original
             signal.signal(sig, self._handle)
 
@@ -891,7 +893,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             signum = stop_requested(is_log or is_save)
 
         if signum:  # -- interrupted: checkpoint, report, exit 130/143 --------------------------
-            code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+            code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM  # USR1 (Slurm's warning) as SIGTERM
             sig_name = signal.Signals(signum).name
             if run.step > session_start_step:
                 check_finite()
@@ -1024,7 +1026,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model.train_pretrain", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="exit codes: 0 finished, 1 uncaught error, 2 bad input, 3 loss NaN/Inf, "
-                                       "130 SIGINT, 143 SIGTERM (checkpoint saved)")
+                                       "130 SIGINT, 143 SIGTERM or SIGUSR1 (checkpoint saved)")
     p.add_argument("--config", required=True, type=Path, help="TrainConfig JSON (its model_dump)")
     p.add_argument("--out-dir", required=True, type=Path, help="run output directory")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out-dir")

@@ -64,3 +64,23 @@ def cli():
         return result.exit_code, result.stdout, result.stderr
 
     return invoke
+
+
+SLURM_SKIP = ("the Slurm tests run against the local cluster only with EXP_TEST_SLURM=local "
+              "(.ci/run sets it; scripts/slurm_local.sh start brings the cluster up, as root)")
+
+
+def slurm_cluster() -> None:
+    """Skip unless EXP_TEST_SLURM=local; then the local cluster, started (as root) if it is down.
+    Nothing here touches /etc/slurm unless that variable asks for the local cluster."""
+    import shutil
+
+    if os.environ.get("EXP_TEST_SLURM") != "local":
+        pytest.skip(SLURM_SKIP)
+    script = REPO / "scripts" / "slurm_local.sh"
+    if shutil.which("sbatch") and subprocess.run(["bash", str(script), "status"], capture_output=True).returncode == 0:
+        return
+    if os.geteuid() != 0:
+        pytest.skip("EXP_TEST_SLURM=local, but the local cluster is down and starting it needs root")
+    r = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -20,6 +20,7 @@ LAYERS: dict[str, int] = {
     "expkit.record": 1, "expkit.status": 1, "expkit.problem": 1, "expkit.config": 1, "expkit.claims": 1,
     # 2: where things are, and the side effects the layers above share (git, templates, SwanLab)
     "expkit.workspace": 2, "expkit.store": 2, "expkit.gitops": 2, "expkit.render": 2, "expkit.tracking": 2, "expkit.procs": 2,
+    "expkit.slurm": 2,
     # 3: pure computation on data and the files handed in
     "expkit.metrics": 3, "expkit.samples": 3, "expkit.anomalies": 3, "expkit.verdicts": 3, "expkit.comparison": 3,
     "expkit.diagnosis": 3, "expkit.evidence": 3, "expkit.citations": 3, "expkit.charts": 3, "expkit.plots": 3,

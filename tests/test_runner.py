@@ -287,7 +287,8 @@ def test_torchrun_backend_with_two_cpu_processes(gitws):
     r = run_exp("run", "0.1.0", "--backend", "torchrun", "--nproc", "2", cwd=gitws.root)
     assert r.returncode == 0, r.stdout + r.stderr
     script = gitws.run_script_path("0.1.0").read_text()
-    assert "torch.distributed.run --nproc_per_node 2" in script and 'MASTER_PORT="$(' in script
+    assert "torchrun --standalone --nproc-per-node 2" in script  # torchrun binds its own free port
+    assert "socket" not in script and "MASTER_PORT" not in script  # no bind-then-close
     rec = record(gitws)
     assert rec.status == "analyzed" and rec.meta["run"]["status"] == "finished" and rec.meta["run"]["processes"] == 2
     summary = json.loads((gitws.out_dir("0.1.0") / "summary.json").read_text())
@@ -299,8 +300,10 @@ def test_multinode_flags_are_rendered(gitws):
     r = run_exp("run", "0.1.0", "--dry-run", "--backend", "torchrun", "--nproc", "2", "--nnodes", "2", "--node-rank", "1",
                 "--master-addr", "node0", cwd=gitws.root)
     assert r.returncode == 0, r.stderr
-    assert "--nnodes 2 --node_rank 1 --master_addr node0 --master_port \"$MASTER_PORT\"" in r.stdout
-    assert "MASTER_PORT=2" in r.stdout or "MASTER_PORT=3" in r.stdout  # a fixed port all nodes agree on
+    assert "--nnodes 2 --node-rank 1 --nproc-per-node 2 --master-addr node0 --master-port " in r.stdout
+    port = int(r.stdout.split("--master-port ")[1].split(")")[0])
+    assert 20000 <= port < 40000  # a fixed port all nodes agree on
+    assert "_start" not in r.stdout and "_finalize" not in r.stdout  # node 1 never touches the record
     bad = run_exp("run", "0.1.0", "--dry-run", "--nnodes", "2", "--node-rank", "2", "--backend", "torchrun", cwd=gitws.root)
     assert bad.returncode == 2 and "--node-rank" in bad.stderr
 

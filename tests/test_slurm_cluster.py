@@ -10,13 +10,12 @@ Time limits below only bound a failure; the assertions are on states and content
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, slurm_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +29,7 @@ def sh(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def cluster():
-    if os.geteuid() != 0:
-        if shutil.which("sbatch") is None:
-            pytest.skip("sbatch is not on PATH and scripts/slurm_local.sh start needs root to install Slurm")
-        if sh("bash", str(SCRIPT), "status").returncode == 0:
-            return  # a cluster someone else started; start itself needs root
-    r = sh("bash", str(SCRIPT), "start", timeout=900)
-    assert r.returncode == 0, r.stdout + r.stderr
+    slurm_cluster()
 
 
 def submit(*args: str) -> str:

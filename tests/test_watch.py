@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -124,7 +123,7 @@ def test_slurm_that_does_not_answer_leaves_the_run_running(ws, tmp_path):
     assert "could not ask Slurm" in row["note"] and "squeue is not on PATH" in row["note"]
     assert record(ws).status == "running"
     err = one_line_error(run_exp("stop", "0.1.0", cwd=ws.root, env={"PATH": str(empty)}))
-    assert "could not ask Slurm to stop job 4242" in err and record(ws).status == "running"
+    assert "could not ask Slurm to stop job 4242" in err and "scancel could not be run" in err and record(ws).status == "running"
 
 
 def test_the_scheduler_is_asked_at_most_every_ten_seconds(ws, tmp_path):

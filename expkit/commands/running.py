@@ -20,11 +20,15 @@ app = typer_app()
 
 
 def _opts(backend: str, gpus: str | None, nproc: int | None, nnodes: int, node_rank: int, master_addr: str | None,
-          resume: bool, time_limit: str | None = None, partition: str | None = None) -> LaunchOptions:
-    return LaunchOptions(
-        backend=backend, gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
-        master_addr=master_addr or "127.0.0.1", resume=resume, time_limit=time_limit or "24:00:00", partition=partition,
-    ).check()
+          resume: bool, time_limit: str | None = None, partition: str | None = None, *, ws: Any = None,
+          master_port: int | None = None, account: str | None = None, qos: str | None = None, mem: str | None = None,
+          cpus_per_task: int | None = None, constraint: str | None = None) -> LaunchOptions:
+    opts = LaunchOptions(
+        backend=backend, gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr or "127.0.0.1",
+        master_port=master_port, resume=resume, time_limit=time_limit, partition=partition, account=account, qos=qos,
+        mem=mem, cpus_per_task=cpus_per_task, constraint=constraint,
+    )
+    return opts.with_workspace_defaults(ws.settings) if ws is not None else opts.check()
 
 
 def _print_checks(checks: list[Check], err: bool = False) -> None:
@@ -86,20 +90,28 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the script and the preflight; start nothing"),
     detach: bool = typer.Option(False, "--detach", help="run in its own session and return (pid file in out/)"),
     backend: str = typer.Option("local", "--backend", metavar="local|torchrun|slurm", help="how to launch"),
-    gpus: Optional[str] = typer.Option(None, "--gpus", metavar="0,1", help="GPUs to use (sets CUDA_VISIBLE_DEVICES and the process count)"),
-    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="processes per node where there is no GPU"),
-    nnodes: int = typer.Option(1, "--nnodes", metavar="N", help="nodes (torchrun multi-node)"),
-    node_rank: int = typer.Option(0, "--node-rank", metavar="R", help="this node's rank"),
-    master_addr: Optional[str] = typer.Option(None, "--master-addr", metavar="HOST", help="rank-0 host for multi-node"),
+    gpus: Optional[str] = typer.Option(None, "--gpus", metavar="0,1|N",
+                                       help="local/torchrun: GPU ids (sets CUDA_VISIBLE_DEVICES); slurm: a count of GPUs per node"),
+    nproc: Optional[int] = typer.Option(None, "--nproc", metavar="N", help="processes per node where there is no GPU (gloo)"),
+    nnodes: int = typer.Option(1, "--nnodes", "--nodes", metavar="N", help="nodes (slurm: sbatch --nodes; torchrun: run on each)"),
+    node_rank: int = typer.Option(0, "--node-rank", metavar="R", help="torchrun multi-node: this node's rank"),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", metavar="HOST", help="torchrun multi-node: node 0's address"),
+    master_port: Optional[int] = typer.Option(None, "--master-port", metavar="PORT", help="torchrun multi-node: node 0's port (default: from the version)"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its last checkpoint"),
     time_limit: Optional[str] = typer.Option(None, "--time", metavar="HH:MM:SS", help="Slurm time limit (default 24:00:00)"),
     partition: Optional[str] = typer.Option(None, "--partition", metavar="NAME", help="Slurm partition"),
+    account: Optional[str] = typer.Option(None, "--account", metavar="NAME", help="Slurm account"),
+    qos: Optional[str] = typer.Option(None, "--qos", metavar="NAME", help="Slurm QOS"),
+    mem: Optional[str] = typer.Option(None, "--mem", metavar="SIZE", help="Slurm memory per node, e.g. 64G"),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", metavar="N", help="Slurm CPUs per node's task (default: Slurm's)"),
+    constraint: Optional[str] = typer.Option(None, "--constraint", metavar="FEATURES", help="Slurm node features, e.g. a100"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."""
     v = version(version_)
     ws = current_workspace()
-    opts = _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit, partition)
+    opts = _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit, partition, ws=ws,
+                 master_port=master_port, account=account, qos=qos, mem=mem, cpus_per_task=cpus_per_task, constraint=constraint)
     launch = runner.prepare(ws, v, opts, dry_run=dry_run)
     bad = failed_checks(launch.checks)
     if dry_run:
@@ -117,6 +129,13 @@ def run(
         typer.echo("preflight")
         _print_checks(launch.checks)
     launch = runner.launch(ws, v, opts, launch)
+    if opts.node_rank > 0:  # another node of node 0's run: it trains; the record is node 0's
+        typer.echo(f"joined    {v} as node {opts.node_rank} of {opts.nnodes} (pid {launch.pid}); log {ws.rel(launch.log)}")
+        if detach:
+            return
+        code = launch.process.wait()
+        typer.echo(f"node {opts.node_rank} exited with code {code}; the record is node 0's: exp status {v}")
+        raise typer.Exit(0 if code == 0 else 1)
     where = f"Slurm job {launch.job_id}" if launch.job_id else f"pid {launch.pid}"
     if launch.job_id or detach:
         if json_out:
@@ -167,7 +186,8 @@ def doctor(
     """Check the environment a run needs: torch, GPUs, data, tokenizer, disk, SwanLab, git."""
     ws = current_workspace()
     record = records.load(ws, version(version_)) if version_ else None
-    checks, env = preflight(ws, record, _opts(backend, gpus, None, 1, 0, None, False))
+    checks, env = preflight(ws, record, _opts(backend, gpus, None, 1, 0, None, False, ws=ws),
+                            stage="submit" if backend == "slurm" else "local")
     bad = failed_checks(checks)
     if json_out:
         echo_json({"ok": not bad, "checks": [c.to_dict() for c in checks], "environment": env})
@@ -244,14 +264,21 @@ def start_(
     backend: str = typer.Option("local", "--backend"),
     pid: int = typer.Option(0, "--pid"),
     gpus: Optional[str] = typer.Option(None, "--gpus"),
+    nproc: Optional[int] = typer.Option(None, "--nproc"),
+    nnodes: int = typer.Option(1, "--nnodes"),
 ) -> None:
     """Run-script step: preflight, then mark the record running (called by the rendered script)."""
-    checks, record = runner.start_from_script(current_workspace(), version(version_), backend, pid, gpus)
+    opts = LaunchOptions(backend=backend, gpus=gpus, nproc=nproc, nnodes=nnodes)
+    checks, record = runner.start_from_script(current_workspace(), version(version_), opts, pid)
     if checks:
         typer.echo("preflight", err=True)
         _print_checks(checks, err=True)
     if record is None:
-        typer.echo("exp: preflight failed; nothing started, the record is unchanged", err=True)
+        run_info = records.load(current_workspace(), version(version_)).meta.get("run") or {}
+        if run_info.get("status") == "failed" and "preflight failed" in str(run_info.get("error")):
+            typer.echo("exp: the job's preflight failed; the run is marked failed with the reason", err=True)
+        else:
+            typer.echo("exp: preflight failed; nothing started, the record is unchanged", err=True)
         raise typer.Exit(1)
 
 
