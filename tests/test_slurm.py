@@ -199,6 +199,29 @@ def test_requeue_resumes_from_the_checkpoint_and_ends_like_an_uninterrupted_run(
     assert steps_logged == sorted(set(steps_logged)) and steps_logged[-1] == steps
 
 
+def test_the_time_limit_warning_checkpoints_requeues_and_the_run_goes_on(cluster, gitws):
+    """USR1 to the batch shell, as Slurm sends it 120 s before the time limit (--signal=B:USR1@120):
+    the script stops the trainer at a checkpoint and requeues its own job; the next attempt resumes."""
+    steps = 60
+    make(gitws, steps=steps, extra=["save_interval=10"])
+    r = run_exp("run", "0.1.0", "--backend", "slurm", cwd=gitws.root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = gitws.out_dir("0.1.0")
+    job = record(gitws).meta["run"]["job_id"]
+    assert wait_for(lambda: list((out / "checkpoints").glob("step_*.pt")), limit_s=300), (out / "run.log").read_text()
+    sent = subprocess.run(["scancel", "--signal=USR1", "--batch", job], capture_output=True, text=True)
+    assert sent.returncode == 0, sent.stderr
+    assert wait_for(lambda: scontrol(job).get("JobState") == "PENDING", limit_s=300), scontrol(job)
+    assert record(gitws).status == "running"  # the first attempt's end did not end the run
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, text=True)
+    rec = settled(gitws)
+    run = rec.meta["run"]
+    assert rec.status == "analyzed" and run["status"] == "finished", run
+    assert run["final"]["steps"] == steps and run["restarts"] >= 1 and run["job_id"] == job
+    log = (out / "run.log").read_text()
+    assert "time limit near: checkpointing, then requeueing job" in log and "resume: continuing from checkpoint step" in log
+
+
 def test_slurm_stop_cancels_and_interrupts(cluster, gitws):
     make(gitws, steps=2000, extra=["save_interval=10"])
     r = run_exp("run", "0.1.0", "--backend", "slurm", cwd=gitws.root)
