@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real single-node Slurm cluster on this machine, for `exp run --backend slurm` and its tests.
+# A real Slurm cluster on this machine (two nodes, one host), for `exp run --backend slurm` and its tests.
 # Debian's slurm-wlm (22.05 on bookworm) and munge; no systemd, so the daemons are started by hand.
 #
 #   scripts/slurm_local.sh start    install (if missing), configure, start, prove with a smoke job
@@ -21,6 +21,9 @@
 # - Addresses are 127.0.0.1 (SlurmctldHost=HOST(127.0.0.1), NodeAddr=127.0.0.1), so nothing
 #   depends on the hostname resolving. Jobs run as root (SlurmUser=root).
 # - SchedulerParameters=batch_sched_delay=0,sched_min_interval=0: a trivial job completes in ~1 s.
+# - Two nodes on one machine (Debian builds slurmd with multiple-slurmd): HOST and HOST-n2, each its
+#   own slurmd (`slurmd -N NAME`) on its own port, both NodeHostname=HOST. A 2-node job really runs
+#   one task per node (srun), so multi-node launches are tested, not only rendered.
 set -euo pipefail
 
 CONF_DIR=/etc/slurm
@@ -34,6 +37,7 @@ MUNGE_KEY=/etc/munge/munge.key
 MUNGE_PID=/run/munge/munged.pid
 SMOKE_LIMIT_S="${SLURM_LOCAL_SMOKE_LIMIT_S:-60}"
 HOST="$(hostname -s 2>/dev/null || cut -d. -f1 /proc/sys/kernel/hostname)"
+NODES=("$HOST" "$HOST-n2")
 
 say() { echo "slurm_local: $*"; }
 
@@ -128,13 +132,14 @@ SlurmdTimeout=30
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$SPOOL_CTLD
-SlurmdSpoolDir=$SPOOL_D
+SlurmdSpoolDir=$SPOOL_D/%n
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
-NodeName=$HOST NodeAddr=127.0.0.1 NodeHostname=$HOST $topo RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
+NodeName=${NODES[0]} NodeAddr=127.0.0.1 NodeHostname=$HOST Port=6818 $topo RealMemory=$mem State=UNKNOWN
+NodeName=${NODES[1]} NodeAddr=127.0.0.1 NodeHostname=$HOST Port=6819 $topo RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=${NODES[0]},${NODES[1]} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
 }
 
@@ -167,28 +172,41 @@ start_slurmctld() {
   die "slurmctld is not answering"
 }
 
-start_slurmd() {
-  running slurmd || slurmd || die "slurmd did not start"
+# One slurmd per node name; a running one is found by its pid file.
+slurmd_running() {
+  local pid
+  pid="$(cat "$RUN_DIR/slurmd-$1.pid" 2>/dev/null)" || return 1
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = slurmd ]
 }
 
-# The node's state as sinfo prints it: idle, mixed, allocated, completing, down*, drained, ...
-node_state() { sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n 1; }
+start_slurmd() {
+  local node
+  for node in "${NODES[@]}"; do
+    mkdir -p "$SPOOL_D/$node"
+    slurmd_running "$node" || slurmd -N "$node" || die "slurmd -N $node did not start"
+  done
+}
+
+# A node's state as sinfo prints it: idle, mixed, allocated, completing, down*, drained, ...
+node_state() { sinfo -h -n "${1:-$HOST}" -o %T 2>/dev/null | head -n 1; }
 
 node_usable() {
   case "$1" in idle|mixed|allocated|completing|idle-|mixed-|planned) return 0 ;; *) return 1 ;; esac
 }
 
 wait_node() {
-  local state _
-  for _ in $(seq 150); do
-    state="$(node_state)"
-    node_usable "$state" && return 0
-    case "$state" in
-      down*|drain*|fail*|unknown*|idle\*) scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true ;;
-    esac
-    sleep 0.2
+  local node state _
+  for node in "${NODES[@]}"; do
+    for _ in $(seq 150); do
+      state="$(node_state "$node")"
+      node_usable "$state" && continue 2
+      case "$state" in
+        down*|drain*|fail*|unknown*|idle\*) scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true ;;
+      esac
+      sleep 0.2
+    done
+    die "node $node is not usable after 30 s (state: ${state:-none})"
   done
-  die "node $HOST is not usable after 30 s (state: ${state:-none})"
 }
 
 smoke_job() {
@@ -265,7 +283,7 @@ cmd_start() {
   wait_node
   say "running a smoke job"
   smoke_job
-  say "up on $HOST ($(nproc) CPUs, $(slurmctld -V)) in $(( SECONDS - t0 )) s; a smoke job completed"
+  say "up on $HOST: nodes ${NODES[*]} ($(nproc) CPUs each, $(slurmctld -V)) in $(( SECONDS - t0 )) s; a smoke job completed"
 }
 
 cmd_stop() {
@@ -288,16 +306,17 @@ cmd_status() {
   command -v scontrol >/dev/null || { echo "down: Slurm is not installed"; return 1; }
   munge -n >/dev/null 2>&1 || { echo "down: munged does not answer"; return 1; }
   running slurmctld || { echo "down: slurmctld is not running"; return 1; }
-  running slurmd || { echo "down: slurmd is not running"; return 1; }
+  local node state states=()
+  for node in "${NODES[@]}"; do
+    slurmd_running "$node" || { echo "down: slurmd of node $node is not running"; return 1; }
+  done
   ctld_answers || { echo "down: slurmctld does not answer"; return 1; }
-  local state
-  state="$(node_state)"
-  if node_usable "$state"; then
-    echo "up: node $HOST $state"
-  else
-    echo "down: node $HOST ${state:-missing}"
-    return 1
-  fi
+  for node in "${NODES[@]}"; do
+    state="$(node_state "$node")"
+    node_usable "$state" || { echo "down: node $node ${state:-missing}"; return 1; }
+    states+=("$node $state")
+  done
+  echo "up: node ${states[0]}, node ${states[1]}"
 }
 
 case "${1:-}" in

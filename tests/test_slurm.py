@@ -77,8 +77,8 @@ def test_gpu_ids_under_slurm_are_one_line_and_the_count_is_per_node(gitws):
 
 
 def test_two_node_script_parses_and_launches_one_torchrun_per_node(gitws, tmp_path):
-    """The local cluster has one node, so the 2-node job is checked as rendered: bash -n, and
-    its srun/torchrun line taken apart."""
+    """The 2-node job as rendered: bash -n, and its srun/torchrun line taken apart (it also runs,
+    on the local cluster's two nodes: test_two_nodes_train_one_run)."""
     make(gitws)
     r = dry(gitws, "--nodes", "2", "--nproc", "2")
     script = r.stdout.split("\n# ---- preflight")[0]
@@ -154,6 +154,27 @@ def test_two_gloo_processes_through_srun_and_torchrun(cluster, gitws):
     assert rec.meta["run"]["processes"] == 2
     log = (gitws.out_dir("0.1.0") / "run.log").read_text()
     assert "exp: srun --ntasks-per-node=1" in log and "--nproc-per-node 2 --rdzv-backend c10d" in log
+
+
+def test_two_nodes_train_one_run(cluster, gitws):
+    """--nodes 2 on the local cluster's two nodes (two slurmd on this machine): srun starts one
+    torchrun per node, they meet at the c10d rendezvous on the first node, one record."""
+    if subprocess.run(["sinfo", "-h", "-o", "%D"], capture_output=True, text=True).stdout.split()[:1] != ["2"]:
+        pytest.skip("the local cluster has one node (scripts/slurm_local.sh start brings up two)")
+    make(gitws, steps=10)
+    r = run_exp("run", "0.1.0", "--backend", "slurm", "--nodes", "2", cwd=gitws.root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = record(gitws).meta["run"]["job_id"]
+    rec = settled(gitws)
+    assert rec.status == "analyzed", rec.meta["run"]
+    nodes = subprocess.run(["scontrol", "show", "hostnames", scontrol(job)["NodeList"]], capture_output=True, text=True).stdout.split()
+    assert scontrol(job)["NumNodes"] == "2" and len(set(nodes)) == 2, scontrol(job)
+    summary = json.loads((gitws.out_dir("0.1.0") / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 10
+    assert rec.meta["run"]["processes"] == 2
+    log = (gitws.out_dir("0.1.0") / "run.log").read_text()
+    assert "exp: srun --ntasks-per-node=1 --nodes=2" in log and "--nnodes 2 --nproc-per-node 1 --rdzv-backend c10d" in log
+    assert f"--rdzv-endpoint {nodes[0]}:" in log  # the rendezvous on the job's first node
 
 
 def test_a_failed_job_preflight_fails_the_run_with_its_reason(cluster, gitws):
