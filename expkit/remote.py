@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 from . import records
 from .preflight import PROBE
 from .errors import UsageError
+from .files import read_json, write_json
 from .script import LaunchOptions, RunError
 from .version import Version
 from .workspace import Workspace
@@ -211,9 +213,20 @@ def snapshot_paths(ws: Workspace, version: Version) -> list[Path]:
 
 
 def push(ws: Workspace, version: Version, target: Target) -> list[str]:
-    """Copy the snapshot the run needs to the remote workspace (rsync; out/ and checkpoints stay)."""
+    """Copy the snapshot the run needs to the remote workspace (rsync; out/ and checkpoints stay).
+
+    The record's state goes without ``run.remote``: there, the copy describes a run on that
+    machine (a resume there must not go looking for a remote of its own)."""
     paths = snapshot_paths(ws, version)
-    _rsync(target, ["--relative", *[f"./{p}" for p in paths], f"{target.host}:{target.dir}/"])
+    state_rel = Path(ws.rel(ws.state_path(version)))
+    with tempfile.TemporaryDirectory(prefix="exp-push-") as stage:
+        sources = [f"{ws.root}/./{p}" for p in paths if p != state_rel]
+        state = read_json(ws.state_path(version))
+        if isinstance(state, dict):
+            ((state.get("meta") or {}).get("run") or {}).pop("remote", None)
+            write_json(Path(stage) / state_rel, state)
+            sources.append(f"{stage}/./{state_rel}")
+        _rsync(target, ["--relative", *sources, f"{target.host}:{target.dir}/"])
     return [str(p) for p in paths]
 
 
@@ -243,13 +256,14 @@ def start(target: Target, version: Version, opts: LaunchOptions) -> dict[str, An
 
 
 def remote_run(ws: Workspace, version: Version, target: Target) -> dict[str, Any]:
-    """The remote copy of the record's state (its ``run``: the remote's host, code, environment, outcome)."""
+    """The remote copy of the record's state: its status and ``run`` (the host, code, environment, outcome there)."""
     res = _ssh(target, f"cat {_sh_path(f'{target.dir}/{ws.rel(ws.state_path(version))}')}")
     try:
         state = json.loads(res.stdout)
     except ValueError:
         return {}
-    return state if isinstance(state, dict) else {}
+    meta = state.get("meta") if isinstance(state, dict) else None
+    return meta if isinstance(meta, dict) else {}
 
 
 def state(run: dict[str, Any]) -> tuple[bool | None, str]:

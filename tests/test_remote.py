@@ -158,7 +158,9 @@ def test_remote_run_status_logs_stop_resume_lost_connection_pull_analysis(gitws,
     assert os.getsid(pid) == pid == run["remote"]["pgid"]  # its own session there: the ssh connection is long gone
     there, here = remote / "out" / "experiment_0.1.0", gitws.out_dir("0.1.0")
     # the snapshot went there (record, state, script, pyproject, templates), not out/; the host's environment came back
-    assert (remote / "experiment" / "experiment_0.1.0.state.json").exists() and (remote / "pyproject.toml").exists()
+    assert (remote / "pyproject.toml").exists() and (remote / "templates").is_dir()
+    theirs = json.loads((remote / "experiment" / "experiment_0.1.0.state.json").read_text())["meta"]["run"]
+    assert "remote" not in theirs and theirs["pid"] == pid  # there, the copy describes a run on that machine
     assert (here / "env.json").read_bytes() == (there / "env.json").read_bytes()
     assert (here / "requirements.txt").read_bytes() == (there / "requirements.txt").read_bytes()
     assert json.loads((here / "env.json").read_text())["executable"] == sys.executable
