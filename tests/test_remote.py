@@ -144,7 +144,7 @@ def test_remote_preflight_says_what_is_missing_there_and_starts_nothing(gitws, s
 
 
 def test_remote_run_status_logs_stop_resume_lost_connection_pull_analysis(gitws, sshd, tmp_path):
-    make(gitws, steps=300, extra=["save_interval=10"])
+    make(gitws, steps=120, extra=["save_interval=10"])
     remote = tmp_path / "remote"
     py = _python(tmp_path / "venv" / "bin" / "python")
     r = run_exp("run", "0.1.0", "--host", "exptest", "--remote-dir", str(remote), "--remote-python", str(py), cwd=gitws.root)
@@ -182,7 +182,7 @@ def test_remote_run_status_logs_stop_resume_lost_connection_pull_analysis(gitws,
     assert "interrupted" in stopped.stdout and "exp run 0.1.0 --resume" in stopped.stdout
     rec = record(gitws)
     assert rec.status == "interrupted" and rec.meta["run"]["status"] == "interrupted"
-    assert 10 <= rec.meta["run"]["last_step"] < 300
+    assert 10 <= rec.meta["run"]["last_step"] < 120
     assert checkpoint_there() and not list(here.rglob("*.pt"))  # checkpoints stay there
 
     resumed = run_exp("run", "0.1.0", "--resume", "--json", cwd=gitws.root)  # no --host: the checkpoints are on exptest
@@ -208,13 +208,13 @@ def test_remote_run_status_logs_stop_resume_lost_connection_pull_analysis(gitws,
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
     rec = record(gitws)
     run = rec.meta["run"]
-    assert rec.status == "analyzed" and run["status"] == "finished" and run["final"]["steps"] == 300, run
+    assert rec.status == "analyzed" and run["status"] == "finished" and run["final"]["steps"] == 120, run
     assert run["exit_code"] == 0 and run["remote"]["host"] == "exptest"
     for name in ("metrics.jsonl", "summary.json", "samples.json", "train.log", "run.log", "status.json", "env.json"):
         assert (here / name).exists(), name
     assert not list(here.rglob("*.pt"))
     assert (here / "plots" / "loss.png").exists()  # analysed here
     steps = [json.loads(line)["step"] for line in (here / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 300  # the resume went on from the checkpoint there
+    assert steps == sorted(set(steps)) and steps[-1] == 120  # the resume went on from the checkpoint there
     shown = json.loads(run_exp("show", "0.1.0", "--json", cwd=gitws.root).stdout)
     assert shown["verdicts"] and shown["run"]["remote"]["host"] == "exptest"

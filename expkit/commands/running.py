@@ -100,7 +100,7 @@ def run(
     remote_python: Optional[str] = typer.Option(None, "--remote-python", metavar="PATH", help="Python on HOST with exp installed (default python3)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached, Slurm or on a host over ssh)."""
+    """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."""
     v = version(version_)
     ws = current_workspace()
     opts = _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit, partition)
@@ -252,7 +252,7 @@ def pull(
     version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Bring a remote run's outputs back over ssh (checkpoints stay there); an ended run is finalized and analysed here."""
+    """Bring a remote run's outputs back over ssh; a run that ended there is finalized and analysed."""
     result = runner.pull(current_workspace(), version(version_))
     if json_out:
         echo_json(result)
