@@ -131,7 +131,7 @@ class Unreachable(RunError):
     """ssh could not reach the host: nothing is known about the run there."""
 
     def __init__(self, target: Target, why: str) -> None:
-        self.target = target
+        self.target, self.why = target, why
         super().__init__(f"could not reach {target.host} over ssh ({why}); check that `ssh {target.host} true` works "
                          "without a password (exp uses BatchMode)")
 
@@ -281,7 +281,7 @@ def state(run: dict[str, Any]) -> tuple[bool | None, str]:
     try:
         res = _ssh(target, command, timeout=60)
     except Unreachable as err:
-        return None, f"could not reach {target.host} ({str(err).split('(', 1)[-1].split(')')[0]}); the run is left running there"
+        return None, f"could not reach {target.host} ({err.why}); the run is left running there"
     answer = _last_line(res.stdout)
     if answer == "alive":
         return True, f"pid {pid} on {target.host} alive"
