@@ -473,7 +473,7 @@ def remote_target(ws: Workspace, version: Version, host: str | None, port: int |
         old = remote.Target.of(run)
         return remote.Target(old.host, old.port, old.dir, python or old.python)
     target = remote.Target(host, port, remote_dir, python or remote.DEFAULT_PYTHON).check()
-    if resume and not before:
+    if resume and not before and run.get("started"):
         raise RunError(f"{version} ran here and its checkpoints are here: resume it here with `exp run {version} --resume`")
     if before and (before["host"], before.get("port")) != (target.host, target.port):
         raise RunError(f"{version}'s checkpoints are on {before['host']}: resume it there with `exp run {version} --resume`")
@@ -498,10 +498,10 @@ def launch_remote(ws: Workspace, version: Version, opts: LaunchOptions, target: 
     pushed = remote.push(ws, version, target)
     started = remote.start(target, version, opts)
     info = {**target.to_dict(), "pid": started["pid"], "pgid": started["pid"], "started": times.now()}
-    theirs = remote.remote_run(ws, version, target).get("run") or {}
     command = " ".join(["exp", "run", str(version), "--host", target.host] + (["--port", str(target.port)] if target.port else [])
                        + _flags(opts))
     try:
+        theirs = remote.remote_run(ws, version, target).get("run") or {}
         begin(ws, version, opts, env=env, command=command)
         with records.update(ws, version) as rec:
             run = rec.meta.get("run") or {}
