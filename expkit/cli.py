@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("running", "Show running experiments: step, loss, tokens/s, ETA; finds runs that died."),
     "logs": ("running", "Print the run's log (out/experiment_VERSION/run.log); -f follows it."),
     "stop": ("running", "Stop a run with SIGTERM (scancel on Slurm); it checkpoints and becomes interrupted."),
+    "pull": ("running", "Bring a remote run's outputs back over ssh; a run that ended there is finalized and analysed."),
     "sync": ("running", "Upload the run's offline SwanLab log to the cloud (swanlab sync)."),
     "analyze": ("results", "Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."),
     "context": ("results", "What an AI assistant needs to write the analysis: the evidence to cite, sections, verdicts, samples."),

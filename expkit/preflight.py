@@ -32,7 +32,7 @@ class Check:
         return asdict(self)
 
 
-_PROBE = r"""
+PROBE = r"""
 import json, os, platform, socket, sys
 info = {"python": platform.python_version(), "executable": sys.executable, "platform": platform.platform(),
         "host": socket.gethostname(), "cpus": os.cpu_count()}
@@ -63,7 +63,7 @@ def probe_environment(env: dict[str, str] | None = None) -> dict[str, Any]:
     try:
         out = subprocess.run(
             # -P: like the trainer (PYTHONSAFEPATH=1 in the run script), not importing from the current directory
-            [sys.executable, "-P", "-c", _PROBE], capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}
+            [sys.executable, "-P", "-c", PROBE], capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})}
         )
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, json.JSONDecodeError, IndexError, OSError) as err:

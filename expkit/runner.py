@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import gitops, lifecycle, procs, records, results, slurm, store, times, tracking, view
+from . import gitops, lifecycle, procs, records, remote, results, slurm, store, times, tracking, view
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
 from .preflight import Check, failed_checks, preflight, swanlab_logged_in
@@ -59,7 +59,7 @@ def _require_startable(ws: Workspace, record: Record, resume: bool) -> None:
                            f"{next_step(record.status, str(version))}")
         else:
             require_status(record, ("interrupted", "failed"), "resume")
-        if not any((ws.out_dir(version) / "checkpoints").glob("*.pt")):
+        if not run.get("remote") and not any((ws.out_dir(version) / "checkpoints").glob("*.pt")):  # remote: they are there
             raise RunError(
                 f"{version} has no checkpoint to resume from in {ws.rel(ws.out_dir(version))}/checkpoints; "
                 f"run it afresh with `exp run {version}`"
@@ -219,6 +219,8 @@ def _regenerate_quietly(ws: Workspace, record: Record, names: tuple[str, ...]) -
 
 
 def _where(run: dict[str, Any]) -> str:
+    if run.get("remote"):
+        return f"pid {run['remote'].get('pid')} on {run['remote']['host']}, over ssh"
     if run.get("job_id"):
         return f"Slurm job {run['job_id']}"
     if run.get("pid"):
@@ -578,6 +580,106 @@ def follow_metrics(ws: Workspace, version: Version, alive: Any, poll_s: float = 
         if not running:
             return
         time.sleep(poll_s)
+
+
+# -- a run on another host, over ssh (the ssh and rsync calls live in ``remote``) ----------------
+#: What the local record takes from the remote's copy when the run starts there: where it ran and with what.
+REMOTE_RUN_KEYS = ("host", "code", "gpus", "env", "script_sha256", "processes")
+
+
+def remote_target(ws: Workspace, version: Version, host: str | None, port: int | None = None, remote_dir: str | None = None,
+                  python: str | None = None, resume: bool = False) -> remote.Target | None:
+    """Where the run goes: ``--host``; for a resume of a run that lived on a host, that host (its
+    checkpoints are there); None to run here."""
+    run = records.load(ws, version).meta.get("run") or {}
+    before = run.get("remote") if resume else None
+    if host is None:
+        if not before:
+            return None
+        old = remote.Target.of(run)
+        return remote.Target(old.host, old.port, old.dir, python or old.python)
+    target = remote.Target(host, port, remote_dir, python or remote.DEFAULT_PYTHON).check()
+    if resume and not before and run.get("started"):
+        raise RunError(f"{version} ran here and its checkpoints are here: resume it here with `exp run {version} --resume`")
+    if before and (before["host"], before.get("port")) != (target.host, target.port):
+        raise RunError(f"{version}'s checkpoints are on {before['host']}: resume it there with `exp run {version} --resume`")
+    if before and remote_dir is None:
+        target = remote.Target(target.host, target.port, before.get("dir"), target.python)
+    return target
+
+
+def launch_remote(ws: Workspace, version: Version, opts: LaunchOptions, target: remote.Target) -> dict[str, Any]:
+    """Preflight the host, copy the snapshot there, start ``exp run V --detach`` there, and
+    begin the local record as running with ``run.remote`` (where it lives) and the host's
+    environment. A failed remote preflight copies and starts nothing and changes no record."""
+    opts.check()
+    if opts.backend == "slurm" or opts.nnodes > 1:
+        raise RunError("--host runs the script on that one host; for Slurm or several nodes, log in to the cluster and run exp there")
+    record = records.load(ws, version)
+    _require_startable(ws, record, opts.resume)
+    env = remote.probe(target, opts)
+    target = remote.workdir(target, default=f"exp-runs/{ws.root.name}")
+    with store.locked(ws, version):
+        write_script(ws, record, opts)  # the remote renders its own from the record (its paths); this one is replaced by it
+    pushed = remote.push(ws, version, target)
+    started = remote.start(target, version, opts)
+    info = {**target.to_dict(), "pid": started["pid"], "pgid": started["pid"], "started": times.now()}
+    command = " ".join(["exp", "run", str(version), "--host", target.host] + (["--port", str(target.port)] if target.port else [])
+                       + _flags(opts))
+    try:
+        theirs = remote.remote_run(ws, version, target).get("run") or {}
+        begin(ws, version, opts, env=env, command=command)
+        with records.update(ws, version) as rec:
+            run = rec.meta.get("run") or {}
+            run.update({k: theirs[k] for k in REMOTE_RUN_KEYS if theirs.get(k) is not None}, remote=info)
+            rec.meta["run"] = run
+            _regenerate_quietly(ws, rec, ("execution", "environment"))
+        remote.pull(ws, version)  # the host's snapshot: env.json, requirements.txt, experiment_info.txt, the script
+    except BaseException:
+        try:
+            remote.stop({"remote": info})  # nothing runs there that this record does not know of
+        except RunError:
+            pass
+        raise
+    return {"version": str(version), "status": "running", "host": target.host, "dir": target.dir, "pid": started["pid"],
+            "pushed": pushed, "log": f"{target.dir}/{ws.rel(ws.out_dir(version))}/run.log"}
+
+
+def pull(ws: Workspace, version: Version) -> dict[str, Any]:
+    """Bring a remote run's outputs back; a run that ended there is finalized and analysed here,
+    from the remote's outcome. A host that cannot be reached changes nothing."""
+    record = records.load(ws, version)
+    run = record.meta.get("run") or {}
+    if not run.get("remote"):
+        raise RunError(f"{version} did not run on a remote host; its outputs are in {ws.rel(ws.out_dir(version))}/")
+    alive, where = remote.state(run) if record.status == "running" else (False, "ended")
+    if alive is None:
+        raise RunError(f"{where}; nothing was pulled: `exp pull {version}` again when it answers")
+    theirs = remote.pull(ws, version)
+    result: dict[str, Any] = {"version": str(version), "host": run["remote"]["host"], "where": where}
+    if record.status == "running" and alive is False:
+        trun = theirs["run"]
+        if theirs["status"] == "running" or not trun.get("status"):  # killed before its EXIT trap
+            record, _, failure = conclude(ws, version, 1, interrupted=True,
+                                          reason=f"the run's process on {run['remote']['host']} died without finalizing")
+        else:
+            record, _, failure = conclude(ws, version, int(trun.get("exit_code") or 0), reason=trun.get("error"),
+                                          interrupted=trun.get("status") == "interrupted")
+            _take_remote_end(ws, version, trun)
+            record = records.load(ws, version)
+        run_status = (record.meta.get("run") or {}).get("status", record.status)
+        result["note"] = f"marked {run_status}: {where}" + (f"; the analysis failed: {failure}" if failure else "")
+    result["status"] = record.status
+    return result
+
+
+def _take_remote_end(ws: Workspace, version: Version, trun: dict[str, Any]) -> None:
+    """When the run ended there (not when it was pulled here)."""
+    with records.update(ws, version) as record:
+        run = record.meta.get("run") or {}
+        run.update({k: trun[k] for k in ("ended", "duration_s") if trun.get(k) is not None})
+        record.meta["run"] = run
+        _regenerate_quietly(ws, record, ("execution",))
 
 
 def sync(ws: Workspace, version: Version) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import procs, records, slurm, times
+from . import procs, records, remote, runner, slurm, times
 from .files import read_json, write_json
 from .record import Record
 from .runner import conclude, finalize, tail_lines
@@ -74,6 +74,9 @@ def slurm_state(ws: Workspace, version: Version, job_id: str) -> tuple[str | Non
 # -- is it alive -----------------------------------------------------------------------------------
 def seen(ws: Workspace, record: Record) -> Seen:
     run = record.meta.get("run") or {}
+    if run.get("remote"):  # on another host over ssh: None when the host could not be reached
+        alive, where = remote.state(run)
+        return Seen(alive, where)
     if run.get("job_id"):
         job = str(run["job_id"])
         state, why = slurm_state(ws, record.version, job)
@@ -168,7 +171,11 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
             look = seen(ws, record)
             row["where"] = look.where
             row["alive"] = look.alive
-            if look.alive is None:
+            if run.get("remote"):  # its outcome comes back by pulling; an unreachable host ends nothing
+                row.update(_remote_status(ws, v, look.alive))
+                if look.alive is None:
+                    row["note"] = f"unknown: {look.where}"
+            elif look.alive is None:
                 row["note"] = f"unknown: {look.where}"
             elif not look.alive:
                 stale, beat = heartbeat_stale(ws, record)
@@ -191,6 +198,38 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
     return rows
 
 
+# -- a run on another host (ssh) ------------------------------------------------------------------
+def _remote_status(ws: Workspace, version: Version, alive: bool | None) -> dict[str, Any]:
+    """A status row's news of a remote run: fresh progress while it runs, its outcome once it ended."""
+    if alive is None:
+        return {}
+    try:
+        if alive:
+            remote.pull(ws, version)
+            return {}
+        return {k: v for k, v in runner.pull(ws, version).items() if k in ("status", "note")}
+    except RunError as err:
+        return {"note": str(err)}
+
+
+def _stop_remote(ws: Workspace, version: Version, run: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """SIGTERM to the process group on its host; once it is gone, pull: status interrupted."""
+    alive, where = remote.state(run)
+    if alive is None:
+        raise RunError(f"{where}; nothing was stopped: `exp stop {version}` again when it answers")
+    if alive:
+        remote.stop(run)
+        deadline = time.monotonic() + timeout_s
+        while alive is not False and time.monotonic() < deadline:
+            time.sleep(2)  # one ssh call each time: a host is not polled several times a second
+            alive, where = remote.state(run)
+    if alive is not False:
+        return {"version": str(version), "status": "running", "where": where,
+                "note": f"still running after SIGTERM; `exp status {version}`, or `exp stop {version}` again"}
+    result = runner.pull(ws, version)
+    return {"version": str(version), "status": result["status"], "where": where}
+
+
 # -- exp stop --------------------------------------------------------------------------------------
 def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str, Any]:
     """SIGTERM to the recorded process group (scancel for a Slurm job); the trainer checkpoints and
@@ -198,6 +237,8 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
     record = records.load(ws, version)
     require_status(record, ("running",), "stop")
     run = record.meta.get("run") or {}
+    if run.get("remote"):
+        return _stop_remote(ws, version, run, timeout_s)
     if run.get("job_id"):
         job = str(run["job_id"])
         try:
@@ -262,7 +303,11 @@ def log_path(ws: Workspace, version: Version) -> Path:
 
 def follow_log(ws: Workspace, version: Version, follow: bool) -> Iterator[str]:
     """The run's log; with ``follow``, new lines until the run ends (the record leaves running, or
-    its process is seen gone). An unknown state keeps following."""
+    its process is seen gone). An unknown state keeps following. A run on another host is followed there."""
+    record = records.load(ws, version)
+    if (record.meta.get("run") or {}).get("remote") and record.status == "running":
+        yield from remote.log_lines(ws, version, record.meta["run"], follow)
+        return
     path = log_path(ws, version)
     with open(path, "rb") as fh:
         while True:

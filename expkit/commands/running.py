@@ -14,7 +14,7 @@ from ..numbers import fmt, format_number
 from ..preflight import Check, failed_checks, preflight
 from ..script import LaunchOptions
 from ..status import next_step
-from . import JSON_HELP, VERSION_HELP, command, counts, duration, echo_json, typer_app, version, current_workspace
+from . import JSON_HELP, VERSION_HELP, command, counts, duration, echo_json, typer_app, usage, version, current_workspace
 
 app = typer_app()
 
@@ -105,6 +105,10 @@ def run(
     mem: Optional[str] = typer.Option(None, "--mem", metavar="SIZE", help="Slurm memory per node, e.g. 64G"),
     cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", metavar="N", help="Slurm CPUs per node's task (default: Slurm's)"),
     constraint: Optional[str] = typer.Option(None, "--constraint", metavar="FEATURES", help="Slurm node features, e.g. a100"),
+    host: Optional[str] = typer.Option(None, "--host", metavar="HOST", help="run on HOST over ssh (user@host or an ssh config alias)"),
+    port: Optional[int] = typer.Option(None, "--port", metavar="N", help="ssh port of --host"),
+    remote_dir: Optional[str] = typer.Option(None, "--remote-dir", metavar="DIR", help="workspace copy on HOST (default ~/exp-runs/NAME)"),
+    remote_python: Optional[str] = typer.Option(None, "--remote-python", metavar="PATH", help="Python on HOST with exp installed (default python3)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."""
@@ -112,6 +116,18 @@ def run(
     ws = current_workspace()
     opts = _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit, partition, ws=ws,
                  master_port=master_port, account=account, qos=qos, mem=mem, cpus_per_task=cpus_per_task, constraint=constraint)
+    target = runner.remote_target(ws, v, host, port, remote_dir, remote_python, resume)
+    if target is not None:
+        if dry_run:
+            raise usage("--dry-run shows the script here; --host copies it to HOST and starts it there: drop one of them")
+        started = runner.launch_remote(ws, v, opts, target)
+        if json_out:
+            echo_json(started)
+        else:
+            typer.echo(f"copied    {', '.join(started['pushed'])} to {started['host']}:{started['dir']}")
+            typer.echo(f"started   {v} on {started['host']} as pid {started['pid']}; log {started['log']}")
+            typer.echo(f"follow    exp status {v} · exp logs {v} -f · exp stop {v} · exp pull {v} (brings the outputs back)")
+        return
     launch = runner.prepare(ws, v, opts, dry_run=dry_run)
     bad = failed_checks(launch.checks)
     if dry_run:
@@ -249,6 +265,25 @@ def stop(
         typer.echo(f"{version_}: {result['status']}" + (f" ({result['note']})" if result.get("note") else ""))
         if result["status"] == "interrupted":
             typer.echo(f"resume with: exp run {version_} --resume (or `exp analyze {version_}` for a partial analysis first)")
+
+
+@command(app)
+def pull(
+    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Bring a remote run's outputs back over ssh; a run that ended there is finalized and analysed."""
+    result = runner.pull(current_workspace(), version(version_))
+    if json_out:
+        echo_json(result)
+    else:
+        typer.echo(f"{version_}: {result['status']} (pulled from {result['host']}; {result['where']})")
+        if result.get("note"):
+            typer.echo(f"  note: {result['note']}")
+        if result["status"] == "running":
+            typer.echo(f"still running there: `exp pull {version_}` again later, or `exp logs {version_} -f`")
+        else:
+            typer.echo(f"next      {next_step(result['status'], version_)}")
 
 
 @command(app)
