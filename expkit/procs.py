@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 import psutil
@@ -71,12 +72,45 @@ def same_process(pid: int, started: float | None) -> bool | None:
     return abs(now - float(started)) <= START_SLACK_S
 
 
-def terminate(pid: int, pgid: int | None, started: float | None, sig: int = signal.SIGTERM) -> str:
-    """Signal the recorded process — its whole group when it leads one — only if it is still that
-    process. Returns what was done, in words: "signalled", "gone" or "reused" (not signalled)."""
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def look(pid: int, pgid: int | None, started: float | None) -> str:
+    """What became of a recorded process, in one word:
+
+    - ``alive``: it is still that process;
+    - ``orphans``: it ended, but the process group it led still has members (a run script killed
+      alone while its trainer goes on). Linux never hands out a pid that still names a group, so
+      that group is the run's;
+    - ``reused``: the number now belongs to another process (and so no group of the run is left);
+    - ``gone``: nothing of it is left;
+    - ``unknown``: it exists but cannot be inspected.
+    """
     same = same_process(pid, started)
-    if same is False:
-        return "reused" if psutil.pid_exists(pid) else "gone"
+    if same is None:
+        return "unknown"
+    if same:
+        return "alive"
+    if psutil.pid_exists(pid) and same_process(pid, None):
+        return "reused"
+    if pgid is not None and pgid == pid and _group_alive(pgid):
+        return "orphans"
+    return "gone"
+
+
+def terminate(pid: int, pgid: int | None, started: float | None, sig: int = signal.SIGTERM) -> str:
+    """Signal the recorded process — its whole group when it leads one, or what is left of that
+    group — only if it is still the run's. Returns what ``look`` saw, or "signalled"."""
+    seen = look(pid, pgid, started)
+    if seen not in ("alive", "orphans"):
+        return seen
     try:
         if pgid is not None and pgid == pid:
             os.killpg(pgid, sig)  # the script leads its group (exp run starts it in its own session)
@@ -85,3 +119,17 @@ def terminate(pid: int, pgid: int | None, started: float | None, sig: int = sign
     except ProcessLookupError:
         return "gone"
     return "signalled"
+
+
+def main(argv: list[str]) -> int:
+    """``python -m expkit.procs look|terminate PID PGID STARTED``: the same answers on a host
+    reached over ssh (``remote``), from the exp installed there. Prints one word."""
+    action, pid, pgid, started = argv[0], int(argv[1]), argv[2], argv[3]
+    group = int(pgid) if pgid not in ("", "None") else None
+    when = float(started) if started not in ("", "None") else None
+    print(look(pid, group, when) if action == "look" else terminate(pid, group, when))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -266,37 +266,45 @@ def remote_run(ws: Workspace, version: Version, target: Target) -> dict[str, Any
     return meta if isinstance(meta, dict) else {}
 
 
+def _procs(target: Target, action: str, remote: dict[str, Any]) -> str:
+    """``procs.look`` / ``procs.terminate`` on the host, by the exp installed there: the same rules
+    as here (pid, group and start time: a reused pid is never taken for the run nor signalled)."""
+    args = " ".join(shlex.quote(str(x)) for x in (action, int(remote["pid"]), remote.get("pgid"), remote.get("pid_started")))
+    res = _ssh(target, f"exec {_sh_path(target.python)} -m expkit.procs {args}", timeout=60)
+    return _last_line(res.stdout) or f"no answer ({_last_line(res.stderr) or f'exit {res.returncode}'})"
+
+
+#: ``procs.look``'s word → alive (True), gone (False) or unknown (None).
+ALIVE = {"alive": True, "orphans": True, "gone": False, "reused": False}
+
+
 def state(run: dict[str, Any]) -> tuple[bool | None, str]:
-    """Is the run's process group alive on its host? True alive, False gone, None could not ask."""
+    """Is the run's process (or what is left of its group) alive on its host? True alive, False
+    gone, None could not ask."""
     target = Target.of(run)
     remote = run.get("remote") or {}
-    pgid, pid = remote.get("pgid"), remote.get("pid")
-    if not pgid:
+    pid = remote.get("pid")
+    if not pid:
         return None, f"starting on {target.host} (no process id yet)"
-    script = shlex.quote(Path(run.get("script") or "").name or "experiment_")
-    # the group is gone; or its leader's pid now runs something else (the pid was reused)
-    command = (f"if kill -0 -- -{int(pgid)} 2>/dev/null; then "
-               f"if [ -r /proc/{int(pid)}/cmdline ] && ! tr '\\0' ' ' < /proc/{int(pid)}/cmdline | grep -qF {script}; "
-               f"then echo reused; else echo alive; fi; else echo gone; fi")
     try:
-        res = _ssh(target, command, timeout=60)
+        seen = _procs(target, "look", remote)
     except Unreachable as err:
         return None, f"could not reach {target.host} ({err.why}); the run is left running there"
-    answer = _last_line(res.stdout)
-    if answer == "alive":
-        return True, f"pid {pid} on {target.host} alive"
-    if answer in ("gone", "reused"):
-        return False, f"pid {pid} on {target.host} gone"
-    return None, f"{target.host} did not say whether pid {pid} lives ({_last_line(res.stderr) or 'no answer'})"
+    if seen in ALIVE:
+        words = {"alive": "alive", "orphans": "gone, its process group still running", "gone": "gone",
+                 "reused": "gone (the number now belongs to another process)"}[seen]
+        return ALIVE[seen], f"pid {pid} on {target.host} {words}"
+    return None, f"{target.host} did not say whether pid {pid} lives ({seen})"
 
 
 def stop(run: dict[str, Any]) -> None:
-    """SIGTERM to the run's process group on its host: the script passes it on, the trainer checkpoints."""
+    """SIGTERM to the run's process group on its host (only if it is still the run's): the script
+    passes it on, the trainer checkpoints."""
     target = Target.of(run)
-    pgid = (run.get("remote") or {}).get("pgid")
-    if not pgid:
+    remote = run.get("remote") or {}
+    if not remote.get("pid"):
         raise RunError(f"the run on {target.host} has no process id yet; try again in a moment")
-    _ssh(target, f"kill -TERM -- -{int(pgid)} 2>/dev/null || true", timeout=60)
+    _procs(target, "terminate", remote)
 
 
 def log_lines(ws: Workspace, version: Version, run: dict[str, Any], follow: bool) -> Iterator[str]:

@@ -628,6 +628,8 @@ def launch_remote(ws: Workspace, version: Version, opts: LaunchOptions, target: 
                        + _flags(opts))
     try:
         theirs = remote.remote_run(ws, version, target).get("run") or {}
+        # the process there as its own exp recorded it: pid, group and start time (a reused pid is never taken for it)
+        info.update({k: theirs[k] for k in ("pid", "pgid", "pid_started") if theirs.get(k) is not None})
         begin(ws, version, opts, env=env, command=command)
         with records.update(ws, version) as rec:
             run = rec.meta.get("run") or {}

@@ -91,12 +91,18 @@ def seen(ws: Workspace, record: Record) -> Seen:
     pid = run.get("pid")
     if not pid:
         return Seen(None, "no process recorded yet (starting, or begun by hand without a pid)")
-    same = procs.same_process(int(pid), run.get("pid_started"))
-    if same is None:
-        return Seen(None, f"pid {pid} exists but cannot be inspected")
-    if not same:
-        return Seen(False, f"pid {pid} gone" + (" (the number now belongs to another process)" if _exists(int(pid)) else ""))
-    return Seen(True, f"pid {pid} alive on {host or procs.hostname()}")
+    seen = procs.look(int(pid), run.get("pgid"), run.get("pid_started"))
+    return Seen(*LOOKS[seen](pid, host or procs.hostname()))
+
+
+#: What ``procs.look`` saw, as alive/gone/unknown and the words ``exp status`` prints.
+LOOKS = {
+    "alive": lambda pid, host: (True, f"pid {pid} alive on {host}"),
+    "orphans": lambda pid, host: (True, f"pid {pid} gone, its process group (the trainer) still running on {host}"),
+    "reused": lambda pid, host: (False, f"pid {pid} gone (the number now belongs to another process)"),
+    "gone": lambda pid, host: (False, f"pid {pid} gone"),
+    "unknown": lambda pid, host: (None, f"pid {pid} exists but cannot be inspected"),
+}
 
 
 def _exists(pid: int) -> bool:
@@ -255,6 +261,8 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
             raise RunError(f"{version} has no process recorded (it was begun without one); if nothing runs it, "
                            f"`exp status {version}` will end it once its heartbeat is stale")
         done = procs.terminate(int(run["pid"]), run.get("pgid"), run.get("pid_started"))
+        if done == "unknown":
+            raise RunError(f"{version}'s pid {run['pid']} cannot be inspected (another user's?); nothing was signalled")
         if done != "signalled":
             why = "is gone" if done == "gone" else "now belongs to another process (not signalled)"
             stale, beat = heartbeat_stale(ws, record)
