@@ -79,33 +79,42 @@ def _markdown() -> Any:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
     md.disable("image")  # an image is fetched when the page opens: a request the reader did not ask for
     md.validateLink = _allowed_link
+    def link_open(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        # a relative link in a record points from the record's folder; the page lives elsewhere
+        href = tokens[idx].attrGet("href") or ""
+        if env.get("base") and href and not re.match(r"^(?:[a-z][a-z0-9+.\-]*:|#|/)", href, re.I):
+            tokens[idx].attrSet("href", env["base"] + href)
+        return self.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("link_open", link_open)
     return md
 
 
-_memo: dict[tuple[str, bool], str] = {}
+_memo: dict[tuple[str, bool, str], str] = {}
 _SEPARATOR = re.compile(r"^\|(?:\s*-{3,}\s*\|)+\s*$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
 
-def markdown_html(text: str, tool_tables: bool = False) -> str:
-    """``text`` (markdown) as HTML; raw HTML in it is shown as text.
+def markdown_html(text: str, tool_tables: bool = False, base: str = "") -> str:
+    """``text`` (markdown) as HTML; raw HTML in it is shown as text. ``base``: put before each
+    relative link (the way from the page to the folder the text's links are relative to).
 
     ``tool_tables``: the text is the tool's own (a generated section): its tables, written by
     expkit's templates in one form (``| a | b |`` rows under a ``|---|---|`` line, no alignment),
     are rendered row by row with each cell's inline markdown remembered. markdown-it-py spends
     ~10 ms on a 40-row parameter table, and a thousand records' tables repeat most of their
     cells; the HTML is the same as markdown-it's (tests/test_site.py checks it)."""
-    key = (text, tool_tables)
+    key = (text, tool_tables, base)
     hit = _memo.get(key)
     if hit is None:
-        hit = _tool_markdown(text) if tool_tables else _markdown().render(text)
+        hit = _tool_markdown(text, base) if tool_tables else _markdown().render(text, {"base": base})
         if len(_memo) > 20000:
             _memo.clear()
         _memo[key] = hit
     return hit
 
 
-def _tool_markdown(text: str) -> str:
+def _tool_markdown(text: str, base: str) -> str:
     lines = text.split("\n")
     out: list[str] = []
     prose: list[str] = []
@@ -116,15 +125,15 @@ def _tool_markdown(text: str) -> str:
             while j < len(lines) and lines[j].startswith("|"):
                 j += 1
             if prose:
-                out.append(markdown_html("\n".join(prose)))
+                out.append(markdown_html("\n".join(prose), base=base))
                 prose = []
-            out.append(_table(lines[i], lines[i + 2: j]))
+            out.append(_table(lines[i], lines[i + 2: j], base))
             i = j
             continue
         prose.append(lines[i])
         i += 1
     if prose and "".join(prose).strip():
-        out.append(markdown_html("\n".join(prose)))
+        out.append(markdown_html("\n".join(prose), base=base))
     return "".join(out)
 
 
@@ -135,24 +144,24 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in _CELL_SPLIT.split(body)]
 
 
-_inline_memo: dict[str, str] = {}
+_inline_memo: dict[tuple[str, str], str] = {}
 
 
-def _inline(text: str) -> str:
-    hit = _inline_memo.get(text)
+def _inline(text: str, base: str = "") -> str:
+    hit = _inline_memo.get((text, base))
     if hit is None:
-        hit = _inline_memo[text] = _markdown().renderInline(text.replace("\\|", "|"))
+        hit = _inline_memo[(text, base)] = _markdown().renderInline(text.replace("\\|", "|"), {"base": base})
     return hit
 
 
-def _table(head: str, rows: list[str]) -> str:
+def _table(head: str, rows: list[str], base: str = "") -> str:
     names = _cells(head)
-    out = ["<table>\n<thead>\n<tr>\n", *(f"<th>{_inline(c)}</th>\n" for c in names), "</tr>\n</thead>\n"]
+    out = ["<table>\n<thead>\n<tr>\n", *(f"<th>{_inline(c, base)}</th>\n" for c in names), "</tr>\n</thead>\n"]
     if rows:
         out.append("<tbody>\n")
         for row in rows:
             cells = (_cells(row) + [""] * len(names))[: len(names)]
-            out += ["<tr>\n", *(f"<td>{_inline(c)}</td>\n" for c in cells), "</tr>\n"]
+            out += ["<tr>\n", *(f"<td>{_inline(c, base)}</td>\n" for c in cells), "</tr>\n"]
         out.append("</tbody>\n")
     out.append("</table>\n")
     return "".join(out)
@@ -344,20 +353,21 @@ def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:
                   strings=json.dumps(js, ensure_ascii=False))
 
 
-def record_parts(parts: Sequence[Any], lang: str) -> list[dict[str, Any]]:
+def record_parts(parts: Sequence[Any], lang: str, base: str = "") -> list[dict[str, Any]]:
     """A record's body, in order: the text between sections (headings; template hints dropped)
-    and each section with its owner. ``parts``: ``Record.parts`` (strings and blocks)."""
+    and each section with its owner. ``parts``: ``Record.parts`` (strings and blocks); ``base``:
+    the way from the page to the record's folder (its relative links start there)."""
     t = strings(lang)
     out = []
     for p in parts:
         if isinstance(p, str):
             text = "\n".join(line for line in p.replace("\r\n", "\n").split("\n") if not line.startswith("> 💡"))
             if text.strip():
-                out.append({"owner": None, "html": markdown_html(text)})
+                out.append({"owner": None, "html": markdown_html(text, base=base)})
             continue
         owner = OWNERS.get(p.kind, p.kind)
         out.append({"owner": owner, "owner_label": t.get(f"owner_{owner}", owner), "kind": p.kind, "name": p.name,
-                    "html": markdown_html(p.text, tool_tables=p.kind == "generated")})
+                    "html": markdown_html(p.text, tool_tables=p.kind == "generated", base=base)})
     return out
 
 

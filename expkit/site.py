@@ -161,7 +161,7 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         "metrics": [(k, pages.shown(val)) for k, val in table.items()],
         "changes": [(k, pages.shown(ab[0] if isinstance(ab, list) and ab else None), pages.shown(ab[1] if isinstance(ab, list) and len(ab) > 1 else ab))
                     for k, ab in changes.items()],
-        "samples": samples, "parts": pages.record_parts(record.parts, lang),
+        "samples": samples, "parts": pages.record_parts(record.parts, lang, _link(ws.experiment_dir, page_dir) + "/"),
         "reviews": [{"decision": str(x.get("decision") or ""), "reviewer": str(x.get("reviewer") or ""), "time": str(x.get("time") or ""),
                      "comments": str(x.get("comments") or "")} for x in review.get("history") or [] if isinstance(x, dict)],
         "files": file_links,

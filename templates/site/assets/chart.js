@@ -24,7 +24,7 @@
   function fmt(v) {
     if (v === null || v === undefined || !isFinite(v)) { return "—"; }
     var a = Math.abs(v);
-    if (a !== 0 && (a < 1e-3 || a >= 1e6)) { return v.toExponential(3); }
+    if (a !== 0 && (a < 1e-3 || a >= 1e6)) { return v.toExponential(3).replace(/\.?0+e/, "e"); }
     return String(+v.toPrecision(5));
   }
   function ticks(lo, hi, n) {
