@@ -168,12 +168,6 @@ def _table(head: str, rows: list[str], base: str = "") -> str:
 
 
 # -- curves --------------------------------------------------------------------------------------------
-def _short_float(v: Any) -> float | None:
-    if not is_finite_number(v):
-        return None
-    return float(f"{float(v):.6g}")
-
-
 def _row(line: bytes) -> dict[str, Any] | None:
     try:
         row = json.loads(line)
@@ -202,19 +196,24 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
     chosen = set(range(0, n, stride)) | {n - 1}
     out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": [],
                            "lines": n, "stride": stride}
-    for k in sorted(chosen):
-        row = _row(lines[k])
-        if row is not None and "loss" in row:
+    picked = [lines[k] for k in sorted(chosen)]
+    try:  # one parse of the kept lines as an array: ~10x faster than a parse per line
+        parsed = json.loads(b"[" + b",".join(picked) + b"]")
+    except ValueError:  # a torn or damaged line: line by line, skipping it
+        parsed = [_row(line) for line in picked]
+    for row in parsed:
+        if isinstance(row, dict) and is_finite_number(row.get("step")) and "loss" in row:
             out["step"].append(int(row["step"]))
             for name in CURVE_SERIES:
-                out[name].append(_short_float(row.get(name)))
+                value = row.get(name)
+                out[name].append(value if is_finite_number(value) else None)
     at = raw.find(b'"val_loss"')
     while at >= 0:  # the evaluation lines, found without parsing the lines between them
         start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
         row = _row(raw[start: end if end >= 0 else len(raw)])
         if row is not None and "val_loss" in row:
             out["val_step"].append(int(row["step"]))
-            out["val_loss"].append(_short_float(row.get("val_loss")))
+            out["val_loss"].append(row["val_loss"] if is_finite_number(row["val_loss"]) else None)
         at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
     if not out["step"] and not out["val_step"]:
         return None

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 import hashlib
 import http.server
 import json
@@ -31,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import catalog, commit, pages, records, reporting
+from . import catalog, commit, pages, records, reporting, store
 from .errors import ExpError, RecordError, UsageError, WorkspaceError
 from .files import atomic_write, read_json
 from .names import METRICS_FILE, SAMPLES_FILE
@@ -40,6 +42,8 @@ from .version import Version
 from .workspace import Workspace, package_templates_dir
 
 MANIFEST = ".manifest.json"
+#: Record pages to render at least before the work is shared among processes (one per CPU).
+PARALLEL_FROM = 200
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
 LAYOUT = 1
 #: Run files a record page links: everything at the top of the run directory but these.
@@ -117,7 +121,9 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     page_dir = site / "r"
     t = pages.strings(lang)
     try:
-        record = records.load(ws, Version.parse(v))
+        # read-only: the tool's state put over a stale editor save in memory, nothing written, no lock
+        record = store.load(ws, Version.parse(v))
+        records.reconcile(ws, record)
     except (RecordError, ExpError) as err:
         data = {"version": v, "status": "broken", "description": "", "error": f"{t['broken']} {err}", "parent": None,
                 "baseline": None, "parent_link": False, "baseline_link": False, "children": children, "review": "",
@@ -174,6 +180,17 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     return data, script, _extras(meta)
 
 
+def _record_files(job: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
+    """Render and write one record's page and data script; (its index extras, whether it has a script)."""
+    ws, site, row, kids, versions, files, lang, tdir, workspace = job
+    v = str(row["version"])
+    data, script, extra = _record_data(ws, site, row, kids, versions, files, lang)
+    atomic_write(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data), durable=False)
+    if script is not None:
+        atomic_write(site / "r" / f"{v}.data.js", pages.record_script(v, script), durable=False)
+    return extra, script is not None
+
+
 def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
     """Build (or bring up to date) the site; returns what was written."""
     started = time.perf_counter()
@@ -214,14 +231,19 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
     children = pages.children_of(rows)
     workspace = ws.root.name
     extras: dict[str, dict[str, Any]] = {}
+    todo: list[tuple[str, Callable[[list[tuple[str, int, int]]], str], tuple[Any, ...]]] = []
     for row in rows:
         v = str(row["version"])
         rel = f"r/{v}.html"
-        files = _run_files(ws, v)
         parent = row.get("parent")
-        inputs = _hash(key, _stat(ws.record_path(v)), _stat(ws.state_path(v)), _stat(ws.run_script_path(v)), files,
-                       [_stat(ws.record_path(parent)), _stat(ws.state_path(parent))] if parent else None,
-                       children.get(v, []), parent in versions, row.get("baseline") in versions)
+
+        def inputs_of(files: list[tuple[str, int, int]], v: str = v, parent: Any = parent, row: Any = row) -> str:
+            return _hash(key, _stat(ws.record_path(v)), _stat(ws.state_path(v)), _stat(ws.run_script_path(v)), files,
+                         [_stat(ws.record_path(parent)), _stat(ws.state_path(parent))] if parent else None,
+                         children.get(v, []), parent in versions, row.get("baseline") in versions)
+
+        files = _run_files(ws, v)
+        inputs = inputs_of(files)
         old = old_pages.get(rel, {})
         if old.get("hash") == inputs and (site / rel).is_file() and isinstance(old.get("extras"), dict):
             fresh[rel] = old
@@ -229,14 +251,22 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
                 fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
             extras[v] = old["extras"]
             continue
-        data, script, extra = _record_data(ws, site, row, children.get(v, []), versions, files, lang)
-        atomic_write(site / rel, pages.record_page(tdir, lang, workspace, data), durable=False)
-        written.append(rel)
-        fresh[rel] = {"hash": inputs, "extras": extra, "script": script is not None}
-        if script is not None:
-            atomic_write(site / f"r/{v}.data.js", pages.record_script(v, script), durable=False)
-            written.append(f"r/{v}.data.js")
+        todo.append((v, inputs_of, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace)))
+
+    # a thousand record pages: in one process per CPU (forked; each writes its own pages)
+    jobs = [job for _, _, job in todo]
+    if len(jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1:
+        with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+            done = list(pool.map(_record_files, jobs, chunksize=max(1, len(jobs) // (4 * (os.cpu_count() or 1)))))
+    else:
+        done = [_record_files(job) for job in jobs]
+    for (v, inputs_of, job), (extra, has_script) in zip(todo, done):
+        inputs = inputs_of(job[5])
+        fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": has_script}
+        written.append(f"r/{v}.html")
+        if has_script:
             fresh[f"r/{v}.data.js"] = {"hash": inputs}
+            written.append(f"r/{v}.data.js")
         extras[v] = extra
 
     tree = reporting.tree(ws)
