@@ -37,9 +37,11 @@ def _fsync_dir(directory: Path) -> None:
 
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "wb", *, chmod: int | None = None,
-                encoding: str | None = None, newline: str | None = None) -> Iterator[IO[Any]]:
+                encoding: str | None = None, newline: str | None = None, durable: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on a clean exit it is synced and renamed over
-    ``path``; on an exception it is removed and ``path`` is left as it was."""
+    ``path``; on an exception it is removed and ``path`` is left as it was. ``durable=False``
+    skips the syncs (still atomic, not crash-safe): for files rebuilt from others, such as the
+    site's pages, where a thousand syncs would cost seconds and a crash costs only a rebuild."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
@@ -47,20 +49,22 @@ def atomic_file(path: str | Path, mode: str = "wb", *, chmod: int | None = None,
         with open(tmp, mode, encoding=encoding, newline=newline) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         if chmod is not None:
             os.chmod(tmp, chmod)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
-def atomic_write(path: str | Path, data: str | bytes, *, chmod: int | None = None) -> None:
-    """Write ``data`` (text as UTF-8, newlines as given) to ``path`` atomically."""
+def atomic_write(path: str | Path, data: str | bytes, *, chmod: int | None = None, durable: bool = True) -> None:
+    """Write ``data`` (text as UTF-8, newlines as given) to ``path`` atomically (``durable``: see atomic_file)."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_file(path, "wb", chmod=chmod) as fh:
+    with atomic_file(path, "wb", chmod=chmod, durable=durable) as fh:
         fh.write(raw)
 
 

@@ -1,0 +1,132 @@
+"""`exp site` over a workspace of 1,000 analysed records: cold build, one changed record, and the
+index's load-to-interactive time in headless Chromium. Prints medians and ratios to the targets,
+all measured in one run.
+
+    python bench/bench_site.py [--records 1000] [--steps 10000] [--repeats 5] [--keep DIR]
+
+The workspace comes from make_workspace.py (records with a finished, analysed run); every record
+then gets the run's files (hard links: one metrics.jsonl of ``--steps`` lines, one per step).
+"Cold": no site folder. "One changed": a record's description edited through expkit, then the
+site rebuilt. Each build runs `exp site --json` as a new process (what a person waits for).
+"Interactive": from navigation start to the index's script having wired sorting and filtering
+(``data-ready``), over ``file://``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+TARGETS = {"cold": 5.0, "one changed": 1.0, "index interactive": 1.0}
+
+
+def exp_site(root: Path) -> tuple[float, dict]:
+    env = {**os.environ, "EXP_ROOT": str(root), "PYTHONPATH": str(REPO)}
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "expkit.cli", "site", "--json"], cwd=root, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t
+    if r.returncode:
+        sys.exit(f"exp site failed: {r.stderr}")
+    return elapsed, json.loads(r.stdout)
+
+
+def interactive(index: Path, repeats: int) -> list[float]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = Options()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    out = []
+    try:
+        for _ in range(repeats + 1):  # the first load warms the browser's own caches: not counted
+            driver.get("about:blank")
+            driver.get(index.as_uri())
+            WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.documentElement.getAttribute('data-ready')") == "1")
+            out.append(driver.execute_script("return window.EXP_READY_AT") / 1000)  # ms since navigation start
+            rows = driver.execute_script("return document.querySelectorAll('#records tbody tr').length")
+        assert rows >= 1000 or rows == int(rows), rows
+    finally:
+        driver.quit()
+    return out[1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=10_000, help="lines of each run's metrics.jsonl")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--keep", type=Path, help="build the workspace here and keep it")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(HERE))
+    from bench_analysis import make_run
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-site-"))
+    root = args.keep or tmp / "ws"
+    run_dir = tmp / "run"
+    make_run(run_dir, args.steps, eval_every=500)
+    made = subprocess.run([sys.executable, str(HERE / "make_workspace.py"), str(root), "--run", str(run_dir), "--records", str(args.records)],
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    if made.returncode:
+        sys.exit(made.stderr)
+    info = json.loads(made.stdout)
+    for state in sorted((root / "experiment").glob("experiment_*.state.json")):
+        v = state.name[len("experiment_"): -len(".state.json")]
+        out = root / "out" / f"experiment_{v}"
+        if not out.exists():
+            out.mkdir(parents=True)
+            for f in run_dir.iterdir():
+                os.link(f, out / f.name)
+    print(f"workspace: {info['records']} records, each with a {args.steps:,}-line metrics.jsonl; {os.cpu_count()} CPUs; "
+          f"load {os.getloadavg()[0]:.2f}")
+
+    sys.path.insert(0, str(REPO))
+    os.environ["EXP_ROOT"] = str(root)
+    from expkit import records
+    from expkit.version import Version
+    from expkit.workspace import Workspace
+
+    ws = Workspace.find(root)
+    target = Version.parse(info["with_parent"])
+    cold, changed = [], []
+    for i in range(args.repeats):
+        shutil.rmtree(root / "out" / "site", ignore_errors=True)
+        t, result = exp_site(root)
+        cold.append(t)
+        assert result["records"] == info["records"], result
+        with records.update(ws, target) as r:
+            r.meta["description"] = f"learning rate 2e-3, edit {i}"
+        t, result = exp_site(root)
+        assert sorted(result["written"]) == sorted(["index.html", f"r/{target}.html", f"r/{target}.data.js"]), result["written"]
+        changed.append(t)
+    figures = {"cold": cold, "one changed": changed}
+    if shutil.which("chromedriver"):
+        figures["index interactive"] = interactive(root / "out" / "site" / "index.html", args.repeats)
+    else:
+        print("index interactive: skipped (no chromedriver: apt-get install chromium chromium-driver)")
+    size = sum(f.stat().st_size for f in (root / "out" / "site").rglob("*") if f.is_file())
+    print(f"site: {size / 2**20:.1f} MiB, index.html {(root / 'out/site/index.html').stat().st_size / 2**10:.0f} KiB")
+    print(f"{'what':20} {'median':>8} {'min':>8} {'max':>8} {'target':>8} {'ratio':>7}")
+    for name, values in figures.items():
+        med = statistics.median(values)
+        print(f"{name:20} {med:8.3f} {min(values):8.3f} {max(values):8.3f} {TARGETS[name]:8.1f} {med / TARGETS[name]:7.2f}")
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

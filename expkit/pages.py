@@ -1,0 +1,402 @@
+"""The site's pages as HTML text: the index, a record, the compare page (``exp site``).
+
+Layer 3 (pure computation on the data handed in, plus the one file it is handed: a run's
+``metrics.jsonl`` thinned into curves). The service ``expkit.site`` reads the workspace and
+writes the files. Templates are Jinja with autoescape on: every value from a record is text
+unless it went through ``markdown_html``, which renders markdown with raw HTML disabled,
+images off (an image would be a request) and links limited to http(s), mailto and relative
+targets. jinja2 and markdown_it are imported inside the functions that need them (the CLI's
+start-up must not pay for them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .metrics import SUMMARY_KEYS
+from .numbers import format_number, is_finite_number
+from .report import lineage
+from .verdicts import VERDICTS
+
+#: What the pages say, in the workspace's language (en, zh).
+STRINGS: dict[str, tuple[str, str]] = {
+    "home": ("Experiments", "实验"), "compare": ("Compare", "对比"), "footer": ("built by exp site — static, offline", "由 exp site 生成——静态、离线"),
+    "index_title": ("Experiments", "实验总览"), "records": ("Records", "实验记录"), "search": ("filter: version, description, parent…", "筛选：版本、描述、父实验…"),
+    "status": ("status", "状态"), "task": ("task", "任务"), "all_status": ("every status", "全部状态"), "all_tasks": ("every task", "全部任务"),
+    "compare_selected": ("compare selected", "对比所选"), "no_records": ("No records yet: `exp new 0.1.0`.", "还没有实验记录：`exp new 0.1.0`。"),
+    "pick": ("select", "选择"), "best": ("best loss in the workspace", "工作区内最佳损失"), "lineage": ("Lineage", "谱系"), "groups": ("Groups", "实验组"),
+    "version": ("version", "版本"), "description": ("description", "描述"), "parent": ("parent", "父实验"), "verdicts": ("verdicts", "预期检验"),
+    "review": ("review", "审核"), "date": ("date", "日期"), "baseline": ("baseline", "基线"), "children": ("children", "子实验"),
+    "created": ("created", "创建时间"), "commit": ("commit", "提交"), "experiment": ("Experiment", "实验"),
+    "no_description": ("(no description)", "（无描述）"), "compare_with_parent": ("compare with the parent", "与父实验对比"),
+    "curves": ("Curves", "曲线"), "claim": ("expected result", "预期"), "verdict": ("verdict", "结论"), "observed": ("observed", "实际值"),
+    "reference": ("reference", "阈值"), "reason": ("reason", "原因"), "partial": ("partial analysis: the run did not finish", "部分分析：运行未完成"),
+    "anomalies": ("Anomalies", "异常"), "no_anomalies": ("none found", "未发现异常"), "step": ("step", "步"),
+    "metrics": ("Metrics", "指标"), "config_diff_parent": ("Config changed from", "相对父实验的配置改动："), "key": ("key", "参数"),
+    "samples": ("Samples", "生成样本"), "record_text": ("The record", "实验记录全文"), "review_history": ("Review history", "审核记录"),
+    "files": ("Run files", "运行文件"), "config_diff": ("Config: only the keys that differ", "配置：仅不同的参数"),
+    "compare_hint": ("Pick two or more records on the index and press “compare selected”; the address keeps the selection (compare.html?v=1.0.0,1.0.1).",
+                     "在总览页勾选两个或更多实验并点“对比所选”；网址记录所选内容（compare.html?v=1.0.0,1.0.1）。"),
+    "noscript_compare": ("The comparison is drawn by JavaScript; `exp compare V1 V2` prints it in a terminal.", "对比由 JavaScript 绘制；终端里可用 `exp compare V1 V2`。"),
+    "missing": ("not in this site:", "站点中没有："), "same_config": ("the configs are the same", "配置完全相同"), "metric": ("metric", "指标"),
+    "reset": ("reset zoom", "重置缩放"), "owner_human": ("human", "人类填写"), "owner_tool": ("tool", "工具生成"), "owner_ai": ("AI", "AI 完成"),
+    "curve_note": ("{lines} log lines; the chart shows every {stride}th (and every evaluation)", "共 {lines} 行日志；图中每 {stride} 行取一点（验证点全部保留）"),
+    "broken": ("this record cannot be read:", "无法读取该记录："),
+}
+#: The owner of each kind of section, as the page labels it.
+OWNERS = {"human": "human", "generated": "tool", "ai": "ai"}
+#: The index's metric columns (the first present in a row's table is shown; one column each).
+INDEX_METRICS = (("final_loss",), ("best_val_loss", "val_loss"), ("tokens_per_s",))
+#: Points per curve at most: a thousand-pixel chart shows no more, and the page stays small.
+CURVE_POINTS = 500
+CURVE_SERIES = ("loss", "lr", "grad_norm")
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def strings(lang: str) -> dict[str, str]:
+    i = 1 if lang == "zh" else 0
+    return {k: v[i] for k, v in STRINGS.items()}
+
+
+# -- markdown ------------------------------------------------------------------------------------------
+def _allowed_link(url: str) -> bool:
+    """http(s), mailto, in-page and relative links; never javascript:, data:, file: or another scheme."""
+    target = url.strip().lower()
+    scheme = re.match(r"^([a-z][a-z0-9+.\-]*):", target)
+    return scheme is None or scheme.group(1) in ("http", "https", "mailto")
+
+
+@lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+    md.disable("image")  # an image is fetched when the page opens: a request the reader did not ask for
+    md.validateLink = _allowed_link
+    def link_open(self: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        # a relative link in a record points from the record's folder; the page lives elsewhere
+        href = tokens[idx].attrGet("href") or ""
+        if env.get("base") and href and not re.match(r"^(?:[a-z][a-z0-9+.\-]*:|#|/)", href, re.I):
+            tokens[idx].attrSet("href", env["base"] + href)
+        return self.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("link_open", link_open)
+    return md
+
+
+_memo: dict[tuple[str, bool, str], str] = {}
+_SEPARATOR = re.compile(r"^\|(?:\s*-{3,}\s*\|)+\s*$")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def markdown_html(text: str, tool_tables: bool = False, base: str = "") -> str:
+    """``text`` (markdown) as HTML; raw HTML in it is shown as text. ``base``: put before each
+    relative link (the way from the page to the folder the text's links are relative to).
+
+    ``tool_tables``: the text is the tool's own (a generated section): its tables, written by
+    expkit's templates in one form (``| a | b |`` rows under a ``|---|---|`` line, no alignment),
+    are rendered row by row with each cell's inline markdown remembered. markdown-it-py spends
+    ~10 ms on a 40-row parameter table, and a thousand records' tables repeat most of their
+    cells; the HTML is the same as markdown-it's (tests/test_site.py checks it)."""
+    key = (text, tool_tables, base)
+    hit = _memo.get(key)
+    if hit is None:
+        hit = _tool_markdown(text, base) if tool_tables else _markdown().render(text, {"base": base})
+        if len(_memo) > 20000:
+            _memo.clear()
+        _memo[key] = hit
+    return hit
+
+
+def _tool_markdown(text: str, base: str) -> str:
+    lines = text.split("\n")
+    out: list[str] = []
+    prose: list[str] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("|") and i + 1 < len(lines) and _SEPARATOR.match(lines[i + 1]):
+            j = i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                j += 1
+            if prose:
+                out.append(markdown_html("\n".join(prose), base=base))
+                prose = []
+            out.append(_table(lines[i], lines[i + 2: j], base))
+            i = j
+            continue
+        prose.append(lines[i])
+        i += 1
+    if prose and "".join(prose).strip():
+        out.append(markdown_html("\n".join(prose), base=base))
+    return "".join(out)
+
+
+def _cells(line: str) -> list[str]:
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") and not body.endswith("\\|") else body
+    return [c.strip() for c in _CELL_SPLIT.split(body)]
+
+
+_inline_memo: dict[tuple[str, str], str] = {}
+
+
+def _inline(text: str, base: str = "") -> str:
+    hit = _inline_memo.get((text, base))
+    if hit is None:
+        hit = _inline_memo[(text, base)] = _markdown().renderInline(text.replace("\\|", "|"), {"base": base})
+    return hit
+
+
+def _table(head: str, rows: list[str], base: str = "") -> str:
+    names = _cells(head)
+    out = ["<table>\n<thead>\n<tr>\n", *(f"<th>{_inline(c, base)}</th>\n" for c in names), "</tr>\n</thead>\n"]
+    if rows:
+        out.append("<tbody>\n")
+        for row in rows:
+            cells = (_cells(row) + [""] * len(names))[: len(names)]
+            out += ["<tr>\n", *(f"<td>{_inline(c, base)}</td>\n" for c in cells), "</tr>\n"]
+        out.append("</tbody>\n")
+    out.append("</table>\n")
+    return "".join(out)
+
+
+# -- curves --------------------------------------------------------------------------------------------
+def _row(line: bytes) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:  # a torn line
+        return None
+    return row if isinstance(row, dict) and is_finite_number(row.get("step")) else None
+
+
+def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
+    """The training and validation curves of a ``metrics.jsonl``: every evaluation line, and
+    every k-th of the other lines (k chosen so at most ``max_points`` remain, the last line
+    always kept). Only the lines kept are parsed: a 10,000-line file costs ~2 ms, not ~40.
+    Non-finite values become None (a gap in the line); a torn last line is skipped. None
+    when the file is missing or has no line with a step."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    lines = raw.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    n = len(lines)
+    if not n:
+        return None
+    stride = max(1, math.ceil(n / max_points))
+    chosen = set(range(0, n, stride)) | {n - 1}
+    out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": [],
+                           "lines": n, "stride": stride}
+    picked = [lines[k] for k in sorted(chosen)]
+    try:  # one parse of the kept lines as an array: ~10x faster than a parse per line
+        parsed = json.loads(b"[" + b",".join(picked) + b"]")
+    except ValueError:  # a torn or damaged line: line by line, skipping it
+        parsed = [_row(line) for line in picked]
+    for row in parsed:
+        if isinstance(row, dict) and is_finite_number(row.get("step")) and "loss" in row:
+            out["step"].append(int(row["step"]))
+            for name in CURVE_SERIES:
+                value = row.get(name)
+                out[name].append(value if is_finite_number(value) else None)
+    at = raw.find(b'"val_loss"')
+    while at >= 0:  # the evaluation lines, found without parsing the lines between them
+        start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
+        row = _row(raw[start: end if end >= 0 else len(raw)])
+        if row is not None and "val_loss" in row:
+            out["val_step"].append(int(row["step"]))
+            out["val_loss"].append(row["val_loss"] if is_finite_number(row["val_loss"]) else None)
+        at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
+    if not out["step"] and not out["val_step"]:
+        return None
+    for name in CURVE_SERIES:  # a series the trainer never logged is left out
+        if all(v is None for v in out[name]):
+            del out[name]
+    return out
+
+
+# -- values as the pages show them ---------------------------------------------------------------------
+def shown(value: Any) -> str:
+    """A value for a cell: numbers compactly, a replicated metric as mean ± half-width, None as —."""
+    if value is None:
+        return "—"
+    if isinstance(value, Mapping) and is_finite_number(value.get("mean")):
+        half = value.get("ci") if is_finite_number(value.get("ci")) else value.get("half_width")
+        return format_number(value["mean"]) + (f" ± {format_number(half)}" if is_finite_number(half) else "")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _sort_value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        value = value.get("mean")
+    return repr(float(value)) if is_finite_number(value) else ""
+
+
+def version_order(version: str) -> str:
+    """A version as a string that sorts like the version (1.10.0 after 1.9.0)."""
+    parts = str(version).split(".")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return ".".join(p.zfill(6) for p in parts)
+    return "~" + str(version)
+
+
+def review_state(meta: Mapping[str, Any]) -> str:
+    """The review in a few words: approved (round, reviewer), changes requested, approval stale, or ""."""
+    review = meta.get("review") if isinstance(meta.get("review"), Mapping) else {}
+    if isinstance(review.get("approved"), Mapping):
+        a = review["approved"]
+        return f"approved r{a.get('round', '?')} {a.get('reviewer') or ''}".strip()
+    if isinstance(review.get("stale"), Mapping):
+        return "approval stale"
+    history = review.get("history") if isinstance(review.get("history"), list) else []
+    if history and isinstance(history[-1], Mapping):
+        return {"changes": "changes requested", "approve": "approved"}.get(str(history[-1].get("decision")), str(history[-1].get("decision")))
+    return ""
+
+
+# -- the index ----------------------------------------------------------------------------------------
+def index_rows(rows: Sequence[Mapping[str, Any]], flat: Sequence[Mapping[str, Any]], extras: Mapping[str, Mapping[str, Any]],
+               best: Iterable[str]) -> list[dict[str, Any]]:
+    """The index's rows: ``rows`` from ``catalog.rows`` (its order), ``flat`` the same records as
+    ``report.report_rows`` gives them (metrics and verdict counts), ``extras`` what only the
+    record's state knows (task, review, date) by version, ``best`` the versions marked best."""
+    by_version = {r["version"]: r for r in flat}
+    versions = {str(r["version"]) for r in rows}
+    best = set(best)
+    out = []
+    for r in rows:
+        v = str(r["version"])
+        f = by_version.get(v, {})
+        x = extras.get(v, {})
+        table = r.get("metrics") or {}
+        metrics = []
+        for names in INDEX_METRICS:
+            name = next((n for n in names if table.get(n) is not None), names[0])
+            metrics.append({"text": shown(table.get(name)), "sort": _sort_value(table.get(name))})
+        verdicts = {k: f.get(k, 0) for k in VERDICTS} if r.get("verdicts") is not None else None
+        parent = r.get("parent")
+        desc = str(r.get("description") or "")
+        out.append({
+            "version": v, "order": version_order(v), "status": str(r.get("status") or "?"), "task": str(x.get("task") or "pretrain"),
+            "description": desc, "parent": parent, "parent_link": bool(parent) and str(parent) in versions,
+            "parent_order": version_order(parent) if parent else "", "metrics": metrics, "verdicts": verdicts,
+            "verdict_sort": f"{verdicts['confirmed']:04d}{9999 - verdicts['refuted']:04d}" if verdicts else "",
+            "review": x.get("review") or "—", "date": str(x.get("date") or ""), "best": v in best,
+            "search": " ".join([v, desc, str(parent or ""), str(r.get("status") or ""), str(x.get("task") or "")]).lower(),
+        })
+    return out
+
+
+def tree_lines(tree: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``reporting.tree`` as a flat list with depths (iterative: a long chain must not recurse)."""
+    out = []
+    stack = [(n, 0) for n in reversed(tree)]
+    while stack:
+        n, depth = stack.pop()
+        metric = n.get("metric")
+        out.append({"version": n["version"], "status": n.get("status"), "best": bool(n.get("best")), "depth": min(depth, 8),
+                    "metric": f"{metric['name']} {format_number(metric['value'])}" if metric else ""})
+        stack += [(c, depth + 1) for c in reversed(n.get("children") or [])]
+    return out
+
+
+def children_of(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    return {p: [str(c["version"]) for c in cs] for p, cs in lineage(rows)[1].items()}
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+@lru_cache(maxsize=4)
+def environment(templates_dir: Path) -> Any:
+    """A Jinja environment over the site's templates: autoescape on, strict undefined."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)), autoescape=True,
+                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render(templates_dir: Path, name: str, **context: Any) -> str:
+    return environment(templates_dir).get_template(name).render(**context)
+
+
+def index_page(templates_dir: Path, lang: str, workspace: str, rows: list[dict[str, Any]], tree: list[dict[str, Any]],
+               groups: list[dict[str, Any]]) -> str:
+    t = strings(lang)
+    columns = [("version", t["version"], "str"), ("task", t["task"], "str"), ("status", t["status"], "str"),
+               ("description", t["description"], "str"), ("parent", t["parent"], "str"),
+               *((names[0], " / ".join(names), "num") for names in INDEX_METRICS),
+               ("verdicts", t["verdicts"], "str"), ("review", t["review"], "str"), ("date", t["date"], "str")]
+    return render(templates_dir, "index.html.j2", lang=lang, t=t, page="index", root="", workspace=workspace, rows=rows,
+                  tree=tree, groups=groups, columns=columns, statuses=sorted({r["status"] for r in rows}),
+                  tasks=sorted({r["task"] for r in rows}))
+
+
+def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:
+    t = strings(lang)
+    js = {k: t[k] for k in ("key", "metric", "missing", "same_config", "reset")}
+    js["summary_keys"] = list(SUMMARY_KEYS)
+    return render(templates_dir, "compare.html.j2", lang=lang, t=t, page="compare", root="", workspace=workspace,
+                  strings=json.dumps(js, ensure_ascii=False))
+
+
+def record_parts(parts: Sequence[Any], lang: str, base: str = "") -> list[dict[str, Any]]:
+    """A record's body, in order: the text between sections (headings; template hints dropped)
+    and each section with its owner. ``parts``: ``Record.parts`` (strings and blocks); ``base``:
+    the way from the page to the record's folder (its relative links start there)."""
+    t = strings(lang)
+    out = []
+    for p in parts:
+        if isinstance(p, str):
+            text = "\n".join(line for line in p.replace("\r\n", "\n").split("\n") if not line.startswith("> 💡"))
+            if text.strip():
+                out.append({"owner": None, "html": markdown_html(text, base=base)})
+            continue
+        owner = OWNERS.get(p.kind, p.kind)
+        out.append({"owner": owner, "owner_label": t.get(f"owner_{owner}", owner), "kind": p.kind, "name": p.name,
+                    "html": markdown_html(p.text, tool_tables=p.kind == "generated", base=base)})
+    return out
+
+
+def record_page(templates_dir: Path, lang: str, workspace: str, data: Mapping[str, Any]) -> str:
+    return render(templates_dir, "record.html.j2", lang=lang, t=strings(lang), page="record", root="../",
+                  workspace=workspace, r=data)
+
+
+def record_script(version: str, data: Mapping[str, Any]) -> str:
+    """``r/VERSION.data.js``: the record's config, metrics and curves for its chart and the compare page.
+    A script, not JSON: a page opened from file:// may load a script but not fetch a file."""
+    if not VERSION_RE.match(version):
+        raise ValueError(f"not a version: {version!r}")
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return f'(window.EXP_RECORDS = window.EXP_RECORDS || {{}})["{version}"] = {text};\n'
+
+
+def verdict_rows(verdicts: Sequence[Any], lang: str) -> list[dict[str, str]]:
+    marks = {"confirmed": ("✓", "ok"), "refuted": ("✗", "no"), "inconclusive": ("?", "q")}
+    out = []
+    for x in verdicts:
+        if not isinstance(x, Mapping):
+            continue
+        mark, badge = marks.get(str(x.get("verdict")), ("?", "q"))
+        out.append({"claim": str(x.get("claim") or ""), "verdict": str(x.get("verdict") or ""), "mark": mark, "badge": badge,
+                    "label": str(x.get("label") or x.get("verdict") or ""), "observed": shown(x.get("observed")),
+                    "reference": shown(x.get("reference")), "reason": str(x.get("reason") or "")})
+    return out
+
+
+def json_safe_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in config.items()}

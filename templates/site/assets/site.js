@@ -1,0 +1,152 @@
+/* exp site: the index's sorting, filtering and selection; a record's chart; the compare page.
+ * No dependencies, no requests: data comes from the pages and from r/VERSION.data.js files
+ * beside them. Text from records is set with textContent only, never parsed as HTML. */
+(function () {
+  "use strict";
+  var VERSION = /^\d+\.\d+\.\d+$/;
+  var RECORDS = window.EXP_RECORDS = window.EXP_RECORDS || {};
+
+  function el(name, parent, text, cls) {
+    var e = document.createElement(name);
+    if (text !== undefined && text !== null) { e.textContent = text; }
+    if (cls) { e.className = cls; }
+    if (parent) { parent.appendChild(e); }
+    return e;
+  }
+  function fmt(v) { return window.ExpChart ? window.ExpChart.format(v) : String(v); }
+  function shown(v) { return v === null || v === undefined ? "—" : (typeof v === "number" ? fmt(v) : (typeof v === "object" ? JSON.stringify(v) : String(v))); }
+  function ready() { window.EXP_READY_AT = performance.now(); document.documentElement.setAttribute("data-ready", "1"); }
+
+  // -- index ------------------------------------------------------------------------------------
+  function index(table) {
+    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    var q = document.getElementById("q"), fs = document.getElementById("f-status"), ft = document.getElementById("f-task");
+    var count = document.getElementById("shown"), button = document.getElementById("compare");
+    function filter() {
+      var text = q.value.trim().toLowerCase(), st = fs.value, task = ft.value, n = 0;
+      rows.forEach(function (r) {
+        var ok = (!st || r.getAttribute("data-status") === st) && (!task || r.getAttribute("data-task") === task) &&
+          (!text || r.getAttribute("data-text").indexOf(text) >= 0);
+        r.hidden = !ok;
+        if (ok) { n++; }
+      });
+      count.textContent = n;
+    }
+    [q, fs, ft].forEach(function (c) { c.addEventListener("input", filter); c.addEventListener("change", filter); });
+    var heads = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(heads, function (th, col) {
+      if (!th.hasAttribute("data-sort")) { return; }
+      function sort() {
+        var asc = !th.classList.contains("asc"), num = th.getAttribute("data-sort") === "num";
+        Array.prototype.forEach.call(heads, function (h) { h.classList.remove("asc", "desc"); });
+        th.classList.add(asc ? "asc" : "desc");
+        function key(r) {
+          var c = r.cells[col], v = c.hasAttribute("data-v") ? c.getAttribute("data-v") : c.textContent;
+          if (num) { var f = parseFloat(v); return isNaN(f) ? null : f; }
+          return v;
+        }
+        var keyed = rows.map(function (r, i) { return [key(r), i, r]; });
+        keyed.sort(function (a, b) {
+          if (a[0] === b[0]) { return a[1] - b[1]; }
+          if (a[0] === null || a[0] === "") { return 1; }  // missing values last, either way
+          if (b[0] === null || b[0] === "") { return -1; }
+          return (a[0] < b[0] ? -1 : 1) * (asc ? 1 : -1);
+        });
+        var frag = document.createDocumentFragment();
+        keyed.forEach(function (k) { frag.appendChild(k[2]); });
+        body.appendChild(frag);
+        rows = keyed.map(function (k) { return k[2]; });
+      }
+      th.addEventListener("click", sort);
+      th.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { sort(); } });
+    });
+    function picked() { return Array.prototype.map.call(body.querySelectorAll("input.pick:checked"), function (b) { return b.value; }); }
+    body.addEventListener("change", function () { button.disabled = picked().length < 2; });
+    button.addEventListener("click", function () { window.location.href = "compare.html?v=" + picked().map(encodeURIComponent).join(","); });
+    filter();
+    ready();
+  }
+
+  // -- a record's chart ------------------------------------------------------------------------------
+  function runSeries(d, label, opts) {
+    var c = d.curves || {}, out = [];
+    if (c.step && c.step.length) { out.push({label: label + "loss", x: c.step, y: c.loss}); }
+    if (c.val_step && c.val_step.length) { out.push({label: label + "val_loss", x: c.val_step, y: c.val_loss, dash: true, markers: true}); }
+    if (opts.lr && c.lr) { out.push({label: "lr", x: c.step, y: c.lr, right: true}); }
+    if (opts.lr && c.grad_norm) { out.push({label: "grad_norm", x: c.step, y: c.grad_norm, right: true, hidden: true}); }
+    return out;
+  }
+  function record(host) {
+    var d = RECORDS[host.getAttribute("data-version")];
+    if (d && window.ExpChart) { window.ExpChart.draw(host, {series: runSeries(d, "", {lr: true}), xlabel: "step", reset: d.strings.reset}); }
+    ready();
+  }
+
+  // -- compare ----------------------------------------------------------------------------------------
+  function table(parent, head, rows) {
+    var t = el("table", parent), tr = el("tr", el("thead", t)), tb = el("tbody", t);
+    head.forEach(function (h) { el("th", tr, h); });
+    rows.forEach(function (r) { var row = el("tr", tb); r.forEach(function (c, i) { el(i ? "td" : "th", row, c, i ? "num" : ""); }); });
+    return t;
+  }
+  function compare(out) {
+    var t = JSON.parse(out.getAttribute("data-t"));
+    var m = /[?&]v=([^&#]*)/.exec(window.location.search);
+    var versions = m ? decodeURIComponent(m[1]).split(",").filter(function (v) { return VERSION.test(v); }) : [];
+    versions = versions.filter(function (v, i) { return versions.indexOf(v) === i; });
+    var hint = document.getElementById("hint");
+    if (versions.length < 2) { out.hidden = true; ready(); return; }
+    hint.hidden = true;
+    var left = versions.length, missing = [];
+    versions.forEach(function (v) {
+      var s = document.createElement("script");
+      s.src = "r/" + v + ".data.js";
+      s.onload = s.onerror = function () { if (!RECORDS[v]) { missing.push(v); } if (--left === 0) { draw(); } };
+      document.body.appendChild(s);
+    });
+    function draw() {
+      var have = versions.filter(function (v) { return RECORDS[v]; });
+      var labels = document.getElementById("labels");
+      have.forEach(function (v, i) { if (i) { labels.appendChild(document.createTextNode(" · ")); } var a = el("a", labels, v); a.href = "r/" + v + ".html"; });
+      if (missing.length) { el("p", out, t.missing + " " + missing.join(", "), "error"); }
+      if (have.length < 1) { ready(); return; }
+      // the keys whose values differ (comparison.compare's config_diff), in the first record's order
+      var keys = [];
+      have.forEach(function (v) { Object.keys(RECORDS[v].config || {}).forEach(function (k) { if (keys.indexOf(k) < 0) { keys.push(k); } }); });
+      var diff = keys.filter(function (k) {
+        var first = JSON.stringify((RECORDS[have[0]].config || {})[k]);
+        return have.some(function (v) { return JSON.stringify((RECORDS[v].config || {})[k]) !== first; });
+      });
+      var cd = document.getElementById("config-diff");
+      if (diff.length) { table(cd, [t.key].concat(have), diff.map(function (k) { return [k].concat(have.map(function (v) { return shown((RECORDS[v].config || {})[k]); })); })); }
+      else { el("p", cd, t.same_config, "note"); }
+      // metric deltas against the first (comparison.metric_deltas: value − reference, and relative)
+      var ref = RECORDS[have[0]].metrics || {}, names = [];
+      have.forEach(function (v) { Object.keys(RECORDS[v].metrics || {}).forEach(function (k) { if (names.indexOf(k) < 0 && typeof RECORDS[v].metrics[k] === "number") { names.push(k); } }); });
+      var order = t.summary_keys;
+      names.sort(function (a, b) { var ia = order.indexOf(a), ib = order.indexOf(b); return (ia < 0 ? order.length : ia) - (ib < 0 ? order.length : ib); });
+      var head = [t.metric, have[0]];
+      have.slice(1).forEach(function (v) { head.push(v, "Δ", "Δ%"); });
+      var md = document.getElementById("metric-deltas");
+      var mt = table(md, head, names.map(function (k) {
+        var row = [k, shown(ref[k])];
+        have.slice(1).forEach(function (v) {
+          var x = (RECORDS[v].metrics || {})[k], r = ref[k], ok = typeof x === "number" && typeof r === "number";
+          row.push(shown(x), ok ? (x - r >= 0 ? "+" : "") + fmt(x - r) : "—", ok && r !== 0 ? ((x - r) / Math.abs(r) * 100 >= 0 ? "+" : "") + ((x - r) / Math.abs(r) * 100).toFixed(2) + "%" : "—");
+        });
+        return row;
+      }));
+      mt.id = "metric-table";
+      var series = [];
+      have.forEach(function (v) { series = series.concat(runSeries(RECORDS[v], v + " ", {lr: false})); });
+      if (window.ExpChart && series.length) { window.ExpChart.draw(document.getElementById("chart"), {series: series, xlabel: "step", reset: t.reset}); }
+      ready();
+    }
+  }
+
+  function start() {
+    var idx = document.getElementById("records"), chart = document.querySelector(".record #chart"), cmp = document.getElementById("compare-out");
+    if (idx) { index(idx); } else if (chart) { record(chart); } else if (cmp) { compare(cmp); } else { ready(); }
+  }
+  if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
+}());

@@ -1,0 +1,190 @@
+"""`exp site` without a browser: what it writes, what a rebuild rewrites, the markdown it lets
+through, its errors, and `--serve` over real HTTP. The pages in a real browser are in
+test_site_browser.py.
+
+Runs are the files a trainer leaves (test_results.write_run) analysed by the real `exp analyze`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import run_exp
+from test_results import end_run, new_record, write_run
+
+from expkit import pages, records, results, site
+from expkit.version import Version
+
+A, B = Version.parse("0.1.0"), Version.parse("0.1.1")
+
+
+@pytest.fixture
+def two(ws):
+    """0.1.0 and its child 0.1.1 (learning rate changed), both run and analysed."""
+    new_record(ws, A, parent=None, description="baseline")
+    new_record(ws, B, parent=A, description="lower lr")
+    from expkit import lifecycle
+
+    lifecycle.set_config(ws, B, ["learning_rate=1e-3"])
+    for v, loss in ((A, 5.1), (B, 4.9)):
+        write_run(ws, v, final_loss=loss)
+        end_run(ws, v)
+        results.analyze(ws, v)
+    return ws
+
+
+def test_build_writes_every_page_and_a_rebuild_rewrites_only_what_changed(two, cli):
+    code, out, err = cli("site", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert set(first) >= {"site", "index", "records", "pages", "written", "unchanged", "removed", "seconds"}
+    assert first["site"] == "out/site" and first["records"] == 2 and first["removed"] == []
+    site_dir = two.root / "out" / "site"
+    for rel in ("index.html", "compare.html", "r/0.1.0.html", "r/0.1.1.html", "r/0.1.0.data.js", "assets/site.js",
+                "assets/chart.js", "assets/site.css", ".manifest.json"):
+        assert (site_dir / rel).is_file(), rel
+    assert sorted(first["written"]) == sorted(r for r in json.loads((site_dir / ".manifest.json").read_text())["pages"])
+
+    code, out, _ = cli("site", "--json")
+    assert json.loads(out)["written"] == []  # nothing changed, nothing written
+
+    with records.update(two, B) as r:  # one record changes: its page and the index, nothing else
+        r.meta["description"] = "lower lr, described again"
+    code, out, _ = cli("site", "--json")
+    again = json.loads(out)
+    assert sorted(again["written"]) == ["index.html", "r/0.1.1.data.js", "r/0.1.1.html"]
+    assert "described again" in (site_dir / "r/0.1.1.html").read_text(encoding="utf-8")
+
+    with records.update(two, A) as r:  # a parent changes: the child's config diff depends on it
+        r.meta["description"] = "baseline, again"
+    assert set(json.loads(cli("site", "--json")[1])["written"]) >= {"r/0.1.0.html", "r/0.1.1.html", "index.html"}
+
+    two.record_path(B).unlink()
+    two.state_path(B).unlink()
+    gone = json.loads(cli("site", "--json")[1])
+    assert gone["removed"] == ["r/0.1.1.data.js", "r/0.1.1.html"] and not (site_dir / "r/0.1.1.html").exists()
+
+
+def test_the_text_output_names_the_site_and_the_index(two, cli):
+    code, out, _ = cli("site")
+    assert code == 0
+    assert re.search(r"^site +out/site/ +\(2 record\(s\)", out, re.M)
+    assert "file://" in out and out.strip().endswith("out/site/index.html")
+
+
+def test_a_record_page_holds_sections_with_owners_verdicts_samples_and_the_config_diff(two, cli):
+    cli("site")
+    html = (two.root / "out/site/r/0.1.1.html").read_text(encoding="utf-8")
+    for owner in ("owner-human", "owner-tool", "owner-ai"):
+        assert owner in html
+    assert 'class="verdicts"' in html and "val_loss &lt; 6" in html
+    assert "learning_rate" in html and 'href="0.1.0.html"' in html  # config diff and the parent's link
+    assert "如梦如梦" in html  # a sample
+    assert "../compare.html?v=0.1.0,0.1.1" in html
+    assert '<noscript><img class="plot" src="../../experiment_0.1.1/plots/loss.png"' in html
+    data = (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+    body = json.loads(data[data.index("] = ") + 4: -2])
+    assert body["curves"]["step"][-1] == 60 and body["curves"]["val_step"] == [10, 20, 30, 40, 50, 60]
+    assert body["config"]["learning_rate"] == 1e-3 and body["metrics"]["final_loss"] == pytest.approx(4.9)
+
+
+def test_the_tools_tables_render_as_markdown_it_renders_them(two):
+    record = records.load(two, B)
+    generated = [b for b in record.blocks("generated") if "|---|" in b.text]
+    assert len(generated) >= 3
+    md = pages._markdown()
+    for b in generated:
+        assert pages.markdown_html(b.text, tool_tables=True) == md.render(b.text), b.name
+
+
+@pytest.mark.parametrize("text, absent, present", [
+    ("<script>alert(1)</script>", "<script", "&lt;script&gt;"),
+    ('<img src=x onerror="alert(1)">', "<img", "&lt;img"),
+    ("[x](javascript:alert(1))", 'href="javascript', "[x](javascript:alert(1))"),
+    ("[x](JAVASCRIPT:alert(1))", 'href="JAVASCRIPT', "[x]"),
+    ("[x](data:text/html;base64,PHNjcmlwdD4=)", 'href="data', "[x]"),
+    ("![i](http://203.0.113.9/x.png)", "<img", "!"),
+    ("[ok](https://example.org/a)", "<script", 'href="https://example.org/a"'),
+])
+def test_markdown_keeps_raw_html_unsafe_links_and_images_as_text(text, absent, present):
+    html = pages.markdown_html(text)
+    assert absent not in html and present in html
+
+
+def test_a_data_script_cannot_end_its_script_element():
+    text = pages.record_script("0.1.0", {"description": "</script><script>x()</script>\u2028"})
+    assert "</script" not in text and "\\u003c/script" in text and "\u2028" not in text
+    with pytest.raises(ValueError):
+        pages.record_script("0.1.0\"];alert(1);//", {})
+
+
+def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [json.dumps({"step": s, "loss": 10 - s / 1000, "lr": 1e-3, **({"val_loss": 9.0} if s % 1000 == 0 else {})})
+             for s in range(1, 10001)]
+    path.write_text("\n".join(lines) + '\n{"step": 10001, "loss": 4.', encoding="utf-8")  # a torn last line
+    c = pages.curves(path, max_points=500)
+    assert c["lines"] == 10001 and c["stride"] == 21
+    assert len(c["step"]) <= 500 and c["step"][0] == 1 and c["step"][-1] == 9997
+    assert c["val_step"] == list(range(1000, 10001, 1000))
+    assert "grad_norm" not in c  # never logged
+    assert pages.curves(tmp_path / "missing.jsonl") is None
+
+
+def test_bad_input_is_one_line_and_a_non_zero_exit(two, tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    r = run_exp("site", "--out", str(a_file), cwd=two.root)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is a file" in r.stderr and "Traceback" not in r.stderr
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    r = run_exp("site", "--out", str(foreign), cwd=two.root)
+    assert r.returncode == 2 and "did not write" in r.stderr and (foreign / "notes.txt").read_text() == "mine"
+    r = run_exp("site", "--port", "70000", "--serve", cwd=two.root)
+    assert r.returncode == 2 and "--port" in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_exp("site", "--serve", "--port", str(busy.getsockname()[1]), cwd=two.root)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "in use" in r.stderr and "--port P" in r.stderr
+
+
+def test_serve_listens_on_loopback_only_and_rebuilds_when_a_run_writes(two):
+    seen: list[dict] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=site.serve, args=(two, None, 0, seen.append), kwargs={"interval": 0.1, "stop": stop})
+    thread.start()
+    try:
+        for _ in range(100):
+            if seen:
+                break
+            time.sleep(0.05)
+        url = seen[0]["url"]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/out/site/index.html")
+        assert "0.1.1" in urllib.request.urlopen(url, timeout=5).read().decode()
+        base = url.rsplit("/out/site/", 1)[0]
+        assert urllib.request.urlopen(base + "/out/experiment_0.1.1/metrics.jsonl", timeout=5).status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the workspace's other files are not served
+            urllib.request.urlopen(base + "/pyproject.toml", timeout=5)
+        assert refused.value.code == 404
+        with open(two.out_dir(B) / "metrics.jsonl", "a", encoding="utf-8") as fh:  # the run logs another step
+            fh.write(json.dumps({"step": 61, "loss": 4.8, "lr": 1e-4}) + "\n")
+        for _ in range(100):
+            if len(seen) > 1:
+                break
+            time.sleep(0.05)
+        assert len(seen) > 1 and "r/0.1.1.data.js" in seen[-1]["written"]
+        page = urllib.request.urlopen(url.replace("index.html", "r/0.1.1.data.js"), timeout=5).read().decode()
+        assert '"step":[1,' in page and ",61]" in page
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
