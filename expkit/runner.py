@@ -260,7 +260,9 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
     summary = _read_json(out / "summary.json")
     with records.update(ws, version) as record:
         run = record.meta.get("run") or {}
-        if record.status == "interrupted" and ended_by is None and run.get("ended_by"):
+        if (ended_by is None and run.get("ended_by") and run.get("status") == "interrupted"
+                and record.status in ("interrupted", "analyzed", "changes_requested")):
+            # concluded from outside (and maybe analysed as partial since): what the run says wins
             records.note(f"{version}: the run's own finalize replaces the conclusion of `{run['ended_by']}`")
             run.pop("ended_by", None)
             transition(record, "running")

@@ -163,6 +163,23 @@ def test_gone_with_a_fresh_heartbeat_waits_for_the_runs_own_finalize(ws):
     assert row["status"] == "interrupted" and "heartbeat" in row["note"]
 
 
+def test_the_runs_own_finalize_replaces_a_partial_analysis_of_that_conclusion(ws):
+    """`exp status` concluded interrupted, someone looked (a partial analysis), then the job's own
+    EXIT trap reports: the trainer failed. The record says what the run said."""
+    begun(ws, exited_pid())
+    rows = [{"step": s, "loss": 8.0 - s / 10, "lr": 1e-3, "grad_norm": 1.0, "tokens_per_s": 1000.0, "tokens_seen": 128 * s,
+             "elapsed_s": s / 10} for s in (5, 10)]
+    (ws.out_dir(V) / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert status_row(ws)["status"] == "interrupted"
+    looked = run_exp("analyze", "0.1.0", "--json", cwd=ws.root)
+    assert record(ws).status == "analyzed", looked.stdout + looked.stderr
+    (ws.out_dir(V) / "status.json").write_text(json.dumps({"status": "failed", "error": "NCCL timeout"}))
+    r = run_exp("_finalize", "0.1.0", "--exit-code", "1", cwd=ws.root)
+    assert r.returncode == 0, r.stderr
+    rec = record(ws)
+    assert rec.status == "failed" and rec.meta["run"]["error"] == "NCCL timeout" and rec.meta["run"]["status"] == "failed"
+
+
 def test_the_runs_own_finalize_replaces_a_conclusion_of_exp_status(ws):
     begun(ws, exited_pid())
     assert status_row(ws)["status"] == "interrupted"
