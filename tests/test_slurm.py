@@ -188,22 +188,33 @@ def test_a_failed_job_preflight_fails_the_run_with_its_reason(cluster, gitws):
     assert run["host"] == scontrol(run["job_id"])["NodeList"]
 
 
-def test_requeue_resumes_from_the_checkpoint_and_ends_like_an_uninterrupted_run(cluster, gitws, tmp_path):
-    steps = 60
-    make(gitws, steps=steps, extra=["save_interval=10", "keep_top_k=100"])
-    r = run_exp("run", "0.1.0", "--backend", "slurm", cwd=gitws.root)
+def running_job_with_a_checkpoint(ws, steps: int, extra=()) -> tuple[Path, str]:
+    """A Slurm run of ``steps`` steps submitted through exp, once it has saved a checkpoint: (out dir, job id)."""
+    make(ws, steps=steps, extra=["save_interval=10", *extra])
+    r = run_exp("run", "0.1.0", "--backend", "slurm", cwd=ws.root)
     assert r.returncode == 0, r.stdout + r.stderr
-    out = gitws.out_dir("0.1.0")
-    job = record(gitws).meta["run"]["job_id"]
+    out = ws.out_dir("0.1.0")
+    job = record(ws).meta["run"]["job_id"]
     assert wait_for(lambda: list((out / "checkpoints").glob("step_*.pt")), limit_s=300), (out / "run.log").read_text()
-    assert subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True).returncode == 0
-    # Slurm holds a requeued job back a while (BeginTime); let it start now
-    assert wait_for(lambda: scontrol(job).get("JobState") == "PENDING", limit_s=120), scontrol(job)
+    return out, job
+
+
+def released_and_finished(ws, job: str, steps: int) -> dict:
+    """Let the requeued job start now (Slurm holds it back a while: BeginTime); the finished run."""
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, text=True)
-    rec = settled(gitws)
+    rec = settled(ws)
     run = rec.meta["run"]
     assert rec.status == "analyzed" and run["status"] == "finished", run
     assert run["final"]["steps"] == steps and run["restarts"] >= 1 and run["job_id"] == job
+    return run
+
+
+def test_requeue_resumes_from_the_checkpoint_and_ends_like_an_uninterrupted_run(cluster, gitws, tmp_path):
+    steps = 60
+    out, job = running_job_with_a_checkpoint(gitws, steps, extra=["keep_top_k=100"])
+    assert subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True).returncode == 0
+    assert wait_for(lambda: scontrol(job).get("JobState") == "PENDING", limit_s=120), scontrol(job)
+    released_and_finished(gitws, job, steps)
     log = (out / "run.log").read_text()
     assert "DUE TO JOB REQUEUE" in log and "resume: continuing from checkpoint step" in log
     # the same record config, trained without interruption
@@ -224,31 +235,18 @@ def test_the_time_limit_warning_checkpoints_requeues_and_the_run_goes_on(cluster
     """USR1 to the batch shell, as Slurm sends it 120 s before the time limit (--signal=B:USR1@120):
     the script stops the trainer at a checkpoint and requeues its own job; the next attempt resumes."""
     steps = 60
-    make(gitws, steps=steps, extra=["save_interval=10"])
-    r = run_exp("run", "0.1.0", "--backend", "slurm", cwd=gitws.root)
-    assert r.returncode == 0, r.stdout + r.stderr
-    out = gitws.out_dir("0.1.0")
-    job = record(gitws).meta["run"]["job_id"]
-    assert wait_for(lambda: list((out / "checkpoints").glob("step_*.pt")), limit_s=300), (out / "run.log").read_text()
+    out, job = running_job_with_a_checkpoint(gitws, steps)
     sent = subprocess.run(["scancel", "--signal=USR1", "--batch", job], capture_output=True, text=True)
     assert sent.returncode == 0, sent.stderr
     assert wait_for(lambda: scontrol(job).get("JobState") == "PENDING", limit_s=300), scontrol(job)
     assert record(gitws).status == "running"  # the first attempt's end did not end the run
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, text=True)
-    rec = settled(gitws)
-    run = rec.meta["run"]
-    assert rec.status == "analyzed" and run["status"] == "finished", run
-    assert run["final"]["steps"] == steps and run["restarts"] >= 1 and run["job_id"] == job
+    released_and_finished(gitws, job, steps)
     log = (out / "run.log").read_text()
     assert "time limit near: checkpointing, then requeueing job" in log and "resume: continuing from checkpoint step" in log
 
 
 def test_slurm_stop_cancels_and_interrupts(cluster, gitws):
-    make(gitws, steps=2000, extra=["save_interval=10"])
-    r = run_exp("run", "0.1.0", "--backend", "slurm", cwd=gitws.root)
-    assert r.returncode == 0, r.stdout + r.stderr
-    job = record(gitws).meta["run"]["job_id"]
-    assert wait_for(lambda: list((gitws.out_dir("0.1.0") / "checkpoints").glob("*.pt")))
+    _, job = running_job_with_a_checkpoint(gitws, 2000)
     # a shell without Slurm on its PATH: status cannot ask, says so, and leaves the run running
     (gitws.out_dir("0.1.0") / "scheduler.json").unlink(missing_ok=True)  # no cached answer to fall back on
     no_slurm = gitws.root.parent / "no-slurm-bin"
