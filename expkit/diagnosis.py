@@ -37,6 +37,7 @@ _RULE_TITLE = {
     "nonfinite": ("NaN/Inf", "数值溢出"), "divergence": ("divergence", "损失发散"), "spike": ("loss spikes", "损失尖峰"),
     "overfitting": ("overfitting", "过拟合"), "plateau": ("plateau", "损失停滞"),
     "throughput_drop": ("throughput drop", "吞吐下降"), "stall": ("stall", "训练停顿"),
+    "throughput_shift": ("throughput shift", "吞吐突变"),
     "early_stop": ("stopped early", "提前停止"), "claim_refuted": ("claim refuted", "预期被推翻"),
     "claim_inconclusive": ("claim inconclusive", "预期无法判定"), "claims_confirmed": ("claims confirmed", "预期成立"),
     "delta_better": ("better than reference", "优于参照"), "delta_worse": ("worse than reference", "劣于参照"),
@@ -60,6 +61,9 @@ _SUGGEST = {
                 "提高 learning_rate 或调整调度（warmup_steps、min_lr_ratio）；若仍无效，模型容量可能不足"),
     "throughput_drop": ("check data loading and other processes on the machine during those steps",
                         "检查这些步的数据加载以及同机其他进程"),
+    "throughput_shift": ("the machine's load changed during the run: compare its tokens/s, wall time and memory with "
+                         "other runs only under the same load (rerun on a quiet machine)",
+                         "运行期间机器负载发生了变化：只在相同负载下比较 tokens/s、耗时和显存（在空闲的机器上重新运行）"),
     "stall": ("check the disk / network (checkpoint saves, data reads) and other processes at that time",
               "检查当时的磁盘/网络（检查点保存、数据读取）与其他进程"),
     "early_stop": ("resume the run from its last checkpoint (the trainer's --resume) and analyze again",
@@ -112,7 +116,9 @@ _REASON_ZH = {
     "reference_nonfinite": "{ref}的 {metric} 不是有限数",
     "within_noise": "{metric} 的 95% 区间 {ci}（n={n}）跨过阈值 {threshold}；增加重复实验可收窄区间：`{command}`",
     "within_noise_floor": "n=1：差距 {margin} 在 {metric} 的噪声下限 {floor} 以内，工作区中也没有相同配置（仅种子不同）的"
-                          "重复运行；用重复实验判定：`{command}`，或把相同配置换一个种子作为单独的记录运行",
+                          "重复运行；用重复实验判定：`{command}`（现在会记录，重复实验的执行器完成后才会真正运行），"
+                          "或者现在就把相同配置换一个种子作为单独的记录运行（`exp new NEXT --from {version}`，"
+                          "`exp set NEXT seed=...`），下次分析会使用它们的离散程度",
     "environment_differs": "{metric} 取决于机器，而两次运行的负载不同：本次 {this_load}；{ref}{ref_load}；在相同负载下重新运行两者再比较",
 }
 
@@ -169,7 +175,8 @@ def reason_text(v: Verdict, lang: str = "en") -> str:
         fields = {"ci": "", "n": v.n, "margin": "", "floor": "", "this_load": "", "ref_load": "", **v.fields}
         fields.pop("ref", None)
         return _REASON_ZH[v.reason_code].format(metric=v.metric, ref={"parent": "父实验", "baseline": "基线"}.get(
-            ref[1] if ref else "", ""), threshold=_num(v.reference), command=command[1] if command else "", **fields)
+            ref[1] if ref else "", ""), threshold=_num(v.reference), command=command[1] if command else "",
+            version=command[1].split()[2] if command else "VERSION", **fields)
     return v.reason or ""
 
 

@@ -382,6 +382,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "overfitting": ("overfit", "过拟合"),
     "plateau": ("stagnation", "停滞", "平台期"),
     "throughput_drop": ("throughput drop", "throughput", "slowdown", "tokens/s", "吞吐下降", "吞吐"),
+    "throughput_shift": ("throughput shift", "throughput", "tokens/s", "load", "吞吐突变", "吞吐", "负载"),
     "stall": ("stalled", "停顿", "卡顿"),
     "mean": ("mean", "average", "均值", "平均"),
     "sd": ("standard deviation", "std", "spread", "noise", "标准差", "噪声"),
