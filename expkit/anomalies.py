@@ -52,6 +52,11 @@ class Thresholds:
     #: a long single gap is a stall. The first line (start-up, compilation) is left out.
     throughput_ratio: float = 0.5
     throughput_min_lines: int = 2
+    #: throughput shift: the median tokens/s of one third of the run is more than 2x another's,
+    #: up or down — the machine's load changed under the run, so its tokens/s (and wall time)
+    #: are not the experiment's alone.
+    throughput_shift_factor: float = 2.0
+    throughput_shift_parts: int = 3
     #: stall: a gap between log lines ≥ 10x the median time per step and ≥ 60 s beyond what
     #: the steps in it should take (evals and checkpoint saves stay below that).
     stall_factor: float = 10.0
@@ -63,7 +68,8 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 #: Anomaly kinds, in report order.
-ANOMALY_KINDS = ("nonfinite", "divergence", "spike", "overfitting", "plateau", "throughput_drop", "stall", "early_stop")
+ANOMALY_KINDS = ("nonfinite", "divergence", "spike", "overfitting", "plateau", "throughput_drop", "throughput_shift", "stall",
+                 "early_stop")
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,10 @@ _ANOMALY_TEXT = {
                     "{train_to}（差距 {gap_from} → {gap_to}）"),
     "throughput_drop": ("tokens/s fell to {min} over steps {step}–{end_step}, {ratio} of the run's median {median}",
                         "第 {step}–{end_step} 步 tokens/s 低至 {min}，为中位数 {median} 的 {ratio}"),
+    "throughput_shift": ("tokens/s {direction} {factor}x within the run (median of a third of the run: {from}, then {to}; "
+                         "steps {step}–{end_step}); the machine's load changed under the run",
+                         "运行中 tokens/s {direction_zh} {factor} 倍（按三分之一段的中位数：{from}，后来 {to}；第 {step}–{end_step} 步）；"
+                         "运行期间机器负载发生了变化"),
     "stall": ("{gap_s} s between the log lines of steps {step} and {end_step}, {factor}x the median time per step",
               "第 {step} 步与第 {end_step} 步的日志相隔 {gap_s} 秒，每步耗时为中位数的 {factor} 倍"),
     "early_stop": ("the run ended at step {end_step} of {max_steps} ({done_ratio} done)",
@@ -115,6 +125,9 @@ def _anomaly_message(a: Anomaly, lang: str) -> str:
     fields: dict[str, Any] = {"metric": a.metric, "step": a.step, "end_step": a.end_step}
     for key, value in a.evidence.items():
         fields[key] = _pct(value) if key.endswith("ratio") else _num(value, signed=key == "jump")
+    if a.kind == "throughput_shift":
+        up = a.evidence.get("to", 0) > a.evidence.get("from", 0)
+        fields["direction"], fields["direction_zh"] = ("rose", "上升") if up else ("fell", "下降")
     en, zh = _ANOMALY_TEXT.get(a.kind, ("{metric}: " + a.kind + " at step {step}",) * 2)
     return (zh if lang == "zh" else en).format(**fields)
 
@@ -285,6 +298,30 @@ def _throughput(m: Metrics, th: Thresholds) -> list[Anomaly]:
     return sorted(sorted(events, key=lambda e: e.evidence["ratio"])[: th.max_events], key=lambda e: e.step or 0)
 
 
+def _throughput_shift(m: Metrics, th: Thresholds) -> Anomaly | None:
+    """The throughput level moving by more than ``throughput_shift_factor`` within the run, up or
+    down: the run (its first line left out) cut into ``throughput_shift_parts`` equal parts, the
+    median of each, the lowest against the highest, reported from the earlier to the later. A
+    brief dip moves no part's median (that is a throughput drop); a level that holds does."""
+    import numpy as np
+
+    sel = np.isfinite(m.tokens_per_s)
+    sel[:1] = False
+    steps, tps = m.step[sel], m.tokens_per_s[sel]
+    k = th.throughput_shift_parts
+    if len(tps) < 3 * k:
+        return None
+    parts = np.array_split(np.arange(len(tps)), k)
+    level = [float(np.median(tps[p])) for p in parts]
+    i_lo, i_hi = int(np.argmin(level)), int(np.argmax(level))
+    lo, hi = level[i_lo], level[i_hi]
+    if lo <= 0 or hi <= th.throughput_shift_factor * lo:
+        return None
+    a, b = sorted((i_lo, i_hi))
+    return Anomaly("throughput_shift", "tokens_per_s", int(steps[parts[a][0]]), int(steps[parts[b][-1]]),
+                   {"from": level[a], "to": level[b], "factor": hi / lo})
+
+
 def _stalls(m: Metrics, th: Thresholds) -> list[Anomaly]:
     import numpy as np
 
@@ -329,6 +366,8 @@ def detect_anomalies(metrics: Metrics, max_steps: int | None = None,
     plateau = None if divergence else _plateau(step, loss, metrics.step[lr_ok], metrics.lr[lr_ok], th)
     found += [plateau] if plateau else []
     found += _throughput(metrics, th)
+    shift = _throughput_shift(metrics, th)
+    found += [shift] if shift else []
     found += _stalls(metrics, th)
     last = metrics.last_step or 0
     if max_steps and last < max_steps:

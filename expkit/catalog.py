@@ -7,8 +7,10 @@ here imports the config schema, the templates or YAML (``exp list`` over 1,000 r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from typing import Any
 
 from . import approval, commit, records, store
@@ -16,11 +18,13 @@ from . import claims as claims_mod
 from .comparison import config_changes
 from .errors import RecordError, UsageError
 from .files import atomic_write
+from .intervals import mean_sd
 from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summarize
 from .numbers import is_finite_number
 from .report import REPORT_CONFIG
 from .record import HUMAN, REQUIRED_META, sha256
 from .status import STATUSES, next_step
+from .verdicts import Noise
 from .version import Version
 from .workspace import Workspace
 
@@ -111,7 +115,8 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
             info[key] = meta[key]
     analysis = meta.get("analysis") or {}
     info["verdicts"] = [
-        {k: x.get(k) for k in ("claim", "verdict", "observed", "reference", "reason", "metric")}
+        {k: x.get(k) for k in ("claim", "verdict", "observed", "reference", "reason", "metric",
+                               "n", "mean", "sd", "ci_low", "ci_high", "method", "df", "noise")}
         for x in analysis.get("verdicts") or [] if isinstance(x, dict)
     ]
     if analysis.get("partial"):
@@ -142,7 +147,7 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
 
 # -- every record's row, cached ---------------------------------------------------------------------
 CACHE_FILE = "record-rows.json"
-CACHE_LAYOUT = 5  # bump when _row changes what it returns
+CACHE_LAYOUT = 6  # bump when _row changes what it returns
 
 
 def _row(ws: Workspace, version: str) -> dict[str, Any]:
@@ -168,6 +173,9 @@ def _row(ws: Workspace, version: str) -> dict[str, Any]:
         # the verdicts as the report and the tree count them (their reasons and values stay in the state)
         "verdicts": [{"verdict": x.get("verdict")} for x in found["verdicts"] if isinstance(x, dict)]
         if isinstance(found.get("verdicts"), list) else None,
+        # which runs share this one's configuration but the seed (noise estimates for single runs)
+        "noise_key": noise_key(config) if found.get("run_status") == "finished" and found.get("metrics") else None,
+        "replicates": found.get("replicates") if isinstance(found.get("replicates"), list) else None,
     }
 
 
@@ -261,3 +269,70 @@ def metrics_file(ws: Workspace, version: Version | str) -> Metrics | None:
     except AnalysisError:
         return None
     return m if len(m) else None
+
+
+# -- replicates and the noise of a configuration ---------------------------------------------------
+#: Config keys that do not change what a run measures: runs whose configs differ only in these
+#: are replicates of one configuration (their spread is the noise of its metrics).
+NOISE_IGNORED = ("seed", "replicates", *PLACEMENT_KEYS)
+#: A replicate's run directory inside the record's: out/experiment_V/r0/, r1/, ... (the layout the
+#: replicates runner writes; a run without them is its own single replicate).
+REPLICATE_DIR = re.compile(r"r\d+")
+
+
+def noise_key(config: dict[str, Any]) -> str:
+    """One string per configuration, the seed (and placement) aside."""
+    kept = {k: v for k, v in sorted(config.items()) if k not in NOISE_IGNORED}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def replicate_tables(ws: Workspace, version: Version | str, meta: dict[str, Any] | None = None,
+                     table: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every per-replicate metric table of a record's run: the one place replicates come from.
+
+    An analysed record's stored ``analysis.replicates`` (kept when it had n ≥ 2) wins; else the
+    ``r{i}/`` run directories under its out dir, each summarised; else the run itself is its one
+    replicate (``table`` when the caller has it, else ``run_table``). [] when it has no run."""
+    stored = ((meta or {}).get("analysis") or {}).get("replicates")
+    if isinstance(stored, list) and stored:
+        return [with_aliases(t) for t in stored if isinstance(t, dict)]
+    out = ws.out_dir(version)
+    found = []
+    if out.is_dir():
+        for sub in sorted((p for p in out.iterdir() if p.is_dir() and REPLICATE_DIR.fullmatch(p.name)),
+                          key=lambda p: int(p.name[1:])):
+            try:
+                found.append(with_aliases(clean_table(summarize(sub))))
+            except AnalysisError:
+                continue
+    if found:
+        return found
+    one = table if table is not None else run_table(ws, version, meta)
+    return [one] if one else []
+
+
+def same_config_noise(ws: Workspace, version: Version | str, config: dict[str, Any],
+                      tables: list[dict[str, Any]]) -> dict[str, Noise]:
+    """{metric: Noise} from the analysed, finished records whose config is this one's but the seed
+    (``NOISE_IGNORED``), pooled with this run's own values; a metric needs two values or more.
+    O(records) through the row cache."""
+    key = noise_key(config)
+    siblings = [r for r in rows(ws) if r.get("noise_key") == key and r["version"] != str(version)]
+    if not siblings:
+        return {}
+    out: dict[str, Noise] = {}
+    metrics = {m for t in tables for m in t}
+    for metric in sorted(metrics):
+        values = [t[metric] for t in tables if is_finite_number(t.get(metric))]
+        versions = [str(version)] if values else []
+        for row in siblings:
+            theirs = [t.get(metric) for t in (row.get("replicates") or [row.get("metrics") or {}]) if isinstance(t, dict)]
+            theirs = [x for x in theirs if is_finite_number(x)]
+            if theirs:
+                values += theirs
+                versions.append(row["version"])
+        if len(values) >= 2 and len(versions) >= 2:
+            sd = mean_sd(values)[1]
+            if sd is not None:
+                out[metric] = Noise(sd, len(values), tuple(versions))
+    return out

@@ -27,6 +27,13 @@ KNOWN_METRICS = (
     "distinct_1", "distinct_2", "repetition_rate",
 )
 
+#: Metrics that count things (integers): the only ones ``==`` and ``!=`` may compare. On a
+#: real-valued metric equality never holds exactly and noise moves the value; a claim says a
+#: range instead (``parse_claims`` refuses ``==``/``!=`` there, with the range to write).
+INTEGER_METRICS = ("steps", "params", "tokens_seen")
+#: The tolerance an equality's suggested range uses as an example.
+EXAMPLE_TOLERANCE = "0.02"
+
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 _UNICODE_OPS = {"≤": "<=", "≥": ">=", "≠": "!="}
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?"
@@ -104,6 +111,9 @@ def parse_claims(text: str, first_line: int = 1) -> tuple[list[Claim], list[Clai
         m = _CLAIM.match(raw)
         if m:
             op = _UNICODE_OPS.get(m["op"], m["op"])
+            if op in ("==", "!=") and m["metric"] not in INTEGER_METRICS:
+                problems.append(_equality_problem(line_no, raw.strip(), m, op))
+                continue
             if m["ref"]:
                 value, pct = _number(m["refnum"]) if m["refnum"] else (None, False)
                 if m["refop"] == "/" and value == 0:
@@ -128,6 +138,38 @@ def parse_claims(text: str, first_line: int = 1) -> tuple[list[Claim], list[Clai
                 )
             )
     return claims, problems
+
+
+def _equality_problem(line_no: int, text: str, m: re.Match[str], op: str) -> ClaimProblem:
+    """``==`` / ``!=`` on a real-valued metric, refused with the range to write instead."""
+    metric, tol = m["metric"], EXAMPLE_TOLERANCE
+    if m["ref"]:
+        target = m["ref"] + (f" {m['refop']} {m['refnum']}" if m["refop"] else "")
+        ref, refop, t = m["ref"], m["refop"], float(tol)
+        gap = f"abs({metric} - ({target}))" if refop else f"abs({metric} - {target})"
+        if refop and refop in "*/" and not m["refnum"].endswith("%"):
+            gap, tol = f"{metric} / ({target}) - 1", f"{t:.0%}"  # a ratio: the tolerance is relative
+        if not refop or m["refnum"].endswith("%"):
+            low, high = f"{target} - {tol}", f"{target} + {tol}"
+        elif refop in "+-":  # baseline - 0.1 ± 0.02: baseline - 0.12 ... baseline - 0.08
+            offset = float(m["refnum"]) * (1 if refop == "+" else -1)
+            low, high = (f"{ref} {'+' if x >= 0 else '-'} {abs(x):g}" for x in (offset - t, offset + t))
+        else:  # parent * 1.1 within a relative tolerance: parent * 1.078 ... parent * 1.122
+            k = float(m["refnum"]) if refop == "*" else 1 / float(m["refnum"])
+            low, high = f"{ref} * {k * (1 - t):g}", f"{ref} * {k * (1 + t):g}"
+    else:
+        target = m["num"]
+        gap = f"abs({metric} - {target})"
+        value = float(target)
+        low, high = f"{value - float(tol):g}", f"{value + float(tol):g}"
+    if op == "==":
+        fix = (f"say the tolerance: {gap} within {tol} is written as two lines, "
+               f"`- {metric} >= {low}` and `- {metric} <= {high}` (pick the tolerance the noise allows)")
+    else:
+        fix = (f"say the direction and the margin: `- {metric} < {low}` or `- {metric} > {high}` "
+               f"({gap} beyond {tol}; pick the margin the noise allows)")
+    return ClaimProblem(line_no, text, f"uses `{op}` on the real-valued metric {metric}, which never holds exactly "
+                        "(noise moves it); `==`/`!=` compare only counts (" + ", ".join(INTEGER_METRICS) + ")", fix)
 
 
 def _claim_text(raw: str, m: re.Match[str]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import approval, gitops, records, store, times
+from .verdicts import verdict_kind
 from .errors import ExpError, RecordError, WorkspaceError
 from .files import read_json, write_json
 from .record import Record, sha256
@@ -77,7 +78,7 @@ def artifacts(ws: Workspace, version: Version) -> tuple[list[Path], list[tuple[P
 def verdict_counts(record: Record) -> str:
     """``2 confirmed, 1 refuted`` from the analysis' verdicts (zero kinds left out), or ``none``."""
     verdicts = (record.meta.get("analysis") or {}).get("verdicts") or []
-    counts = Counter(str(x.get("verdict")) for x in verdicts if isinstance(x, dict))
+    counts = Counter(verdict_kind(str(x.get("verdict"))) for x in verdicts if isinstance(x, dict))
     order = ["confirmed", "refuted", "inconclusive"] + sorted(k for k in counts if k not in ("confirmed", "refuted", "inconclusive"))
     return ", ".join(f"{counts[k]} {k}" for k in order if counts.get(k)) or "none"
 

@@ -59,8 +59,18 @@ def compare(runs: Mapping[str, Mapping[str, Any]], configs: Mapping[str, Mapping
     }
 
 
+#: Config keys added to the schema after records existed, with their defaults: a config written
+#: before a key existed holds its default (no change to report between an old and a new record).
+ADDED_KEYS: dict[str, Any] = {"replicates": 1}
+
+
 def config_changes(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, list[Any]]:
     """{key: [a's value, b's value]} for the keys whose values differ, in a's key order (a
     TrainConfig dump: the schema's order), then b's extra keys."""
     keys = list(a) + [k for k in b if k not in a]
-    return {k: [a.get(k), b.get(k)] for k in keys if a.get(k) != b.get(k)}
+    out = {}
+    for k in keys:
+        va, vb = a.get(k, ADDED_KEYS.get(k)), b.get(k, ADDED_KEYS.get(k))
+        if va != vb:
+            out[k] = [va, vb]
+    return out

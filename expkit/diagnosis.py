@@ -15,7 +15,7 @@ from .anomalies import ANOMALY_KINDS, Anomaly
 from .numbers import format_number as _num
 from .numbers import format_percent as _pct
 from .numbers import json_safe
-from .verdicts import Verdict
+from .verdicts import Verdict, verdict_kind
 
 # -- diagnosis and suggestions ---------------------------------------------------------------------
 
@@ -37,6 +37,7 @@ _RULE_TITLE = {
     "nonfinite": ("NaN/Inf", "数值溢出"), "divergence": ("divergence", "损失发散"), "spike": ("loss spikes", "损失尖峰"),
     "overfitting": ("overfitting", "过拟合"), "plateau": ("plateau", "损失停滞"),
     "throughput_drop": ("throughput drop", "吞吐下降"), "stall": ("stall", "训练停顿"),
+    "throughput_shift": ("throughput shift", "吞吐突变"),
     "early_stop": ("stopped early", "提前停止"), "claim_refuted": ("claim refuted", "预期被推翻"),
     "claim_inconclusive": ("claim inconclusive", "预期无法判定"), "claims_confirmed": ("claims confirmed", "预期成立"),
     "delta_better": ("better than reference", "优于参照"), "delta_worse": ("worse than reference", "劣于参照"),
@@ -60,6 +61,9 @@ _SUGGEST = {
                 "提高 learning_rate 或调整调度（warmup_steps、min_lr_ratio）；若仍无效，模型容量可能不足"),
     "throughput_drop": ("check data loading and other processes on the machine during those steps",
                         "检查这些步的数据加载以及同机其他进程"),
+    "throughput_shift": ("the machine's load changed during the run: compare its tokens/s, wall time and memory with "
+                         "other runs only under the same load (rerun on a quiet machine)",
+                         "运行期间机器负载发生了变化：只在相同负载下比较 tokens/s、耗时和显存（在空闲的机器上重新运行）"),
     "stall": ("check the disk / network (checkpoint saves, data reads) and other processes at that time",
               "检查当时的磁盘/网络（检查点保存、数据读取）与其他进程"),
     "early_stop": ("resume the run from its last checkpoint (the trainer's --resume) and analyze again",
@@ -84,11 +88,38 @@ _INCONCLUSIVE_FIX = {
     "reference_no_run": ("run the reference record first, or compare against a value", "先运行参照实验，或改为与具体数值比较"),
     "reference_lacks_metric": ("re-analyze the reference record so it has the metric", "重新分析参照实验以获得该指标"),
     "reference_nonfinite": ("compare against a finite reference or a value", "改为与有限的参照值或具体数值比较"),
+    "within_noise": ("add replicates (`exp set VERSION replicates=N`, more than now) or runs of the same config with "
+                     "other seeds, then analyze again; ask the person before spending the compute",
+                     "增加重复实验（`exp set VERSION replicates=N`，多于现在）或以其他种子运行相同配置，然后重新分析；"
+                     "花费算力前先征得研究者同意"),
+    "within_noise_floor": ("settle it with replicates (`exp set VERSION replicates=3`) or a run of the same config "
+                           "with another seed as its own record, then analyze again; ask the person before spending "
+                           "the compute",
+                           "用重复实验判定（`exp set VERSION replicates=3`），或把相同配置换一个种子作为单独的记录运行，"
+                           "然后重新分析；花费算力前先征得研究者同意"),
+    "environment_differs": ("rerun both runs under the same machine load (a quiet machine, or side by side), then "
+                            "analyze again", "在相同的机器负载下重新运行两者（空闲的机器，或同时并排运行），然后重新分析"),
+}
+#: Why a noise or environment verdict is inconclusive, without its numbers (a drafted ai section
+#: cites numbers from the evidence only; the verdict table carries them): (en, zh).
+_NOISE_WHY = {
+    "within_noise": ("its confidence interval straddles the threshold (see the verdict table)",
+                     "置信区间跨过阈值（见结论表）"),
+    "within_noise_floor": ("a single run whose margin is within the metric's default noise floor (see the verdict table)",
+                           "单次运行，差距在该指标的默认噪声范围内（见结论表）"),
+    "environment_differs": ("the runs ran under materially different machine load (both loads are in the verdict table)",
+                            "两次运行的机器负载明显不同（两者的负载见结论表）"),
 }
 _REASON_ZH = {
     "run_not_ok": "运行未成功结束", "metric_missing": "运行没有记录 {metric}", "observed_nonfinite": "{metric} 为非有限值",
     "reference_no_run": "{ref}没有运行结果", "reference_lacks_metric": "{ref}的运行没有 {metric}",
     "reference_nonfinite": "{ref}的 {metric} 不是有限数",
+    "within_noise": "{metric} 的 95% 区间 {ci}（n={n}）跨过阈值 {threshold}；增加重复实验可收窄区间：`{command}`",
+    "within_noise_floor": "n=1：差距 {margin} 在 {metric} 的噪声下限 {floor} 以内，工作区中也没有相同配置（仅种子不同）的"
+                          "重复运行；用重复实验判定：`{command}`（现在会记录，重复实验的执行器完成后才会真正运行），"
+                          "或者现在就把相同配置换一个种子作为单独的记录运行（`exp new NEXT --from {version}`，"
+                          "`exp set NEXT seed=...`），下次分析会使用它们的离散程度",
+    "environment_differs": "{metric} 取决于机器，而两次运行的负载不同：本次 {this_load}；{ref}{ref_load}；在相同负载下重新运行两者再比较",
 }
 
 
@@ -140,8 +171,12 @@ def reason_text(v: Verdict, lang: str = "en") -> str:
     """Why a verdict is inconclusive, in the record's language ("" when it is not)."""
     if lang == "zh" and v.reason_code in _REASON_ZH:
         ref = re.search(r"\b(parent|baseline)\b", v.claim)
+        command = re.search(r"`(exp set [^`]+)`", v.reason or "")
+        fields = {"ci": "", "n": v.n, "margin": "", "floor": "", "this_load": "", "ref_load": "", **v.fields}
+        fields.pop("ref", None)
         return _REASON_ZH[v.reason_code].format(metric=v.metric, ref={"parent": "父实验", "baseline": "基线"}.get(
-            ref[1] if ref else "", ""))
+            ref[1] if ref else "", ""), threshold=_num(v.reference), command=command[1] if command else "",
+            version=command[1].split()[2] if command else "VERSION", **fields)
     return v.reason or ""
 
 
@@ -150,7 +185,7 @@ def _as_verdict(v: Verdict | Mapping[str, Any]) -> Verdict:
     if isinstance(v, Verdict):
         return v
     return Verdict(str(v.get("claim")), str(v.get("verdict")), v.get("observed"), v.get("reference"), v.get("reason"),
-                   str(v.get("metric", "")), int(v.get("line") or 0))
+                   str(v.get("metric", "")), int(v.get("line") or 0), v.get("reason_code"))
 
 
 def diagnose(anomalies: Sequence[Anomaly], verdicts: Sequence[Verdict | Mapping[str, Any]],
@@ -194,8 +229,8 @@ def diagnose(anomalies: Sequence[Anomaly], verdicts: Sequence[Verdict | Mapping[
             text = _say("claim_refuted", lang, claim=v.claim, observed=_num(v.observed), reference=_num(v.reference))
             diagnosis.append(Finding("claim_refuted", ev, text))
             suggest("claim_refuted", ev, _SUGGEST["claim_refuted"], f"`{v.claim}`")
-        elif v.verdict == "inconclusive":
-            why = reason_text(v, lang)
+        elif verdict_kind(v.verdict) == "inconclusive":
+            why = _NOISE_WHY[v.reason_code][1 if zh else 0] if v.reason_code in _NOISE_WHY else reason_text(v, lang)
             diagnosis.append(Finding("claim_inconclusive", {**ev, "reason": v.reason_code or v.reason},
                                      _say("claim_inconclusive", lang, claim=v.claim, why=why)))
             if v.reason_code in _INCONCLUSIVE_FIX:

@@ -24,7 +24,9 @@ top-level key is always present, possibly empty::
                      first: start-up), when the caller adds it; evaluations: how many}
     verdicts        [{claim, metric, verdict, label (the verdict in the record's language),
                      observed, reference (the threshold), margin (observed − reference: negative
-                     below the threshold, whatever the claim's direction)}]
+                     below the threshold, whatever the claim's direction), method, and over the
+                     replicates n, mean, sd, ci_low, ci_high (the 95 % interval judged against
+                     the reference), df (verdicts.Verdict)}]
     verdict_counts  {confirmed, refuted, inconclusive, total}
     references      {parent|baseline: {version, has_run,
                      deltas: {metric: {value, reference, abs, rel, ratio (= value/reference)}},
@@ -179,13 +181,17 @@ def curve_of(rows: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
     }
 
 
+#: A verdict's statistics over the replicates (verdicts.Verdict), citable as verdicts.N.ci_low etc.
+VERDICT_STATISTICS = ("n", "mean", "sd", "ci_low", "ci_high", "df")
+
+
 def _verdicts(items: Any) -> list[dict[str, Any]]:
     out = []
     for v in items if isinstance(items, list) else ():
         if not isinstance(v, Mapping):
             continue
-        entry = {k: v[k] for k in ("claim", "metric", "verdict", "label") if isinstance(v.get(k), str)}
-        entry.update({k: v[k] for k in ("observed", "reference", "margin") if is_finite_number(v.get(k))})
+        entry = {k: v[k] for k in ("claim", "metric", "verdict", "label", "method") if isinstance(v.get(k), str)}
+        entry.update({k: v[k] for k in ("observed", "reference", "margin", *VERDICT_STATISTICS) if is_finite_number(v.get(k))})
         if "margin" not in entry and "observed" in entry and "reference" in entry:
             entry["margin"] = entry["observed"] - entry["reference"]
         out.append(entry)
@@ -297,6 +303,7 @@ _MARGIN_WORDS = ("margin", "above", "below", "exceed", "short of", "余量", "�
 _CLAIMS = ("claim", "expected result", "expectation", "预期", "预期结果")
 _ANOMALY = ("anomaly", "anomalies", "异常")
 _RATIO = ("x", "×", "times", "ratio", "倍")
+_INTERVAL = ("interval", "confidence interval", "ci", "95% ci", "区间", "置信区间")
 _ROLES = {"parent": ("parent", "父实验", "父版本"), "baseline": ("baseline", "基线", "基准")}
 
 #: Names of a quantity by the key that holds it, besides the key's own forms. Lower case; an
@@ -375,7 +382,14 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "overfitting": ("overfit", "过拟合"),
     "plateau": ("stagnation", "停滞", "平台期"),
     "throughput_drop": ("throughput drop", "throughput", "slowdown", "tokens/s", "吞吐下降", "吞吐"),
+    "throughput_shift": ("throughput shift", "throughput", "tokens/s", "load", "吞吐突变", "吞吐", "负载"),
     "stall": ("stalled", "停顿", "卡顿"),
+    "mean": ("mean", "average", "均值", "平均"),
+    "sd": ("standard deviation", "std", "spread", "noise", "标准差", "噪声"),
+    "ci_low": _INTERVAL + ("lower", "low", "下限", "下界"),
+    "ci_high": _INTERVAL + ("upper", "high", "上限", "上界"),
+    "n": ("replicate", "seed", "sample size", "重复", "种子"),
+    "df": ("degrees of freedom", "自由度"),
     "early_stop": ("early stop", "stopped early", "ended", "提前停止", "提前结束", "停在"),
 }
 #: An anomaly's evidence keys (analysis._ANOMALY_TEXT) where a key means something else elsewhere
@@ -435,7 +449,7 @@ def _names(shape: tuple[Any, ...]) -> frozenset[str]:
             "observed": metric_names + _OBSERVED,
             "reference": metric_names + _THRESHOLD + role_names,
             "margin": _MARGIN_WORDS + _THRESHOLD + role_names,
-        }.get(part, _key_names(part)))
+        }.get(part, _key_names(part) + (metric_names if part in ("mean", "ci_low", "ci_high") else ())))
     if section == "verdict_counts":
         return frozenset((() if key == "total" else _key_names(key)) + _CLAIMS)
     if section == "references" and len(shape) == 4 and shape[2] == "curve":

@@ -22,7 +22,7 @@ from typing import Any
 from .metrics import SUMMARY_KEYS
 from .numbers import format_number, is_finite_number
 from .report import lineage
-from .verdicts import VERDICTS
+from .verdicts import VERDICTS, verdict_kind
 
 #: What the pages say, in the workspace's language (en, zh).
 STRINGS: dict[str, tuple[str, str]] = {
@@ -391,7 +391,7 @@ def verdict_rows(verdicts: Sequence[Any], lang: str) -> list[dict[str, str]]:
     for x in verdicts:
         if not isinstance(x, Mapping):
             continue
-        mark, badge = marks.get(str(x.get("verdict")), ("?", "q"))
+        mark, badge = marks.get(verdict_kind(str(x.get("verdict"))), ("?", "q"))
         out.append({"claim": str(x.get("claim") or ""), "verdict": str(x.get("verdict") or ""), "mark": mark, "badge": badge,
                     "label": str(x.get("label") or x.get("verdict") or ""), "observed": shown(x.get("observed")),
                     "reference": shown(x.get("reference")), "reason": str(x.get("reason") or "")})

@@ -13,7 +13,7 @@ from typing import Any
 
 from .metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 from .numbers import format_number, is_finite_number
-from .verdicts import VERDICTS
+from .verdicts import VERDICTS, verdict_kind
 
 # -- reports over all records ----------------------------------------------------------------------
 
@@ -72,7 +72,7 @@ def report_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row.update({k: metrics.get(k) for k in REPORT_METRICS})
         counts = {k: 0 for k in VERDICTS}
         for v in r.get("verdicts") or []:
-            verdict = v.get("verdict") if isinstance(v, Mapping) else getattr(v, "verdict", None)
+            verdict = verdict_kind(v.get("verdict") if isinstance(v, Mapping) else getattr(v, "verdict", None))
             if verdict in counts:
                 counts[verdict] += 1
         row.update(counts)

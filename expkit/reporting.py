@@ -21,7 +21,7 @@ from .metrics import METRICS_FILE, AnalysisError
 from .numbers import is_finite_number
 from .plots import plot_by_version, plot_compare
 from .report import lineage, render_report_md, report_rows, tracker_csv
-from .verdicts import VERDICTS
+from .verdicts import VERDICTS, verdict_kind
 from .version import Version
 from .workspace import Workspace
 
@@ -258,7 +258,7 @@ def tree(ws: Workspace) -> list[dict[str, Any]]:
     def node(r: dict[str, Any]) -> dict[str, Any]:  # no cycle guard: lineage() leaves cycles unreachable
         verdicts = None
         if r.get("verdicts") is not None:
-            verdicts = {k: sum(1 for x in r["verdicts"] if isinstance(x, dict) and x.get("verdict") == k) for k in VERDICTS}
+            verdicts = {k: sum(1 for x in r["verdicts"] if isinstance(x, dict) and verdict_kind(x.get("verdict")) == k) for k in VERDICTS}
         metric = _tree_metric(r)
         return {
             "version": r["version"],

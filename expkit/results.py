@@ -22,7 +22,7 @@ from typing import Any
 from . import claims as claims_mod
 from . import citations, records, store, times, view
 from . import evidence as evidence_mod
-from .catalog import clean_table, metrics_file, run_table
+from .catalog import clean_table, metrics_file, replicate_tables, run_table, same_config_noise
 from .anomalies import DEFAULT_THRESHOLDS, detect_anomalies
 from .comparison import config_changes, metric_deltas
 from .diagnosis import diagnose, reason_text
@@ -37,7 +37,7 @@ from .problem import Problem
 from .record import AI, GENERATED, HINT_RE, HUMAN, Block, Record, digest
 from .samples import MIN_TOKENS, sample_quality
 from .status import require_status, transition
-from .verdicts import VERDICTS, verdicts
+from .verdicts import ENVIRONMENT_DIFFERS, VERDICTS, WITHIN_NOISE, verdict_kind, verdicts
 from .version import Version
 from .workspace import Workspace
 
@@ -70,8 +70,19 @@ def _references(ws: Workspace, record: Record) -> dict[str, dict[str, Any]]:
             table = run_table(ws, ref, ref_meta)
             entry["has_run"] = table is not None
             entry["table"] = table
+            entry["replicates"] = replicate_tables(ws, ref, ref_meta, table) if table is not None else []
+            entry["load"] = _load_of(ws, ref, ref_meta)
         out[role] = entry
     return out
+
+
+def _load_of(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The machine load a record's run ran under: its analysis' copy, else its summary.json's."""
+    load = (meta.get("analysis") or {}).get("load")
+    if not isinstance(load, dict):
+        summary = read_json(ws.out_dir(version) / SUMMARY_FILE)
+        load = summary.get("load") if isinstance(summary, dict) else None
+    return load if isinstance(load, dict) else None
 
 
 # -- computing an analysis (no files written) ----------------------------------------------------
@@ -116,9 +127,14 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     expected = record.block("human", "expected")
     claims = claims_mod.parse_claims(expected.text, expected.first_content_line)[0] if expected else []
     refs = _references(ws, record)
+    tables = replicate_tables(ws, v, table=clean_table(table))
+    load = summary.get("load") if isinstance(summary, dict) and isinstance(summary.get("load"), dict) else None
     found = verdicts(claims, table, (refs.get("parent") or {}).get("table"), (refs.get("baseline") or {}).get("table"),
-                     run_ok=run_status == "finished")
-    counts = {k: sum(x.verdict == k for x in found) for k in VERDICTS}
+                     run_ok=run_status == "finished",
+                     replicates={"this": tables, **{role: e.get("replicates") for role, e in refs.items()}},
+                     noise=same_config_noise(ws, v, config, tables) if len(tables) < 2 and claims else None,
+                     loads={"this": load, **{role: e.get("load") for role, e in refs.items()}}, version=str(v))
+    counts = {k: sum(verdict_kind(x.verdict) == k for x in found) for k in VERDICTS}
 
     deltas_by_label: dict[str, dict[str, Any]] = {}
     references: dict[str, Any] = {}
@@ -157,6 +173,9 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         "metrics": clean_table(table),
         "verdicts": verdict_dicts,
         "verdict_counts": counts,
+        # the per-replicate tables when there are several (catalog.replicate_tables reads them back)
+        **({"replicates": [clean_table(t) for t in tables]} if len(tables) > 1 else {}),
+        **({"load": load} if load else {}),
         "anomalies": [a.to_dict(lang) for a in anomalies],
         "references": references,
         # the config diff against the parent once more, as its own entry: `exp report` reads only
@@ -213,8 +232,10 @@ def _curve_rows(metrics: Metrics | None) -> list[dict[str, Any]]:
     return rows
 
 
-VERDICT_LABELS = {"zh": {"confirmed": "成立", "refuted": "不成立", "inconclusive": "无法判定"},
-                  "en": {"confirmed": "confirmed", "refuted": "refuted", "inconclusive": "inconclusive"}}
+VERDICT_LABELS = {"zh": {"confirmed": "成立", "refuted": "不成立", "inconclusive": "无法判定",
+                         WITHIN_NOISE: "无法判定（在噪声范围内）", ENVIRONMENT_DIFFERS: "无法判定（运行环境不同）"},
+                  "en": {"confirmed": "confirmed", "refuted": "refuted", "inconclusive": "inconclusive",
+                         WITHIN_NOISE: WITHIN_NOISE, ENVIRONMENT_DIFFERS: ENVIRONMENT_DIFFERS}}
 
 
 def _curve_of_run(ws: Workspace, version: Version | str) -> dict[str, Any] | None:

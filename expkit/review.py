@@ -25,6 +25,7 @@ from typing import Any, TextIO
 from . import approval, gitops, records, results, times, view
 from . import claims as claims_mod
 from . import config as cfg_mod
+from .verdicts import verdict_kind
 from .comparison import config_changes
 from .errors import ConfigError, ExpError, WorkspaceError
 from .numbers import fmt
@@ -389,7 +390,7 @@ def show(console: Any, view: dict[str, Any]) -> None:
         for col in ("claim", "verdict", "observed", "reference"):
             table.add_column(col)
         for x in view["verdicts"]:
-            mark, style = _VERDICT_STYLE.get(str(x.get("verdict")), ("·", "white"))
+            mark, style = _VERDICT_STYLE.get(verdict_kind(str(x.get("verdict"))), ("·", "white"))
             table.add_row(
                 escape(str(x.get("claim", ""))), f"[{style}]{mark} {escape(str(x.get('verdict')))}[/{style}]",
                 escape(_fmt(x.get("observed"))), escape(_fmt(x.get("reference"))),

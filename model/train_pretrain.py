@@ -15,11 +15,15 @@ Outputs in DIR (rank 0 writes them all):
     config.json      the TrainConfig it ran with (written when absent; the run script puts it there)
     train.log        the human-readable log, also echoed to stdout
     status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, "tracking", ...}
-    heartbeat        {"time" (ISO 8601), "unix", "step", "pid", "status"}, rewritten at log steps and at
-                     least every 10 s of training
+    heartbeat        {"time" (ISO 8601), "unix", "step", "pid", "status", "load"}, rewritten at log steps
+                     and at least every 10 s of training; "load" is the machine's load at that moment
+                     (``LoadSampler``: load average, other processes' CPU share, other GPU processes)
     checkpoints/     step_XXXXXXXX.pt (+ .json with its val loss): the best keep_top_k by val loss + the last
     summary.json     steps, final_loss, best_val_loss, val_loss, val_ppl, tokens_seen, wall_s, tokens_per_s,
-                     params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP), tracking
+                     params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP), tracking,
+                     load (the heartbeats' loads summarised: cpus, samples, loadavg_mean/max,
+                     others_cpu_mean/max, gpu_others — what expkit compares before judging a
+                     throughput, time or memory claim between runs)
     samples.json     greedy and seeded-sampling continuations of fixed Chinese and English prompts
     final/           save_pretrained model + tokenizer (``import model`` registers the Auto classes)
     swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking)
@@ -567,6 +571,79 @@ class TrainResult:
     error: str | None = None
 
 
+class LoadSampler:
+    """The load a run ran under, sampled with each heartbeat: the 1-minute load average and the
+    share of the whole machine's CPU time that other processes used since the last sample (all
+    CPUs' busy time in /proc/stat minus this process's own CPU time; under DDP on CPU the other
+    ranks count as other processes). Where /proc/stat is missing only the load average is kept.
+    ``gpu_others``: processes on this run's GPU other than this one, through NVML when pynvml is
+    installed (None otherwise, and on CPU) — the seam for a cheaper or richer probe."""
+
+    def __init__(self) -> None:
+        self.cpus = os.cpu_count() or 1
+        self.device: torch.device | None = None
+        self.loadavg: list[float] = []
+        self.others: list[float] = []
+        self.gpu: list[int] = []
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._prev = self._cpu_times()
+
+    def _cpu_times(self) -> tuple[float, float, float] | None:
+        """(busy seconds of all CPUs, total seconds of all CPUs, this process's CPU seconds)."""
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already inside user
+        return (total - idle) / self._tick, total / self._tick, time.process_time()
+
+    def _gpu_others(self) -> int | None:
+        if self.device is None or self.device.type != "cuda":
+            return None
+        try:
+            import pynvml  # optional: nvidia-ml-py
+
+            pynvml.nvmlInit()
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            return sum(1 for p in procs if p.pid != os.getpid())
+        except Exception:  # no NVML, no permission, a MIG slice: not known
+            return None
+
+    def sample(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cpus": self.cpus}
+        try:
+            out["loadavg"] = round(os.getloadavg()[0], 2)
+            self.loadavg.append(out["loadavg"])
+        except OSError:
+            pass
+        now = self._cpu_times()
+        if now is not None and self._prev is not None and now[1] > self._prev[1]:
+            busy, total, own = (a - b for a, b in zip(now, self._prev))
+            out["others_cpu"] = round(min(1.0, max(0.0, (busy - own) / total)), 3)
+            self.others.append(out["others_cpu"])
+        self._prev = now
+        gpu = self._gpu_others()
+        if gpu is not None:
+            out["gpu_others"] = gpu
+            self.gpu.append(gpu)
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"cpus": self.cpus, "samples": max(len(self.loadavg), len(self.others))}
+        if self.loadavg:
+            out["loadavg_mean"] = round(sum(self.loadavg) / len(self.loadavg), 3)
+            out["loadavg_max"] = max(self.loadavg)
+        if self.others:
+            out["others_cpu_mean"] = round(sum(self.others) / len(self.others), 3)
+            out["others_cpu_max"] = max(self.others)
+        out["gpu_others"] = max(self.gpu) if self.gpu else None
+        return out
+
+
 class _Run:
     """State shared by the phases of one train() call."""
 
@@ -582,6 +659,7 @@ class _Run:
         self.owns_dir = False  # False until we know out_dir is ours to write (not another run's)
         self.tracker = tracking.Tracker("disabled")
         self.tracking: dict[str, Any] | None = None  # tracker.describe() once tracking started
+        self.load = LoadSampler()
 
     @property
     def elapsed(self) -> float:
@@ -605,7 +683,8 @@ class _Run:
         if self.dist.master and (force or now - self.last_heartbeat >= HEARTBEAT_EVERY_S):
             self.last_heartbeat = now
             _write_json_atomic(self.files.heartbeat, {"time": _now_iso("milliseconds"), "unix": round(now, 3), "step": self.step,
-                                                      "pid": os.getpid(), "status": self.status})
+                                                      "pid": os.getpid(), "status": self.status,
+                                                      "load": self.load.sample()})
 
 
 def train(
@@ -686,6 +765,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     if cfg.cuda_devices and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = cfg.cuda_devices  # before CUDA initialises
     device = pick_device(cfg, dist)
+    run.load.device = device
     if dist.enabled:
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -1012,7 +1092,8 @@ def _summary_fields(run: _Run, last_loss: float, best_val: float, last_val: floa
 def _write_summary(run: _Run, state: dict[str, Any], status: str, extra: dict[str, Any] | None = None) -> None:
     if not run.dist.master:
         return
-    summary = {"status": status, **(extra or state.get("summary_fields", {})), "tracking": run.tracking}
+    summary = {"status": status, **(extra or state.get("summary_fields", {})), "tracking": run.tracking,
+               "load": run.load.summary()}
     if "steps" not in summary:
         summary["steps"] = run.step
     state["summary"] = summary

@@ -349,7 +349,9 @@ def test_verdicts_against_values_parent_and_baseline():
         ("confirmed", 508224)]
     assert all(v.reason is None for v in vs)
     for v in vs:
-        assert set(v.to_dict()) == {"claim", "verdict", "observed", "reference", "reason", "metric", "line"}
+        assert set(v.to_dict()) == {"claim", "verdict", "observed", "reference", "reason", "metric", "line",
+                                    "n", "mean", "sd", "ci_low", "ci_high", "method", "df", "noise"}
+        assert v.to_dict()["n"] == 1 and v.to_dict()["ci_low"] is None  # one run: no interval
     assert vs[2].to_dict()["claim"] == "val_loss <= parent - 0.1" and vs[2].line == 3
 
 

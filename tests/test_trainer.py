@@ -130,6 +130,11 @@ def test_loss_falls_and_every_output_is_written(tmp_path):
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
     beat = json.loads((out / "heartbeat").read_text())
     assert beat["step"] == 30 and time.time() - beat["unix"] < 120 and beat["time"].startswith("20")
+    # the load the run ran under, sampled with the heartbeat and summarised for the verdicts
+    assert beat["load"]["cpus"] >= 1 and 0.0 <= beat["load"]["others_cpu"] <= 1.0 and beat["load"]["loadavg"] >= 0
+    load = summary["load"]
+    assert load["samples"] >= 1 and 0.0 <= load["others_cpu_mean"] <= load["others_cpu_max"] <= 1.0
+    assert load["loadavg_mean"] >= 0 and load["gpu_others"] is None  # CPU run: no GPU to share
     log = (out / "train.log").read_text()
     assert "params:" in log and "step 30/30" in log
 

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from .. import results as results_mod
+from ..verdicts import verdict_kind
 from ..numbers import format_number
 from . import JSON_HELP, VERSION_HELP, command, counts, echo_json, typer_app, usage, version, current_workspace
 
@@ -39,7 +40,7 @@ def _print_analysis(result: dict[str, Any]) -> None:
     typer.echo(f"verdicts  {counts(c)}")
     for x in result["verdicts"]:
         why = f"  ({x['reason']})" if x.get("reason") else ""
-        typer.echo(f"  {marks[x['verdict']]} {x['claim']:30} observed {format_number(x['observed'])}  reference {format_number(x['reference'])}{why}")
+        typer.echo(f"  {marks.get(verdict_kind(x['verdict']), '?')} {x['claim']:30} observed {format_number(x['observed'])}  reference {format_number(x['reference'])}{why}")
     typer.echo(f"anomalies {len(result['anomalies']) or 'none'}")
     for a in result["anomalies"][:10]:
         typer.echo(f"  ! {a['kind']}: {a['message']}")
