@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -260,8 +261,8 @@ def test_load_corpus_with_embedded_defaults(tokenizer):
     assert train.n_tokens > 1_000_000
     assert len(val) > 100
     expected_val = encode_documents(read_documents(workspace.embedded_val_path()), tokenizer)
-    assert torch.equal(val.stream, expected_val)
-    assert int(train.stream.max()) < cfg.vocab_size
+    assert torch.equal(val.tokens(), expected_val)
+    assert train.stream.max() < cfg.vocab_size
 
 
 def _corpus(n: int) -> list[str]:
@@ -274,10 +275,10 @@ def test_empty_val_path_holds_out_the_last_percent(tmp_path, tokenizer):
     cfg = TrainConfig(data_path="mine.jsonl", val_data_path="", max_seq_len=16)
     train, val = load_corpus(cfg, tokenizer, base=tmp_path)  # relative path, taken from base
     held = math.ceil(300 * 0.01)
-    assert torch.equal(train.stream, encode_documents(docs[:-held], tokenizer))
-    assert torch.equal(val.stream, encode_documents(docs[-held:], tokenizer))
+    assert torch.equal(train.tokens(), encode_documents(docs[:-held], tokenizer))
+    assert torch.equal(val.tokens(), encode_documents(docs[-held:], tokenizer))
     again_train, again_val = load_corpus(cfg, tokenizer, base=tmp_path)
-    assert torch.equal(again_train.stream, train.stream) and torch.equal(again_val.stream, val.stream)
+    assert torch.equal(again_train.tokens(), train.tokens()) and torch.equal(again_val.tokens(), val.tokens())
 
 
 def test_hold_out_grows_to_fill_one_validation_block(tmp_path, tokenizer):
@@ -286,20 +287,22 @@ def test_hold_out_grows_to_fill_one_validation_block(tmp_path, tokenizer):
     cfg = TrainConfig(data_path=str(path), val_data_path="", max_seq_len=64)
     train, val = load_corpus(cfg, tokenizer)
     assert len(val) >= 1
-    n_val_docs = int((val.stream == EOS_ID).sum())
+    n_val_docs = int((val.tokens() == EOS_ID).sum())
     assert n_val_docs > 3  # 1% (3 documents) is too short for 64 tokens, so more were taken
-    assert torch.equal(val.stream, encode_documents(docs[-n_val_docs:], tokenizer))
-    assert torch.equal(train.stream, encode_documents(docs[:-n_val_docs], tokenizer))
+    assert torch.equal(val.tokens(), encode_documents(docs[-n_val_docs:], tokenizer))
+    assert torch.equal(train.tokens(), encode_documents(docs[:-n_val_docs], tokenizer))
     # a block less of validation would not do: the documents after the first are too few
     assert len(encode_documents(docs[-(n_val_docs - 1) :], tokenizer)) < 65
 
 
-def test_load_corpus_names_the_bad_file(tmp_path, tokenizer):
+def test_load_corpus_skips_a_bad_line_naming_file_and_line(tmp_path, tokenizer):
     write_jsonl(tmp_path / "train.jsonl", as_lines(DOCS))
     write_jsonl(tmp_path / "val.jsonl", [*as_lines(DOCS), "oops"])
     cfg = TrainConfig(data_path="train.jsonl", val_data_path="val.jsonl", max_seq_len=8)
-    with pytest.raises(DataError, match=r"val\.jsonl:5: invalid JSON"):
-        load_corpus(cfg, tokenizer, base=tmp_path)
+    notes: list[str] = []
+    _, val = load_corpus(cfg, tokenizer, base=tmp_path, note=notes.append)
+    assert torch.equal(val.tokens(), encode_documents(DOCS, tokenizer))
+    assert any(re.search(r"val\.jsonl: skipped 1 malformed line\(s\) \(line 5: invalid JSON", n) for n in notes), notes
     cfg = TrainConfig(data_path="missing.jsonl", max_seq_len=8)
     with pytest.raises(DataError, match=r"missing\.jsonl: corpus file not found"):
         load_corpus(cfg, tokenizer, base=tmp_path)
