@@ -333,7 +333,6 @@ def prepare(
         why = _why_stale(read_manifest(out), src, tok_sha, field, val_fraction)
         if why is None:
             return {**(read_manifest(out) or {}), "up_to_date": True, "why": "", "out": str(out)}
-        note(f"preparing {src} into {out}: {why}")
         manifest = _build(src, out, tok_dir, tok_sha, workers, val_fraction, field, progress, shard_tokens, note)
     return {**manifest, "up_to_date": False, "why": why, "out": str(out)}
 
