@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tree": ("reporting", "Show the lineage of experiments by parent, with verdicts and the best loss of each."),
     "report": ("reporting", "Write experiment/EXPERIMENT_REPORT.md, experiment/experiment_tracker.csv and comparison PNGs."),
     "site": ("site", "Build a static web site of the workspace (out/site/): records, verdicts, curves, comparisons."),
+    "data": ("data", "Prepare corpora: tokenize JSONL once into memory-mapped token shards."),
     "run": ("running", "Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."),
     "doctor": ("running", "Check the environment a run needs: torch, GPUs, data, tokenizer, disk, SwanLab, git."),
     "status": ("running", "Show running experiments: step, loss, tokens/s, ETA; finds runs that died."),

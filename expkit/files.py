@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,3 +80,14 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the directory ``new`` (written beside ``target``) in ``target``'s place: a reader sees
+    the old directory or the new one, never half of one (the old one is removed after the swap)."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    _fsync_dir(target.parent)
+    shutil.rmtree(old, ignore_errors=True)

@@ -76,6 +76,15 @@ def resolve_data_path(value: str, kind: str = "train", base: Path | None = None)
     return path
 
 
+def data_cache_dir(base: Path | None = None) -> Path:
+    """Where a JSONL ``data_path`` is prepared once into token shards: ``out/.data/`` under
+    ``base`` (the workspace root, else the current directory), or ``EXP_DATA_CACHE`` when set."""
+    env = os.environ.get("EXP_DATA_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return (base or Path.cwd()) / "out" / ".data"
+
+
 def _has_exp_table(pyproject: Path) -> dict[str, Any] | None:
     try:
         data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
@@ -161,6 +170,9 @@ class Workspace:
             return str(path.relative_to(self.root))
         except ValueError:
             return str(path)
+
+    def data_cache_dir(self) -> Path:
+        return data_cache_dir(self.root)
 
     def resolve(self, value: str, kind: str = "train") -> Path | None:
         return resolve_data_path(value, kind, base=self.root)

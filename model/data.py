@@ -1,13 +1,17 @@
 """Pretraining data: read a JSONL corpus, tokenize it, pack it into blocks, batch it.
 
-The pipeline, nanoGPT style, everything in memory:
+The pipeline, nanoGPT style; the corpus is tokenized once (``model.prepare``) into token
+shards that are memory-mapped, so a process holds only the blocks it is reading and DDP ranks
+share the page cache:
 
-    read_documents(path)            -> ["doc", ...]          one {"text": ...} per JSONL line
-    encode_documents(docs, tok)     -> stream [N] int64      doc0 EOS doc1 EOS ... (no padding)
+    prepare(SRC, DIR)               -> DIR/tokens_*.bin      doc0 EOS doc1 EOS ... (no padding)
+    TokenStream.open(DIR)           -> stream [N] (np.memmap of the shards, uint16 or uint32)
     PackedBlocks(stream, T)         -> block i = (stream[iT:(i+1)T], stream[iT+1:(i+1)T+1])
     BatchStream(blocks, B, seed)    -> next_batch() = x, y [B, T], infinite, resumable
     eval_batches(blocks, B, n)      -> the same fixed validation batches every time
     load_corpus(cfg, tok)           -> (train blocks, val blocks) from a TrainConfig
+
+``read_documents`` and ``encode_documents`` do the same in memory, for small inputs and tests.
 
 A document that does not end at a block boundary continues in the next block; the model sees
 EOS between documents and learns to start over after it (MiniMind and GPT pretraining do the
@@ -18,18 +22,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import json
 import math
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from expkit.errors import DataError
 from expkit.workspace import embedded_train_path, embedded_val_path, resolve_data_path
 
+from .prepare import MANIFEST, ensure_prepared, parse_line, read_manifest, skipped_line, tokenizer_sha256
 from .tokenizer import EOS_ID
 
 if TYPE_CHECKING:
@@ -86,21 +91,10 @@ def read_documents(path: str | Path) -> list[str]:
 
 
 def _parse_line(line: bytes, path: Path, lineno: int) -> str:
-    try:
-        # utf-8-sig: tolerate the byte-order mark some editors put at the start of a file
-        text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}:{lineno}: not UTF-8 (byte {err.start}); save the file as UTF-8") from err
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno}); {_LINE_FORM}") from err
-    if not isinstance(record, dict) or "text" not in record:
-        raise DataError(f'{path}:{lineno}: no "text" field; {_LINE_FORM}')
-    if not isinstance(record["text"], str):
-        kind = type(record["text"]).__name__
-        raise DataError(f'{path}:{lineno}: "text" is a {kind}, not a string; {_LINE_FORM}')
-    return record["text"]
+    text, why = parse_line(line, lineno)
+    if text is None:
+        raise DataError(f"{path}:{lineno}: {why}")
+    return text
 
 
 # -- tokenizing ------------------------------------------------------------------------------
@@ -131,6 +125,76 @@ def encode_documents(docs: list[str], tokenizer: Any) -> torch.Tensor:
     return _pack(_encode_each(docs, tokenizer))
 
 
+# -- the token stream ------------------------------------------------------------------------
+
+
+class TokenStream:
+    """A read-only stream of token ids [N] over one or more arrays (the memory-mapped shards).
+
+    ``window(start, n)`` copies ``n`` ids out (across a shard boundary when it has to);
+    ``view(start, end)`` is a sub-stream that copies nothing. Nothing else is ever read, so
+    resident memory is the blocks in use, not the corpus.
+    """
+
+    def __init__(self, pieces: list[np.ndarray], start: int = 0, end: int | None = None) -> None:
+        self.pieces = pieces
+        self._bases = np.cumsum([0] + [len(p) for p in pieces])  # [S+1] global offset of each piece
+        total = int(self._bases[-1])
+        self.start = start
+        self.end = total if end is None else end
+        if not 0 <= self.start <= self.end <= total:
+            raise ValueError(f"view {start}:{end} outside a stream of {total} tokens")
+
+    @classmethod
+    def of(cls, stream: TokenStream | torch.Tensor | np.ndarray) -> TokenStream:
+        if isinstance(stream, TokenStream):
+            return stream
+        if isinstance(stream, torch.Tensor):
+            if stream.dim() != 1:
+                raise ValueError(f"stream must be 1-D, got shape {tuple(stream.shape)}")
+            stream = stream.numpy()
+        return cls([np.asarray(stream)])
+
+    @classmethod
+    def open(cls, directory: Path, manifest: dict[str, Any]) -> TokenStream:
+        dtype = np.dtype(manifest["dtype"])
+        pieces = [np.memmap(directory / shard["tokens"], dtype=dtype, mode="r", shape=(shard["n_tokens"],))
+                  for shard in manifest["shards"] if shard["n_tokens"]]
+        return cls(pieces)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def view(self, start: int, end: int) -> TokenStream:
+        return TokenStream(self.pieces, self.start + start, self.start + end)
+
+    def window(self, start: int, n: int) -> np.ndarray:
+        """Ids ``start .. start+n-1`` of this stream, as int64 [n]."""
+        g = self.start + start
+        if start < 0 or g + n > self.end:
+            raise IndexError(f"window {start}:{start + n} outside a stream of {len(self)} tokens")
+        i = int(np.searchsorted(self._bases, g, side="right")) - 1
+        offset = g - int(self._bases[i])
+        piece = self.pieces[i]
+        if offset + n <= len(piece):
+            return piece[offset : offset + n].astype(np.int64)
+        parts, left = [], n
+        while left:
+            take = self.pieces[i][offset : offset + left]
+            parts.append(take)
+            left -= len(take)
+            i, offset = i + 1, 0
+        return np.concatenate(parts).astype(np.int64)
+
+    def tokens(self) -> torch.Tensor:
+        """The whole stream as int64 [N] in memory: for small streams and tests."""
+        return torch.from_numpy(self.window(0, len(self)))
+
+    def max(self) -> int:
+        """The largest id (reads everything: for small streams and tests)."""
+        return int(self.tokens().max()) if len(self) else 0
+
+
 # -- blocks and batches ----------------------------------------------------------------------
 
 
@@ -139,24 +203,23 @@ class PackedBlocks:
 
     Block i reads ``stream[i*T : (i+1)*T + 1]``: x is its first T tokens, y its last T, so
     neighbouring blocks share one token and every stream token but the first is a target once.
-    The tail that does not fill a block is left out.
+    The tail that does not fill a block is left out. ``stream`` is a ``TokenStream`` (the
+    mapped shards) or, for small inputs, a 1-D tensor or array.
     """
 
-    def __init__(self, stream: torch.Tensor, seq_len: int, *, source: str | Path | None = None) -> None:
-        if stream.dim() != 1:
-            raise ValueError(f"stream must be 1-D, got shape {tuple(stream.shape)}")
+    def __init__(self, stream: TokenStream | torch.Tensor | np.ndarray, seq_len: int, *,
+                 source: str | Path | None = None) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
-        self.stream = stream.long()  # [N]
+        self.stream = TokenStream.of(stream)  # [N]
         self.seq_len = seq_len
-        self.n_blocks = (len(stream) - 1) // seq_len
+        self.n_blocks = (len(self.stream) - 1) // seq_len
         if self.n_blocks == 0:
             where = f"{source}: " if source is not None else ""
             raise DataError(
-                f"{where}corpus too small: {len(stream)} tokens cannot fill one block of max_seq_len={seq_len} "
+                f"{where}corpus too small: {len(self.stream)} tokens cannot fill one block of max_seq_len={seq_len} "
                 f"(needs {seq_len + 1}); use a larger corpus or a smaller max_seq_len"
             )
-        self._offsets = torch.arange(seq_len)  # [T], reused by every batch
 
     def __len__(self) -> int:
         return self.n_blocks
@@ -164,13 +227,19 @@ class PackedBlocks:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not -self.n_blocks <= i < self.n_blocks:
             raise IndexError(f"block {i} out of range for {self.n_blocks} blocks")
-        start = (i % self.n_blocks) * self.seq_len
-        return self.stream[start : start + self.seq_len], self.stream[start + 1 : start + self.seq_len + 1]
+        x, y = self.batch(torch.tensor([i % self.n_blocks]))
+        return x[0], y[0]
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocks ``indices`` [B] stacked: x, y [B, T] int64, in one gather."""
-        rows = indices.long()[:, None] * self.seq_len + self._offsets  # [B, T]
-        return self.stream[rows], self.stream[rows + 1]
+        """Blocks ``indices`` [B] stacked: x, y [B, T] int64."""
+        T = self.seq_len
+        rows = np.stack([self.stream.window(int(i) * T, T + 1) for i in indices.tolist()])  # [B, T+1]
+        both = torch.from_numpy(rows)
+        return both[:, :-1].contiguous(), both[:, 1:].contiguous()
+
+    def tokens(self) -> torch.Tensor:
+        """The whole stream as int64 [N] (small streams and tests)."""
+        return self.stream.tokens()
 
     @property
     def n_tokens(self) -> int:
@@ -310,19 +379,42 @@ def eval_batches(blocks: PackedBlocks, batch_size: int, n_batches: int) -> Itera
 # -- from a config ---------------------------------------------------------------------------
 
 
-def _holdout_split(per_doc: list[list[int]], seq_len: int) -> int:
-    """Index of the first held-out document: the last 1% of documents, more if needed for one block."""
-    n_docs = len(per_doc)
-    split = n_docs - max(1, math.ceil(n_docs * HOLDOUT_FRACTION))
-    held = sum(len(ids) + 1 for ids in per_doc[split:])
-    while held < seq_len + 1 and split > 0:
-        split -= 1
-        held += len(per_doc[split]) + 1
-    return split
+class PreparedCorpus:
+    """A prepared directory (``model.prepare``): its manifest, its mapped stream, its documents."""
+
+    def __init__(self, directory: Path) -> None:
+        manifest = read_manifest(directory)
+        if manifest is None:
+            raise DataError(f"{directory}: {MANIFEST} is missing or not a prepared corpus's; "
+                            "prepare it again with `exp data prepare SRC --out DIR`")
+        self.directory = directory
+        self.manifest = manifest
+        self.stream = TokenStream.open(directory, manifest)
+        ends = [np.memmap(directory / s["documents"], dtype=np.int64, mode="r", shape=(s["n_documents"],))
+                for s in manifest["shards"] if s["n_documents"]]
+        self._doc_ends = ends
+        self._doc_bases = np.cumsum([0] + [len(e) for e in ends])  # first document of each shard
+        self._token_bases = np.cumsum([0] + [s["n_tokens"] for s in manifest["shards"] if s["n_documents"]])
+        self.n_documents = int(manifest["documents"])
+
+    def doc_start(self, i: int) -> int:
+        """The stream offset where document ``i`` starts (``len(stream)`` for i = n_documents)."""
+        if i == 0:
+            return 0
+        shard = int(np.searchsorted(self._doc_bases, i - 1, side="right")) - 1
+        return int(self._token_bases[shard]) + int(self._doc_ends[shard][i - 1 - int(self._doc_bases[shard])])
+
+    def holdout_split(self, seq_len: int, count: int) -> int:
+        """Index of the first held-out document: the last ``count``, more if needed for one block."""
+        split = self.n_documents - count
+        end = len(self.stream)
+        while end - self.doc_start(split) < seq_len + 1 and split > 0:
+            split -= 1
+        return split
 
 
-def _check_vocab(stream: torch.Tensor, vocab_size: int, tokenizer: Any) -> None:
-    top = int(stream.max())
+def _check_vocab(corpus: PreparedCorpus, vocab_size: int, tokenizer: Any) -> None:
+    top = int(corpus.manifest["max_token_id"])
     if top >= vocab_size:
         raise DataError(
             f"the tokenizer produces token id {top} but vocab_size={vocab_size}; "
@@ -330,37 +422,68 @@ def _check_vocab(stream: torch.Tensor, vocab_size: int, tokenizer: Any) -> None:
         )
 
 
-def load_corpus(
-    cfg: TrainConfig, tokenizer: Any, base: Path | None = None
-) -> tuple[PackedBlocks, PackedBlocks]:
-    """Train and validation blocks of ``cfg.max_seq_len`` tokens for a run.
+def open_prepared(path: Path, tok_dir: Path, base: Path | None = None, note: Any = None) -> PreparedCorpus:
+    """The prepared corpus for a ``data_path``: a prepared directory, or a JSONL file's cache.
 
-    Paths come from ``cfg.data_path`` and ``cfg.val_data_path`` (``embedded`` = the shipped
-    corpus; relative paths from ``base``, else the current directory). With
-    ``val_data_path = ""`` the last 1% of the train documents is held out as validation, more
-    when that is too little for one block; the rest is the train set.
+    Refuses a directory prepared with another tokenizer than ``tok_dir``.
+    """
+    directory = ensure_prepared(path, tok_dir, base, note or (lambda _: None))
+    corpus = PreparedCorpus(directory)
+    mine = tokenizer_sha256(tok_dir)
+    if corpus.manifest["tokenizer"]["sha256"] != mine:
+        raise DataError(f"{directory} was prepared with another tokenizer ({corpus.manifest['tokenizer']['path']}) "
+                        f"than tokenizer_path ({tok_dir}); prepare it again with `exp data prepare SRC --tokenizer "
+                        f"{tok_dir}` or set tokenizer_path to the one it was prepared with")
+    return corpus
+
+
+def load_corpus(
+    cfg: TrainConfig, tokenizer: Any, base: Path | None = None, note: Any = None
+) -> tuple[PackedBlocks, PackedBlocks]:
+    """Train and validation blocks of ``cfg.max_seq_len`` tokens for a run, over mapped shards.
+
+    ``cfg.data_path`` and ``cfg.val_data_path`` name a prepared directory or a JSONL(.gz) file,
+    which is prepared once into ``out/.data/`` (``embedded`` = the shipped corpus; relative
+    paths from ``base``, else the current directory). With ``val_data_path = ""`` the prepared
+    validation split is held out (the last 1% of the train documents when it has none), more
+    when that is too little for one block; the rest is the train set. ``note`` receives a line
+    when a file is prepared or had malformed lines skipped.
     """
     seq_len = cfg.max_seq_len
     train_path = resolve_data_path(cfg.data_path, "train", base)
     val_path = resolve_data_path(cfg.val_data_path, "val", base)
-    assert train_path is not None  # data_path is never empty (min_length=1)
+    tok_dir = resolve_data_path(cfg.tokenizer_path, "tokenizer", base)
+    assert train_path is not None and tok_dir is not None  # never empty (min_length=1)
 
-    per_doc = _encode_each(read_documents(train_path), tokenizer)
+    train_corpus = open_prepared(train_path, tok_dir, base, note)
+    corpora = [train_corpus]
+    n_val = int(train_corpus.manifest["val_documents"])
     if val_path is None:
-        split = _holdout_split(per_doc, seq_len)
+        count = n_val or max(1, math.ceil(train_corpus.n_documents * HOLDOUT_FRACTION))
+        split = train_corpus.holdout_split(seq_len, count)
         if split == 0:
             raise DataError(
                 f"{train_path}: corpus too small to hold out a validation block of max_seq_len={seq_len} "
                 "and still train; set val_data_path, use a larger corpus or a smaller max_seq_len"
             )
-        train_stream, val_stream = _pack(per_doc[:split]), _pack(per_doc[split:])
+        boundary = train_corpus.doc_start(split)
+        train_stream = train_corpus.stream.view(0, boundary)
+        val_stream = train_corpus.stream.view(boundary, len(train_corpus.stream))
         val_source: Path = train_path
     else:
-        train_stream = _pack(per_doc)
-        val_stream = encode_documents(read_documents(val_path), tokenizer)
+        boundary = train_corpus.doc_start(train_corpus.n_documents - n_val)
+        train_stream = train_corpus.stream.view(0, boundary)
+        val_corpus = open_prepared(val_path, tok_dir, base, note)
+        corpora.append(val_corpus)
+        held = int(val_corpus.manifest["val_documents"])  # a prepared split, when it has one
+        start = val_corpus.doc_start(val_corpus.n_documents - held) if held else 0
+        val_stream = val_corpus.stream.view(start, len(val_corpus.stream))
         val_source = val_path
-    for stream in (train_stream, val_stream):
-        _check_vocab(stream, cfg.vocab_size, tokenizer)
+    for corpus in corpora:
+        _check_vocab(corpus, cfg.vocab_size, tokenizer)
+        skipped = corpus.manifest["skipped"]
+        if skipped["count"] and note is not None:
+            note(skipped_line(corpus.manifest["source"]["path"], skipped))
     train = PackedBlocks(train_stream, seq_len, source=train_path)
     val = PackedBlocks(val_stream, seq_len, source=f"{val_source} (validation)")
     return train, val

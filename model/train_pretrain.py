@@ -404,7 +404,7 @@ def _file_key(path: Path | None) -> Any:
     return (str(path.resolve()), st.st_mtime_ns, st.st_size)
 
 
-def load_data(cfg: TrainConfig, tokenizer: Any, base: Path | None) -> tuple[PackedBlocks, PackedBlocks]:
+def load_data(cfg: TrainConfig, tokenizer: Any, base: Path | None, note: Any = None) -> tuple[PackedBlocks, PackedBlocks]:
     key = (
         _file_key(resolve_data_path(cfg.data_path, "train", base)),
         _file_key(resolve_data_path(cfg.val_data_path, "val", base)),
@@ -415,7 +415,7 @@ def load_data(cfg: TrainConfig, tokenizer: Any, base: Path | None) -> tuple[Pack
     if key not in _CORPUS_CACHE:
         if len(_CORPUS_CACHE) >= 4:
             _CORPUS_CACHE.clear()
-        _CORPUS_CACHE[key] = load_corpus(cfg, tokenizer, base)
+        _CORPUS_CACHE[key] = load_corpus(cfg, tokenizer, base, note=note)
     return _CORPUS_CACHE[key]
 
 
@@ -779,7 +779,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     # -- data and model ----------------------------------------------------------------------
     tokenizer = load_tokenizer(cfg.tokenizer_path if cfg.tokenizer_path == "embedded"
                                else resolve_data_path(cfg.tokenizer_path, "tokenizer", base) or "")
-    train_blocks, val_blocks = load_data(cfg, tokenizer, base)
+    train_blocks, val_blocks = load_data(cfg, tokenizer, base, note=lambda line: log.info(f"data: {line}"))
     batches = BatchStream(train_blocks, cfg.batch_size, cfg.seed, dist.rank, dist.world_size)
 
     random.seed(cfg.seed)

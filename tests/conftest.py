@@ -20,6 +20,19 @@ FILLED = {
 }
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _data_cache(tmp_path_factory):
+    """JSONL corpora are prepared once per session into a temporary cache, not into out/.data/
+    of the checkout; trainer subprocesses inherit it."""
+    saved = os.environ.get("EXP_DATA_CACHE")
+    os.environ["EXP_DATA_CACHE"] = str(tmp_path_factory.mktemp("data_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("EXP_DATA_CACHE", None)
+    else:
+        os.environ["EXP_DATA_CACHE"] = saved
+
+
 @pytest.fixture
 def ws(tmp_path, monkeypatch):
     """A workspace created by the real scaffold, with EXP_ROOT pointing at it."""

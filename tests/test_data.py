@@ -8,10 +8,12 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -260,8 +262,8 @@ def test_load_corpus_with_embedded_defaults(tokenizer):
     assert train.n_tokens > 1_000_000
     assert len(val) > 100
     expected_val = encode_documents(read_documents(workspace.embedded_val_path()), tokenizer)
-    assert torch.equal(val.stream, expected_val)
-    assert int(train.stream.max()) < cfg.vocab_size
+    assert torch.equal(val.tokens(), expected_val)
+    assert train.stream.max() < cfg.vocab_size
 
 
 def _corpus(n: int) -> list[str]:
@@ -274,10 +276,10 @@ def test_empty_val_path_holds_out_the_last_percent(tmp_path, tokenizer):
     cfg = TrainConfig(data_path="mine.jsonl", val_data_path="", max_seq_len=16)
     train, val = load_corpus(cfg, tokenizer, base=tmp_path)  # relative path, taken from base
     held = math.ceil(300 * 0.01)
-    assert torch.equal(train.stream, encode_documents(docs[:-held], tokenizer))
-    assert torch.equal(val.stream, encode_documents(docs[-held:], tokenizer))
+    assert torch.equal(train.tokens(), encode_documents(docs[:-held], tokenizer))
+    assert torch.equal(val.tokens(), encode_documents(docs[-held:], tokenizer))
     again_train, again_val = load_corpus(cfg, tokenizer, base=tmp_path)
-    assert torch.equal(again_train.stream, train.stream) and torch.equal(again_val.stream, val.stream)
+    assert torch.equal(again_train.tokens(), train.tokens()) and torch.equal(again_val.tokens(), val.tokens())
 
 
 def test_hold_out_grows_to_fill_one_validation_block(tmp_path, tokenizer):
@@ -286,20 +288,22 @@ def test_hold_out_grows_to_fill_one_validation_block(tmp_path, tokenizer):
     cfg = TrainConfig(data_path=str(path), val_data_path="", max_seq_len=64)
     train, val = load_corpus(cfg, tokenizer)
     assert len(val) >= 1
-    n_val_docs = int((val.stream == EOS_ID).sum())
+    n_val_docs = int((val.tokens() == EOS_ID).sum())
     assert n_val_docs > 3  # 1% (3 documents) is too short for 64 tokens, so more were taken
-    assert torch.equal(val.stream, encode_documents(docs[-n_val_docs:], tokenizer))
-    assert torch.equal(train.stream, encode_documents(docs[:-n_val_docs], tokenizer))
+    assert torch.equal(val.tokens(), encode_documents(docs[-n_val_docs:], tokenizer))
+    assert torch.equal(train.tokens(), encode_documents(docs[:-n_val_docs], tokenizer))
     # a block less of validation would not do: the documents after the first are too few
     assert len(encode_documents(docs[-(n_val_docs - 1) :], tokenizer)) < 65
 
 
-def test_load_corpus_names_the_bad_file(tmp_path, tokenizer):
+def test_load_corpus_skips_a_bad_line_naming_file_and_line(tmp_path, tokenizer):
     write_jsonl(tmp_path / "train.jsonl", as_lines(DOCS))
     write_jsonl(tmp_path / "val.jsonl", [*as_lines(DOCS), "oops"])
     cfg = TrainConfig(data_path="train.jsonl", val_data_path="val.jsonl", max_seq_len=8)
-    with pytest.raises(DataError, match=r"val\.jsonl:5: invalid JSON"):
-        load_corpus(cfg, tokenizer, base=tmp_path)
+    notes: list[str] = []
+    _, val = load_corpus(cfg, tokenizer, base=tmp_path, note=notes.append)
+    assert torch.equal(val.tokens(), encode_documents(DOCS, tokenizer))
+    assert any(re.search(r"val\.jsonl: skipped 1 malformed line\(s\) \(line 5: invalid JSON", n) for n in notes), notes
     cfg = TrainConfig(data_path="missing.jsonl", max_seq_len=8)
     with pytest.raises(DataError, match=r"missing\.jsonl: corpus file not found"):
         load_corpus(cfg, tokenizer, base=tmp_path)
@@ -396,3 +400,157 @@ def test_shipped_corpus_matches_a_rebuild(tmp_path):
             assert gzip.decompress(rebuilt) == gzip.decompress((shipped / name).read_bytes()), name
         else:
             assert rebuilt == (shipped / name).read_bytes(), name
+
+
+# -- preparing token shards (exp data prepare) -------------------------------------------------
+
+from model.prepare import check_dtype, prepare, read_manifest  # noqa: E402
+from model.data import PreparedCorpus, TokenStream  # noqa: E402
+from tests.conftest import run_exp  # noqa: E402
+
+
+def test_prepared_shards_hold_the_same_stream_with_whole_documents(tmp_path, tokenizer):
+    docs = _corpus(120)
+    src = write_jsonl(tmp_path / "c.jsonl.gz", as_lines(docs), compress=True)
+    result = prepare(src, tmp_path / "c.tokens", shard_tokens=200, val_fraction=0.1)
+    assert result["up_to_date"] is False and result["dtype"] == "uint16"
+    assert result["documents"] == 120 and result["val_documents"] == 12
+    assert len(result["shards"]) > 3  # small shards, so boundaries are exercised
+    corpus = PreparedCorpus(tmp_path / "c.tokens")
+    assert all(isinstance(p, np.memmap) and p.dtype == np.uint16 for p in corpus.stream.pieces)
+    assert torch.equal(corpus.stream.tokens(), encode_documents(docs, tokenizer))
+    for i in (0, 1, 57, 119, 120):  # every document starts right after an EOS
+        start = corpus.doc_start(i)
+        assert start == len(encode_documents(docs[:i], tokenizer)) if i else start == 0
+    # a block that crosses a shard boundary reads the same as one from the whole stream
+    whole = PackedBlocks(encode_documents(docs, tokenizer), 64)
+    mapped = PackedBlocks(corpus.stream, 64)
+    idx = torch.arange(len(whole))
+    assert all(torch.equal(a, b) for a, b in zip(whole.batch(idx), mapped.batch(idx)))
+
+
+def test_prepare_again_does_nothing_and_a_changed_source_or_tokenizer_is_detected(tmp_path):
+    from model.tokenizer import train_tokenizer
+
+    src = write_jsonl(tmp_path / "c.jsonl", as_lines(_corpus(50)))
+    out = tmp_path / "c.tokens"
+    first = prepare(src, out)
+    again = prepare(src, out)
+    assert again["up_to_date"] is True and again["created"] == first["created"]
+    write_jsonl(src, as_lines(_corpus(51)))
+    changed = prepare(src, out)
+    assert changed["up_to_date"] is False and "the source changed" in changed["why"]
+    assert changed["documents"] == 51 and changed["source"]["sha256"] != first["source"]["sha256"]
+    other = train_tokenizer(_corpus(200), tmp_path / "tok", vocab_size=300)
+    retokenized = prepare(src, out, tokenizer=other)
+    assert retokenized["up_to_date"] is False and retokenized["why"] == "the tokenizer changed"
+    assert read_manifest(out)["tokenizer"]["vocab_size"] == 300
+
+
+def test_malformed_lines_are_skipped_and_counted_by_line(tmp_path):
+    lines = as_lines(_corpus(6))
+    lines[1] = "{not json"
+    lines[3] = json.dumps({"txt": "wrong field"})
+    src = write_jsonl(tmp_path / "c.jsonl", lines)
+    notes: list[str] = []
+    result = prepare(src, tmp_path / "out", note=notes.append)
+    assert result["documents"] == 4
+    assert result["skipped"]["count"] == 2
+    assert [b["line"] for b in result["skipped"]["lines"]] == [2, 4]
+    assert "no \"text\" field" in result["skipped"]["lines"][1]["error"]
+    assert any("skipped 2 malformed line(s) (line 2: invalid JSON" in n for n in notes), notes
+    # another field name
+    assert prepare(src, tmp_path / "out2", field="txt")["documents"] == 1
+
+
+def test_a_run_of_malformed_lines_stops_with_the_first_few_shown(tmp_path):
+    src = write_jsonl(tmp_path / "c.csv", [*as_lines(DOCS[:1]), *(f"a,b,{i}" for i in range(30))])
+    with pytest.raises(DataError, match=r"20 malformed lines in a row, stopped at line 21 \(line 2: invalid JSON.*line 6: .*\)"):
+        prepare(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("body", [b"", b"\n\n", b"{oops\n"])
+def test_an_empty_corpus_is_refused(tmp_path, body):
+    (tmp_path / "c.jsonl").write_bytes(body)
+    with pytest.raises(DataError, match=r"c\.jsonl: no documents"):
+        prepare(tmp_path / "c.jsonl", tmp_path / "out")
+
+
+def test_a_token_id_beyond_the_dtype_is_refused():
+    assert check_dtype(np.array([0, 65535]), "uint16").dtype == np.uint16
+    with pytest.raises(DataError, match="token id 65536, beyond uint16"):
+        check_dtype(np.array([0, 65536]), "uint16")
+    assert check_dtype(np.array([70000]), "uint32").tolist() == [70000]
+
+
+def test_load_corpus_reads_a_prepared_directory_and_its_validation_split(tmp_path, tokenizer):
+    docs = _corpus(200)
+    src = write_jsonl(tmp_path / "c.jsonl", as_lines(docs))
+    prepare(src, tmp_path / "c.tokens", val_fraction=0.1)
+    cfg = TrainConfig(data_path="c.tokens", val_data_path="", max_seq_len=16)
+    train, val = load_corpus(cfg, tokenizer, base=tmp_path)
+    assert torch.equal(train.tokens(), encode_documents(docs[:180], tokenizer))
+    assert torch.equal(val.tokens(), encode_documents(docs[180:], tokenizer))
+    assert isinstance(train.stream, TokenStream) and isinstance(train.stream.pieces[0], np.memmap)
+
+
+def test_a_prepared_directory_of_another_tokenizer_is_refused(tmp_path, tokenizer):
+    from model.tokenizer import train_tokenizer
+
+    src = write_jsonl(tmp_path / "c.jsonl", as_lines(_corpus(50)))
+    prepare(src, tmp_path / "c.tokens", tokenizer=train_tokenizer(_corpus(200), tmp_path / "tok", vocab_size=300))
+    cfg = TrainConfig(data_path=str(tmp_path / "c.tokens"), val_data_path="", max_seq_len=8)
+    with pytest.raises(DataError, match="was prepared with another tokenizer"):
+        load_corpus(cfg, tokenizer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="a directory without manifest.json"):
+        load_corpus(TrainConfig(data_path=str(tmp_path / "empty"), max_seq_len=8), tokenizer)
+
+
+def test_a_jsonl_data_path_is_prepared_once_into_the_cache(tmp_path, tokenizer, monkeypatch):
+    import model.data as data
+
+    monkeypatch.setenv("EXP_DATA_CACHE", str(tmp_path / "cache"))
+    write_jsonl(tmp_path / "c.jsonl", as_lines(_corpus(100)))
+    cfg = TrainConfig(data_path="c.jsonl", val_data_path="", max_seq_len=16)
+    notes: list[str] = []
+    first, _ = load_corpus(cfg, tokenizer, base=tmp_path, note=notes.append)
+    assert any("prepared" in n and str(tmp_path / "cache") in n for n in notes), notes
+    (cached,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert read_manifest(cached)["documents"] == 100
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr("model.prepare._build", no_tokenizing)
+    again, _ = data.load_corpus(cfg, tokenizer, base=tmp_path)  # a restart, or --resume
+    assert torch.equal(again.tokens(), first.tokens())
+
+
+def test_exp_data_prepare_and_python_m_model_prepare(tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", as_lines(_corpus(300)))
+    r = run_exp("data", "prepare", str(src), "--workers", "2", "--val-fraction", "0.05", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "prepared" in r.stdout and "300 documents" in r.stdout and "tokens/s with 2 worker(s)" in r.stdout
+    out = tmp_path / "c.tokens"
+    assert read_manifest(out)["val_documents"] == 15
+    single = prepare(src, tmp_path / "one", val_fraction=0.05)  # one worker: the same bytes
+    assert (out / "tokens_00000.bin").read_bytes() == (tmp_path / "one" / "tokens_00000.bin").read_bytes()
+    assert single["source"]["sha256"] == read_manifest(out)["source"]["sha256"]
+    again = subprocess.run([sys.executable, "-m", "model.prepare", str(src), "--val-fraction", "0.05"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert again.returncode == 0 and "up to date" in again.stdout and "nothing to do" in again.stdout, again.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["missing.jsonl"], "missing.jsonl: corpus file not found"),
+    (["c.jsonl", "--workers", "0"], "--workers must be at least 1"),
+    (["empty.jsonl"], "empty.jsonl: no documents"),
+])
+def test_exp_data_prepare_bad_input_is_one_line(tmp_path, args, message):
+    write_jsonl(tmp_path / "c.jsonl", as_lines(DOCS))
+    (tmp_path / "empty.jsonl").write_text("")
+    r = run_exp("data", "prepare", *args, cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("exp: error: ") and message in r.stderr, r.stderr

@@ -322,3 +322,27 @@ def test_ddp_on_two_cpu_processes_keeps_parameters_equal(tmp_path, corpus):
     assert len(digests) == 2 and digests[0] == digests[1] and summary["ddp_params_equal"] is True
     assert summary["tokens_seen"] == 4 * 2 * cfg.accumulation_steps * cfg.batch_size * cfg.max_seq_len
     assert "(equal)" in (out / "train.log").read_text()
+
+
+def test_resume_on_a_prepared_directory_is_exact_and_does_not_tokenize_again(tmp_path, corpus, monkeypatch):
+    from model.prepare import prepare
+
+    data = prepare(corpus["data_path"], tmp_path / "train.tokens", val_fraction=0.05)["out"]
+    cfg = tiny({"data_path": data, "val_data_path": ""}, max_steps=10, batch_size=4, warmup_steps=2,
+               save_interval=5, eval_interval=5, keep_top_k=10)
+    out = tmp_path / "run"
+    assert tp.train(cfg, out).exit_code == tp.EXIT_OK
+    original, sha = losses(out), json.loads((out / "summary.json").read_text())["param_sha256"]
+    for path in (out / "checkpoints").glob("step_00000010.*"):
+        path.unlink()
+    tp._CORPUS_CACHE.clear()  # as a new process would: the shards are mapped again
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr("model.prepare._build", no_tokenizing)
+    resumed = tp.train(cfg, out, resume=True)
+    assert resumed.exit_code == tp.EXIT_OK, resumed.error
+    assert "resume: continuing from checkpoint step 5" in (out / "train.log").read_text()
+    assert losses(out) == original  # steps 6..10 again, bitwise, the data position included
+    assert resumed.summary["param_sha256"] == sha
