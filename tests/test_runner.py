@@ -150,10 +150,12 @@ def test_a_crashing_run_records_failed_with_the_error(gitws, tmp_path):
     rec = record(gitws)
     assert rec.status == "failed"
     run = rec.meta["run"]
-    assert f"{bad}:2" in run["error"]  # the trainer's one-line error names file and line
+    # the malformed line 2 is skipped (and counted); what is left is too small to train on: the
+    # trainer's one-line error names the file and why
+    assert f"{bad}: corpus too small" in run["error"], run["error"]
     assert run["exit_code"] != 0 and run["log_tail"]
     execution = rec.block("generated", "execution").text
-    assert "failed" in execution and f"{bad}:2" in execution
+    assert "failed" in execution and f"{bad}: corpus too small" in execution
 
 
 V = Version.parse("0.1.0")
