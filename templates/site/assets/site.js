@@ -18,7 +18,44 @@
   function ready() { window.EXP_READY_AT = performance.now(); document.documentElement.setAttribute("data-ready", "1"); }
 
   // -- index ------------------------------------------------------------------------------------
+  // The rows come as JSON (pages.index_json): built here as the template once wrote them, text by textContent.
+  function indexRows(table) {
+    var holder = document.getElementById("index-data");
+    if (!holder) { return; }
+    var data = JSON.parse(holder.textContent), f = {}, body = table.tBodies[0], frag = document.createDocumentFragment();
+    data.fields.forEach(function (name, i) { f[name] = i; });
+    function cell(tr, text, sortValue, cls) {
+      var td = el("td", tr, text, cls);
+      if (sortValue !== undefined) { td.setAttribute("data-v", sortValue); }
+      return td;
+    }
+    function star(parent) { var s = el("span", null, "★", "best"); s.title = data.t.best; parent.appendChild(document.createTextNode(" ")); parent.appendChild(s); }
+    data.rows.forEach(function (r) {
+      var v = r[f.version], tr = el("tr", frag);
+      tr.setAttribute("data-status", r[f.status]); tr.setAttribute("data-task", r[f.task]); tr.setAttribute("data-text", r[f.search]);
+      tr.id = "row-" + v;
+      var box = el("input", el("td", tr), null, "pick");
+      box.type = "checkbox"; box.value = v; box.setAttribute("aria-label", data.t.pick + " " + v);
+      var td = cell(tr, null, r[f.order]), a = el("a", td, v);
+      a.href = "r/" + v + ".html";
+      if (r[f.best]) { star(td); }
+      cell(tr, r[f.task]);
+      el("span", cell(tr), r[f.status], "st st-" + r[f.status]);
+      cell(tr, r[f.description], undefined, "desc");
+      td = cell(tr, null, r[f.parent_order]);
+      if (r[f.parent_link]) { a = el("a", td, r[f.parent]); a.href = "r/" + r[f.parent] + ".html"; } else { td.textContent = r[f.parent] || "—"; }
+      r[f.metrics].forEach(function (m) { cell(tr, m[0], m[1], "num"); });
+      td = cell(tr, null, r[f.verdict_sort]);
+      var vd = r[f.verdicts];
+      if (vd) { el("span", td, "✓ " + vd[0], "b ok"); el("span", td, "✗ " + vd[1], "b no"); el("span", td, "? " + vd[2], "b q"); } else { td.textContent = "—"; }
+      cell(tr, r[f.review]);
+      cell(tr, r[f.date].slice(0, 10) || "—", r[f.date]);
+    });
+    body.appendChild(frag);
+  }
+
   function index(table) {
+    indexRows(table);
     var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
     var q = document.getElementById("q"), fs = document.getElementById("f-status"), ft = document.getElementById("f-task");
     var count = document.getElementById("shown"), button = document.getElementById("compare");
