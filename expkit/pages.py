@@ -195,20 +195,24 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
     if not n:
         return None
     stride = max(1, math.ceil(n / max_points))
-    chosen = set(range(0, n, stride)) | {n - 1}
+    picked = lines[::stride]
+    if (n - 1) % stride:
+        picked.append(lines[n - 1])  # the last line, always
     out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": [],
                            "lines": n, "stride": stride}
-    picked = [lines[k] for k in sorted(chosen)]
     try:  # one parse of the kept lines as an array: ~10x faster than a parse per line
         parsed = json.loads(b"[" + b",".join(picked) + b"]")
     except ValueError:  # a torn or damaged line: line by line, skipping it
         parsed = [_row(line) for line in picked]
-    for row in parsed:
-        if isinstance(row, dict) and is_finite_number(row.get("step")) and "loss" in row:
-            out["step"].append(int(row["step"]))
-            for name in CURVE_SERIES:
-                value = row.get(name)
-                out[name].append(value if is_finite_number(value) else None)
+    steps, series = out["step"], [(name, out[name]) for name in CURVE_SERIES]
+    for row in parsed:  # JSON gives exact types: a finite number is an int, or a float with v - v == 0
+        if type(row) is dict and "loss" in row:
+            step = row.get("step")
+            if type(step) is int or (type(step) is float and step - step == 0):
+                steps.append(int(step))
+                for name, values in series:
+                    value = row.get(name)
+                    values.append(value if type(value) is int or (type(value) is float and value - value == 0) else None)
     at = raw.find(b'"val_loss"')
     while at >= 0:  # the evaluation lines, found without parsing the lines between them
         start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
@@ -330,6 +334,28 @@ def environment(templates_dir: Path) -> Any:
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
+def use_bytecode_cache(templates_dir: Path, folder: Path | None) -> None:
+    """Keep the templates compiled in ``folder`` (jinja checks each against its source), so a new
+    process does not compile them again (~0.2 s of every ``exp site``). A folder that cannot be
+    read or written costs only the compiling."""
+    import jinja2
+
+    class Cache(jinja2.FileSystemBytecodeCache):
+        def load_bytecode(self, bucket: Any) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, ValueError, EOFError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
+    environment(templates_dir).bytecode_cache = Cache(str(folder)) if folder is not None else None
+
+
 def render(templates_dir: Path, name: str, **context: Any) -> str:
     return environment(templates_dir).get_template(name).render(**context)
 
@@ -401,12 +427,34 @@ def record_page(templates_dir: Path, lang: str, workspace: str, data: Mapping[st
                   workspace=workspace, r=data)
 
 
+class RawJSON(str):
+    """JSON text already made (a record's cached curves): ``record_script`` puts it in as it is,
+    after checking it holds only what curves' JSON holds (names, numbers, null, brackets, commas,
+    colons, quotes): no call, assignment, ``<`` or space can reach the script that way."""
+
+
+_RAW_JSON = re.compile(r"[{\[][\[\]{}\",:0-9A-Za-z_.+\-]*[}\]]|null")
+
+
+def is_curves_json(text: str) -> bool:
+    """Whether ``text`` may go into a data script as ``RawJSON`` (see there)."""
+    return bool(_RAW_JSON.fullmatch(text))
+
+
 def record_script(version: str, data: Mapping[str, Any]) -> str:
     """``r/VERSION.data.js``: the record's config, metrics and curves for its chart and the compare page.
-    A script, not JSON: a page opened from file:// may load a script but not fetch a file."""
+    A script, not JSON: a page opened from file:// may load a script but not fetch a file.
+    A value given as ``RawJSON`` is checked to be JSON and put in as it is."""
     if not VERSION_RE.match(version):
         raise ValueError(f"not a version: {version!r}")
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    raw = {k: v for k, v in data.items() if isinstance(v, RawJSON)}
+    for k, v in raw.items():
+        if not _RAW_JSON.fullmatch(v):
+            raise ValueError(f"{k} is not the JSON of curves")
+    text = json.dumps({k: v for k, v in data.items() if k not in raw}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if raw:
+        text = text[:-1] + "".join(f",{json.dumps(k)}:{v}" for k, v in raw.items()) + "}"
+        text = "{" + text[2:] if text.startswith("{,") else text
     text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return f'(window.EXP_RECORDS = window.EXP_RECORDS || {{}})["{version}"] = {text};\n'
 
