@@ -8,6 +8,8 @@ Runs are the files a trainer leaves (test_results.write_run) analysed by the rea
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import re
 import socket
 import threading
@@ -188,3 +190,53 @@ def test_serve_listens_on_loopback_only_and_rebuilds_when_a_run_writes(two):
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def _data(ws, v) -> dict:
+    text = (ws.root / "out/site/r" / f"{v}.data.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("] = ") + 4: -2])
+
+
+def test_the_cache_never_answers_for_a_changed_input(two, cli):
+    """out/.cache/site/ holds each record's curves and rendered markdown; a metrics file or a
+    record text that changed is read again, whether the site is rebuilt in place or from nothing."""
+    assert cli("site", "--json")[0] == 0
+    cache = two.root / "out/.cache/site/r/0.1.1.json"
+    assert cache.is_file()
+    metrics = two.out_dir(B) / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    # the same size, other values: the file rewritten in place, a later mtime
+    changed = [line.replace('"loss": 4.', '"loss": 3.') for line in lines]
+    assert changed != lines and sum(map(len, changed)) == sum(map(len, lines))
+    metrics.write_text("\n".join(changed) + "\n", encoding="utf-8")
+    st = metrics.stat()
+    os.utime(metrics, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with records.update(two, B) as r:
+        r.set_human("goal", "A goal written again after the first build.")
+    shutil.rmtree(two.root / "out/site")  # from nothing, the cache kept
+    assert cli("site", "--json")[0] == 0
+    losses = [json.loads(line).get("loss") for line in changed if line.strip()]
+    assert _data(two, "0.1.1")["curves"]["loss"][-1] == pytest.approx(losses[-1])
+    html = (two.root / "out/site/r/0.1.1.html").read_text(encoding="utf-8")
+    assert "A goal written again after the first build." in html
+
+    with open(metrics, "a", encoding="utf-8") as fh:  # in place: one more step
+        fh.write(json.dumps({"step": 61, "loss": 1.25, "lr": 1e-4}) + "\n")
+    assert "r/0.1.1.data.js" in json.loads(cli("site", "--json")[1])["written"]
+    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61 and _data(two, "0.1.1")["curves"]["loss"][-1] == 1.25
+
+    cache.write_text('{"layout": 1, "stamp": null}\n{"step": alert(1)}', encoding="utf-8")  # damaged: rebuilt, not used
+    shutil.rmtree(two.root / "out/site")
+    assert cli("site", "--json")[0] == 0
+    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61
+    assert "alert" not in (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+
+
+def test_a_cached_build_writes_what_a_build_without_cache_writes(two, cli):
+    assert cli("site", "--json")[0] == 0
+    site_dir = two.root / "out/site"
+    first = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
+    shutil.rmtree(site_dir)
+    assert cli("site", "--json")[0] == 0  # every page from the cache
+    again = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
+    assert again == first
