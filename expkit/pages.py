@@ -170,12 +170,26 @@ def _table(head: str, rows: list[str], base: str = "") -> str:
 
 
 # -- curves --------------------------------------------------------------------------------------------
-def _row(line: bytes) -> dict[str, Any] | None:
+class _Number(str):
+    """A JSON number as written in the file (curves_json copies it instead of parsing and
+    printing it again: 2,000 floats printed cost more than thinning the file)."""
+
+
+def _finite(value: Any) -> bool:
+    """A finite number as json.loads gives it: an int, a float (v - v is 0 only when finite),
+    or a _Number (a literal is finite unless its exponent overflows)."""
+    t = type(value)
+    if t is _Number:
+        return not ("e" in value or "E" in value) or math.isfinite(float(value))
+    return t is int or (t is float and value - value == 0)
+
+
+def _row(line: bytes, parse_float: Any = float) -> dict[str, Any] | None:
     try:
-        row = json.loads(line)
+        row = json.loads(line, parse_float=parse_float)
     except ValueError:  # a torn line
         return None
-    return row if isinstance(row, dict) and is_finite_number(row.get("step")) else None
+    return row if isinstance(row, dict) and _finite(row.get("step")) else None
 
 
 def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
@@ -188,6 +202,29 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
         raw = path.read_bytes()
     except OSError:
         return None
+    return _thin(raw, max_points, float)
+
+
+def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, int] | None, str]:
+    """``curves`` as JSON text (``"null"`` when there are none) and its ``lines`` and ``stride``
+    (None when there are none): the numbers are copied as the file writes them, not printed
+    again (json.loads(text) == curves(path))."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None, "null"
+    out = _thin(raw, max_points, _Number)
+    if out is None:
+        return None, "null"
+    items = []
+    for name, value in out.items():
+        if isinstance(value, list):
+            value = "[" + ",".join("null" if v is None else v if type(v) is _Number else str(v) for v in value) + "]"
+        items.append(f'"{name}":{value}')
+    return {"lines": out["lines"], "stride": out["stride"]}, "{" + ",".join(items) + "}"
+
+
+def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | None:
     lines = raw.split(b"\n")
     if lines and not lines[-1].strip():
         lines.pop()
@@ -201,25 +238,26 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
     out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": [],
                            "lines": n, "stride": stride}
     try:  # one parse of the kept lines as an array: ~10x faster than a parse per line
-        parsed = json.loads(b"[" + b",".join(picked) + b"]")
+        parsed = json.loads(b"[" + b",".join(picked) + b"]", parse_float=parse_float)
     except ValueError:  # a torn or damaged line: line by line, skipping it
-        parsed = [_row(line) for line in picked]
+        parsed = [_row(line, parse_float) for line in picked]
     steps, series = out["step"], [(name, out[name]) for name in CURVE_SERIES]
-    for row in parsed:  # JSON gives exact types: a finite number is an int, or a float with v - v == 0
+    for row in parsed:
         if type(row) is dict and "loss" in row:
             step = row.get("step")
-            if type(step) is int or (type(step) is float and step - step == 0):
-                steps.append(int(step))
+            if _finite(step):
+                steps.append(int(float(step)) if type(step) is _Number else int(step))
                 for name, values in series:
                     value = row.get(name)
-                    values.append(value if type(value) is int or (type(value) is float and value - value == 0) else None)
+                    values.append(value if _finite(value) else None)
     at = raw.find(b'"val_loss"')
     while at >= 0:  # the evaluation lines, found without parsing the lines between them
         start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
-        row = _row(raw[start: end if end >= 0 else len(raw)])
+        row = _row(raw[start: end if end >= 0 else len(raw)], parse_float)
         if row is not None and "val_loss" in row:
-            out["val_step"].append(int(row["step"]))
-            out["val_loss"].append(row["val_loss"] if is_finite_number(row["val_loss"]) else None)
+            step = row["step"]
+            out["val_step"].append(int(float(step)) if type(step) is _Number else int(step))
+            out["val_loss"].append(row["val_loss"] if _finite(row["val_loss"]) else None)
         at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
     if not out["step"] and not out["val_step"]:
         return None

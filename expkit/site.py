@@ -140,9 +140,7 @@ def _cached(ws: Workspace, record: Any, v: str, lang: str, base: str) -> tuple[d
     counts = saved.get("counts")
     if not (stamp is not None and saved.get("stamp") == stamp and pages.is_curves_json(curves_text)
             and (counts is None or isinstance(counts, dict))):
-        curve = pages.curves(Path(metrics)) if stamp is not None else None
-        counts = {"lines": curve["lines"], "stride": curve["stride"]} if curve else None
-        curves_text = json.dumps(curve, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        counts, curves_text = pages.curves_json(Path(metrics)) if stamp is not None else (None, "null")
     texts = [p if isinstance(p, str) else [p.kind, p.name, p.text] for p in record.parts]
     key = _quick_hash(lang, base, texts)
     parts = saved.get("parts") if saved.get("key") == key and isinstance(saved.get("parts"), list) else None

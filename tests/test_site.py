@@ -138,6 +138,23 @@ def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
     assert c["val_step"] == list(range(1000, 10001, 1000))
     assert "grad_norm" not in c  # never logged
     assert pages.curves(tmp_path / "missing.jsonl") is None
+    counts, text = pages.curves_json(path, max_points=500)  # the numbers copied, not printed again: the same curves
+    assert json.loads(text) == c and counts == {"lines": 10001, "stride": 21} and pages.is_curves_json(text)
+    assert pages.curves_json(tmp_path / "missing.jsonl") == (None, "null")
+
+
+def test_curves_as_json_text_are_the_curves(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = ['{"step": 1, "loss": NaN, "lr": 1e-3, "grad_norm": Infinity}', '{"step": 2.0, "loss": 1E2, "lr": 1e400}',
+            '{"step": 3, "loss": "text", "lr": -0.0, "grad_norm": 2}', '{"step": 4, "loss": 3.25, "val_loss": 1e999}',
+            '{"step": 5, "loss": 0.5, "lr": true, "val_loss": 2.5e-1}', '{"loss": 1.0}', '[1, 2]']
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    counts, text = pages.curves_json(path)
+    expected = pages.curves(path)
+    assert json.loads(text) == expected and counts == {"lines": 7, "stride": 1}
+    assert expected["step"] == [1, 2, 3, 4, 5] and expected["loss"] == [None, 100.0, None, 3.25, 0.5]
+    assert expected["lr"] == [1e-3, None, -0.0, None, None] and expected["val_loss"] == [None, 0.25]
+    assert pages.is_curves_json(text)
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(two, tmp_path):
