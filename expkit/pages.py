@@ -250,15 +250,21 @@ def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | Non
                 for name, values in series:
                     value = row.get(name)
                     values.append(value if _finite(value) else None)
+    evals = []
     at = raw.find(b'"val_loss"')
     while at >= 0:  # the evaluation lines, found without parsing the lines between them
         start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
-        row = _row(raw[start: end if end >= 0 else len(raw)], parse_float)
-        if row is not None and "val_loss" in row:
+        evals.append(raw[start: end if end >= 0 else len(raw)])
+        at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
+    try:  # all of them in one parse, as above
+        parsed = json.loads(b"[" + b",".join(evals) + b"]", parse_float=parse_float)
+    except ValueError:
+        parsed = [_row(line, parse_float) for line in evals]
+    for row in parsed:
+        if type(row) is dict and _finite(row.get("step")) and "val_loss" in row:
             step = row["step"]
             out["val_step"].append(int(float(step)) if type(step) is _Number else int(step))
             out["val_loss"].append(row["val_loss"] if _finite(row["val_loss"]) else None)
-        at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
     if not out["step"] and not out["val_step"]:
         return None
     for name in CURVE_SERIES:  # a series the trainer never logged is left out

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 import hashlib
 import http.server
 import json
@@ -48,8 +46,6 @@ from .version import Version
 from .workspace import Workspace, package_templates_dir
 
 MANIFEST = ".manifest.json"
-#: Record pages to render at least before the work is shared among processes (one per idle CPU).
-PARALLEL_FROM = 200
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
 LAYOUT = 2
 #: Bump when what the per-record cache holds changes (pages.curves, pages.record_parts).
@@ -263,18 +259,6 @@ def _record_files(job: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
     return extra, script is not None
 
 
-def idle_cpus() -> int:
-    """CPUs no one else is using now (the 1-minute load average): forked workers pay only on
-    those. On the 2-core development machine with others' work at load 4.5-4.8, two workers built
-    the cached site of 1,000 records in 9.6-11.8 s against 8.3 s for one (bench/README.md)."""
-    cpus = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return cpus
-    return max(1, min(cpus, int(cpus - load + 0.5)))
-
-
 def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
     """Build (or bring up to date) the site; returns what was written."""
     started = time.perf_counter()
@@ -348,15 +332,9 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
             continue
         todo.append((v, inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace)))
 
-    # a thousand record pages: in one process per idle CPU (forked; each writes its own pages)
-    jobs = [job for _, _, job in todo]
-    pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
-    workers = idle_cpus()
-    if len(jobs) >= PARALLEL_FROM and workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            done = list(pool.map(_record_files, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-    else:
-        done = [_record_files(job) for job in jobs]
+    # in this process: forked workers (one per CPU) built 1,000 record pages no faster on the
+    # 2-core development machine, cold or cached, at loads of 1.4 to 4.8 (bench/README.md)
+    done = [_record_files(job) for _, _, job in todo]
     for (v, inputs, job), (extra, has_script) in zip(todo, done):
         fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": has_script}
         written.append(f"r/{v}.html")
