@@ -13,7 +13,8 @@ the site rebuilt. Each build runs `exp site --json` as a new process (what a per
 besides its wall time the CPU seconds it and its workers used are printed (other engineers'
 work shares the machine: the load is printed with each figure). "Interactive": from navigation
 start to the index's script having wired sorting and filtering (``data-ready``), over
-``file://``; "index load event" is the page's load event (layout of the table included).
+``file://``; "index load event" is the end of the page's load event, which waits for the
+browser to lay out what the script put in the table (in these runs it came after that layout).
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ def interactive(index: Path, repeats: int) -> tuple[list[float], list[float]]:
                 "return document.documentElement.getAttribute('data-ready') === '1' && performance.timing.loadEventEnd > 0"))
             out.append(driver.execute_script("return window.EXP_READY_AT") / 1000)  # ms since navigation start
             loaded.append(driver.execute_script("return performance.timing.loadEventEnd - performance.timing.navigationStart") / 1000)
-            rows = driver.execute_script("return document.querySelectorAll('#records tbody tr').length")
-            assert rows == driver.execute_script("return JSON.parse(document.getElementById('index-data').textContent).rows.length"), rows
+            shown = driver.execute_script("return document.getElementById('shown').textContent")
+            assert shown == str(driver.execute_script("return JSON.parse(document.getElementById('index-data').textContent).rows.length"))
+            assert driver.execute_script("return document.querySelectorAll('#records tbody tr').length") > 0
     finally:
         driver.quit()
     LOAD["index load event"] = LOAD["index interactive"]

@@ -48,6 +48,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "reset": ("reset zoom", "重置缩放"), "owner_human": ("human", "人类填写"), "owner_tool": ("tool", "工具生成"), "owner_ai": ("AI", "AI 完成"),
     "curve_note": ("{lines} log lines; the chart shows every {stride}th (and every evaluation)", "共 {lines} 行日志；图中每 {stride} 行取一点（验证点全部保留）"),
     "broken": ("this record cannot be read:", "无法读取该记录："),
+    "more": ("more rows", "更多"),
     "noscript_index": ("The table is drawn by JavaScript; the lineage beside it links every record.",
                        "表格由 JavaScript 绘制；旁边的谱系链接了每个实验。"),
 }

@@ -20,9 +20,9 @@
   // -- index ------------------------------------------------------------------------------------
   // The rows come as JSON (pages.index_json): built here as the template once wrote them, text by textContent.
   function indexRows(table) {
-    var holder = document.getElementById("index-data");
-    if (!holder) { return; }
-    var data = JSON.parse(holder.textContent), f = {}, body = table.tBodies[0], frag = document.createDocumentFragment();
+    var holder = document.getElementById("index-data"), out = [];
+    if (!holder) { return Array.prototype.slice.call(table.tBodies[0].rows); }
+    var data = JSON.parse(holder.textContent), f = {};
     data.fields.forEach(function (name, i) { f[name] = i; });
     function cell(tr, text, sortValue, cls) {
       var td = el("td", tr, text, cls);
@@ -31,7 +31,8 @@
     }
     function star(parent) { var s = el("span", null, "★", "best"); s.title = data.t.best; parent.appendChild(document.createTextNode(" ")); parent.appendChild(s); }
     data.rows.forEach(function (r) {
-      var v = r[f.version], tr = el("tr", frag);
+      var v = r[f.version], tr = el("tr");
+      out.push(tr);
       tr.setAttribute("data-status", r[f.status]); tr.setAttribute("data-task", r[f.task]); tr.setAttribute("data-text", r[f.search]);
       tr.id = "row-" + v;
       var box = el("input", el("td", tr), null, "pick");
@@ -51,14 +52,24 @@
       cell(tr, r[f.review]);
       cell(tr, r[f.date].slice(0, 10) || "—", r[f.date]);
     });
-    body.appendChild(frag);
+    return out;
   }
 
+  // Every row is built, but only the first PAGE of those shown are in the table until the reader
+  // scrolls to its end (or presses "more"): laying out a thousand rows took the browser longer
+  // than everything else on the page. Filtering and sorting work on all of them.
+  var PAGE = 150;
   function index(table) {
-    indexRows(table);
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    var rows = indexRows(table), body = table.tBodies[0], limit = PAGE;
     var q = document.getElementById("q"), fs = document.getElementById("f-status"), ft = document.getElementById("f-task");
-    var count = document.getElementById("shown"), button = document.getElementById("compare");
+    var count = document.getElementById("shown"), button = document.getElementById("compare"), more = document.getElementById("more");
+    function attach() {
+      var frag = document.createDocumentFragment(), n = 0;
+      rows.forEach(function (r) { if (!r.hidden) { if (n < limit) { frag.appendChild(r); } else if (r.parentNode) { r.parentNode.removeChild(r); } n++; } });
+      body.textContent = "";
+      body.appendChild(frag);
+      if (more) { more.hidden = n <= limit; }
+    }
     function filter() {
       var text = q.value.trim().toLowerCase(), st = fs.value, task = ft.value, n = 0;
       rows.forEach(function (r) {
@@ -68,6 +79,14 @@
         if (ok) { n++; }
       });
       count.textContent = n;
+      attach();
+    }
+    function showMore() { limit += PAGE * 4; attach(); }
+    if (more) {
+      more.addEventListener("click", showMore);
+      if (window.IntersectionObserver) {
+        new IntersectionObserver(function (seen) { if (seen[0].isIntersecting && !more.hidden) { showMore(); } }, {rootMargin: "600px"}).observe(more);
+      }
     }
     [q, fs, ft].forEach(function (c) { c.addEventListener("input", filter); c.addEventListener("change", filter); });
     var heads = table.tHead.rows[0].cells;
@@ -89,15 +108,15 @@
           if (b[0] === null || b[0] === "") { return -1; }
           return (a[0] < b[0] ? -1 : 1) * (asc ? 1 : -1);
         });
-        var frag = document.createDocumentFragment();
-        keyed.forEach(function (k) { frag.appendChild(k[2]); });
-        body.appendChild(frag);
         rows = keyed.map(function (k) { return k[2]; });
+        attach();
       }
       th.addEventListener("click", sort);
       th.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { sort(); } });
     });
-    function picked() { return Array.prototype.map.call(body.querySelectorAll("input.pick:checked"), function (b) { return b.value; }); }
+    function picked() {  // every row, in the table now or not
+      return rows.map(function (r) { return r.querySelector("input.pick"); }).filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
+    }
     body.addEventListener("change", function () { button.disabled = picked().length < 2; });
     button.addEventListener("click", function () { window.location.href = "compare.html?v=" + picked().map(encodeURIComponent).join(","); });
     filter();
