@@ -49,7 +49,7 @@ MANIFEST = ".manifest.json"
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
 LAYOUT = 2
 #: Bump when what the per-record cache holds changes (pages.curves, pages.record_parts).
-CACHE_LAYOUT = 1
+RECORD_CACHE_LAYOUT = 1
 #: Run files a record page links: everything at the top of the run directory but these.
 HIDDEN_FILES = ("heartbeat",)
 #: Samples shown on a record page, and characters of each.
@@ -126,7 +126,7 @@ def _cached(ws: Workspace, record: Any, v: str, lang: str, base: str) -> tuple[d
         saved = json.loads(head_text)
     except (OSError, UnicodeDecodeError, ValueError):
         saved, curves_text = {}, ""
-    saved = saved if isinstance(saved, dict) and saved.get("layout") == CACHE_LAYOUT else {}
+    saved = saved if isinstance(saved, dict) and saved.get("layout") == RECORD_CACHE_LAYOUT else {}
     metrics = f"{ws.out_root}/experiment_{v}/{METRICS_FILE}"
     try:
         st = os.stat(metrics)
@@ -142,7 +142,7 @@ def _cached(ws: Workspace, record: Any, v: str, lang: str, base: str) -> tuple[d
     parts = saved.get("parts") if saved.get("key") == key and isinstance(saved.get("parts"), list) else None
     if parts is None:
         parts = pages.record_parts(record.parts, lang, base)
-    head = {"layout": CACHE_LAYOUT, "stamp": stamp, "counts": counts, "key": key, "parts": parts}
+    head = {"layout": RECORD_CACHE_LAYOUT, "stamp": stamp, "counts": counts, "key": key, "parts": parts}
     if head != saved:
         try:
             atomic_write(path, json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n" + curves_text, durable=False)

@@ -125,6 +125,14 @@ def test_a_data_script_cannot_end_its_script_element():
     assert "</script" not in text and "\\u003c/script" in text and "\u2028" not in text
     with pytest.raises(ValueError):
         pages.record_script("0.1.0\"];alert(1);//", {})
+    with pytest.raises(ValueError):  # cached curves go in as text only when they look like curves
+        pages.record_script("0.1.0", {"curves": pages.RawJSON('{"step":[1]};alert(1)//')})
+    row = {"version": "0.1.0", "order": "0", "status": "x", "task": "t", "description": "</script><!--<script>\u2028",
+           "parent": None, "parent_link": False, "parent_order": "", "metrics": [], "verdicts": None, "verdict_sort": "",
+           "review": "", "date": "", "best": False, "search": ""}
+    index = pages.index_json([row], pages.strings("en"))
+    assert "<" not in index and "\u2028" not in index
+    assert json.loads(index)["rows"][0][4] == "</script><!--<script>\u2028"
 
 
 def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
