@@ -123,7 +123,15 @@ def copy_record(api: Api, ws, source: str, target: str, mapping: dict[str, str])
     ws.record_path(target).write_text(rewrite(src_md), encoding="utf-8")
     state = ws.experiment_dir / f"experiment_{source}.state.json"
     if state.exists():
-        (ws.experiment_dir / f"experiment_{target}.state.json").write_text(rewrite(state.read_text(encoding="utf-8")), encoding="utf-8")
+        copied = json.loads(rewrite(state.read_text(encoding="utf-8")))
+        # the hash of the copy's front matter as the tool keeps it for a record it wrote (the mapping
+        # above cannot know it: the front matter holds hashes that change with the copy); without
+        # it every read of a copy took the path of a front matter edited by hand (YAML, reconcile)
+        front = api.Record.read(ws.record_path(target)).front_raw
+        if isinstance(copied.get("view"), dict) and copied["view"].get("front_sha256"):
+            copied["view"]["front_sha256"] = api.sha256(lf(front))
+        (ws.experiment_dir / f"experiment_{target}.state.json").write_text(
+            json.dumps(copied, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def main() -> None:

@@ -48,6 +48,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "reset": ("reset zoom", "重置缩放"), "owner_human": ("human", "人类填写"), "owner_tool": ("tool", "工具生成"), "owner_ai": ("AI", "AI 完成"),
     "curve_note": ("{lines} log lines; the chart shows every {stride}th (and every evaluation)", "共 {lines} 行日志；图中每 {stride} 行取一点（验证点全部保留）"),
     "broken": ("this record cannot be read:", "无法读取该记录："),
+    "more": ("more rows", "更多"),
+    "noscript_index": ("The table is drawn by JavaScript; the lineage beside it links every record.",
+                       "表格由 JavaScript 绘制；旁边的谱系链接了每个实验。"),
 }
 #: The owner of each kind of section, as the page labels it.
 OWNERS = {"human": "human", "generated": "tool", "ai": "ai"}
@@ -168,12 +171,26 @@ def _table(head: str, rows: list[str], base: str = "") -> str:
 
 
 # -- curves --------------------------------------------------------------------------------------------
-def _row(line: bytes) -> dict[str, Any] | None:
+class _Number(str):
+    """A JSON number as written in the file (curves_json copies it instead of parsing and
+    printing it again: 2,000 floats printed cost more than thinning the file)."""
+
+
+def _finite(value: Any) -> bool:
+    """A finite number as json.loads gives it: an int, a float (v - v is 0 only when finite),
+    or a _Number (a literal is finite unless its exponent overflows)."""
+    t = type(value)
+    if t is _Number:
+        return not ("e" in value or "E" in value) or math.isfinite(float(value))
+    return t is int or (t is float and value - value == 0)
+
+
+def _row(line: bytes, parse_float: Any = float) -> dict[str, Any] | None:
     try:
-        row = json.loads(line)
+        row = json.loads(line, parse_float=parse_float)
     except ValueError:  # a torn line
         return None
-    return row if isinstance(row, dict) and is_finite_number(row.get("step")) else None
+    return row if isinstance(row, dict) and _finite(row.get("step")) else None
 
 
 def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
@@ -186,6 +203,29 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
         raw = path.read_bytes()
     except OSError:
         return None
+    return _thin(raw, max_points, float)
+
+
+def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, int] | None, str]:
+    """``curves`` as JSON text (``"null"`` when there are none) and its ``lines`` and ``stride``
+    (None when there are none): the numbers are copied as the file writes them, not printed
+    again (json.loads(text) == curves(path))."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None, "null"
+    out = _thin(raw, max_points, _Number)
+    if out is None:
+        return None, "null"
+    items = []
+    for name, value in out.items():
+        if isinstance(value, list):
+            value = "[" + ",".join("null" if v is None else v if type(v) is _Number else str(v) for v in value) + "]"
+        items.append(f'"{name}":{value}')
+    return {"lines": out["lines"], "stride": out["stride"]}, "{" + ",".join(items) + "}"
+
+
+def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | None:
     lines = raw.split(b"\n")
     if lines and not lines[-1].strip():
         lines.pop()
@@ -193,28 +233,39 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
     if not n:
         return None
     stride = max(1, math.ceil(n / max_points))
-    chosen = set(range(0, n, stride)) | {n - 1}
+    picked = lines[::stride]
+    if (n - 1) % stride:
+        picked.append(lines[n - 1])  # the last line, always
     out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": [],
                            "lines": n, "stride": stride}
-    picked = [lines[k] for k in sorted(chosen)]
     try:  # one parse of the kept lines as an array: ~10x faster than a parse per line
-        parsed = json.loads(b"[" + b",".join(picked) + b"]")
+        parsed = json.loads(b"[" + b",".join(picked) + b"]", parse_float=parse_float)
     except ValueError:  # a torn or damaged line: line by line, skipping it
-        parsed = [_row(line) for line in picked]
+        parsed = [_row(line, parse_float) for line in picked]
+    steps, series = out["step"], [(name, out[name]) for name in CURVE_SERIES]
     for row in parsed:
-        if isinstance(row, dict) and is_finite_number(row.get("step")) and "loss" in row:
-            out["step"].append(int(row["step"]))
-            for name in CURVE_SERIES:
-                value = row.get(name)
-                out[name].append(value if is_finite_number(value) else None)
+        if type(row) is dict and "loss" in row:
+            step = row.get("step")
+            if _finite(step):
+                steps.append(int(float(step)) if type(step) is _Number else int(step))
+                for name, values in series:
+                    value = row.get(name)
+                    values.append(value if _finite(value) else None)
+    evals = []
     at = raw.find(b'"val_loss"')
     while at >= 0:  # the evaluation lines, found without parsing the lines between them
         start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
-        row = _row(raw[start: end if end >= 0 else len(raw)])
-        if row is not None and "val_loss" in row:
-            out["val_step"].append(int(row["step"]))
-            out["val_loss"].append(row["val_loss"] if is_finite_number(row["val_loss"]) else None)
+        evals.append(raw[start: end if end >= 0 else len(raw)])
         at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
+    try:  # all of them in one parse, as above
+        parsed = json.loads(b"[" + b",".join(evals) + b"]", parse_float=parse_float)
+    except ValueError:
+        parsed = [_row(line, parse_float) for line in evals]
+    for row in parsed:
+        if type(row) is dict and _finite(row.get("step")) and "val_loss" in row:
+            step = row["step"]
+            out["val_step"].append(int(float(step)) if type(step) is _Number else int(step))
+            out["val_loss"].append(row["val_loss"] if _finite(row["val_loss"]) else None)
     if not out["step"] and not out["val_step"]:
         return None
     for name in CURVE_SERIES:  # a series the trainer never logged is left out
@@ -328,6 +379,28 @@ def environment(templates_dir: Path) -> Any:
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
+def use_bytecode_cache(templates_dir: Path, folder: Path | None) -> None:
+    """Keep the templates compiled in ``folder`` (jinja checks each against its source), so a new
+    process does not compile them again (~0.2 s of every ``exp site``). A folder that cannot be
+    read or written costs only the compiling."""
+    import jinja2
+
+    class Cache(jinja2.FileSystemBytecodeCache):
+        def load_bytecode(self, bucket: Any) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except (OSError, ValueError, EOFError):
+                bucket.reset()
+
+        def dump_bytecode(self, bucket: Any) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
+    environment(templates_dir).bytecode_cache = Cache(str(folder)) if folder is not None else None
+
+
 def render(templates_dir: Path, name: str, **context: Any) -> str:
     return environment(templates_dir).get_template(name).render(**context)
 
@@ -340,8 +413,31 @@ def index_page(templates_dir: Path, lang: str, workspace: str, rows: list[dict[s
                *((names[0], " / ".join(names), "num") for names in INDEX_METRICS),
                ("verdicts", t["verdicts"], "str"), ("review", t["review"], "str"), ("date", t["date"], "str")]
     return render(templates_dir, "index.html.j2", lang=lang, t=t, page="index", root="", workspace=workspace, rows=rows,
-                  tree=tree, groups=groups, columns=columns, statuses=sorted({r["status"] for r in rows}),
-                  tasks=sorted({r["task"] for r in rows}))
+                  rows_json=index_json(rows, t), tree=tree, groups=groups, columns=columns,
+                  statuses=sorted({r["status"] for r in rows}), tasks=sorted({r["task"] for r in rows}))
+
+
+#: The fields of a row in the index's JSON, in order (site.js reads them by these names).
+INDEX_FIELDS = ("version", "order", "status", "task", "description", "parent", "parent_link", "parent_order", "metrics",
+                "verdicts", "verdict_sort", "review", "date", "best", "search")
+
+
+def index_json(rows: Sequence[Mapping[str, Any]], t: Mapping[str, str]) -> str:
+    """The index's rows as compact JSON for a ``<script type="application/json">`` element, which
+    site.js turns into the table (with textContent only). A thousand rows as HTML were a
+    megabyte the browser spent most of a second parsing; as arrays the page is half that.
+    Safe inside the element (the template puts it there as it is): no ``<`` is left, so no
+    ``</script`` nor ``<!--``; JSON.parse reads ``\\u003c`` back as ``<``."""
+    out = []
+    for r in rows:
+        v = r["verdicts"]
+        out.append([r["version"], r["order"], r["status"], r["task"], r["description"], r["parent"], r["parent_link"],
+                    r["parent_order"], [[m["text"], m["sort"]] for m in r["metrics"]],
+                    [v["confirmed"], v["refuted"], v["inconclusive"]] if v else None, r["verdict_sort"], r["review"],
+                    r["date"], r["best"], r["search"]])
+    text = json.dumps({"fields": INDEX_FIELDS, "rows": out, "t": {k: t[k] for k in ("pick", "best")}},
+                      ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
 def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:
@@ -375,12 +471,34 @@ def record_page(templates_dir: Path, lang: str, workspace: str, data: Mapping[st
                   workspace=workspace, r=data)
 
 
+class RawJSON(str):
+    """JSON text already made (a record's cached curves): ``record_script`` puts it in as it is,
+    after checking it holds only what curves' JSON holds (names, numbers, null, brackets, commas,
+    colons, quotes): no call, assignment, ``<`` or space can reach the script that way."""
+
+
+_RAW_JSON = re.compile(r"[{\[][\[\]{}\",:0-9A-Za-z_.+\-]*[}\]]|null")
+
+
+def is_curves_json(text: str) -> bool:
+    """Whether ``text`` may go into a data script as ``RawJSON`` (see there)."""
+    return bool(_RAW_JSON.fullmatch(text))
+
+
 def record_script(version: str, data: Mapping[str, Any]) -> str:
     """``r/VERSION.data.js``: the record's config, metrics and curves for its chart and the compare page.
-    A script, not JSON: a page opened from file:// may load a script but not fetch a file."""
+    A script, not JSON: a page opened from file:// may load a script but not fetch a file.
+    A value given as ``RawJSON`` is checked to be JSON and put in as it is."""
     if not VERSION_RE.match(version):
         raise ValueError(f"not a version: {version!r}")
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    raw = {k: v for k, v in data.items() if isinstance(v, RawJSON)}
+    for k, v in raw.items():
+        if not _RAW_JSON.fullmatch(v):
+            raise ValueError(f"{k} is not the JSON of curves")
+    text = json.dumps({k: v for k, v in data.items() if k not in raw}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if raw:
+        text = text[:-1] + "".join(f",{json.dumps(k)}:{v}" for k, v in raw.items()) + "}"
+        text = "{" + text[2:] if text.startswith("{,") else text
     text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return f'(window.EXP_RECORDS = window.EXP_RECORDS || {{}})["{version}"] = {text};\n'
 

@@ -246,11 +246,11 @@ def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
 
 
 # -- exp tree ------------------------------------------------------------------------------------------
-def tree(ws: Workspace) -> list[dict[str, Any]]:
+def tree(ws: Workspace, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The lineage by parent, each node with its verdict counts and its best loss; the node with
     the lowest of those across the workspace is marked ``best``. Reads the report's rows
-    (``catalog.rows``), so it shares their cache."""
-    rows = catalog.rows(ws)
+    (``catalog.rows``), so it shares their cache; ``rows``: those rows, when the caller has them."""
+    rows = catalog.rows(ws) if rows is None else rows
     roots, children = lineage(rows)
     values = [m[1] for r in rows if (m := _tree_metric(r))]
     best_value = min(values) if values else None

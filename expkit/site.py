@@ -12,6 +12,12 @@ sizes and mtimes of the record's markdown and state, of its run's files, of its 
 record (the config diff) and its children's names, and the templates' contents. A page
 whose hash is unchanged is not rendered again; the index is rendered when any row changed.
 
+Cached (``out/.cache/site/r/VERSION.json``): a record's thinned curves under its metrics file's
+size, mtime and inode, and its rendered markdown under a hash of the text itself; so a page
+rendered again (a new template, another ``--out``, the site folder removed) reads neither its
+10,000-line metrics file nor markdown-it again, and a changed input is never answered from the
+cache.
+
 Layer 4: reads records through ``records``, ``catalog`` and ``reporting``; HTML comes from
 ``pages`` (layer 3); every file is written by ``files.atomic_write`` (not synced: a crash
 costs a rebuild, and a thousand syncs cost seconds).
@@ -21,8 +27,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 import hashlib
 import http.server
 import json
@@ -42,10 +46,10 @@ from .version import Version
 from .workspace import Workspace, package_templates_dir
 
 MANIFEST = ".manifest.json"
-#: Record pages to render at least before the work is shared among processes (one per CPU).
-PARALLEL_FROM = 200
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
-LAYOUT = 1
+LAYOUT = 2
+#: Bump when what the per-record cache holds changes (pages.curves, pages.record_parts).
+RECORD_CACHE_LAYOUT = 1
 #: Run files a record page links: everything at the top of the run directory but these.
 HIDDEN_FILES = ("heartbeat",)
 #: Samples shown on a record page, and characters of each.
@@ -70,13 +74,20 @@ def _stat(path: Path | str) -> list[int]:
         return [0, 0]
 
 
+def cache_dir(ws: Workspace) -> Path:
+    return ws.cache_dir() / "site"
+
+
 def _run_files(ws: Workspace, version: str) -> list[tuple[str, int, int]]:
     """(path under the run directory, size, mtime) of the run's files and its plots."""
+    return _run_files_at(f"{ws.out_root}/experiment_{version}")
+
+
+def _run_files_at(root: str) -> list[tuple[str, int, int]]:
     out = []
-    root = ws.out_dir(version)
     for sub in ("", "plots"):
         try:
-            entries = list(os.scandir(root / sub if sub else root))
+            entries = list(os.scandir(f"{root}/{sub}" if sub else root))
         except OSError:
             continue
         for e in entries:
@@ -95,6 +106,51 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
+def _quick_hash(*parts: Any) -> str:
+    """A hash of plain values (str, int, bool, None, lists and tuples of them): their repr, which
+    is exact for these and a fifth of the cost of JSON with sorted keys (a thousand per build)."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+
+def _cached(ws: Workspace, record: Any, v: str, lang: str, base: str) -> tuple[dict[str, Any] | None, str, list[dict[str, Any]]]:
+    """(the run's curves' line count and stride, or None without curves; the curves as JSON text;
+    the record's parts as HTML), from the cache when their inputs are the ones cached: the
+    metrics file's size, mtime and inode (taken before it is read, so a file that grows
+    meanwhile is read again next time), and the text of every part.
+
+    The cache file is one JSON line (stamp, counts, parts) and then the curves' JSON text, kept
+    as text: turning 2,000 floats into JSON again costs more than thinning the file did."""
+    path = cache_dir(ws) / "r" / f"{v}.json"
+    try:
+        head_text, _, curves_text = path.read_text(encoding="utf-8").partition("\n")
+        saved = json.loads(head_text)
+    except (OSError, UnicodeDecodeError, ValueError):
+        saved, curves_text = {}, ""
+    saved = saved if isinstance(saved, dict) and saved.get("layout") == RECORD_CACHE_LAYOUT else {}
+    metrics = f"{ws.out_root}/experiment_{v}/{METRICS_FILE}"
+    try:
+        st = os.stat(metrics)
+        stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS]
+    except OSError:
+        stamp = None
+    counts = saved.get("counts")
+    if not (stamp is not None and saved.get("stamp") == stamp and pages.is_curves_json(curves_text)
+            and (counts is None or isinstance(counts, dict))):
+        counts, curves_text = pages.curves_json(Path(metrics)) if stamp is not None else (None, "null")
+    texts = [p if isinstance(p, str) else [p.kind, p.name, p.text] for p in record.parts]
+    key = _quick_hash(lang, base, texts)
+    parts = saved.get("parts") if saved.get("key") == key and isinstance(saved.get("parts"), list) else None
+    if parts is None:
+        parts = pages.record_parts(record.parts, lang, base)
+    head = {"layout": RECORD_CACHE_LAYOUT, "stamp": stamp, "counts": counts, "key": key, "parts": parts}
+    if head != saved:
+        try:
+            atomic_write(path, json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n" + curves_text, durable=False)
+        except OSError:
+            pass  # a read-only out/: the page is still right, only slower next time
+    return counts, curves_text, parts
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -105,6 +161,12 @@ def _size(n: int) -> str:
 
 def _link(target: Path, page_dir: Path) -> str:
     return Path(os.path.relpath(target, page_dir)).as_posix()
+
+
+@functools.lru_cache(maxsize=64)
+def _way(folder: str, page_dir: str) -> str:
+    """The way from ``page_dir`` to ``folder`` (relpath once per folder, not once per link)."""
+    return Path(os.path.relpath(folder, page_dir)).as_posix()
 
 
 def _extras(meta: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +197,7 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     table = catalog.run_table(ws, v, meta) or {}
     table = catalog.clean_table(table)
-    curve = pages.curves(ws.out_dir(v) / METRICS_FILE)
+    curve, curves_text, parts = _cached(ws, record, v, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
     names = {f[0]: f for f in files}
     plot = next((n for n in ("plots/loss.png",) if n in names), None)
     samples = []
@@ -147,11 +209,17 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     review = meta.get("review") if isinstance(meta.get("review"), dict) else {}
     info_commit = commit.commit_info(ws, record) or {}
     parent, baseline = meta.get("parent"), meta.get("baseline")
-    link_files = [(ws.record_path(v), f"experiment_{v}.md"), (ws.state_path(v), f"experiment_{v}.state.json"),
-                  (ws.run_script_path(v), f"experiment_{v}.sh")]
-    file_links = [{"name": name, "href": _link(p, page_dir), "size": _size(p.stat().st_size)} for p, name in link_files if p.is_file()]
-    file_links += [{"name": f"out/experiment_{v}/{n}", "href": _link(ws.out_dir(v) / n, page_dir), "size": _size(size)}
-                   for n, size, _ in files]
+    pd = str(page_dir)
+    file_links = []
+    for folder, name in ((ws.experiment_dir, f"experiment_{v}.md"), (ws.experiment_dir, f"experiment_{v}.state.json"),
+                         (ws.run_file_dir, f"experiment_{v}.sh")):
+        try:
+            size = os.stat(f"{folder}/{name}").st_size
+        except OSError:
+            continue
+        file_links.append({"name": name, "href": f"{_way(str(folder), pd)}/{name}", "size": _size(size)})
+    run_way = f"{_way(str(ws.out_root), pd)}/experiment_{v}"
+    file_links += [{"name": f"out/experiment_{v}/{n}", "href": f"{run_way}/{n}", "size": _size(size)} for n, size, _ in files]
     data = {
         "version": v, "status": str(meta.get("status") or "?"), "description": str(meta.get("description") or ""), "error": "",
         "parent": parent, "baseline": baseline, "parent_link": str(parent) in versions, "baseline_link": str(baseline) in versions,
@@ -167,7 +235,7 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         "metrics": [(k, pages.shown(val)) for k, val in table.items()],
         "changes": [(k, pages.shown(ab[0] if isinstance(ab, list) and ab else None), pages.shown(ab[1] if isinstance(ab, list) and len(ab) > 1 else ab))
                     for k, ab in changes.items()],
-        "samples": samples, "parts": pages.record_parts(record.parts, lang, _link(ws.experiment_dir, page_dir) + "/"),
+        "samples": samples, "parts": parts,
         "reviews": [{"decision": str(x.get("decision") or ""), "reviewer": str(x.get("reviewer") or ""), "time": str(x.get("time") or ""),
                      "comments": str(x.get("comments") or "")} for x in review.get("history") or [] if isinstance(x, dict)],
         "files": file_links,
@@ -175,8 +243,8 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     script = None
     if curve is not None:
         script = {"version": v, "description": data["description"], "status": data["status"],
-                  "config": pages.json_safe_config(meta.get("config") or {}), "metrics": table, "curves": curve,
-                  "strings": {"reset": t["reset"]}}
+                  "config": pages.json_safe_config(meta.get("config") or {}), "metrics": table,
+                  "curves": pages.RawJSON(curves_text), "strings": {"reset": t["reset"]}}
     return data, script, _extras(meta)
 
 
@@ -205,6 +273,11 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
     if not (tdir / "index.html.j2").is_file():
         raise WorkspaceError(f"the site's templates are missing at {tdir}; reinstall expkit (`pip install .` in its checkout)")
     assets = sorted(p for p in (tdir / "assets").iterdir() if p.is_file())
+    try:
+        (cache_dir(ws) / "jinja").mkdir(parents=True, exist_ok=True)
+        pages.use_bytecode_cache(tdir, cache_dir(ws) / "jinja")
+    except OSError:  # a read-only out/: compiled each time
+        pages.use_bytecode_cache(tdir, None)
     key = _hash(LAYOUT, lang, ws.root.name, [(p.name, p.read_bytes().decode("utf-8", "replace")) for p in sorted(tdir.rglob("*")) if p.is_file()])
     saved = read_json(manifest_path)
     saved = saved if isinstance(saved, dict) and saved.get("key") == key else {}
@@ -231,37 +304,38 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
     children = pages.children_of(rows)
     workspace = ws.root.name
     extras: dict[str, dict[str, Any]] = {}
-    todo: list[tuple[str, Callable[[list[tuple[str, int, int]]], str], tuple[Any, ...]]] = []
+    todo: list[tuple[str, str, tuple[Any, ...]]] = []
+    # plain strings and os.stat, not pathlib: a thousand records' paths cost more than their stats
+    exp_dir, script_dir, out_root, site_dir = str(ws.experiment_dir), str(ws.run_file_dir), str(ws.out_root), str(site)
+    stamps: dict[str, list[int]] = {}
+
+    def stamp(v: str) -> list[int]:  # the record's markdown and state
+        if v not in stamps:
+            stamps[v] = _stat(f"{exp_dir}/experiment_{v}.md") + _stat(f"{exp_dir}/experiment_{v}.state.json")
+        return stamps[v]
+
     for row in rows:
         v = str(row["version"])
         rel = f"r/{v}.html"
         parent = row.get("parent")
-
-        def inputs_of(files: list[tuple[str, int, int]], v: str = v, parent: Any = parent, row: Any = row) -> str:
-            return _hash(key, _stat(ws.record_path(v)), _stat(ws.state_path(v)), _stat(ws.run_script_path(v)), files,
-                         [_stat(ws.record_path(parent)), _stat(ws.state_path(parent))] if parent else None,
-                         children.get(v, []), parent in versions, row.get("baseline") in versions)
-
-        files = _run_files(ws, v)
-        inputs = inputs_of(files)
+        files = _run_files_at(f"{out_root}/experiment_{v}")
+        # taken before the page is rendered: an input that changes meanwhile is rendered again next time
+        inputs = _quick_hash(key, stamp(v), _stat(f"{script_dir}/experiment_{v}.sh"), files,
+                             stamp(str(parent)) if parent else None, children.get(v, []), parent in versions,
+                             row.get("baseline") in versions)
         old = old_pages.get(rel, {})
-        if old.get("hash") == inputs and (site / rel).is_file() and isinstance(old.get("extras"), dict):
+        if old.get("hash") == inputs and isinstance(old.get("extras"), dict) and os.path.isfile(f"{site_dir}/{rel}"):
             fresh[rel] = old
             if old.get("script"):
                 fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
             extras[v] = old["extras"]
             continue
-        todo.append((v, inputs_of, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace)))
+        todo.append((v, inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace)))
 
-    # a thousand record pages: in one process per CPU (forked; each writes its own pages)
-    jobs = [job for _, _, job in todo]
-    if len(jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) > 1:
-        with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
-            done = list(pool.map(_record_files, jobs, chunksize=max(1, len(jobs) // (4 * (os.cpu_count() or 1)))))
-    else:
-        done = [_record_files(job) for job in jobs]
-    for (v, inputs_of, job), (extra, has_script) in zip(todo, done):
-        inputs = inputs_of(job[5])
+    # in this process: forked workers (one per CPU) built 1,000 record pages no faster on the
+    # 2-core development machine, cold or cached, at loads of 1.4 to 4.8 (bench/README.md)
+    done = [_record_files(job) for _, _, job in todo]
+    for (v, inputs, job), (extra, has_script) in zip(todo, done):
         fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": has_script}
         written.append(f"r/{v}.html")
         if has_script:
@@ -269,7 +343,7 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
             written.append(f"r/{v}.data.js")
         extras[v] = extra
 
-    tree = reporting.tree(ws)
+    tree = reporting.tree(ws, rows)
     best = [n["version"] for n in pages.tree_lines(tree) if n["best"]]
     index_rows = pages.index_rows(rows, report_rows(rows), extras, best)
     lines = pages.tree_lines(tree)

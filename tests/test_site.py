@@ -8,6 +8,8 @@ Runs are the files a trainer leaves (test_results.write_run) analysed by the rea
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import re
 import socket
 import threading
@@ -123,6 +125,14 @@ def test_a_data_script_cannot_end_its_script_element():
     assert "</script" not in text and "\\u003c/script" in text and "\u2028" not in text
     with pytest.raises(ValueError):
         pages.record_script("0.1.0\"];alert(1);//", {})
+    with pytest.raises(ValueError):  # cached curves go in as text only when they look like curves
+        pages.record_script("0.1.0", {"curves": pages.RawJSON('{"step":[1]};alert(1)//')})
+    row = {"version": "0.1.0", "order": "0", "status": "x", "task": "t", "description": "</script><!--<script>\u2028",
+           "parent": None, "parent_link": False, "parent_order": "", "metrics": [], "verdicts": None, "verdict_sort": "",
+           "review": "", "date": "", "best": False, "search": ""}
+    index = pages.index_json([row], pages.strings("en"))
+    assert "<" not in index and "\u2028" not in index
+    assert json.loads(index)["rows"][0][4] == "</script><!--<script>\u2028"
 
 
 def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
@@ -136,6 +146,23 @@ def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
     assert c["val_step"] == list(range(1000, 10001, 1000))
     assert "grad_norm" not in c  # never logged
     assert pages.curves(tmp_path / "missing.jsonl") is None
+    counts, text = pages.curves_json(path, max_points=500)  # the numbers copied, not printed again: the same curves
+    assert json.loads(text) == c and counts == {"lines": 10001, "stride": 21} and pages.is_curves_json(text)
+    assert pages.curves_json(tmp_path / "missing.jsonl") == (None, "null")
+
+
+def test_curves_as_json_text_are_the_curves(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = ['{"step": 1, "loss": NaN, "lr": 1e-3, "grad_norm": Infinity}', '{"step": 2.0, "loss": 1E2, "lr": 1e400}',
+            '{"step": 3, "loss": "text", "lr": -0.0, "grad_norm": 2}', '{"step": 4, "loss": 3.25, "val_loss": 1e999}',
+            '{"step": 5, "loss": 0.5, "lr": true, "val_loss": 2.5e-1}', '{"loss": 1.0}', '[1, 2]']
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    counts, text = pages.curves_json(path)
+    expected = pages.curves(path)
+    assert json.loads(text) == expected and counts == {"lines": 7, "stride": 1}
+    assert expected["step"] == [1, 2, 3, 4, 5] and expected["loss"] == [None, 100.0, None, 3.25, 0.5]
+    assert expected["lr"] == [1e-3, None, -0.0, None, None] and expected["val_loss"] == [None, 0.25]
+    assert pages.is_curves_json(text)
 
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(two, tmp_path):
@@ -188,3 +215,53 @@ def test_serve_listens_on_loopback_only_and_rebuilds_when_a_run_writes(two):
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def _data(ws, v) -> dict:
+    text = (ws.root / "out/site/r" / f"{v}.data.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("] = ") + 4: -2])
+
+
+def test_the_cache_never_answers_for_a_changed_input(two, cli):
+    """out/.cache/site/ holds each record's curves and rendered markdown; a metrics file or a
+    record text that changed is read again, whether the site is rebuilt in place or from nothing."""
+    assert cli("site", "--json")[0] == 0
+    cache = two.root / "out/.cache/site/r/0.1.1.json"
+    assert cache.is_file()
+    metrics = two.out_dir(B) / "metrics.jsonl"
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    # the same size, other values: the file rewritten in place, a later mtime
+    changed = [line.replace('"loss": 4.', '"loss": 3.') for line in lines]
+    assert changed != lines and sum(map(len, changed)) == sum(map(len, lines))
+    metrics.write_text("\n".join(changed) + "\n", encoding="utf-8")
+    st = metrics.stat()
+    os.utime(metrics, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with records.update(two, B) as r:
+        r.set_human("goal", "A goal written again after the first build.")
+    shutil.rmtree(two.root / "out/site")  # from nothing, the cache kept
+    assert cli("site", "--json")[0] == 0
+    losses = [json.loads(line).get("loss") for line in changed if line.strip()]
+    assert _data(two, "0.1.1")["curves"]["loss"][-1] == pytest.approx(losses[-1])
+    html = (two.root / "out/site/r/0.1.1.html").read_text(encoding="utf-8")
+    assert "A goal written again after the first build." in html
+
+    with open(metrics, "a", encoding="utf-8") as fh:  # in place: one more step
+        fh.write(json.dumps({"step": 61, "loss": 1.25, "lr": 1e-4}) + "\n")
+    assert "r/0.1.1.data.js" in json.loads(cli("site", "--json")[1])["written"]
+    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61 and _data(two, "0.1.1")["curves"]["loss"][-1] == 1.25
+
+    cache.write_text('{"layout": 1, "stamp": null}\n{"step": alert(1)}', encoding="utf-8")  # damaged: rebuilt, not used
+    shutil.rmtree(two.root / "out/site")
+    assert cli("site", "--json")[0] == 0
+    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61
+    assert "alert" not in (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+
+
+def test_a_cached_build_writes_what_a_build_without_cache_writes(two, cli):
+    assert cli("site", "--json")[0] == 0
+    site_dir = two.root / "out/site"
+    first = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
+    shutil.rmtree(site_dir)
+    assert cli("site", "--json")[0] == 0  # every page from the cache
+    again = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
+    assert again == first

@@ -18,10 +18,58 @@
   function ready() { window.EXP_READY_AT = performance.now(); document.documentElement.setAttribute("data-ready", "1"); }
 
   // -- index ------------------------------------------------------------------------------------
+  // The rows come as JSON (pages.index_json): built here as the template once wrote them, text by textContent.
+  function indexRows(table) {
+    var holder = document.getElementById("index-data"), out = [];
+    if (!holder) { return Array.prototype.slice.call(table.tBodies[0].rows); }
+    var data = JSON.parse(holder.textContent), f = {};
+    data.fields.forEach(function (name, i) { f[name] = i; });
+    function cell(tr, text, sortValue, cls) {
+      var td = el("td", tr, text, cls);
+      if (sortValue !== undefined) { td.setAttribute("data-v", sortValue); }
+      return td;
+    }
+    function star(parent) { var s = el("span", null, "★", "best"); s.title = data.t.best; parent.appendChild(document.createTextNode(" ")); parent.appendChild(s); }
+    data.rows.forEach(function (r) {
+      var v = r[f.version], tr = el("tr");
+      out.push(tr);
+      tr.setAttribute("data-status", r[f.status]); tr.setAttribute("data-task", r[f.task]); tr.setAttribute("data-text", r[f.search]);
+      tr.id = "row-" + v;
+      var box = el("input", el("td", tr), null, "pick");
+      box.type = "checkbox"; box.value = v; box.setAttribute("aria-label", data.t.pick + " " + v);
+      var td = cell(tr, null, r[f.order]), a = el("a", td, v);
+      a.href = "r/" + v + ".html";
+      if (r[f.best]) { star(td); }
+      cell(tr, r[f.task]);
+      el("span", cell(tr), r[f.status], "st st-" + r[f.status]);
+      cell(tr, r[f.description], undefined, "desc");
+      td = cell(tr, null, r[f.parent_order]);
+      if (r[f.parent_link]) { a = el("a", td, r[f.parent]); a.href = "r/" + r[f.parent] + ".html"; } else { td.textContent = r[f.parent] || "—"; }
+      r[f.metrics].forEach(function (m) { cell(tr, m[0], m[1], "num"); });
+      td = cell(tr, null, r[f.verdict_sort]);
+      var vd = r[f.verdicts];
+      if (vd) { el("span", td, "✓ " + vd[0], "b ok"); el("span", td, "✗ " + vd[1], "b no"); el("span", td, "? " + vd[2], "b q"); } else { td.textContent = "—"; }
+      cell(tr, r[f.review]);
+      cell(tr, r[f.date].slice(0, 10) || "—", r[f.date]);
+    });
+    return out;
+  }
+
+  // Every row is built, but only the first PAGE of those shown are in the table until the reader
+  // scrolls to its end (or presses "more"): laying out a thousand rows took the browser longer
+  // than everything else on the page. Filtering and sorting work on all of them.
+  var PAGE = 150;
   function index(table) {
-    var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+    var rows = indexRows(table), body = table.tBodies[0], limit = PAGE;
     var q = document.getElementById("q"), fs = document.getElementById("f-status"), ft = document.getElementById("f-task");
-    var count = document.getElementById("shown"), button = document.getElementById("compare");
+    var count = document.getElementById("shown"), button = document.getElementById("compare"), more = document.getElementById("more");
+    function attach() {
+      var frag = document.createDocumentFragment(), n = 0;
+      rows.forEach(function (r) { if (!r.hidden) { if (n < limit) { frag.appendChild(r); } else if (r.parentNode) { r.parentNode.removeChild(r); } n++; } });
+      body.textContent = "";
+      body.appendChild(frag);
+      if (more) { more.hidden = n <= limit; }
+    }
     function filter() {
       var text = q.value.trim().toLowerCase(), st = fs.value, task = ft.value, n = 0;
       rows.forEach(function (r) {
@@ -31,6 +79,14 @@
         if (ok) { n++; }
       });
       count.textContent = n;
+      attach();
+    }
+    function showMore() { limit += PAGE * 4; attach(); }
+    if (more) {
+      more.addEventListener("click", showMore);
+      if (window.IntersectionObserver) {
+        new IntersectionObserver(function (seen) { if (seen[0].isIntersecting && !more.hidden) { showMore(); } }, {rootMargin: "600px"}).observe(more);
+      }
     }
     [q, fs, ft].forEach(function (c) { c.addEventListener("input", filter); c.addEventListener("change", filter); });
     var heads = table.tHead.rows[0].cells;
@@ -52,15 +108,15 @@
           if (b[0] === null || b[0] === "") { return -1; }
           return (a[0] < b[0] ? -1 : 1) * (asc ? 1 : -1);
         });
-        var frag = document.createDocumentFragment();
-        keyed.forEach(function (k) { frag.appendChild(k[2]); });
-        body.appendChild(frag);
         rows = keyed.map(function (k) { return k[2]; });
+        attach();
       }
       th.addEventListener("click", sort);
       th.addEventListener("keydown", function (ev) { if (ev.key === "Enter") { sort(); } });
     });
-    function picked() { return Array.prototype.map.call(body.querySelectorAll("input.pick:checked"), function (b) { return b.value; }); }
+    function picked() {  // every row, in the table now or not
+      return rows.map(function (r) { return r.querySelector("input.pick"); }).filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
+    }
     body.addEventListener("change", function () { button.disabled = picked().length < 2; });
     button.addEventListener("click", function () { window.location.href = "compare.html?v=" + picked().map(encodeURIComponent).join(","); });
     filter();
