@@ -9,6 +9,7 @@ finish and the survivor is whole. Layer 0: the standard library only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -91,3 +92,16 @@ def replace_dir(new: Path, target: Path) -> None:
     os.replace(new, target)
     _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on ``path`` (created if missing) for the block:
+    one writer of a record's state, one preparer of a corpus, at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

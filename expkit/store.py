@@ -16,7 +16,6 @@ the files mean is decided above (``records``).
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RecordError
-from .files import atomic_write
+from .files import atomic_write, file_lock
 from .record import Record, digest, empty_view, lf, sha256
 from .version import Version
 from .workspace import Workspace
@@ -35,14 +34,8 @@ STATE_SCHEMA = 1
 
 @contextmanager
 def locked(ws: Workspace, version: Any) -> Iterator[None]:
-    lock = ws.lock_path(version)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(ws.lock_path(version)):
+        yield
 
 
 def read_state(ws: Workspace, version: Any) -> dict[str, Any] | None:

@@ -26,9 +26,7 @@ through ``ensure_prepared``, so neither a restart nor ``--resume`` tokenizes aga
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
-import fcntl
 import gzip
 import hashlib
 import io
@@ -49,7 +47,7 @@ from typing import IO, Any
 import numpy as np
 
 from expkit.errors import DataError, ExpError
-from expkit.files import atomic_write, replace_dir
+from expkit.files import atomic_write, file_lock, replace_dir
 from expkit.workspace import data_cache_dir, resolve_data_path
 
 from .tokenizer import EOS_ID, TOKENIZER_FILES
@@ -329,22 +327,12 @@ def prepare(
     tok_sha = tokenizer_sha256(tok_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out.with_name(f".{out.name}.lock")):
+    with file_lock(out.with_name(f".{out.name}.lock")):
         why = _why_stale(read_manifest(out), src, tok_sha, field, val_fraction)
         if why is None:
             return {**(read_manifest(out) or {}), "up_to_date": True, "why": "", "out": str(out)}
         manifest = _build(src, out, tok_dir, tok_sha, workers, val_fraction, field, progress, shard_tokens, note)
     return {**manifest, "up_to_date": False, "why": why, "out": str(out)}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build(src: Path, out: Path, tok_dir: Path, tok_sha: str, workers: int, val_fraction: float, field: str,
