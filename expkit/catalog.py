@@ -192,11 +192,13 @@ def _stamp(record_path: str) -> list[int]:
     return out
 
 
-def rows(ws: Workspace) -> list[dict[str, Any]]:
+def rows(ws: Workspace, exclude: str | None = None) -> list[dict[str, Any]]:
     """Every record's row (what ``exp list``, ``exp tree`` and ``exp report`` show), sorted by
     version. Reading a record's state costs a JSON parse of its whole analysis (0.15 s for 1,000
     records); so each row is kept in ``out/.cache/`` under its files' sizes and mtimes, and only
-    records that changed since are read again."""
+    records that changed since are read again. ``exclude``: a version left out and not read (the
+    record being analysed asks about the others; its cached row stays for the next listing to
+    check)."""
     cache_path = ws.cache_dir() / CACHE_FILE
     try:
         saved = json.loads(cache_path.read_text(encoding="utf-8"))
@@ -208,8 +210,12 @@ def rows(ws: Workspace) -> list[dict[str, Any]]:
     fresh: dict[str, Any] = {}
     out = []
     for version, path in store.record_files(ws):
-        stamp = _stamp(str(path))
         hit = cache.get(path.name)
+        if exclude is not None and str(version) == exclude:
+            if hit is not None:
+                fresh[path.name] = hit  # as it was: not read now, checked by the next full listing
+            continue
+        stamp = _stamp(str(path))
         row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, str(version))
         fresh[path.name] = {"stamp": stamp, "row": row}
         out.append(row)
@@ -317,7 +323,7 @@ def same_config_noise(ws: Workspace, version: Version | str, config: dict[str, A
     (``NOISE_IGNORED``), pooled with this run's own values; a metric needs two values or more.
     O(records) through the row cache."""
     key = noise_key(config)
-    siblings = [r for r in rows(ws) if r.get("noise_key") == key and r["version"] != str(version)]
+    siblings = [r for r in rows(ws, exclude=str(version)) if r.get("noise_key") == key]
     if not siblings:
         return {}
     out: dict[str, Noise] = {}

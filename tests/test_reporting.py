@@ -246,6 +246,24 @@ def test_a_second_report_or_listing_reads_no_record_again(lineage, monkeypatch):
     assert [r["version"] for r in listed] == ["0.1.0", "0.1.1", "0.1.2", "0.2.0"]
 
 
+def test_rows_without_one_record_neither_read_it_nor_forget_its_change(lineage, monkeypatch):
+    """`exp analyze V` asks about the other records (same-config noise): V itself, just written,
+    is neither read nor rewritten into the cache; the next full listing still sees its change."""
+    catalog.rows(lineage)
+    cache = lineage.cache_dir() / catalog.CACHE_FILE
+    before = cache.read_bytes()
+    with records.update(lineage, Version.parse("0.2.0")) as r:
+        r.meta["description"] = "renamed while being analysed"
+    reads = []
+    real_row = catalog._row
+    monkeypatch.setattr(catalog, "_row", lambda ws, version: reads.append(version) or real_row(ws, version))
+    others = catalog.rows(lineage, exclude="0.2.0")
+    assert [r["version"] for r in others] == ["0.1.0", "0.1.1", "0.1.2"] and reads == []
+    assert cache.read_bytes() == before  # nothing read, nothing to write
+    listed = {r["version"]: r for r in catalog.rows(lineage)}
+    assert reads == ["0.2.0"] and listed["0.2.0"]["description"] == "renamed while being analysed"
+
+
 def test_diff_says_when_two_runs_trained_with_different_code(lineage, cli):
     with records.update(lineage, Version.parse("0.1.0")) as r:
         r.meta["run"] = {**(r.meta.get("run") or {}), "code": {"location": "/src/lab", "git_sha": "a" * 40, "dirty": False}}
