@@ -285,18 +285,14 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
                 record = finalize(ws, version, 143, reason="stopped by exp stop", interrupted=True, ended_by="exp stop")
             break
         time.sleep(FILE_POLL_S)
-    if record.status == "running" and run.get("job_id"):
-        try:
-            slurm.cancel(str(run["job_id"]))
-        except slurm.SlurmError as err:
-            result_note = f"scancel: {err}"
-        else:
-            result_note = ""
-    else:
-        result_note = ""
     result = {"version": str(version), "status": record.status, "where": look.where}
     if record.status == "running":
-        result["note"] = f"still running after {timeout_s:.0f} s; `exp status {version}` to look again" + (f" ({result_note})" if result_note else "")
+        result["note"] = f"still running after {timeout_s:.0f} s; `exp status {version}` to look again"
+        if run.get("job_id"):
+            try:
+                slurm.cancel(str(run["job_id"]))  # the job did not end on TERM: cancel it outright
+            except slurm.SlurmError as err:
+                result["note"] += f" (scancel: {err})"
     return result
 
 

@@ -208,8 +208,9 @@ def test_stop_reaches_a_script_started_by_hand(gitws):
     """`bash run_file/experiment_V.sh` from a shell: the script is not a group leader, so the
     stop signals it alone (its trap passes the signal to the trainer), not the shell's group."""
     make(gitws, steps=3000, extra=["save_interval=10"])
-    assert run_exp("run", "0.1.0", "--dry-run", cwd=gitws.root).returncode == 0
-    text = run_exp("run", "0.1.0", "--dry-run", cwd=gitws.root).stdout
+    dry = run_exp("run", "0.1.0", "--dry-run", cwd=gitws.root)
+    assert dry.returncode == 0, dry.stderr
+    text = dry.stdout
     script = gitws.run_script_path(V)
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(text[text.index("#!/usr/bin/env bash"):])
