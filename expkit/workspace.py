@@ -154,6 +154,14 @@ class Workspace:
     def out_dir(self, version: Any) -> Path:
         return self.out_root / f"experiment_{version}"
 
+    def replicate_dir(self, version: Any, index: int) -> Path:
+        """Replicate ``index`` of a record's run (seed ``seed + index``): ``out/experiment_V/r{index}/``."""
+        return self.out_dir(version) / f"r{index}"
+
+    def queue_dir(self) -> Path:
+        """The run queues' plans and supervisor state (``exp run V1 V2 ...``, ``--members``)."""
+        return self.out_root / ".queue"
+
     def lock_path(self, version: Any) -> Path:
         return self.locks_dir / f"experiment_{version}.lock"
 

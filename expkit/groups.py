@@ -1,0 +1,77 @@
+"""Experiment groups: an exploratory record ``X.Y.0`` and its members ``X.Y.k``.
+
+A group's question lives in its parent's human sections; each member changes one thing (the
+swept key) and says so in its front matter. This module is the one definition of membership
+that ``exp sweep``, the run queue, the group's analysis, review and commit, reports and the
+site share:
+
+- a member's meta has ``group: "X.Y.0"`` (its parent record, also its ``parent``) and
+  ``changes: {key: value, ...}`` (what it changes against the parent's config: one key, or
+  several for a ``--grid`` product);
+- the members of ``X.Y.0`` are the records whose ``group`` names it, by version;
+- a record's replicates (config ``replicates``, seeds ``seed, seed+1, ...``) run in
+  ``Workspace.replicate_dir(V, i)`` = ``out/experiment_V/r{i}/``.
+
+Layer 4 (reads records through ``store``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import store
+from .errors import RecordError
+from .version import Version
+from .workspace import Workspace
+
+#: The front matter keys of a member.
+GROUP_KEY = "group"
+CHANGES_KEY = "changes"
+
+
+def group_of(meta: dict[str, Any]) -> Version | None:
+    """The group a record belongs to (its ``X.Y.0``), or None."""
+    value = meta.get(GROUP_KEY)
+    if not value or not Version.is_valid(str(value)):
+        return None
+    return Version.parse(str(value))
+
+
+def changes_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a member changes against its group's parent ({} for a record outside a group)."""
+    value = meta.get(CHANGES_KEY)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def can_lead(version: Version) -> bool:
+    """Only an exploratory ``X.Y.0`` record (Y ≥ 1) may lead a group."""
+    return version.category == "exploratory"
+
+
+def members(ws: Workspace, parent: Version) -> list[store.Entry]:
+    """The member records of ``parent`` by version ([] when it leads none)."""
+    return [e for e in store.entries(ws) if not e.error and group_of(e.meta) == parent]
+
+
+def member_versions(ws: Workspace, parent: Version) -> list[Version]:
+    return [e.version for e in members(ws, parent)]
+
+
+def require_group(ws: Workspace, parent: Version) -> list[store.Entry]:
+    """The members of a group, or an error that says how to make one."""
+    if not ws.record_path(parent).exists():
+        raise RecordError(f"no experiment {parent} ({ws.rel(ws.record_path(parent))}); `exp list` shows the records")
+    found = members(ws, parent)
+    if not found:
+        hint = (f"make members with `exp sweep {parent} KEY=V1,V2`" if can_lead(parent)
+                else f"a group is led by an X.Y.0 record (e.g. {parent.major}.{parent.minor}.0)")
+        raise RecordError(f"{parent} has no members; {hint}")
+    return found
+
+
+def replicate_seeds(config: dict[str, Any]) -> list[int]:
+    """The seeds of a record's replicates: ``seed, seed+1, ...`` (one when ``replicates`` is 1)."""
+    seed = int(config.get("seed", 0) or 0)
+    n = config.get("replicates", 1)
+    n = n if isinstance(n, int) and n >= 1 else 1
+    return [seed + i for i in range(n)]
