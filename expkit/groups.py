@@ -21,6 +21,7 @@ from typing import Any
 
 from . import store
 from .errors import RecordError
+from .record import HINT_RE, HUMAN, Record
 from .version import Version
 from .workspace import Workspace
 
@@ -67,6 +68,32 @@ def require_group(ws: Workspace, parent: Version) -> list[store.Entry]:
                 else f"a group is led by an X.Y.0 record (e.g. {parent.major}.{parent.minor}.0)")
         raise RecordError(f"{parent} has no members; {hint}")
     return found
+
+
+def is_filled(text: str) -> bool:
+    """A human section a person wrote: some text, and no template hint (``> 💡``) left."""
+    lines = text.split("\n")
+    return any(line.strip() for line in lines) and not any(HINT_RE.match(line) for line in lines)
+
+
+def effective_human(ws: Workspace, record: Record) -> dict[str, dict[str, str]]:
+    """The human sections that hold for a record: {name: {"text", "from"}}. A member's section
+    that it left unfilled is its group parent's (by reference: the parent's file is read now),
+    ``from`` names the record the text comes from; a filled member section is the member's own."""
+    out: dict[str, dict[str, str]] = {}
+    parent = group_of(record.meta)
+    parent_record = None
+    for name in HUMAN:
+        block = record.block("human", name)
+        own = block.text if block is not None else ""
+        if is_filled(own) or parent is None:
+            out[name] = {"text": own, "from": str(record.version)}
+            continue
+        if parent_record is None:
+            parent_record = store.load(ws, parent)
+        theirs = parent_record.block("human", name)
+        out[name] = {"text": theirs.text if theirs is not None else "", "from": str(parent)}
+    return out
 
 
 def replicate_seeds(config: dict[str, Any]) -> list[int]:
