@@ -219,10 +219,11 @@ def rows(ws: Workspace, exclude: str | None = None) -> list[dict[str, Any]]:
         row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, str(version))
         fresh[path.name] = {"stamp": stamp, "row": row}
         out.append(row)
-    if fresh != cache:
+    if fresh != cache or not (ws.cache_dir() / NOISE_FILE).exists():
         try:
             text = json.dumps({"layout": CACHE_LAYOUT, "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
             atomic_write(cache_path, text)
+            _write_noise_index(ws, fresh)
         except OSError:
             pass  # a read-only out/: the report is still right, only slower next time
     return out
@@ -323,22 +324,77 @@ def same_config_noise(ws: Workspace, version: Version | str, config: dict[str, A
     (``NOISE_IGNORED``), pooled with this run's own values; a metric needs two values or more.
     O(records) through the row cache."""
     key = noise_key(config)
-    siblings = [r for r in rows(ws, exclude=str(version)) if r.get("noise_key") == key]
-    if not siblings:
+    siblings = _noise_siblings(ws, key, str(version))
+    if siblings is None:  # the index is missing or out of date: the rows (which rebuild it) decide
+        siblings = _noise_entry([r for r in rows(ws, exclude=str(version)) if r.get("noise_key") == key])
+    if not siblings["versions"]:
         return {}
     out: dict[str, Noise] = {}
     metrics = {m for t in tables for m in t}
     for metric in sorted(metrics):
         values = [t[metric] for t in tables if is_finite_number(t.get(metric))]
         versions = [str(version)] if values else []
-        for row in siblings:
-            theirs = [t.get(metric) for t in (row.get("replicates") or [row.get("metrics") or {}]) if isinstance(t, dict)]
-            theirs = [x for x in theirs if is_finite_number(x)]
+        for theirs, sibling in zip(siblings["values"].get(metric) or [], siblings["versions"]):
             if theirs:
                 values += theirs
-                versions.append(row["version"])
+                versions.append(sibling)
         if len(values) >= 2 and len(versions) >= 2:
             sd = mean_sd(values)[1]
             if sd is not None:
                 out[metric] = Noise(sd, len(values), tuple(versions))
     return out
+
+
+# -- the noise index: runs of each configuration, off `exp analyze`'s path to the whole row cache ------
+#: Beside the row cache, written with it: {noise key: the versions of analysed finished runs of that
+#: configuration and each one's values per metric}, with every record's stamp. `exp analyze` reads
+#: this small file instead of the rows of every record (and does not pool a thousand rows by hand).
+NOISE_FILE = "noise-index.json"
+
+
+def _noise_entry(siblings: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"versions": [...], "values": {metric: [[that version's finite values], ...]}} of rows."""
+    versions = [r["version"] for r in siblings]
+    values: dict[str, list[list[float]]] = {}
+    for i, row in enumerate(siblings):
+        tables = [t for t in (row.get("replicates") or [row.get("metrics") or {}]) if isinstance(t, dict)]
+        for metric in {m for t in tables for m in t}:
+            column = values.setdefault(metric, [[] for _ in versions])
+            column[i] = [t[metric] for t in tables if is_finite_number(t.get(metric))]
+    return {"versions": versions, "values": values}
+
+
+def _write_noise_index(ws: Workspace, fresh: dict[str, Any]) -> None:
+    keys: dict[str, list[dict[str, Any]]] = {}
+    for entry in fresh.values():
+        row = entry["row"]
+        if row.get("noise_key"):
+            keys.setdefault(row["noise_key"], []).append(row)
+    index = {"layout": CACHE_LAYOUT, "stamps": {name: entry["stamp"] for name, entry in fresh.items()},
+             "keys": {k: _noise_entry(sorted(v, key=lambda r: Version.parse(r["version"]))) for k, v in keys.items()}}
+    atomic_write(ws.cache_dir() / NOISE_FILE, json.dumps(index, separators=(",", ":")))
+
+
+def _noise_siblings(ws: Workspace, key: str, exclude: str) -> dict[str, Any] | None:
+    """The runs of configuration ``key`` but ``exclude``, from the noise index; None when it is
+    missing or any record (``exclude`` aside) changed, appeared or went since it was written."""
+    try:
+        index = json.loads((ws.cache_dir() / NOISE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("layout") != CACHE_LAYOUT or not isinstance(index.get("stamps"), dict):
+        return None
+    stamps = index["stamps"]
+    skip = f"experiment_{exclude}.md"
+    files = store.record_files(ws)
+    if {p.name for _, p in files} - {skip} != set(stamps) - {skip}:
+        return None
+    for _, path in files:
+        if path.name != skip and _stamp(str(path)) != stamps.get(path.name):
+            return None
+    entry = (index.get("keys") or {}).get(key) or {"versions": [], "values": {}}
+    if exclude not in entry["versions"]:
+        return entry
+    i = entry["versions"].index(exclude)
+    return {"versions": entry["versions"][:i] + entry["versions"][i + 1:],
+            "values": {m: col[:i] + col[i + 1:] for m, col in entry["values"].items()}}
