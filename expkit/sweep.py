@@ -38,6 +38,10 @@ class Member:
                 "replicates": self.config.get("replicates", 1), "path": ws.rel(ws.record_path(self.version))}
 
 
+def _refused(parent: Version, why: str) -> str:
+    return f"cannot sweep {parent}: {why} (nothing was created)"
+
+
 def parse_axes(specs: list[str]) -> list[tuple[str, list[str]]]:
     """``KEY=V1,V2,...`` strings as [(key, [value strings])], split the way ``exp set`` splits
     ``KEY=VALUE`` (values stay strings until the config types them)."""
@@ -63,37 +67,34 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     first problem of the parent, or on all the bad values together."""
     axes = parse_axes(specs)
     if not groups.can_lead(parent):
-        raise RecordError(
-            f"{parent} cannot lead a group: a group is an exploratory X.Y.0 record (Y ≥ 1) whose human sections "
-            f"state the question, e.g. `exp new {parent.major}.{max(parent.minor, 1)}.0`; nothing was created"
-        )
+        raise RecordError(_refused(parent, "a group is led by an exploratory X.Y.0 record (Y ≥ 1) whose human sections state "
+                                   f"the question, e.g. {parent.major}.{max(parent.minor, 1)}.0"))
     if not ws.record_path(parent).exists():
-        raise RecordError(f"no experiment {parent} ({ws.rel(ws.record_path(parent))}); create it with "
-                          f"`exp new {parent}` and fill its human sections first; nothing was created")
+        raise RecordError(_refused(parent, f"there is no experiment {parent} ({ws.rel(ws.record_path(parent))}); create it "
+                                   f"with `exp new {parent}` and fill its human sections first"))
     record = store.load(ws, parent)
     unfilled = [n for n, e in groups.effective_human(ws, record).items() if not groups.is_filled(e["text"])]
     if unfilled:
-        raise RecordError(
-            f"{parent}'s human sections state the group's question, but {', '.join(unfilled)} "
-            f"{'is' if len(unfilled) == 1 else 'are'} not filled; fill {ws.rel(ws.record_path(parent))} "
-            f"(`exp check {parent}` lists what is missing), then sweep; nothing was created"
-        )
+        raise RecordError(_refused(
+            parent, f"its human sections state the group's question, but its {', '.join(unfilled)} "
+            f"{'is' if len(unfilled) == 1 else 'are'} not filled; fill them in {ws.rel(ws.record_path(parent))} "
+            f"(`exp check {parent}` lists what is missing), then sweep"))
     meta = record.meta
     try:
         base = cfg_mod.validate(meta.get("config") or {}).model_dump()
     except ConfigError as err:
-        raise RecordError(f"{parent} has an invalid config ({err}); fix it with `exp set {parent}` first; nothing was created") from None
+        raise RecordError(_refused(parent, f"its config is invalid ({err}); fix it with `exp set {parent}` first")) from None
 
     unknown = [k for k, _ in axes if k not in cfg_mod.TrainConfig.model_fields]
     if unknown:
-        raise ConfigError("; ".join(f"unknown config key {k!r}{cfg_mod.suggest(k)}" for k in unknown) + "; nothing was created")
+        raise ConfigError(_refused(parent, "; ".join(f"unknown config key {k!r}{cfg_mod.suggest(k)}" for k in unknown)))
     combos: list[list[tuple[str, str]]]
     if grid:
         combos = [list(c) for c in itertools.product(*([(k, v) for v in values] for k, values in axes))]
     else:
         combos = [[(k, v)] for k, values in axes for v in values]
     if len(combos) > MAX_MEMBERS:
-        raise UsageError(f"the sweep would make {len(combos)} members (at most {MAX_MEMBERS}); sweep fewer values")
+        raise UsageError(_refused(parent, f"it would make {len(combos)} members (at most {MAX_MEMBERS}); sweep fewer values"))
     extra = [f"replicates={seeds}"] if seeds is not None else []
 
     errors: list[str] = []
@@ -120,7 +121,7 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
         seen[key] = ", ".join(typed)
         planned.append((changes, config, typed))
     if errors:
-        raise ConfigError(f"cannot sweep {parent}: " + "; ".join(errors) + "; nothing was created")
+        raise ConfigError(_refused(parent, "; ".join(errors)))
 
     prefix = (desc if desc is not None else str(meta.get("description") or "")).strip()
     versions = groups.next_patches(ws, parent, len(planned))
