@@ -16,6 +16,7 @@ from typing import Any
 
 from . import config as cfg_mod
 from . import groups, lifecycle, store
+from .catalog import PLACEMENT_KEYS
 from .errors import ConfigError, RecordError, UsageError
 from .version import Version
 from .workspace import Workspace
@@ -49,6 +50,8 @@ def parse_axes(specs: list[str]) -> list[tuple[str, list[str]]]:
         raise UsageError("give at least one KEY=V1,V2,... to sweep (e.g. learning_rate=1e-5,2e-5,5e-5)")
     axes: list[tuple[str, list[str]]] = []
     for spec in specs:
+        if "=" not in spec:
+            raise UsageError(f"expected KEY=V1,V2,..., got {spec!r} (for example learning_rate=1e-5,2e-5)")
         key, raw = cfg_mod.parse_assignment(spec)
         values = [v.strip() for v in raw.split(",")]
         if not raw or any(not v for v in values):
@@ -57,6 +60,9 @@ def parse_axes(specs: list[str]) -> list[tuple[str, list[str]]]:
             raise UsageError(f"{key} is swept twice; give all its values once: {key}=V1,V2,...")
         if key == "replicates":
             raise UsageError("replicates is not a variable under test; sweep another key and give --seeds N")
+        if key in PLACEMENT_KEYS:
+            raise UsageError(f"{key} says where a run goes or what it logs, not what it learns: it is no variable under "
+                             f"test (`exp check` would find the members' configs the same); set it with `exp set`")
         axes.append((key, values))
     return axes
 
@@ -96,6 +102,11 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     if len(combos) > MAX_MEMBERS:
         raise UsageError(_refused(parent, f"it would make {len(combos)} members (at most {MAX_MEMBERS}); sweep fewer values"))
     extra = [f"replicates={seeds}"] if seeds is not None else []
+    if extra:
+        try:
+            cfg_mod.apply(base, extra)
+        except ConfigError as err:
+            raise ConfigError(_refused(parent, f"--seeds {seeds}: {str(err).removeprefix('invalid config: ')}")) from None
 
     errors: list[str] = []
     planned: list[tuple[dict[str, Any], dict[str, Any], list[str]]] = []

@@ -262,3 +262,14 @@ def test_exp_set_on_a_member_keeps_its_changes_true(ws):
     meta = member_meta(ws, "1.5.1")
     assert meta["changes"] == {"learning_rate": 4e-3}
     assert "`learning_rate` = 0.004" in store.load(ws, Version.parse("1.5.1")).block("generated", "group").text
+
+
+def test_keys_that_are_no_variable_and_bad_seeds_are_refused_in_one_line(ws):
+    parent(ws)
+    before = snapshot(ws)
+    assert "device says where a run goes" in one_error_line(run_exp("sweep", "1.5.0", "device=cpu,cuda"))
+    assert "sweep another key and give --seeds N" in one_error_line(run_exp("sweep", "1.5.0", "replicates=2,3"))
+    line = one_error_line(run_exp("sweep", "1.5.0", "learning_rate=1e-3,2e-3", "--seeds", "0"))
+    assert line.count("--seeds 0: replicates") == 1 and "nothing was created" in line
+    assert "expected KEY=V1,V2,..." in one_error_line(run_exp("sweep", "1.5.0", "learning_rate"))
+    assert snapshot(ws) == before
