@@ -40,8 +40,8 @@ def show(
     typer.echo(f"  record    {info['path']}  (state {info['state']})")
     if info.get("group"):
         typer.echo(f"  group     {info['group']}    changes {_changes(info['changes'])}")
-    if "members" in info:
-        typer.echo(f"  members   {len(info['members'])}" + ("" if info["members"] else f"  (make them: `exp sweep {info['version']} KEY=V1,V2`)"))
+    if info.get("members"):
+        typer.echo(f"  members   {len(info['members'])}")
         for m in info["members"]:
             typer.echo(f"    {m['version']:10} {m['status']:10} {_changes(m['changes'])}")
     for warn in info["warnings"]:
