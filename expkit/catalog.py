@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-from . import approval, commit, records, store
+from . import approval, commit, groups, records, store
 from . import claims as claims_mod
 from .comparison import config_changes
 from .errors import RecordError, UsageError
@@ -22,7 +22,7 @@ from .intervals import mean_sd
 from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summarize
 from .numbers import is_finite_number
 from .report import REPORT_CONFIG
-from .record import HUMAN, REQUIRED_META, sha256
+from .record import HUMAN, REQUIRED_META
 from .status import STATUSES, next_step
 from .verdicts import Noise
 from .version import Version
@@ -50,8 +50,9 @@ def one_variable_issues(ws: Workspace, meta: dict[str, Any]) -> list[tuple[str, 
         return []
     if not parent_exists(ws, meta):
         return [("warning", f"parent {parent} has no record", "restore it or clear `parent:`")]
+    # replicates (seeds of the same run, `exp sweep --seeds`) is how sure, not what is under test
     changed = {k: v for k, v in config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {}).items()
-               if k not in PLACEMENT_KEYS}
+               if k not in PLACEMENT_KEYS and k != "replicates"}
     new_direction = f"exp new {version.major}.{version.minor + 1}.0 --from {parent}"
     if not changed:
         return [("error", f"{version} is a validation of {parent} but its config is the same: nothing is under test yet",
@@ -73,15 +74,25 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     """``exp show``: the record's state, human sections, claims, config changes and next step."""
     record = records.load(ws, version)
     meta = record.meta
-    sections = {name: (record.block("human", name).text if record.block("human", name) else "") for name in HUMAN}
+    group = groups.group_of(meta)
+    # a group member's sections as they hold for it: the ones it left unfilled are its parent's
+    effective = groups.effective_human(ws, record) if group is not None else None
+    if effective is not None:
+        sections = {name: effective[name]["text"] for name in HUMAN}
+        inherited = {name: e["from"] for name, e in effective.items() if e["from"] != str(version)}
+    else:
+        sections = {name: (record.block("human", name).text if record.block("human", name) else "") for name in HUMAN}
+        inherited = {}
     expected = record.block("human", "expected")
-    found = claims_mod.parse_claims(expected.text, expected.first_content_line)[0] if expected else []
+    found = []
+    if expected is not None:  # inherited claims are numbered by the parent's lines
+        first = expected.first_content_line if "expected" not in inherited else 1
+        found = claims_mod.parse_claims(sections["expected"], first)[0]
     parent = meta.get("parent")
     changed = (config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {})
                if parent and ws.record_path(parent).exists() else {})
     warnings = []
-    prereg = (meta.get("prereg") or {}).get("sections") or {}
-    changed_sections = [n for n, d in prereg.items() if n in sections and sha256(sections[n]) != d]
+    changed_sections = groups.prereg_changed(ws, record)
     if changed_sections:
         warnings.append(f"changed after the run started (pre-registration): {', '.join(changed_sections)}")
     if record.edited_generated():
@@ -104,12 +115,21 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
             "state": ws.rel(ws.state_path(version)),
             "next": nxt,
             "sections": sections,
-            "claims": [c.to_dict() for c in found],
+            # an inherited claim's line is counted in its parent's section (``from`` names the parent)
+            "claims": [{**c.to_dict(), **({"from": inherited["expected"]} if "expected" in inherited else {})} for c in found],
             "changed_from_parent": changed,
             "prereg_changed": changed_sections,
             "warnings": warnings,
         }
     )
+    if group is not None:
+        info["group"] = str(group)
+        info["changes"] = groups.changes_of(meta)
+        info["inherited"] = inherited
+    if groups.can_lead(version):
+        info["members"] = [{"version": r["version"], "status": r["status"], "changes": r.get("group_changes") or {},
+                            "description": r.get("description") or ""}
+                           for r in rows(ws) if r.get("group") == str(version)]
     for key in ("run", "analysis", "review"):
         if meta.get(key) is not None:
             info[key] = meta[key]
@@ -134,20 +154,30 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
     if status is not None and status not in STATUSES and status != "broken":
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     folder = ws.rel(ws.experiment_dir)
+    everything = rows(ws)
+    led: dict[str, list[str]] = {}
+    for row in everything:
+        if row.get("group"):
+            led.setdefault(row["group"], []).append(row["version"])
     out = []
-    for row in rows(ws):
+    for row in everything:
         if status and row["status"] != status:
             continue
         v = row["version"]
-        out.append({"version": v, "status": row["status"], "category": Version.parse(v).category, "parent": row.get("parent"),
-                    "baseline": row.get("baseline"), "description": row.get("description") or "",
-                    "path": f"{folder}/experiment_{v}.md"})
+        entry = {"version": v, "status": row["status"], "category": Version.parse(v).category, "parent": row.get("parent"),
+                 "baseline": row.get("baseline"), "description": row.get("description") or "",
+                 "path": f"{folder}/experiment_{v}.md"}
+        if row.get("group"):
+            entry.update(group=row["group"], changes=row.get("group_changes") or {})
+        if v in led:
+            entry["members"] = led[v]
+        out.append(entry)
     return out
 
 
 # -- every record's row, cached ---------------------------------------------------------------------
 CACHE_FILE = "record-rows.json"
-CACHE_LAYOUT = 6  # bump when _row changes what it returns
+CACHE_LAYOUT = 7  # bump when _row changes what it returns
 
 
 def _row(ws: Workspace, version: str) -> dict[str, Any]:
@@ -176,6 +206,9 @@ def _row(ws: Workspace, version: str) -> dict[str, Any]:
         # which runs share this one's configuration but the seed (noise estimates for single runs)
         "noise_key": noise_key(config) if found.get("run_status") == "finished" and found.get("metrics") else None,
         "replicates": found.get("replicates") if isinstance(found.get("replicates"), list) else None,
+        # the group a member belongs to (`groups`), and what it changes against the group's parent
+        "group": str(group) if (group := groups.group_of(meta)) is not None else None,
+        "group_changes": groups.changes_of(meta) if group is not None else {},
     }
 
 
