@@ -84,7 +84,7 @@ def create(ws: Workspace, version: Version, parent: Version | None = None, basel
         meta[groups.GROUP_KEY] = str(parent)
         meta[groups.CHANGES_KEY] = dict(changes)
     skeleton = Record(meta=meta, parts=[], path=path)
-    names = GENERATED if changes is not None else tuple(n for n in GENERATED if n != "group")
+    names = GENERATED if changes is not None else tuple(n for n in GENERATED if n != "member")
     ctx = view.block_context(ws, skeleton, names)
     blocks = {name: view.render_block(ws, skeleton, name, ctx) for name in names}
     body = render(ws.templates_dir, f"{lang}/record.md.j2", version=str(version), blocks=blocks,
@@ -261,7 +261,7 @@ def show_inherited(ws: Workspace, record: Record) -> None:
     its run starts (then the section shows what the run was pre-registered with). A hand edit
     there is left for ``exp check`` to report."""
     if groups.group_of(record.meta) is not None and record.status in ("draft", "ready"):
-        view.regenerate_quietly(ws, record, ("group",))
+        view.regenerate_quietly(ws, record, ("member",))
 
 
 def ready_or_raise(ws: Workspace, record: Record) -> None:
@@ -295,7 +295,7 @@ def set_config(ws: Workspace, version: Version, assignments: list[str], regenera
                 groups.sync_changes(record.meta)  # a member's `changes` follow its swept keys
                 if record.status == "failed":
                     transition(record, "draft")  # a changed config needs `exp check` before a rerun
-        names = GENERATED if regenerate else (("config", "group") if changed else ())
+        names = GENERATED if regenerate else (("config", "member") if changed else ())
         discarded = view.regenerate(ws, record, names, discard=regenerate)
     return {
         "version": str(version),

@@ -64,8 +64,8 @@ SCHEMA = 1
 
 HUMAN = ("goal", "hypothesis", "expected", "focus")
 AI = ("analysis", "diagnosis", "suggestions")
-#: ``group`` is in a group member's record only (``exp sweep``): the parent's human sections, quoted.
-GENERATED = ("info", "group", "config", "execution", "environment", "metrics", "review")
+#: ``member`` is in a group member's record only (``exp sweep``): the parent's human sections, quoted.
+GENERATED = ("info", "member", "config", "execution", "environment", "metrics", "review")
 #: Sections whose hash is stored at run start (pre-registration): the claims themselves.
 PREREGISTERED = ("goal", "hypothesis", "expected")
 

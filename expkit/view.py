@@ -65,12 +65,12 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         # samples.json is read (and its quality computed) only for the section that shows it
         "samples": sample_rows(ws, version) if "metrics" in names and analysis else [],
         "review": meta.get("review") or {},
-        "group": group_context(ws, record) if "group" in names else None,
+        "member": member_context(ws, record) if "member" in names else None,
     }
 
 
-def group_context(ws: Workspace, record: Record) -> dict[str, Any] | None:
-    """What a member's ``group`` block shows: its group, what it changes, and each human section
+def member_context(ws: Workspace, record: Record) -> dict[str, Any] | None:
+    """What a member's ``member`` block shows: its group, what it changes, and each human section
     as it holds for the member — the parent's text, quoted, or a note that the member wrote its own."""
     parent = groups.group_of(record.meta)
     if parent is None:

@@ -59,7 +59,7 @@ def test_members_get_the_next_patch_versions_one_change_each_and_the_group_front
         text = ws.record_path(v).read_text(encoding="utf-8")
         assert 'group: "1.5.0"' in text and f"changes:\n  learning_rate: {lr}\n" in text
         # the generated group section quotes the parent's question; the member's own sections are hints
-        group_block = store.load(ws, Version.parse(v)).block("generated", "group").text
+        group_block = store.load(ws, Version.parse(v)).block("generated", "member").text
         assert "> " + FILLED["goal"] in group_block and "> - val_loss < 6.5" in group_block
         assert not groups.is_filled(store.load(ws, Version.parse(v)).human("goal"))
     assert groups.member_versions(ws, P) == [Version.parse(f"1.5.{k}") for k in (1, 2, 3)]
@@ -199,7 +199,7 @@ def test_member_specific_text_is_kept_and_holds_for_the_member(ws):
     effective = groups.effective_human(ws, record)
     assert effective["hypothesis"] == {"text": own, "from": "1.5.2"}
     assert effective["goal"] == {"text": "新的组目的：学习率扫描。", "from": "1.5.0"}
-    block = record.block("generated", "group").text
+    block = record.block("generated", "member").text
     assert "> 新的组目的：学习率扫描。" in block and FILLED["goal"] not in block  # re-rendered from the parent
     assert "研究假设**：本成员自己填写" in block
     shown = json.loads(run_exp("show", "1.5.2", "--json").stdout)
@@ -217,7 +217,7 @@ def test_preregistration_of_a_member_detects_a_later_edit_of_the_parents_hypothe
     runner.begin(ws, v, LaunchOptions().check(), pid=dead.pid)  # what `exp run` does at run start
     prereg = member_meta(ws, "1.5.1")["prereg"]["sections"]
     assert prereg == groups.prereg_sections(ws, store.load(ws, v))
-    frozen = store.load(ws, v).block("generated", "group").text
+    frozen = store.load(ws, v).block("generated", "member").text
     assert not [p for p in lifecycle.check(ws, records.load(ws, v)) if "changed after the run started" in p.message]
     fill(rec.path, {"hypothesis": "a different hypothesis, written after seeing the loss"})
     problems = [p for p in lifecycle.check(ws, records.load(ws, v)) if "changed after the run started" in p.message]
@@ -227,7 +227,7 @@ def test_preregistration_of_a_member_detects_a_later_edit_of_the_parents_hypothe
     shown = json.loads(run_exp("show", "1.5.1", "--json").stdout)
     assert shown["prereg_changed"] == ["hypothesis"]
     lifecycle.check_record(ws, P)  # the member ran: its quotation stays what it was pre-registered with
-    assert store.load(ws, v).block("generated", "group").text == frozen
+    assert store.load(ws, v).block("generated", "member").text == frozen
 
 
 def test_show_and_list_give_group_changes_and_members(ws):
@@ -261,7 +261,7 @@ def test_exp_set_on_a_member_keeps_its_changes_true(ws):
     assert r.returncode == 0, r.stderr
     meta = member_meta(ws, "1.5.1")
     assert meta["changes"] == {"learning_rate": 4e-3}
-    assert "`learning_rate` = 0.004" in store.load(ws, Version.parse("1.5.1")).block("generated", "group").text
+    assert "`learning_rate` = 0.004" in store.load(ws, Version.parse("1.5.1")).block("generated", "member").text
 
 
 def test_keys_that_are_no_variable_and_bad_seeds_are_refused_in_one_line(ws):
