@@ -499,9 +499,12 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         if signum:
             code = EXIT_SIGINT if signum == signal.SIGINT else EXIT_SIGTERM
             name = signal.Signals(signum).name
-            if saved_at[0] != run.step:
-                checkpoint(None)
-            log.info(f"{name}: saved checkpoint {_ckpt_name(run.step)}; resume with --resume")
+            if run.step == 0:
+                log.info(f"{name} before the first step: nothing to save")
+            else:
+                if saved_at[0] != run.step:
+                    checkpoint(None)
+                log.info(f"{name}: saved checkpoint {_ckpt_name(run.step)}; resume with --resume")
             run.write_status("interrupted", error=f"stopped by {name}", exit_code=code, max_steps=max_steps)
             run.beat(force=True)
             return code
