@@ -50,7 +50,6 @@ import math
 import random
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -429,7 +428,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         return value > best["value"] if cfg.higher_is_better else value < best["value"]
 
     net.train()
-    t_last, last_loss = time.time(), math.nan
+    last_loss = math.nan
     try:
         signum = stop.signum
         while run.step < max_steps and early_stop_step is None and not signum:
@@ -492,7 +491,6 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
                     if early_stop_step is not None:
                         log.info(f"early stop at step {step}: {cfg.monitor} has not improved for {bad_evals} "
                                  f"evaluations (best {best['value']:.4f} at step {best['step']})")
-                t_last = time.time()
             run.beat(force=step == 1)
             signum = stop.signum
 
@@ -516,7 +514,6 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         return EXIT_DIVERGED
     finally:
         metrics.close()
-    del t_last
 
     # -- finished: the best checkpoint on the test set, reports, final/ --------------------------
     best_step = best["step"]

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None, help="where to write (default: dataset/tokenizer)")
     parser.add_argument("--vocab-size", type=int, default=6400, help="vocabulary size, special tokens included")
     args = parser.parse_args(argv)
-    corpus = args.corpus or embedded_train_path()
+    corpus = args.corpus or f"{embedded_train_path().parent} (pretraining train + classification val/test)"
     out_dir = args.out_dir or embedded_tokenizer_dir()
     started = time.perf_counter()
     try:
