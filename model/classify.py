@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import random
 import zlib
 from collections import Counter
@@ -450,4 +449,6 @@ def fgm_perturb(embedding: nn.Embedding, epsilon: float) -> torch.Tensor | None:
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    return max(1, math.ceil(n_train / batch_size))
+    """Full batches per epoch: the remainder (a different one each epoch, the order being
+    reshuffled) is left out rather than taking a step on a handful of texts."""
+    return max(1, n_train // batch_size)

@@ -8,7 +8,8 @@ the MiniMind backbone with a pooled linear head (``MiniMindForSequenceClassifica
 (CPU, one GPU or MPS); no DDP.
 
 One optimizer step = one batch of ``batch_size`` texts (right-padded, each ending in EOS), in a
-seeded order per epoch; the step number alone says which batch, so ``--resume`` is exact. The
+seeded order per epoch (full batches only: an epoch is floor(n_train / batch_size) steps); the
+step number alone says which batch, so ``--resume`` is exact. The
 loop: loss (ce|focal, class weights, label smoothing) -> backward -> [FGM: perturb the
 embeddings along their gradient, second backward, restore] -> clip -> AdamW (head and layer-wise
 learning rates, warmup + cosine) -> [EMA]. Every ``eval_interval`` steps (default: each epoch)

@@ -186,8 +186,8 @@ def test_a_run_writes_the_trainer_contract(cli_run, toy):
         assert key in summary, key
     data = load_classify_data(ClassifyConfig(data_path=str(toy)))
     assert summary["labels"] == data.labels
-    # epochs decide the steps: 3 passes over the train split in batches of 16
-    assert summary["steps"] == 3 * math.ceil(len(data.train) / 16) and summary["early_stop_step"] is None
+    # epochs decide the steps: 3 passes over the train split in full batches of 16
+    assert summary["steps"] == 3 * (len(data.train) // 16) and summary["early_stop_step"] is None
     # per-class numbers add up to the test set and agree with the confusion matrix
     per = summary["per_class"]
     assert sum(c["support"] for c in per.values()) == summary["n_test"] == len(data.test)
@@ -467,3 +467,15 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(plain, toy, tmp_path, 
     assert resumed.summary["test_acc"] == plain.summary["test_acc"]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("monitor, higher, kept", [("val_loss", False, [2, 4]), ("val_acc", True, [4]),
+                                                    ("val_macro_f1", True, [1, 4])])
+def test_checkpoints_are_ranked_in_the_monitors_direction(monitor, higher, kept, tmp_path):
+    from model.train_pretrain import RunLog
+
+    ckpts = tc.RankedCheckpoints(tmp_path, 1, monitor, higher, RunLog(None))
+    values = {"val_loss": [0.5, 0.3, 0.3, 0.9], "val_acc": [0.5, 0.3, 0.3, 0.9], "val_macro_f1": [0.7, 0.7, 0.2, None]}
+    for step, value in enumerate(values[monitor], start=1):  # ties go to the older checkpoint
+        ckpts.save({"format": tc.CHECKPOINT_FORMAT, "step": step}, step, value)
+    assert [s for s, _ in ckpts.listed()] == kept
