@@ -135,14 +135,17 @@ class MiniMindForSequenceClassification(PreTrainedModel):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ConfigError(f"init_from={path}: no config.json there; name a pretraining run's final/ directory")
-        verbosity = hf_logging.get_verbosity()
+        verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar in train.log's stdout twin
         try:
             lm = MiniMindForCausalLM.from_pretrained(path)
         except Exception as err:
             raise ConfigError(f"init_from={path}: cannot load a MiniMind model there ({err})") from None
         finally:
             hf_logging.set_verbosity(verbosity)
+            if bar:
+                hf_logging.enable_progress_bar()
         config = lm.config
         for key, value in config_overrides.items():
             setattr(config, key, value)
