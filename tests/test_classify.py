@@ -479,3 +479,17 @@ def test_checkpoints_are_ranked_in_the_monitors_direction(monitor, higher, kept,
     for step, value in enumerate(values[monitor], start=1):  # ties go to the older checkpoint
         ckpts.save({"format": tc.CHECKPOINT_FORMAT, "step": step}, step, value)
     assert [s for s, _ in ckpts.listed()] == kept
+
+
+def test_the_config_schema_loads_without_torch():
+    """expkit validates a classify record's config without the trainer's weight: the schema module
+    imports pydantic and expkit only (loaded by path: ``import model`` itself registers the models)."""
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('classify_config', {str(ROOT / 'model' / 'classify_config.py')!r})\n"
+            "m = sys.modules['classify_config'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "m.validate({'ema_decay': 0.99, 'loss': 'focal'})\n"
+            "print(sorted(k for k in ('torch', 'transformers', 'numpy') if k in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
