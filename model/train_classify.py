@@ -291,18 +291,27 @@ def train(cfg: ClassifyConfig, out_dir: Path, resume: bool = False, *, base: Pat
             log.close()
 
 
+def _resolve(value: str, base: Path | None) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base or Path.cwd()) / path
+
+
 def _single() -> Any:
     from .train_pretrain import Dist
 
     return Dist()
 
 
-def build_model(cfg: ClassifyConfig, labels: list[str], vocab_size: int) -> MiniMindForSequenceClassification:
+def build_model(cfg: ClassifyConfig, labels: list[str], vocab_size: int,
+                base: Path | None = None) -> MiniMindForSequenceClassification:
+    """The classifier: the backbone of ``init_from`` (relative to ``base``, else the current
+    directory) with a new head, or a fresh model of the config's shape."""
     extra = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
              "label2id": {label: i for i, label in enumerate(labels)},
              "classifier_pooling": cfg.pooling, "classifier_dropout": cfg.head_dropout}
     if cfg.init_from != "none":
-        net = MiniMindForSequenceClassification.from_causal_lm(cfg.init_from, dropout=cfg.dropout, **extra)
+        net = MiniMindForSequenceClassification.from_causal_lm(_resolve(cfg.init_from, base), dropout=cfg.dropout,
+                                                                **extra)
         if net.config.vocab_size < vocab_size:
             raise ConfigError(f"init_from={cfg.init_from}: its vocabulary ({net.config.vocab_size}) is smaller "
                               f"than its tokenizer's ({vocab_size})")
@@ -334,18 +343,18 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
 
     # -- data, tokenizer, model --------------------------------------------------------------
     data = load_classify_data(cfg, base)
+    if cfg.init_from != "none" and not (_resolve(cfg.init_from, base) / "config.json").is_file():
+        raise ConfigError(f"init_from={cfg.init_from}: no model there (no config.json); name a pretraining "
+                          "run's final/ directory, or use init_from=none")
     tok_path: Any = cfg.init_from if cfg.init_from != "none" else cfg.tokenizer_path
-    if tok_path != "embedded":
-        tok_path = Path(tok_path).expanduser()
-        tok_path = tok_path if tok_path.is_absolute() else (base or Path.cwd()) / tok_path
-    tokenizer = load_tokenizer(tok_path)
+    tokenizer = load_tokenizer(tok_path if tok_path == "embedded" else _resolve(tok_path, base))
     enc = {split: encode_texts([t for t, _ in getattr(data, split)], tokenizer, cfg.max_seq_len)
            for split in ("train", "val", "test")}
     ys = {split: [y for _, y in getattr(data, split)] for split in ("train", "val", "test")}
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    net = build_model(cfg, data.labels, len(tokenizer)).to(device)
+    net = build_model(cfg, data.labels, len(tokenizer), base).to(device)
     state["model"] = net
     trainable = freeze(net, cfg.freeze_layers)
     if trainable == 0:

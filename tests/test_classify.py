@@ -304,6 +304,12 @@ def test_init_from_copies_the_pretrained_backbone(pretrained):
         MiniMindForSequenceClassification.from_causal_lm(pretrained.parent)
 
 
+def test_a_missing_init_from_is_bad_input(toy, tmp_path):
+    result = quick(tmp_path / "out", toy, init_from=str(tmp_path / "nowhere"), **{k: None for k in TINY})
+    assert result.exit_code == 2 and result.error.startswith(f"init_from={tmp_path / 'nowhere'}: no model there")
+    assert json.loads((tmp_path / "out" / "status.json").read_text())["status"] == "failed"
+
+
 # -- the switches, each against the same run without it -----------------------------------------
 
 
