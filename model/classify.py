@@ -226,6 +226,14 @@ def stratified_holdout(pairs: list[tuple[str, str]], fraction: float, seed: int
     return _hash_order(rest, seed), _hash_order(held, seed)
 
 
+def _label_key(label: str) -> tuple[int, float, str]:
+    """Integer labels in numeric order ("2" before "10"), then the others alphabetically."""
+    try:
+        return (0, float(int(label)), "")
+    except ValueError:
+        return (1, 0.0, label)
+
+
 def embedded_paths(lang: str) -> dict[str, Path]:
     base = dataset_dir()
     return {split: base / f"classify_{lang}_{split}.jsonl.gz" for split in ("train", "val", "test")} | {
@@ -242,8 +250,8 @@ def load_classify_data(cfg: ClassifyConfig, base: Path | None = None) -> Labelle
 
     An embedded corpus uses its shipped splits and label order. A user's ``data_path`` gives
     train; ``val_data_path`` / ``test_data_path`` name files or, when '', are 10% each of
-    ``data_path`` held out per label (seeded). The label set is the train labels, sorted; a
-    val or test label not among them is an error.
+    ``data_path`` held out per label (seeded). The label set is the train labels, sorted
+    (integers numerically); a val or test label not among them is an error.
     """
     if cfg.data_path in EMBEDDED_CORPORA:
         paths = embedded_paths(EMBEDDED_CORPORA[cfg.data_path])
@@ -266,7 +274,7 @@ def load_classify_data(cfg: ClassifyConfig, base: Path | None = None) -> Labelle
                 train, raw[split] = stratified_holdout(train, 0.1, cfg.seed + (split == "val"))
                 source[split] = f"10% of {cfg.data_path}"
         raw["train"] = train
-        labels = sorted({label for _, label in train})
+        labels = sorted({label for _, label in train}, key=_label_key)
         for split in ("val", "test"):
             if not raw[split]:
                 raise DataError(f"{source[split]}: no examples left for {split}; give {split}_data_path or more data")

@@ -153,6 +153,8 @@ def test_embedded_corpora_and_a_users_file_load(toy, tmp_path):
     bad = _jsonl(tmp_path / "bad.jsonl", [{"text": "ok", "label": "a"}, {"text": "no label"}])
     with pytest.raises(DataError, match=r"bad\.jsonl:2: .*label"):
         load_classify_data(ClassifyConfig(data_path=str(bad)))
+    numbered = _jsonl(tmp_path / "n.jsonl", [{"text": f"t{i}", "label": i % 12} for i in range(48)])
+    assert load_classify_data(ClassifyConfig(data_path=str(numbered))).labels == [str(i) for i in range(12)]
     unseen = _jsonl(tmp_path / "val.jsonl", [{"text": "x", "label": "martian"}])
     with pytest.raises(DataError, match="'martian' not in the training labels"):
         load_classify_data(ClassifyConfig(data_path=str(toy), val_data_path=str(unseen)))
