@@ -451,7 +451,9 @@ def test_gradient_clipping_bounds_what_the_optimizer_sees(plain, toy, tmp_path):
     assert first_moment_norm("free") > 10 * first_moment_norm("clip")
 
 
-def test_sigterm_checkpoints_and_resume_continues_exactly(plain, toy, tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [{}, {"ema_decay": 0.5, "augment": "both", "head_dropout": 0.2}])
+def test_sigterm_checkpoints_and_resume_continues_exactly(extra, plain, toy, tmp_path, monkeypatch):
+    straight = quick(tmp_path / "straight", toy, **extra) if extra else plain
     out = tmp_path / "stopped"
     real = tc.evaluate
     calls = []
@@ -463,16 +465,21 @@ def test_sigterm_checkpoints_and_resume_continues_exactly(plain, toy, tmp_path, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tc, "evaluate", evaluate_then_sigterm)
-    stopped = quick(out, toy)
+    stopped = quick(out, toy, **extra)
     assert stopped.exit_code == 143 and stopped.step == 2
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(tc, "evaluate", real)
-    again = quick(out, toy)
+    again = quick(out, toy, **extra)
     assert again.exit_code == 2 and "--resume" in again.error  # refuses to overwrite
     resumed = tc.train(ClassifyConfig.model_validate_json((out / "config.json").read_text()), out, resume=True)
     assert resumed.exit_code == 0
-    assert resumed.summary["param_sha256"] == plain.summary["param_sha256"]
-    assert resumed.summary["test_acc"] == plain.summary["test_acc"]
+    assert resumed.summary["param_sha256"] == straight.summary["param_sha256"]
+    assert resumed.summary["test_acc"] == straight.summary["test_acc"]
+    rows = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("stopped", "straight")] if extra else []
+    if rows:  # the same losses, step by step (elapsed time aside)
+        strip = [[{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in r.splitlines()]
+                 for r in rows]
+        assert strip[0] == strip[1]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
 
