@@ -392,7 +392,9 @@ def test_shipped_corpus_matches_a_rebuild(tmp_path):
             capture_output=True,
         )
     shipped = workspace.dataset_dir()
-    for name in ("pretrain_train.jsonl.gz", "pretrain_val.jsonl.gz", "sources.sha256", "README.md"):
+    classify = [f"classify_{lang}_{part}" for lang in ("en", "zh") for part in
+                ("train.jsonl.gz", "val.jsonl.gz", "test.jsonl.gz", "labels.json")]
+    for name in ("pretrain_train.jsonl.gz", "pretrain_val.jsonl.gz", "sources.sha256", "README.md", *classify):
         rebuilt = (tmp_path / "a" / name).read_bytes()
         assert rebuilt == (tmp_path / "b" / name).read_bytes(), f"{name}: two builds differ"
         if name.endswith(".gz"):

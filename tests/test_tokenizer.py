@@ -159,8 +159,13 @@ def test_corrupt_tokenizer_is_a_data_error(tmp_path):
 
 
 def test_shipped_tokenizer_matches_a_rebuild_from_the_shipped_corpus(tmp_path):
-    """Catches a corpus regenerated without regenerating the tokenizer (about 5 s)."""
-    docs = read_documents(workspace.embedded_train_path())
+    """Catches a corpus regenerated without regenerating the tokenizer (about 5 s). The tokenizer
+    predates the classification split: its documents are the pretraining train split plus the
+    classification val/test documents taken out of it (scripts/build_corpus.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from build_corpus import tokenizer_documents
+
+    docs = tokenizer_documents(workspace.dataset_dir())
     train_tokenizer(docs, tmp_path, vocab_size=6400)
     rebuilt, shipped = _file_bytes(tmp_path), _file_bytes(workspace.embedded_tokenizer_dir())
     assert rebuilt["tokenizer_config.json"] == shipped["tokenizer_config.json"]
