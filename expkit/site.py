@@ -12,11 +12,13 @@ sizes and mtimes of the record's markdown and state, of its run's files, of its 
 record (the config diff) and its children's names, and the templates' contents. A page
 whose hash is unchanged is not rendered again; the index is rendered when any row changed.
 
-Cached (``out/.cache/site/r/VERSION.json``): a record's thinned curves under its metrics file's
-size, mtime and inode, and its rendered markdown under a hash of the text itself; so a page
-rendered again (a new template, another ``--out``, the site folder removed) reads neither its
-10,000-line metrics file nor markdown-it again, and a changed input is never answered from the
-cache.
+Curves survive a new template: the manifest keeps, per data script, the metrics file's size,
+mtime and inode it was thinned from, and a page rendered again with that file unchanged takes
+its curves from the data script already in the site instead of reading 10,000 lines again.
+Nothing else is cached outside the site: a cold build of 1,000 records spent a second creating
+a thousand cache files (out/.cache/site/ before), which paid off only when the site folder was
+removed. Record pages are rendered by one forked process per CPU when there are many, and
+written by a thread of their own (creating a file waits on the filesystem's journal).
 
 Layer 4: reads records through ``records``, ``catalog`` and ``reporting``; HTML comes from
 ``pages`` (layer 3); every file is written by ``files.atomic_write`` (not synced: a crash
@@ -30,10 +32,13 @@ import functools
 import hashlib
 import http.server
 import json
+import multiprocessing
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +52,11 @@ from .workspace import Workspace, package_templates_dir
 
 MANIFEST = ".manifest.json"
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
-LAYOUT = 2
-#: Bump when what the per-record cache holds changes (pages.curves, pages.record_parts).
-RECORD_CACHE_LAYOUT = 1
+LAYOUT = 3
 #: Run files a record page links: everything at the top of the run directory but these.
 HIDDEN_FILES = ("heartbeat",)
+#: Record pages to render before they are shared among worker processes (forking costs ~20 ms each).
+PARALLEL_FROM = 64
 #: Samples shown on a record page, and characters of each.
 MAX_SAMPLES, MAX_SAMPLE_CHARS = 24, 600
 
@@ -112,43 +117,61 @@ def _quick_hash(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
-def _cached(ws: Workspace, record: Any, v: str, lang: str, base: str) -> tuple[dict[str, Any] | None, str, list[dict[str, Any]]]:
-    """(the run's curves' line count and stride, or None without curves; the curves as JSON text;
-    the record's parts as HTML), from the cache when their inputs are the ones cached: the
-    metrics file's size, mtime and inode (taken before it is read, so a file that grows
-    meanwhile is read again next time), and the text of every part.
+class _Writer:
+    """Writes files on a thread of its own while the caller renders the next page: creating a
+    file waits on the filesystem's journal (0.1 to 6 ms each on the shared development machine,
+    2,000 of them in a cold build of 1,000 records), and that wait needs no CPU. ``close`` waits
+    for every file and raises the first error."""
 
-    The cache file is one JSON line (stamp, counts, parts) and then the curves' JSON text, kept
-    as text: turning 2,000 floats into JSON again costs more than thinning the file did."""
-    path = cache_dir(ws) / "r" / f"{v}.json"
-    try:
-        head_text, _, curves_text = path.read_text(encoding="utf-8").partition("\n")
-        saved = json.loads(head_text)
-    except (OSError, UnicodeDecodeError, ValueError):
-        saved, curves_text = {}, ""
-    saved = saved if isinstance(saved, dict) and saved.get("layout") == RECORD_CACHE_LAYOUT else {}
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Path, str] | None] = queue.Queue(maxsize=64)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="exp-site-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    atomic_write(item[0], item[1], durable=False)
+                except OSError as err:
+                    self._error = err
+
+    def put(self, path: Path, data: str) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((path, data))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _curves(ws: Workspace, site: Path, v: str, previous: Any) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
+    """(the run's curves' points and whether they were thinned, or None without curves; the
+    curves as JSON text; what the manifest keeps to reuse them). Reused from the site's own
+    ``r/VERSION.data.js`` when the metrics file's size, mtime and inode (taken before it is read,
+    so a file that grows meanwhile is read again next time) are the ones ``previous`` kept: a new
+    template or expkit renders every page again but thins no metrics file again."""
     metrics = f"{ws.out_root}/experiment_{v}/{METRICS_FILE}"
     try:
         st = os.stat(metrics)
-        stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS]
     except OSError:
-        stamp = None
-    counts = saved.get("counts")
-    if not (stamp is not None and saved.get("stamp") == stamp and pages.is_curves_json(curves_text)
-            and (counts is None or isinstance(counts, dict))):
-        counts, curves_text = pages.curves_json(Path(metrics)) if stamp is not None else (None, "null")
-    texts = [p if isinstance(p, str) else [p.kind, p.name, p.text] for p in record.parts]
-    key = _quick_hash(lang, base, texts)
-    parts = saved.get("parts") if saved.get("key") == key and isinstance(saved.get("parts"), list) else None
-    if parts is None:
-        parts = pages.record_parts(record.parts, lang, base)
-    head = {"layout": RECORD_CACHE_LAYOUT, "stamp": stamp, "counts": counts, "key": key, "parts": parts}
-    if head != saved:
+        return None, "null", None
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS, LAYOUT]
+    if isinstance(previous, dict) and previous.get("stamp") == stamp and isinstance(previous.get("counts"), dict):
         try:
-            atomic_write(path, json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n" + curves_text, durable=False)
-        except OSError:
-            pass  # a read-only out/: the page is still right, only slower next time
-    return counts, curves_text, parts
+            text = (site / "r" / f"{v}.data.js").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        head, _, curves_text = text.rpartition(',"curves":')
+        curves_text = curves_text[:-3] if head and curves_text.endswith("};\n") else ""
+        if pages.is_curves_json(curves_text):
+            return previous["counts"], curves_text, previous
+    counts, curves_text = pages.curves_json(Path(metrics))
+    return counts, curves_text, ({"stamp": stamp, "counts": counts} if counts is not None else None)
 
 
 def _size(n: int) -> str:
@@ -177,8 +200,10 @@ def _extras(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[str], versions: set[str],
-                 files: list[tuple[str, int, int]], lang: str) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
-    """(the record page's context, its data script's content or None, its index extras)."""
+                 files: list[tuple[str, int, int]], lang: str,
+                 previous: Any) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
+    """(the record page's context, its data script's content or None, its index extras, what the
+    manifest keeps of its curves or None); ``previous``: what it kept last time."""
     v = str(row["version"])
     page_dir = site / "r"
     t = pages.strings(lang)
@@ -192,12 +217,13 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
                 "created": "", "commit": "", "compare_parent": False, "has_curves": False, "plot": None, "curve_note": "",
                 "verdicts": [], "partial": False, "analyzed": False, "anomalies": [], "metrics": [], "changes": [],
                 "samples": [], "parts": [], "reviews": [], "files": []}
-        return data, None, {"task": "", "review": "", "date": ""}
+        return data, None, {"task": "", "review": "", "date": ""}, None
     meta = record.meta
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     table = catalog.run_table(ws, v, meta) or {}
     table = catalog.clean_table(table)
-    curve, curves_text, parts = _cached(ws, record, v, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
+    curve, curves_text, kept = _curves(ws, site, v, previous)
+    parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
     names = {f[0]: f for f in files}
     plot = next((n for n in ("plots/loss.png",) if n in names), None)
     samples = []
@@ -227,7 +253,7 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         "commit": str(info_commit.get("sha") or info_commit.get("time") or ""),
         "compare_parent": str(parent) in versions and curve is not None,
         "has_curves": curve is not None, "plot": _link(ws.out_dir(v) / plot, page_dir) if plot else None,
-        "curve_note": t["curve_note"].format(lines=curve["lines"], stride=curve["stride"]) if curve and curve["stride"] > 1 else "",
+        "curve_note": t["curve_note"].format(points=curve["points"]) if curve and curve.get("thinned") else "",
         "verdicts": pages.verdict_rows(analysis.get("verdicts") or [], lang), "partial": bool(analysis.get("partial")),
         "analyzed": bool(analysis),
         "anomalies": [{"kind": str(a.get("kind") or ""), "step": a.get("step"), "end_step": a.get("end_step"),
@@ -245,22 +271,68 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         script = {"version": v, "description": data["description"], "status": data["status"],
                   "config": pages.json_safe_config(meta.get("config") or {}), "metrics": table,
                   "curves": pages.RawJSON(curves_text), "strings": {"reset": t["reset"]}}
-    return data, script, _extras(meta)
+    return data, script, _extras(meta), kept if script is not None else None
 
 
-def _record_files(job: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
-    """Render and write one record's page and data script; (its index extras, whether it has a script)."""
-    ws, site, row, kids, versions, files, lang, tdir, workspace = job
+def _record_files(job: tuple[Any, ...], writer: _Writer) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Render one record's page and data script and hand them to ``writer``; (its index extras,
+    what the manifest keeps of its data script or None without one)."""
+    ws, site, row, kids, versions, files, lang, tdir, workspace, previous = job
     v = str(row["version"])
-    data, script, extra = _record_data(ws, site, row, kids, versions, files, lang)
-    atomic_write(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data), durable=False)
+    data, script, extra, kept = _record_data(ws, site, row, kids, versions, files, lang, previous)
+    writer.put(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data))
     if script is not None:
-        atomic_write(site / "r" / f"{v}.data.js", pages.record_script(v, script), durable=False)
-    return extra, script is not None
+        writer.put(site / "r" / f"{v}.data.js", pages.record_script(v, script))
+    return extra, kept
 
 
-def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
-    """Build (or bring up to date) the site; returns what was written."""
+#: The record pages a forked worker renders: set before the fork, read by index in the workers.
+_JOBS: list[tuple[Any, ...]] = []
+
+
+def _record_share(k: int, n: int) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """In worker ``k`` of ``n``: render and write every n-th record page from the k-th."""
+    writer = _Writer()
+    try:
+        return [_record_files(job, writer) for job in _JOBS[k::n]]
+    finally:
+        writer.close()
+
+
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _render_records(jobs: list[tuple[Any, ...]], workers: int) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each record's index extras and what the manifest keeps of its data script, in the order of ``jobs``; the
+    pages rendered and written by ``workers`` forked processes when there are enough of them."""
+    if workers < 2 or len(jobs) < PARALLEL_FROM:
+        writer = _Writer()
+        try:
+            return [_record_files(job, writer) for job in jobs]
+        finally:
+            writer.close()
+    workers = min(workers, len(jobs))
+    _JOBS[:] = jobs  # inherited by the fork, not pickled: a job holds the workspace and the rows
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            shares = list(pool.map(_record_share, range(workers), [workers] * workers))
+    finally:
+        _JOBS.clear()
+    done: list[tuple[dict[str, Any], dict[str, Any] | None]] = [({}, None)] * len(jobs)
+    for k, share in enumerate(shares):
+        done[k::workers] = share
+    return done
+
+
+def build(ws: Workspace, out: Path | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Build (or bring up to date) the site; returns what was written. ``workers``: processes
+    that render record pages (default: one per CPU; 1 in a process with other threads running,
+    which a fork must not copy mid-step)."""
     started = time.perf_counter()
     site = (out or default_dir(ws)).resolve()
     if site.exists() and not site.is_dir():
@@ -280,8 +352,10 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
         pages.use_bytecode_cache(tdir, None)
     key = _hash(LAYOUT, lang, ws.root.name, [(p.name, p.read_bytes().decode("utf-8", "replace")) for p in sorted(tdir.rglob("*")) if p.is_file()])
     saved = read_json(manifest_path)
-    saved = saved if isinstance(saved, dict) and saved.get("key") == key else {}
-    old_pages: dict[str, Any] = saved.get("pages") if isinstance(saved.get("pages"), dict) else {}
+    saved = saved if isinstance(saved, dict) and isinstance(saved.get("pages"), dict) else {"pages": {}}
+    # curves survive a new template: their data scripts are reused when their metrics file is unchanged
+    kept_curves = {rel: p.get("curves") for rel, p in saved["pages"].items() if isinstance(p, dict) and p.get("curves")}
+    old_pages: dict[str, Any] = saved["pages"] if saved.get("key") == key else {}
     fresh: dict[str, Any] = {}
     written: list[str] = []
 
@@ -330,16 +404,17 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
                 fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
             extras[v] = old["extras"]
             continue
-        todo.append((v, inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace)))
+        todo.append((v, inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace,
+                                 kept_curves.get(f"r/{v}.data.js"))))
 
-    # in this process: forked workers (one per CPU) built 1,000 record pages no faster on the
-    # 2-core development machine, cold or cached, at loads of 1.4 to 4.8 (bench/README.md)
-    done = [_record_files(job) for _, _, job in todo]
-    for (v, inputs, job), (extra, has_script) in zip(todo, done):
-        fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": has_script}
+    if todo:
+        pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
+    done = _render_records([job for _, _, job in todo], cpus() if workers is None else workers)
+    for (v, inputs, job), (extra, curves) in zip(todo, done):
+        fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": curves is not None}
         written.append(f"r/{v}.html")
-        if has_script:
-            fresh[f"r/{v}.data.js"] = {"hash": inputs}
+        if curves is not None:
+            fresh[f"r/{v}.data.js"] = {"hash": inputs, "curves": curves}
             written.append(f"r/{v}.data.js")
         extras[v] = extra
 
@@ -434,7 +509,7 @@ def serve(ws: Workspace, out: Path | None, port: int, report: Callable[[dict[str
             now = inputs_stamp(ws)
             if now != last:
                 last = now
-                report({**build(ws, out), "url": url})
+                report({**build(ws, out, workers=1), "url": url})  # the server's threads run: no fork
     finally:
         server.shutdown()
         server.server_close()

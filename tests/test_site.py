@@ -140,15 +140,27 @@ def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
     lines = [json.dumps({"step": s, "loss": 10 - s / 1000, "lr": 1e-3, **({"val_loss": 9.0} if s % 1000 == 0 else {})})
              for s in range(1, 10001)]
     path.write_text("\n".join(lines) + '\n{"step": 10001, "loss": 4.', encoding="utf-8")  # a torn last line
+    assert path.stat().st_size > pages.SPLIT_BYTES  # the lines kept found by position
     c = pages.curves(path, max_points=500)
-    assert c["lines"] == 10001 and c["stride"] == 21
-    assert len(c["step"]) <= 500 and c["step"][0] == 1 and c["step"][-1] == 9997
+    assert c["thinned"] and 450 <= c["points"] == len(c["step"]) <= 500
+    assert c["step"][0] == 1 and c["step"] == sorted(set(c["step"]))
+    gaps = [b - a for a, b in zip(c["step"], c["step"][1:])]
+    assert max(gaps) <= 2 * 10000 / 500  # spread evenly: no stretch of the run left out
+    assert c["step"][-1] > 10000 - 2 * 10000 / 500  # the torn last line skipped, the one before it near
     assert c["val_step"] == list(range(1000, 10001, 1000))
     assert "grad_norm" not in c  # never logged
     assert pages.curves(tmp_path / "missing.jsonl") is None
     counts, text = pages.curves_json(path, max_points=500)  # the numbers copied, not printed again: the same curves
-    assert json.loads(text) == c and counts == {"lines": 10001, "stride": 21} and pages.is_curves_json(text)
+    assert json.loads(text) == c and counts == {"points": c["points"], "thinned": True} and pages.is_curves_json(text)
     assert pages.curves_json(tmp_path / "missing.jsonl") == (None, "null")
+
+    path.write_text("\n".join(lines[:2000]) + "\n", encoding="utf-8")  # small: split, every 4th line and the last
+    assert path.stat().st_size <= pages.SPLIT_BYTES
+    c = pages.curves(path, max_points=500)
+    assert c["step"] == [*range(1, 2001, 4), 2000] and c["thinned"] and c["val_step"] == [1000, 2000]
+    path.write_text("\n".join(lines[:300]), encoding="utf-8")  # fewer lines than points: every one
+    c = pages.curves(path, max_points=500)
+    assert c["step"] == list(range(1, 301)) and not c["thinned"] and c["points"] == 300
 
 
 def test_curves_as_json_text_are_the_curves(tmp_path):
@@ -159,7 +171,7 @@ def test_curves_as_json_text_are_the_curves(tmp_path):
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     counts, text = pages.curves_json(path)
     expected = pages.curves(path)
-    assert json.loads(text) == expected and counts == {"lines": 7, "stride": 1}
+    assert json.loads(text) == expected and counts == {"points": 5, "thinned": False}
     assert expected["step"] == [1, 2, 3, 4, 5] and expected["loss"] == [None, 100.0, None, 3.25, 0.5]
     assert expected["lr"] == [1e-3, None, -0.0, None, None] and expected["val_loss"] == [None, 0.25]
     assert pages.is_curves_json(text)
@@ -222,46 +234,58 @@ def _data(ws, v) -> dict:
     return json.loads(text[text.index("] = ") + 4: -2])
 
 
-def test_the_cache_never_answers_for_a_changed_input(two, cli):
-    """out/.cache/site/ holds each record's curves and rendered markdown; a metrics file or a
-    record text that changed is read again, whether the site is rebuilt in place or from nothing."""
+def _restyle(ws, note: str) -> None:
+    """A new template: every page is rendered again."""
+    template = site.templates_dir(ws) / "record.html.j2"
+    assert template.is_relative_to(ws.root)  # the workspace's own copy, which a lab may restyle
+    template.write_text(template.read_text(encoding="utf-8") + "{# " + note + " #}\n", encoding="utf-8")
+
+
+def test_curves_survive_a_new_template_only_while_their_metrics_file_is_unchanged(two, cli, monkeypatch):
+    """The manifest keeps each data script's metrics stamp; a page rendered again takes its curves
+    from the data script already there only when the metrics file is the one they came from."""
     assert cli("site", "--json")[0] == 0
-    cache = two.root / "out/.cache/site/r/0.1.1.json"
-    assert cache.is_file()
-    metrics = two.out_dir(B) / "metrics.jsonl"
+    site_dir = two.root / "out/site"
+    assert json.loads((site_dir / ".manifest.json").read_text())["pages"]["r/0.1.1.data.js"]["curves"]["counts"]["points"] == 60
+    thinned: list[str] = []
+    real = pages.curves_json
+    monkeypatch.setattr(pages, "curves_json", lambda path, *a: thinned.append(path.parent.name) or real(path, *a))
+    before = (site_dir / "r/0.1.1.data.js").read_bytes()
+
+    _restyle(two, "one")
+    result = site.build(two)
+    assert "r/0.1.1.html" in result["written"] and "r/0.1.1.data.js" in result["written"]
+    assert thinned == [] and (site_dir / "r/0.1.1.data.js").read_bytes() == before  # reused, the same bytes
+
+    metrics = two.out_dir(B) / "metrics.jsonl"  # the same size, other values, a later mtime
     lines = metrics.read_text(encoding="utf-8").splitlines()
-    # the same size, other values: the file rewritten in place, a later mtime
     changed = [line.replace('"loss": 4.', '"loss": 3.') for line in lines]
     assert changed != lines and sum(map(len, changed)) == sum(map(len, lines))
     metrics.write_text("\n".join(changed) + "\n", encoding="utf-8")
     st = metrics.stat()
     os.utime(metrics, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    with records.update(two, B) as r:
-        r.set_human("goal", "A goal written again after the first build.")
-    shutil.rmtree(two.root / "out/site")  # from nothing, the cache kept
-    assert cli("site", "--json")[0] == 0
+    _restyle(two, "two")
+    site.build(two)
+    assert thinned == ["experiment_0.1.1"]
     losses = [json.loads(line).get("loss") for line in changed if line.strip()]
     assert _data(two, "0.1.1")["curves"]["loss"][-1] == pytest.approx(losses[-1])
-    html = (two.root / "out/site/r/0.1.1.html").read_text(encoding="utf-8")
-    assert "A goal written again after the first build." in html
 
-    with open(metrics, "a", encoding="utf-8") as fh:  # in place: one more step
-        fh.write(json.dumps({"step": 61, "loss": 1.25, "lr": 1e-4}) + "\n")
-    assert "r/0.1.1.data.js" in json.loads(cli("site", "--json")[1])["written"]
-    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61 and _data(two, "0.1.1")["curves"]["loss"][-1] == 1.25
-
-    cache.write_text('{"layout": 1, "stamp": null}\n{"step": alert(1)}', encoding="utf-8")  # damaged: rebuilt, not used
-    shutil.rmtree(two.root / "out/site")
-    assert cli("site", "--json")[0] == 0
-    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61
-    assert "alert" not in (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+    script = site_dir / "r/0.1.0.data.js"  # damaged: thinned again, not put in
+    script.write_text(script.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['),
+                      encoding="utf-8")
+    _restyle(two, "three")
+    site.build(two)
+    assert thinned == ["experiment_0.1.1", "experiment_0.1.0"]
+    assert "alert" not in script.read_text(encoding="utf-8") and _data(two, "0.1.0")["curves"]["step"][-1] == 60
 
 
-def test_a_cached_build_writes_what_a_build_without_cache_writes(two, cli):
+def test_pages_rendered_again_with_reused_curves_are_those_of_a_fresh_build(two, cli):
     assert cli("site", "--json")[0] == 0
     site_dir = two.root / "out/site"
-    first = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
-    shutil.rmtree(site_dir)
-    assert cli("site", "--json")[0] == 0  # every page from the cache
+    _restyle(two, "again")
+    assert cli("site", "--json")[0] == 0  # every page again, the curves from the data scripts
     again = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
-    assert again == first
+    shutil.rmtree(site_dir)
+    assert cli("site", "--json")[0] == 0  # from nothing
+    fresh = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
+    assert again == fresh and b"{# again #}" not in again[next(iter(again))]
