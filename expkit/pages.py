@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .intervals import t_interval
 from .metrics import SUMMARY_KEYS
 from .numbers import format_number, is_finite_number
 from .report import lineage
@@ -48,6 +49,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "reset": ("reset zoom", "重置缩放"), "owner_human": ("human", "人类填写"), "owner_tool": ("tool", "工具生成"), "owner_ai": ("AI", "AI 完成"),
     "curve_note": ("the chart shows {points} of the log's lines, spread evenly (and every evaluation)", "图中均匀取日志中的 {points} 行（验证点全部保留）"),
     "broken": ("this record cannot be read:", "无法读取该记录："),
+    "group": ("group", "实验组"), "group_title": ("Group", "实验组"), "group_page": ("the group's page", "实验组页面"),
+    "members": ("Members", "组成员"), "member": ("member", "成员"), "swept": ("changes", "改动"), "replicates": ("n", "重复次数"),
+    "group_chart": ("Swept value against metric (mean ± 95% CI over replicates)", "扫描值与指标（重复实验的均值 ± 95% 置信区间）"),
+    "fold": ("members", "个成员"),
+    "noscript_group": ("The chart is drawn by JavaScript; the table above holds every value.", "图由 JavaScript 绘制；上表列出了全部数值。"),
     "more": ("more rows", "更多"),
     "noscript_index": ("The table is drawn by JavaScript; the lineage beside it links every record.",
                        "表格由 JavaScript 绘制；旁边的谱系链接了每个实验。"),
@@ -374,34 +380,68 @@ def review_state(meta: Mapping[str, Any]) -> str:
 
 
 # -- the index ----------------------------------------------------------------------------------------
+def replicate_stats(tables: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{metric: {"mean", "ci", "n"}} over a record's per-replicate tables (``catalog.replicate_tables``):
+    the mean and the half-width of its 95% Student t interval (None for one value)."""
+    names: dict[str, None] = {}
+    for t in tables:
+        names.update(dict.fromkeys(k for k, v in t.items() if is_finite_number(v)))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = [t[name] for t in tables if is_finite_number(t.get(name))]
+        if len(values) >= 2:
+            interval = t_interval(values)
+            out[name] = {"mean": interval.mean, "ci": interval.half, "n": len(values)}
+        elif values:
+            out[name] = {"mean": values[0], "ci": None, "n": 1}
+    return out
+
+
+def _metric(table: Mapping[str, Any], stats: Mapping[str, Any], names: Sequence[str]) -> tuple[str, Any]:
+    """The first of ``names`` a record has, as its index cell shows it: mean ± CI when replicated."""
+    for n in names:
+        st = stats.get(n)
+        if isinstance(st, Mapping) and (st.get("n") or 0) >= 2:
+            return n, st
+        if table.get(n) is not None:
+            return n, table[n]
+    return names[0], None
+
+
 def index_rows(rows: Sequence[Mapping[str, Any]], flat: Sequence[Mapping[str, Any]], extras: Mapping[str, Mapping[str, Any]],
-               best: Iterable[str]) -> list[dict[str, Any]]:
+               best: Iterable[str], members: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """The index's rows: ``rows`` from ``catalog.rows`` (its order), ``flat`` the same records as
     ``report.report_rows`` gives them (metrics and verdict counts), ``extras`` what only the
-    record's state knows (task, review, date) by version, ``best`` the versions marked best."""
+    record's state knows (task, review, date, group, replicate statistics) by version, ``best``
+    the versions marked best, ``members`` each group parent's members (folded under it)."""
     by_version = {r["version"]: r for r in flat}
     versions = {str(r["version"]) for r in rows}
     best = set(best)
+    members = members or {}
     out = []
     for r in rows:
         v = str(r["version"])
         f = by_version.get(v, {})
         x = extras.get(v, {})
         table = r.get("metrics") or {}
+        stats = x.get("stats") if isinstance(x.get("stats"), Mapping) else {}
         metrics = []
         for names in INDEX_METRICS:
-            name = next((n for n in names if table.get(n) is not None), names[0])
-            metrics.append({"text": shown(table.get(name)), "sort": _sort_value(table.get(name))})
+            _, value = _metric(table, stats, names)
+            metrics.append({"text": shown(value), "sort": _sort_value(value)})
         verdicts = {k: f.get(k, 0) for k in VERDICTS} if r.get("verdicts") is not None else None
         parent = r.get("parent")
         desc = str(r.get("description") or "")
+        group = x.get("group") if x.get("group") in members and v in members[str(x.get("group"))] else None
+        swept = " ".join(f"{k}={shown(val)}" for k, val in (x.get("swept") or {}).items()) if group else ""
         out.append({
             "version": v, "order": version_order(v), "status": str(r.get("status") or "?"), "task": str(x.get("task") or "pretrain"),
             "description": desc, "parent": parent, "parent_link": bool(parent) and str(parent) in versions,
             "parent_order": version_order(parent) if parent else "", "metrics": metrics, "verdicts": verdicts,
             "verdict_sort": f"{verdicts['confirmed']:04d}{9999 - verdicts['refuted']:04d}" if verdicts else "",
             "review": x.get("review") or "—", "date": str(x.get("date") or ""), "best": v in best,
-            "search": " ".join([v, desc, str(parent or ""), str(r.get("status") or ""), str(x.get("task") or "")]).lower(),
+            "search": " ".join([v, desc, str(parent or ""), str(r.get("status") or ""), str(x.get("task") or ""), swept]).lower(),
+            "group": group, "members": len(members.get(v, ())), "swept": swept,
         })
     return out
 
@@ -473,7 +513,7 @@ def index_page(templates_dir: Path, lang: str, workspace: str, rows: list[dict[s
 
 #: The fields of a row in the index's JSON, in order (site.js reads them by these names).
 INDEX_FIELDS = ("version", "order", "status", "task", "description", "parent", "parent_link", "parent_order", "metrics",
-                "verdicts", "verdict_sort", "review", "date", "best", "search")
+                "verdicts", "verdict_sort", "review", "date", "best", "search", "group", "members", "swept")
 
 
 def index_json(rows: Sequence[Mapping[str, Any]], t: Mapping[str, str]) -> str:
@@ -488,10 +528,47 @@ def index_json(rows: Sequence[Mapping[str, Any]], t: Mapping[str, str]) -> str:
         out.append([r["version"], r["order"], r["status"], r["task"], r["description"], r["parent"], r["parent_link"],
                     r["parent_order"], [[m["text"], m["sort"]] for m in r["metrics"]],
                     [v["confirmed"], v["refuted"], v["inconclusive"]] if v else None, r["verdict_sort"], r["review"],
-                    r["date"], r["best"], r["search"]])
-    text = json.dumps({"fields": INDEX_FIELDS, "rows": out, "t": {k: t[k] for k in ("pick", "best")}},
+                    r["date"], r["best"], r["search"], r.get("group"), r.get("members", 0), r.get("swept", "")])
+    text = json.dumps({"fields": INDEX_FIELDS, "rows": out, "t": {k: t[k] for k in ("pick", "best", "fold", "group")}},
                       ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def group_data(parent: str, description: str, config: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a group's page shows: ``parent`` (X.Y.0) with its ``config`` and ``description``;
+    ``points``: the parent and each member as {"version", "status", "swept" (a member's changes,
+    {} for the parent), "stats" (``replicate_stats``)}. Each member's row, the swept keys, and
+    per point the swept value (the parent's own config value for the parent), mean and CI."""
+    keys: list[str] = []
+    for p in points:
+        keys += [k for k in p.get("swept") or {} if k not in keys]
+    metrics: list[str] = []
+    for names in INDEX_METRICS:  # the index's metrics first, then the rest in the summary's order
+        metrics += [n for n in names if n not in metrics and any(n in (p.get("stats") or {}) for p in points)]
+    metrics += [n for n in SUMMARY_KEYS if n not in metrics and any(n in (p.get("stats") or {}) for p in points)]
+    rows = []
+    for p in points:
+        v = str(p["version"])
+        swept = dict(p.get("swept") or {}) if v != parent else {k: config.get(k) for k in keys}
+        stats = p.get("stats") or {}
+        rows.append({"version": v, "status": str(p.get("status") or "?"), "parent": v == parent,
+                     "swept": {k: swept.get(k) for k in keys},
+                     "swept_text": " ".join(f"{k}={shown(swept.get(k))}" for k in keys),
+                     "n": max([st.get("n") or 0 for st in stats.values() if isinstance(st, Mapping)] or [0]),
+                     "cells": [shown(_metric({}, stats, (m,))[1]) for m in metrics[:3]],
+                     "stats": {m: {"mean": stats[m]["mean"], "ci": stats[m].get("ci")} for m in metrics if m in stats}})
+    return {"parent": parent, "description": description, "keys": keys, "metrics": metrics, "rows": rows}
+
+
+def group_page(templates_dir: Path, lang: str, workspace: str, group: Mapping[str, Any]) -> str:
+    t = strings(lang)
+    data = {"keys": group["keys"], "metrics": group["metrics"],
+            "points": [{"version": r["version"], "parent": r["parent"], "x": r["swept"], "stats": r["stats"]} for r in group["rows"]],
+            "t": {k: t[k] for k in ("key", "metric", "reset")}}
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return render(templates_dir, "group.html.j2", lang=lang, t=t, page="group", root="../", workspace=workspace, g=group,
+                  group_json=text)
 
 
 def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:

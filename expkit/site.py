@@ -42,7 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import catalog, commit, pages, records, reporting, store
+from . import catalog, commit, groups, pages, records, reporting, store
 from .errors import ExpError, RecordError, UsageError, WorkspaceError
 from .files import atomic_write, read_json
 from .names import METRICS_FILE, SAMPLES_FILE
@@ -65,10 +65,15 @@ def default_dir(ws: Workspace) -> Path:
     return ws.out_root / "site"
 
 
+#: The site's templates: a workspace's ``templates/site/`` is used when it has all of them.
+TEMPLATES = ("base.html.j2", "index.html.j2", "record.html.j2", "compare.html.j2", "group.html.j2")
+
+
 def templates_dir(ws: Workspace) -> Path:
-    """The workspace's ``templates/site/`` (a lab may restyle its site), else the one expkit ships."""
+    """The workspace's ``templates/site/`` (a lab may restyle its site) when it holds every page's
+    template (one made before a page type existed does not), else the one expkit ships."""
     local = ws.root / "templates" / "site"
-    return local if (local / "index.html.j2").is_file() else package_templates_dir() / "site"
+    return local if all((local / name).is_file() for name in TEMPLATES) else package_templates_dir() / "site"
 
 
 def _stat(path: Path | str) -> list[int]:
@@ -89,8 +94,10 @@ def _run_files(ws: Workspace, version: str) -> list[tuple[str, int, int]]:
 
 
 def _run_files_at(root: str) -> list[tuple[str, int, int]]:
+    """Also the files of its replicates' run directories (``r0/``, ``r1/``, ...): a page's inputs."""
     out = []
-    for sub in ("", "plots"):
+    subs = ["", "plots"]
+    for sub in subs:
         try:
             entries = list(os.scandir(f"{root}/{sub}" if sub else root))
         except OSError:
@@ -99,7 +106,9 @@ def _run_files_at(root: str) -> list[tuple[str, int, int]]:
             if e.name.startswith(".") or e.name in HIDDEN_FILES:
                 continue
             try:
-                if e.is_file():
+                if not sub and catalog.REPLICATE_DIR.fullmatch(e.name) and e.is_dir():
+                    subs.append(e.name)
+                elif e.is_file():
                     st = e.stat()
                     out.append((f"{sub}/{e.name}" if sub else e.name, st.st_size, st.st_mtime_ns))
             except OSError:
@@ -192,16 +201,30 @@ def _way(folder: str, page_dir: str) -> str:
     return Path(os.path.relpath(folder, page_dir)).as_posix()
 
 
-def _extras(meta: dict[str, Any]) -> dict[str, Any]:
-    """What the index shows that ``catalog.rows`` does not keep: task, review, date."""
+def _extras(v: str, meta: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """What the index and the group pages show that ``catalog.rows`` does not keep: task, review,
+    date; the group a member belongs to and what it changes; replicate statistics (mean, CI, n)
+    when replicated or in a group; a possible group parent's config (its swept values)."""
     run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
-    return {"task": meta.get("task") or "pretrain", "review": pages.review_state(meta),
-            "date": str(run.get("ended") or run.get("started") or meta.get("created") or "")}
+    group = groups.group_of(meta)
+    out: dict[str, Any] = {"task": meta.get("task") or "pretrain", "review": pages.review_state(meta),
+                           "date": str(run.get("ended") or run.get("started") or meta.get("created") or "")}
+    if group is not None:
+        out["group"] = str(group)
+        out["swept"] = pages.json_safe_config(groups.changes_of(meta))
+    leader = Version.is_valid(v) and groups.can_lead(Version.parse(v))
+    if group is not None or leader or any((st.get("n") or 0) >= 2 for st in stats.values()):
+        out["stats"] = stats
+    if leader:
+        out["config"] = pages.json_safe_config(meta.get("config") or {})
+        out["status"] = str(meta.get("status") or "?")
+    elif group is not None:
+        out["status"] = str(meta.get("status") or "?")
+    return out
 
 
 def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[str], versions: set[str],
-                 files: list[tuple[str, int, int]], lang: str,
-                 previous: Any) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
+                 files: list[tuple[str, int, int]], lang: str, previous: Any, leads: bool) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
     """(the record page's context, its data script's content or None, its index extras, what the
     manifest keeps of its curves or None); ``previous``: what it kept last time."""
     v = str(row["version"])
@@ -216,12 +239,14 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
                 "baseline": None, "parent_link": False, "baseline_link": False, "children": children, "review": "",
                 "created": "", "commit": "", "compare_parent": False, "has_curves": False, "plot": None, "curve_note": "",
                 "verdicts": [], "partial": False, "analyzed": False, "anomalies": [], "metrics": [], "changes": [],
-                "samples": [], "parts": [], "reviews": [], "files": []}
+                "samples": [], "parts": [], "reviews": [], "files": [], "group": None, "leads": leads, "swept": ""}
         return data, None, {"task": "", "review": "", "date": ""}, None
     meta = record.meta
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     table = catalog.run_table(ws, v, meta) or {}
     table = catalog.clean_table(table)
+    stats = pages.replicate_stats(catalog.replicate_tables(ws, v, meta, table) if table else [])
+    group = groups.group_of(meta)
     curve, curves_text, kept = _curves(ws, site, v, previous)
     parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
     names = {f[0]: f for f in files}
@@ -258,7 +283,10 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         "analyzed": bool(analysis),
         "anomalies": [{"kind": str(a.get("kind") or ""), "step": a.get("step"), "end_step": a.get("end_step"),
                        "message": str(a.get("message") or "")} for a in analysis.get("anomalies") or [] if isinstance(a, dict)],
-        "metrics": [(k, pages.shown(val)) for k, val in table.items()],
+        "metrics": [(k, pages.shown(stats[k]) + f" (n={stats[k]['n']})" if k in stats and stats[k]["n"] >= 2 else pages.shown(val))
+                    for k, val in table.items()],
+        "group": str(group) if group is not None and str(group) in versions else None, "leads": leads,
+        "swept": " ".join(f"{k}={pages.shown(x)}" for k, x in groups.changes_of(meta).items()),
         "changes": [(k, pages.shown(ab[0] if isinstance(ab, list) and ab else None), pages.shown(ab[1] if isinstance(ab, list) and len(ab) > 1 else ab))
                     for k, ab in changes.items()],
         "samples": samples, "parts": parts,
@@ -271,15 +299,15 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         script = {"version": v, "description": data["description"], "status": data["status"],
                   "config": pages.json_safe_config(meta.get("config") or {}), "metrics": table,
                   "curves": pages.RawJSON(curves_text), "strings": {"reset": t["reset"]}}
-    return data, script, _extras(meta), kept if script is not None else None
+    return data, script, _extras(v, meta, stats), kept if script is not None else None
 
 
 def _record_files(job: tuple[Any, ...], writer: _Writer) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Render one record's page and data script and hand them to ``writer``; (its index extras,
     what the manifest keeps of its data script or None without one)."""
-    ws, site, row, kids, versions, files, lang, tdir, workspace, previous = job
+    ws, site, row, kids, versions, files, lang, tdir, workspace, previous, leads = job
     v = str(row["version"])
-    data, script, extra, kept = _record_data(ws, site, row, kids, versions, files, lang, previous)
+    data, script, extra, kept = _record_data(ws, site, row, kids, versions, files, lang, previous, leads)
     writer.put(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data))
     if script is not None:
         writer.put(site / "r" / f"{v}.data.js", pages.record_script(v, script))
@@ -388,43 +416,82 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
             stamps[v] = _stat(f"{exp_dir}/experiment_{v}.md") + _stat(f"{exp_dir}/experiment_{v}.state.json")
         return stamps[v]
 
-    for row in rows:
+    # which records lead a group, as the last build found it: a leader's page links its group's page;
+    # checked below against what this build finds, and a page that guessed wrong is rendered again
+    hinted = {str(p["extras"]["group"]) for p in saved["pages"].values()
+              if isinstance(p, dict) and isinstance(p.get("extras"), dict) and p["extras"].get("group")}
+
+    def job(row: dict[str, Any], leads: bool) -> tuple[str, tuple[Any, ...]]:
         v = str(row["version"])
-        rel = f"r/{v}.html"
         parent = row.get("parent")
         files = _run_files_at(f"{out_root}/experiment_{v}")
         # taken before the page is rendered: an input that changes meanwhile is rendered again next time
         inputs = _quick_hash(key, stamp(v), _stat(f"{script_dir}/experiment_{v}.sh"), files,
                              stamp(str(parent)) if parent else None, children.get(v, []), parent in versions,
-                             row.get("baseline") in versions)
-        old = old_pages.get(rel, {})
-        if old.get("hash") == inputs and isinstance(old.get("extras"), dict) and os.path.isfile(f"{site_dir}/{rel}"):
-            fresh[rel] = old
-            if old.get("script"):
-                fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
-            extras[v] = old["extras"]
-            continue
-        todo.append((v, inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace,
-                                 kept_curves.get(f"r/{v}.data.js"))))
+                             row.get("baseline") in versions, leads)
+        return inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace,
+                        kept_curves.get(f"r/{v}.data.js"), leads)
 
+    def reuse(v: str, inputs: str) -> bool:
+        rel = f"r/{v}.html"
+        old = old_pages.get(rel, {})
+        if not (old.get("hash") == inputs and isinstance(old.get("extras"), dict) and os.path.isfile(f"{site_dir}/{rel}")):
+            return False
+        fresh[rel] = old
+        if old.get("script"):
+            fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
+        extras[v] = old["extras"]
+        return True
+
+    def render(todo: list[tuple[str, str, tuple[Any, ...]]], workers: int) -> None:
+        done = _render_records([j for _, _, j in todo], workers)
+        for (v, inputs, _), (extra, curves) in zip(todo, done):
+            fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": curves is not None}
+            written.append(f"r/{v}.html")
+            fresh.pop(f"r/{v}.data.js", None)
+            if curves is not None:
+                fresh[f"r/{v}.data.js"] = {"hash": inputs, "curves": curves}
+                written.append(f"r/{v}.data.js")
+            extras[v] = extra
+
+    for row in rows:
+        v = str(row["version"])
+        inputs, j = job(row, v in hinted)
+        if not reuse(v, inputs):
+            todo.append((v, inputs, j))
     if todo:
         pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
-    done = _render_records([job for _, _, job in todo], cpus() if workers is None else workers)
-    for (v, inputs, job), (extra, curves) in zip(todo, done):
-        fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": curves is not None}
-        written.append(f"r/{v}.html")
-        if curves is not None:
-            fresh[f"r/{v}.data.js"] = {"hash": inputs, "curves": curves}
-            written.append(f"r/{v}.data.js")
-        extras[v] = extra
+    render(todo, cpus() if workers is None else workers)
+
+    members: dict[str, list[str]] = {}
+    for row in rows:
+        g = extras.get(str(row["version"]), {}).get("group")
+        if g in versions:
+            members.setdefault(str(g), []).append(str(row["version"]))
+    wrong = [row for row in rows if (str(row["version"]) in hinted) != (str(row["version"]) in members)]
+    again = []
+    for row in wrong:
+        inputs, j = job(row, str(row["version"]) in members)
+        if not reuse(str(row["version"]), inputs):
+            again.append((str(row["version"]), inputs, j))
+    render(again, 1)
 
     tree = reporting.tree(ws, rows)
     best = [n["version"] for n in pages.tree_lines(tree) if n["best"]]
-    index_rows = pages.index_rows(rows, report_rows(rows), extras, best)
+    index_rows = pages.index_rows(rows, report_rows(rows), extras, best, members)
     lines = pages.tree_lines(tree)
-    groups: list[dict[str, Any]] = []  # group pages (X.Y.0 with replicated members) come with groups; none exist yet
+    by_version = {str(r["version"]): r for r in rows}
+    group_list = []
+    for parent, vs in sorted(members.items(), key=lambda kv: pages.version_order(kv[0])):
+        x = extras.get(parent, {})
+        points = [{"version": m, "status": extras[m].get("status") or by_version[m].get("status"), "swept": extras[m].get("swept") or {},
+                   "stats": extras[m].get("stats") or {}} for m in [parent, *vs]]
+        data = pages.group_data(parent, str(by_version[parent].get("description") or ""), x.get("config") or {}, points)
+        write(f"g/{parent}.html", functools.partial(pages.group_page, tdir, lang, workspace, data), _hash(key, data))
+        group_list.append({"version": parent, "href": f"g/{parent}.html", "members": len(vs)})
     # the index and the compare page: rendered only when their inputs changed
-    write("index.html", lambda: pages.index_page(tdir, lang, workspace, index_rows, lines, groups), _hash(key, index_rows, lines, groups))
+    write("index.html", lambda: pages.index_page(tdir, lang, workspace, index_rows, lines, group_list),
+          _hash(key, index_rows, lines, group_list))
     write("compare.html", lambda: pages.compare_page(tdir, lang, workspace), key)
 
     removed = []

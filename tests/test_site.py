@@ -289,3 +289,89 @@ def test_pages_rendered_again_with_reused_curves_are_those_of_a_fresh_build(two,
     assert cli("site", "--json")[0] == 0  # from nothing
     fresh = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
     assert again == fresh and b"{# again #}" not in again[next(iter(again))]
+
+
+G = Version.parse("0.2.0")
+SWEEP = {"0.2.1": 1e-4, "0.2.2": 1e-3, "0.2.3": 1e-2}
+
+
+@pytest.fixture
+def grouped(ws):
+    """Group 0.2.0 (one run) and its members 0.2.1-0.2.3, each changing learning_rate (front matter
+    `group`/`changes` written through the record API) and run as three replicates in r0/-r2/."""
+    from expkit import lifecycle
+
+    new_record(ws, G, parent=None, description="learning-rate sweep")
+    write_run(ws, G, final_loss=5.0)
+    end_run(ws, G)
+    results.analyze(ws, G)
+    for i, (v, lr) in enumerate(SWEEP.items()):
+        version = Version.parse(v)
+        new_record(ws, version, parent=G, description=f"lr {lr}")
+        lifecycle.set_config(ws, version, [f"learning_rate={lr}"])
+        with records.update(ws, version) as r:
+            r.meta["group"] = str(G)
+            r.meta["changes"] = {"learning_rate": lr}
+        for k, loss in enumerate((4.9 - 0.1 * i, 4.8 - 0.1 * i, 4.95 - 0.1 * i)):
+            write_run(ws, version, final_loss=loss)
+            replicate = ws.replicate_dir(version, k)
+            replicate.mkdir()
+            for f in ("metrics.jsonl", "summary.json"):
+                shutil.copy(ws.out_dir(version) / f, replicate / f)
+        end_run(ws, version)
+        results.analyze(ws, version)
+    return ws
+
+
+def _index_rows(ws) -> dict[str, dict]:
+    text = (ws.root / "out/site/index.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script type="application/json" id="index-data">(.*?)</script>', text, re.S).group(1))
+    return {r[0]: dict(zip(data["fields"], r)) for r in data["rows"]}
+
+
+def test_a_group_has_a_page_its_members_fold_under_it_and_replicates_show_mean_and_ci(grouped, cli):
+    code, out, err = cli("site", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert "g/0.2.0.html" in result["written"]
+    rows = _index_rows(grouped)
+    assert rows["0.2.0"]["members"] == 3 and rows["0.2.0"]["group"] is None
+    for v, lr in SWEEP.items():
+        assert rows[v]["group"] == "0.2.0" and rows[v]["swept"] == f"learning_rate={pages.shown(lr)}"
+        assert " ± " in rows[v]["metrics"][0][0]  # final_loss: mean ± half-width over r0-r2
+    assert " ± " not in rows["0.2.0"]["metrics"][0][0]  # one run: its value
+    # the interval is the Student t one over the three replicates
+    from expkit.intervals import t_interval
+    iv = t_interval([4.9, 4.8, 4.95])
+    assert rows["0.2.1"]["metrics"][0][0] == f"{pages.shown(iv.mean)} ± {pages.shown(iv.half)}"
+
+    page = (grouped.root / "out/site/g/0.2.0.html").read_text(encoding="utf-8")
+    for v in ("0.2.0", *SWEEP):
+        assert f'href="../r/{v}.html"' in page
+    data = json.loads(re.search(r'<script type="application/json" id="group-data">(.*?)</script>', page, re.S).group(1))
+    assert data["keys"] == ["learning_rate"] and data["metrics"][0] == "final_loss"
+    points = {p["version"]: p for p in data["points"]}
+    assert points["0.2.0"]["x"]["learning_rate"] == 3e-3  # the parent at its own config value
+    assert [points[v]["x"]["learning_rate"] for v in SWEEP] == list(SWEEP.values())
+    assert points["0.2.1"]["stats"]["final_loss"]["ci"] == pytest.approx(iv.half)
+    assert points["0.2.0"]["stats"]["final_loss"]["ci"] is None
+    member = (grouped.root / "out/site/r/0.2.2.html").read_text(encoding="utf-8")
+    assert 'href="../g/0.2.0.html"' in member and "learning_rate=0.001" in member and "(n=3)" in member
+    assert 'href="../g/0.2.0.html"' in (grouped.root / "out/site/r/0.2.0.html").read_text(encoding="utf-8")
+    assert 'href="g/0.2.0.html"' in (grouped.root / "out/site/index.html").read_text(encoding="utf-8")
+
+    shutil.rmtree(grouped.replicate_dir(Version.parse("0.2.3"), 2))  # a replicate less, analysed again:
+    results.analyze(grouped, Version.parse("0.2.3"))  # its page, the group's, the index
+    again = json.loads(cli("site", "--json")[1])
+    assert "n=2" in (grouped.root / "out/site/r/0.2.3.html").read_text(encoding="utf-8")
+    assert sorted(again["written"]) == ["g/0.2.0.html", "index.html", "r/0.2.3.data.js", "r/0.2.3.html"]
+
+    with records.update(grouped, Version.parse("0.2.3")) as r:  # no longer a member
+        del r.meta["group"]
+    with records.update(grouped, Version.parse("0.2.2")) as r:
+        del r.meta["group"]
+    with records.update(grouped, Version.parse("0.2.1")) as r:
+        del r.meta["group"]
+    gone = json.loads(cli("site", "--json")[1])
+    assert gone["removed"] == ["g/0.2.0.html"] and "r/0.2.0.html" in gone["written"]  # the parent's link to it goes
+    assert "../g/0.2.0.html" not in (grouped.root / "out/site/r/0.2.0.html").read_text(encoding="utf-8")
