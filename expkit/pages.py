@@ -276,15 +276,13 @@ def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | Non
         parsed = json.loads(b"[" + b",".join(picked) + b"]", parse_float=parse_float)
     except ValueError:  # a torn or damaged line: line by line, skipping it
         parsed = [_row(line, parse_float) for line in picked]
-    steps, series = out["step"], [(name, out[name]) for name in CURVE_SERIES]
-    for row in parsed:
-        if type(row) is dict and "loss" in row:
-            step = row.get("step")
-            if _finite(step):
-                steps.append(int(float(step)) if type(step) is _Number else int(step))
-                for name, values in series:
-                    value = row.get(name)
-                    values.append(value if _finite(value) else None)
+    # comprehensions, and the common value (a number as the file writes it, no exponent) tested
+    # inline: a loop with a call per value cost as much as parsing the lines
+    kept = [row for row in parsed if type(row) is dict and "loss" in row and _finite(row.get("step"))]
+    out["step"] = steps = [s if type(s) is int else int(float(s)) for s in (row["step"] for row in kept)]
+    for name in CURVE_SERIES:
+        out[name] = [v if (type(v) is _Number and "e" not in v and "E" not in v) or type(v) is int or _finite(v) else None
+                     for v in (row.get(name) for row in kept)]
     evals = [raw[start:end] for start, end in _lines_with(raw, b'"val_loss"')]
     try:  # all of them in one parse, as above
         parsed = json.loads(b"[" + b",".join(evals) + b"]", parse_float=parse_float)
