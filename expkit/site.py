@@ -359,8 +359,7 @@ def _render_records(jobs: list[tuple[Any, ...]], workers: int) -> list[tuple[dic
 
 def build(ws: Workspace, out: Path | None = None, workers: int | None = None) -> dict[str, Any]:
     """Build (or bring up to date) the site; returns what was written. ``workers``: processes
-    that render record pages (default: one per CPU; 1 in a process with other threads running,
-    which a fork must not copy mid-step)."""
+    that render record pages (default: one per CPU, or 1 in a process with other threads)."""
     started = time.perf_counter()
     site = (out or default_dir(ws)).resolve()
     if site.exists() and not site.is_dir():
@@ -461,7 +460,8 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
             todo.append((v, inputs, j))
     if todo:
         pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
-    render(todo, cpus() if workers is None else workers)
+    # forked only from a process without other threads (a fork copies their locks mid-step)
+    render(todo, workers if workers is not None else cpus() if threading.active_count() == 1 else 1)
 
     members: dict[str, list[str]] = {}
     for row in rows:
@@ -576,7 +576,7 @@ def serve(ws: Workspace, out: Path | None, port: int, report: Callable[[dict[str
             now = inputs_stamp(ws)
             if now != last:
                 last = now
-                report({**build(ws, out, workers=1), "url": url})  # the server's threads run: no fork
+                report({**build(ws, out), "url": url})
     finally:
         server.shutdown()
         server.server_close()
