@@ -204,7 +204,7 @@ def _way(folder: str, page_dir: str) -> str:
 def _extras(v: str, meta: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
     """What the index and the group pages show that ``catalog.rows`` does not keep: task, review,
     date; the group a member belongs to and what it changes; replicate statistics (mean, CI, n)
-    when replicated or in a group; a possible group parent's config (its swept values)."""
+    when replicated, in a group or possibly leading one; the status of those two."""
     run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
     group = groups.group_of(meta)
     out: dict[str, Any] = {"task": meta.get("task") or "pretrain", "review": pages.review_state(meta),
@@ -215,10 +215,7 @@ def _extras(v: str, meta: dict[str, Any], stats: dict[str, Any]) -> dict[str, An
     leader = Version.is_valid(v) and groups.can_lead(Version.parse(v))
     if group is not None or leader or any((st.get("n") or 0) >= 2 for st in stats.values()):
         out["stats"] = stats
-    if leader:
-        out["config"] = pages.json_safe_config(meta.get("config") or {})
-        out["status"] = str(meta.get("status") or "?")
-    elif group is not None:
+    if group is not None or leader:
         out["status"] = str(meta.get("status") or "?")
     return out
 
@@ -483,10 +480,13 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
     by_version = {str(r["version"]): r for r in rows}
     group_list = []
     for parent, vs in sorted(members.items(), key=lambda kv: pages.version_order(kv[0])):
-        x = extras.get(parent, {})
+        try:  # the parent's config: its values of the keys its members sweep (read for the few groups only)
+            config = pages.json_safe_config(store.read_meta(ws, Version.parse(parent)).get("config") or {})
+        except (RecordError, ExpError):
+            config = {}
         points = [{"version": m, "status": extras[m].get("status") or by_version[m].get("status"), "swept": extras[m].get("swept") or {},
                    "stats": extras[m].get("stats") or {}} for m in [parent, *vs]]
-        data = pages.group_data(parent, str(by_version[parent].get("description") or ""), x.get("config") or {}, points)
+        data = pages.group_data(parent, str(by_version[parent].get("description") or ""), config, points)
         write(f"g/{parent}.html", functools.partial(pages.group_page, tdir, lang, workspace, data), _hash(key, data))
         group_list.append({"version": parent, "href": f"g/{parent}.html", "members": len(vs)})
     # the index and the compare page: rendered only when their inputs changed
