@@ -507,6 +507,7 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
         "index": (site / "index.html").as_uri(),
         "records": len(rows),
         "pages": len(fresh),
+        "groups": len(group_list),
         "written": written,
         "unchanged": len([r for r in fresh if r not in written]),
         "removed": removed,

@@ -46,7 +46,7 @@ def test_build_writes_every_page_and_a_rebuild_rewrites_only_what_changed(two, c
     code, out, err = cli("site", "--json")
     assert code == 0, err
     first = json.loads(out)
-    assert set(first) >= {"site", "index", "records", "pages", "written", "unchanged", "removed", "seconds"}
+    assert set(first) >= {"site", "index", "records", "pages", "groups", "written", "unchanged", "removed", "seconds"}
     assert first["site"] == "out/site" and first["records"] == 2 and first["removed"] == []
     site_dir = two.root / "out" / "site"
     for rel in ("index.html", "compare.html", "r/0.1.0.html", "r/0.1.1.html", "r/0.1.0.data.js", "assets/site.js",
@@ -333,7 +333,8 @@ def test_a_group_has_a_page_its_members_fold_under_it_and_replicates_show_mean_a
     code, out, err = cli("site", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert "g/0.2.0.html" in result["written"]
+    assert "g/0.2.0.html" in result["written"] and result["groups"] == 1
+    assert re.search(r"^site +out/site/ +\(4 record\(s\), 1 group\(s\);", cli("site")[1], re.M)
     rows = _index_rows(grouped)
     assert rows["0.2.0"]["members"] == 3 and rows["0.2.0"]["group"] is None
     for v, lr in SWEEP.items():
