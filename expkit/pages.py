@@ -253,18 +253,21 @@ def _pick(raw: bytes, max_points: int) -> tuple[list[bytes], bool]:
         if (n - 1) % stride:
             picked.append(lines[n - 1])  # the last line, always
         return picked, stride > 1
-    find, picked, last = raw.find, [], -1
+    find, picked, last, after, skipped = raw.find, [], -1, 0, False
     for i in range(max_points - 1):
         start = find(b"\n", i * end // max_points, end) + 1 if i else 0
         if i and start <= last:
             continue  # no line starts in this stretch (lines longer than the spacing), or the last one is next
         stop = find(b"\n", start, end)
-        picked.append(raw[start: stop if stop >= 0 else end])
-        last = start
+        stop = stop if stop >= 0 else end
+        picked.append(raw[start:stop])
+        skipped = skipped or start > after  # a line between this one and the one kept before
+        last, after = start, stop + 1
     start = raw.rfind(b"\n", 0, end) + 1  # the last line, always
     if start > last:
         picked.append(raw[start:end])
-    return picked, True
+        skipped = skipped or start > after
+    return picked, skipped
 
 
 def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | None:

@@ -161,6 +161,11 @@ def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
     path.write_text("\n".join(lines[:300]), encoding="utf-8")  # fewer lines than points: every one
     c = pages.curves(path, max_points=500)
     assert c["step"] == list(range(1, 301)) and not c["thinned"] and c["points"] == 300
+    long = [line[:-1] + ', "note": "' + "x" * 600 + '"}' for line in lines[:300]]  # large, but fewer lines than points
+    path.write_text("\n".join(long) + "\n", encoding="utf-8")
+    assert path.stat().st_size > pages.SPLIT_BYTES
+    c = pages.curves(path, max_points=500)
+    assert c["step"] == list(range(1, 301)) and not c["thinned"]
 
 
 def test_curves_as_json_text_are_the_curves(tmp_path):
