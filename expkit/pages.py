@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .intervals import t_interval
 from .metrics import SUMMARY_KEYS
 from .numbers import format_number, is_finite_number
 from .report import lineage
@@ -46,8 +47,13 @@ STRINGS: dict[str, tuple[str, str]] = {
     "noscript_compare": ("The comparison is drawn by JavaScript; `exp compare V1 V2` prints it in a terminal.", "对比由 JavaScript 绘制；终端里可用 `exp compare V1 V2`。"),
     "missing": ("not in this site:", "站点中没有："), "same_config": ("the configs are the same", "配置完全相同"), "metric": ("metric", "指标"),
     "reset": ("reset zoom", "重置缩放"), "owner_human": ("human", "人类填写"), "owner_tool": ("tool", "工具生成"), "owner_ai": ("AI", "AI 完成"),
-    "curve_note": ("{lines} log lines; the chart shows every {stride}th (and every evaluation)", "共 {lines} 行日志；图中每 {stride} 行取一点（验证点全部保留）"),
+    "curve_note": ("the chart shows {points} of the log's lines, spread evenly (and every evaluation)", "图中均匀取日志中的 {points} 行（验证点全部保留）"),
     "broken": ("this record cannot be read:", "无法读取该记录："),
+    "group": ("group", "实验组"), "group_title": ("Group", "实验组"), "group_page": ("the group's page", "实验组页面"),
+    "members": ("Members", "组成员"), "member": ("member", "成员"), "swept": ("changes", "改动"), "replicates": ("n", "重复次数"),
+    "group_chart": ("Swept value against metric (mean ± 95% CI over replicates)", "扫描值与指标（重复实验的均值 ± 95% 置信区间）"),
+    "fold": ("members", "个成员"),
+    "noscript_group": ("The chart is drawn by JavaScript; the table above holds every value.", "图由 JavaScript 绘制；上表列出了全部数值。"),
     "more": ("more rows", "更多"),
     "noscript_index": ("The table is drawn by JavaScript; the lineage beside it links every record.",
                        "表格由 JavaScript 绘制；旁边的谱系链接了每个实验。"),
@@ -194,11 +200,13 @@ def _row(line: bytes, parse_float: Any = float) -> dict[str, Any] | None:
 
 
 def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
-    """The training and validation curves of a ``metrics.jsonl``: every evaluation line, and
-    every k-th of the other lines (k chosen so at most ``max_points`` remain, the last line
-    always kept). Only the lines kept are parsed: a 10,000-line file costs ~2 ms, not ~40.
-    Non-finite values become None (a gap in the line); a torn last line is skipped. None
-    when the file is missing or has no line with a step."""
+    """The training and validation curves of a ``metrics.jsonl``: every evaluation line, and of
+    the other lines every one when there are at most ``max_points``, else about ``max_points``
+    spread evenly through the file (the first and the last always). ``points``: the training
+    points kept; ``thinned``: whether lines were left out. Only the lines kept are parsed, and
+    a large file is not split into lines at all: a 10,000-line file costs ~2 ms, not ~40.
+    Non-finite values become None (a gap in the line); a torn last line is skipped. None when
+    the file is missing or has no line with a step."""
     try:
         raw = path.read_bytes()
     except OSError:
@@ -206,8 +214,8 @@ def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
     return _thin(raw, max_points, float)
 
 
-def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, int] | None, str]:
-    """``curves`` as JSON text (``"null"`` when there are none) and its ``lines`` and ``stride``
+def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, Any] | None, str]:
+    """``curves`` as JSON text (``"null"`` when there are none) and its ``points`` and ``thinned``
     (None when there are none): the numbers are copied as the file writes them, not printed
     again (json.loads(text) == curves(path))."""
     try:
@@ -220,43 +228,65 @@ def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, i
     items = []
     for name, value in out.items():
         if isinstance(value, list):
-            value = "[" + ",".join("null" if v is None else v if type(v) is _Number else str(v) for v in value) + "]"
+            value = "[" + ",".join(["null" if v is None else v if type(v) is _Number else str(v) for v in value]) + "]"
+        else:
+            value = json.dumps(value)
         items.append(f'"{name}":{value}')
-    return {"lines": out["lines"], "stride": out["stride"]}, "{" + ",".join(items) + "}"
+    return {"points": out["points"], "thinned": out["thinned"]}, "{" + ",".join(items) + "}"
+
+
+#: Below this size a metrics file is split into lines and every k-th kept (exact and cheap);
+#: above it the lines kept are found by position, so 1.7 MB are never split into 10,000 lines.
+SPLIT_BYTES = 128 * 1024
+
+
+def _pick(raw: bytes, max_points: int) -> tuple[list[bytes], bool]:
+    """The lines of ``raw`` a chart keeps (see ``curves``), and whether any was left out."""
+    end = len(raw) - 1 if raw.endswith(b"\n") else len(raw)
+    if end <= 0:
+        return [], False
+    if end <= SPLIT_BYTES:
+        lines = raw[:end].split(b"\n")
+        n = len(lines)
+        stride = max(1, math.ceil(n / max_points))
+        picked = lines[::stride]
+        if (n - 1) % stride:
+            picked.append(lines[n - 1])  # the last line, always
+        return picked, stride > 1
+    find, picked, last, after, skipped = raw.find, [], -1, 0, False
+    for i in range(max_points - 1):
+        start = find(b"\n", i * end // max_points, end) + 1 if i else 0
+        if i and start <= last:
+            continue  # no line starts in this stretch (lines longer than the spacing), or the last one is next
+        stop = find(b"\n", start, end)
+        stop = stop if stop >= 0 else end
+        picked.append(raw[start:stop])
+        skipped = skipped or start > after  # a line between this one and the one kept before
+        last, after = start, stop + 1
+    start = raw.rfind(b"\n", 0, end) + 1  # the last line, always
+    if start > last:
+        picked.append(raw[start:end])
+        skipped = skipped or start > after
+    return picked, skipped
 
 
 def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | None:
-    lines = raw.split(b"\n")
-    if lines and not lines[-1].strip():
-        lines.pop()
-    n = len(lines)
-    if not n:
+    picked, thinned = _pick(raw, max_points)
+    if not picked:
         return None
-    stride = max(1, math.ceil(n / max_points))
-    picked = lines[::stride]
-    if (n - 1) % stride:
-        picked.append(lines[n - 1])  # the last line, always
-    out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": [],
-                           "lines": n, "stride": stride}
+    out: dict[str, Any] = {"step": [], **{k: [] for k in CURVE_SERIES}, "val_step": [], "val_loss": []}
     try:  # one parse of the kept lines as an array: ~10x faster than a parse per line
         parsed = json.loads(b"[" + b",".join(picked) + b"]", parse_float=parse_float)
     except ValueError:  # a torn or damaged line: line by line, skipping it
         parsed = [_row(line, parse_float) for line in picked]
-    steps, series = out["step"], [(name, out[name]) for name in CURVE_SERIES]
-    for row in parsed:
-        if type(row) is dict and "loss" in row:
-            step = row.get("step")
-            if _finite(step):
-                steps.append(int(float(step)) if type(step) is _Number else int(step))
-                for name, values in series:
-                    value = row.get(name)
-                    values.append(value if _finite(value) else None)
-    evals = []
-    at = raw.find(b'"val_loss"')
-    while at >= 0:  # the evaluation lines, found without parsing the lines between them
-        start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
-        evals.append(raw[start: end if end >= 0 else len(raw)])
-        at = raw.find(b'"val_loss"', end if end >= 0 else len(raw))
+    # comprehensions, and the common value (a number as the file writes it, no exponent) tested
+    # inline: a loop with a call per value cost as much as parsing the lines
+    kept = [row for row in parsed if type(row) is dict and "loss" in row and _finite(row.get("step"))]
+    out["step"] = steps = [s if type(s) is int else int(float(s)) for s in (row["step"] for row in kept)]
+    for name in CURVE_SERIES:
+        out[name] = [v if (type(v) is _Number and "e" not in v and "E" not in v) or type(v) is int or _finite(v) else None
+                     for v in (row.get(name) for row in kept)]
+    evals = [raw[start:end] for start, end in _lines_with(raw, b'"val_loss"')]
     try:  # all of them in one parse, as above
         parsed = json.loads(b"[" + b",".join(evals) + b"]", parse_float=parse_float)
     except ValueError:
@@ -271,6 +301,37 @@ def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | Non
     for name in CURVE_SERIES:  # a series the trainer never logged is left out
         if all(v is None for v in out[name]):
             del out[name]
+    out["points"], out["thinned"] = len(steps), thinned
+    return out
+
+
+def _lines_with(raw: bytes, needle: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each line of ``raw`` that holds ``needle``, found without parsing the lines
+    between them. A search for the needle's first letter that is not a quote (``v``) is a memchr,
+    ten times the speed of a search for the whole needle, and a trainer's lines hold few of it
+    (its keys are step, loss, lr, grad_norm, tokens…); past 64 misses the whole needle is searched."""
+    out: list[tuple[int, int]] = []
+    first = needle[1:2] if needle[:1] == b'"' else needle[:1]
+    lead = needle.index(first)
+    size, misses, at = len(raw), 0, 0
+    while True:
+        if misses < 64:
+            at = raw.find(first, at)
+            if at < 0:
+                break
+            if at < lead or not raw.startswith(needle, at - lead):
+                misses += 1
+                at += 1
+                continue
+            at -= lead
+        else:
+            at = raw.find(needle, at)
+            if at < 0:
+                break
+        start, end = raw.rfind(b"\n", 0, at) + 1, raw.find(b"\n", at)
+        end = end if end >= 0 else size
+        out.append((start, end))
+        at = end
     return out
 
 
@@ -320,34 +381,68 @@ def review_state(meta: Mapping[str, Any]) -> str:
 
 
 # -- the index ----------------------------------------------------------------------------------------
+def replicate_stats(tables: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{metric: {"mean", "ci", "n"}} over a record's per-replicate tables (``catalog.replicate_tables``):
+    the mean and the half-width of its 95% Student t interval (None for one value)."""
+    names: dict[str, None] = {}
+    for t in tables:
+        names.update(dict.fromkeys(k for k, v in t.items() if is_finite_number(v)))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        values = [t[name] for t in tables if is_finite_number(t.get(name))]
+        if len(values) >= 2:
+            interval = t_interval(values)
+            out[name] = {"mean": interval.mean, "ci": interval.half, "n": len(values)}
+        elif values:
+            out[name] = {"mean": values[0], "ci": None, "n": 1}
+    return out
+
+
+def _metric(table: Mapping[str, Any], stats: Mapping[str, Any], names: Sequence[str]) -> tuple[str, Any]:
+    """The first of ``names`` a record has, as its index cell shows it: mean ± CI when replicated."""
+    for n in names:
+        st = stats.get(n)
+        if isinstance(st, Mapping) and (st.get("n") or 0) >= 2:
+            return n, st
+        if table.get(n) is not None:
+            return n, table[n]
+    return names[0], None
+
+
 def index_rows(rows: Sequence[Mapping[str, Any]], flat: Sequence[Mapping[str, Any]], extras: Mapping[str, Mapping[str, Any]],
-               best: Iterable[str]) -> list[dict[str, Any]]:
+               best: Iterable[str], members: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
     """The index's rows: ``rows`` from ``catalog.rows`` (its order), ``flat`` the same records as
     ``report.report_rows`` gives them (metrics and verdict counts), ``extras`` what only the
-    record's state knows (task, review, date) by version, ``best`` the versions marked best."""
+    record's state knows (task, review, date, group, replicate statistics) by version, ``best``
+    the versions marked best, ``members`` each group parent's members (folded under it)."""
     by_version = {r["version"]: r for r in flat}
     versions = {str(r["version"]) for r in rows}
     best = set(best)
+    members = members or {}
     out = []
     for r in rows:
         v = str(r["version"])
         f = by_version.get(v, {})
         x = extras.get(v, {})
         table = r.get("metrics") or {}
+        stats = x.get("stats") if isinstance(x.get("stats"), Mapping) else {}
         metrics = []
         for names in INDEX_METRICS:
-            name = next((n for n in names if table.get(n) is not None), names[0])
-            metrics.append({"text": shown(table.get(name)), "sort": _sort_value(table.get(name))})
+            _, value = _metric(table, stats, names)
+            metrics.append({"text": shown(value), "sort": _sort_value(value)})
         verdicts = {k: f.get(k, 0) for k in VERDICTS} if r.get("verdicts") is not None else None
         parent = r.get("parent")
         desc = str(r.get("description") or "")
+        group = x.get("group") if x.get("group") in members and v in members[str(x.get("group"))] else None
+        swept = " ".join(f"{k}={shown(val)}" for k, val in (x.get("swept") or {}).items()) if group else ""
         out.append({
             "version": v, "order": version_order(v), "status": str(r.get("status") or "?"), "task": str(x.get("task") or "pretrain"),
             "description": desc, "parent": parent, "parent_link": bool(parent) and str(parent) in versions,
             "parent_order": version_order(parent) if parent else "", "metrics": metrics, "verdicts": verdicts,
             "verdict_sort": f"{verdicts['confirmed']:04d}{9999 - verdicts['refuted']:04d}" if verdicts else "",
             "review": x.get("review") or "—", "date": str(x.get("date") or ""), "best": v in best,
-            "search": " ".join([v, desc, str(parent or ""), str(r.get("status") or ""), str(x.get("task") or "")]).lower(),
+            "search": " ".join([v, desc, str(parent or ""), str(r.get("status") or ""), str(x.get("task") or ""), swept]).lower(),
+            "group": group, "members": len(members.get(v, ())), "swept": swept,
         })
     return out
 
@@ -419,7 +514,7 @@ def index_page(templates_dir: Path, lang: str, workspace: str, rows: list[dict[s
 
 #: The fields of a row in the index's JSON, in order (site.js reads them by these names).
 INDEX_FIELDS = ("version", "order", "status", "task", "description", "parent", "parent_link", "parent_order", "metrics",
-                "verdicts", "verdict_sort", "review", "date", "best", "search")
+                "verdicts", "verdict_sort", "review", "date", "best", "search", "group", "members", "swept")
 
 
 def index_json(rows: Sequence[Mapping[str, Any]], t: Mapping[str, str]) -> str:
@@ -434,10 +529,47 @@ def index_json(rows: Sequence[Mapping[str, Any]], t: Mapping[str, str]) -> str:
         out.append([r["version"], r["order"], r["status"], r["task"], r["description"], r["parent"], r["parent_link"],
                     r["parent_order"], [[m["text"], m["sort"]] for m in r["metrics"]],
                     [v["confirmed"], v["refuted"], v["inconclusive"]] if v else None, r["verdict_sort"], r["review"],
-                    r["date"], r["best"], r["search"]])
-    text = json.dumps({"fields": INDEX_FIELDS, "rows": out, "t": {k: t[k] for k in ("pick", "best")}},
+                    r["date"], r["best"], r["search"], r.get("group"), r.get("members", 0), r.get("swept", "")])
+    text = json.dumps({"fields": INDEX_FIELDS, "rows": out, "t": {k: t[k] for k in ("pick", "best", "fold", "group")}},
                       ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def group_data(parent: str, description: str, config: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a group's page shows: ``parent`` (X.Y.0) with its ``config`` and ``description``;
+    ``points``: the parent and each member as {"version", "status", "swept" (a member's changes,
+    {} for the parent), "stats" (``replicate_stats``)}. Each member's row, the swept keys, and
+    per point the swept value (the parent's own config value for the parent), mean and CI."""
+    keys: list[str] = []
+    for p in points:
+        keys += [k for k in p.get("swept") or {} if k not in keys]
+    metrics: list[str] = []
+    for names in INDEX_METRICS:  # the index's metrics first, then the rest in the summary's order
+        metrics += [n for n in names if n not in metrics and any(n in (p.get("stats") or {}) for p in points)]
+    metrics += [n for n in SUMMARY_KEYS if n not in metrics and any(n in (p.get("stats") or {}) for p in points)]
+    rows = []
+    for p in points:
+        v = str(p["version"])
+        swept = dict(p.get("swept") or {}) if v != parent else {k: config.get(k) for k in keys}
+        stats = p.get("stats") or {}
+        rows.append({"version": v, "status": str(p.get("status") or "?"), "parent": v == parent,
+                     "swept": {k: swept.get(k) for k in keys},
+                     "swept_text": " ".join(f"{k}={shown(swept.get(k))}" for k in keys),
+                     "n": max([st.get("n") or 0 for st in stats.values() if isinstance(st, Mapping)] or [0]),
+                     "cells": [shown(_metric({}, stats, (m,))[1]) for m in metrics[:3]],
+                     "stats": {m: {"mean": stats[m]["mean"], "ci": stats[m].get("ci")} for m in metrics if m in stats}})
+    return {"parent": parent, "description": description, "keys": keys, "metrics": metrics, "rows": rows}
+
+
+def group_page(templates_dir: Path, lang: str, workspace: str, group: Mapping[str, Any]) -> str:
+    t = strings(lang)
+    data = {"keys": group["keys"], "metrics": group["metrics"],
+            "points": [{"version": r["version"], "parent": r["parent"], "x": r["swept"], "stats": r["stats"]} for r in group["rows"]],
+            "t": {k: t[k] for k in ("key", "metric", "reset")}}
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+    text = text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return render(templates_dir, "group.html.j2", lang=lang, t=t, page="group", root="../", workspace=workspace, g=group,
+                  group_json=text)
 
 
 def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:

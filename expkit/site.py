@@ -12,11 +12,13 @@ sizes and mtimes of the record's markdown and state, of its run's files, of its 
 record (the config diff) and its children's names, and the templates' contents. A page
 whose hash is unchanged is not rendered again; the index is rendered when any row changed.
 
-Cached (``out/.cache/site/r/VERSION.json``): a record's thinned curves under its metrics file's
-size, mtime and inode, and its rendered markdown under a hash of the text itself; so a page
-rendered again (a new template, another ``--out``, the site folder removed) reads neither its
-10,000-line metrics file nor markdown-it again, and a changed input is never answered from the
-cache.
+Curves survive a new template: the manifest keeps, per data script, the metrics file's size,
+mtime and inode it was thinned from, and a page rendered again with that file unchanged takes
+its curves from the data script already in the site instead of reading 10,000 lines again.
+Nothing else is cached outside the site: a cold build of 1,000 records spent a second creating
+a thousand cache files (out/.cache/site/ before), which paid off only when the site folder was
+removed. Record pages are rendered by one forked process per CPU when there are many, and
+written by a thread of their own (creating a file waits on the filesystem's journal).
 
 Layer 4: reads records through ``records``, ``catalog`` and ``reporting``; HTML comes from
 ``pages`` (layer 3); every file is written by ``files.atomic_write`` (not synced: a crash
@@ -30,14 +32,17 @@ import functools
 import hashlib
 import http.server
 import json
+import multiprocessing
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from . import catalog, commit, pages, records, reporting, store
+from . import catalog, commit, groups, pages, records, reporting, store
 from .errors import ExpError, RecordError, UsageError, WorkspaceError
 from .files import atomic_write, read_json
 from .names import METRICS_FILE, SAMPLES_FILE
@@ -47,11 +52,11 @@ from .workspace import Workspace, package_templates_dir
 
 MANIFEST = ".manifest.json"
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
-LAYOUT = 2
-#: Bump when what the per-record cache holds changes (pages.curves, pages.record_parts).
-RECORD_CACHE_LAYOUT = 1
+LAYOUT = 3
 #: Run files a record page links: everything at the top of the run directory but these.
 HIDDEN_FILES = ("heartbeat",)
+#: Record pages to render before they are shared among worker processes (forking costs ~20 ms each).
+PARALLEL_FROM = 64
 #: Samples shown on a record page, and characters of each.
 MAX_SAMPLES, MAX_SAMPLE_CHARS = 24, 600
 
@@ -60,10 +65,15 @@ def default_dir(ws: Workspace) -> Path:
     return ws.out_root / "site"
 
 
+#: The site's templates: a workspace's ``templates/site/`` is used when it has all of them.
+TEMPLATES = ("base.html.j2", "index.html.j2", "record.html.j2", "compare.html.j2", "group.html.j2")
+
+
 def templates_dir(ws: Workspace) -> Path:
-    """The workspace's ``templates/site/`` (a lab may restyle its site), else the one expkit ships."""
+    """The workspace's ``templates/site/`` (a lab may restyle its site) when it holds every page's
+    template (one made before a page type existed does not), else the one expkit ships."""
     local = ws.root / "templates" / "site"
-    return local if (local / "index.html.j2").is_file() else package_templates_dir() / "site"
+    return local if all((local / name).is_file() for name in TEMPLATES) else package_templates_dir() / "site"
 
 
 def _stat(path: Path | str) -> list[int]:
@@ -84,8 +94,10 @@ def _run_files(ws: Workspace, version: str) -> list[tuple[str, int, int]]:
 
 
 def _run_files_at(root: str) -> list[tuple[str, int, int]]:
+    """Also the files of its replicates' run directories (``r0/``, ``r1/``, ...): a page's inputs."""
     out = []
-    for sub in ("", "plots"):
+    subs = ["", "plots"]
+    for sub in subs:
         try:
             entries = list(os.scandir(f"{root}/{sub}" if sub else root))
         except OSError:
@@ -94,7 +106,9 @@ def _run_files_at(root: str) -> list[tuple[str, int, int]]:
             if e.name.startswith(".") or e.name in HIDDEN_FILES:
                 continue
             try:
-                if e.is_file():
+                if not sub and catalog.REPLICATE_DIR.fullmatch(e.name) and e.is_dir():
+                    subs.append(e.name)
+                elif e.is_file():
                     st = e.stat()
                     out.append((f"{sub}/{e.name}" if sub else e.name, st.st_size, st.st_mtime_ns))
             except OSError:
@@ -112,43 +126,61 @@ def _quick_hash(*parts: Any) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
 
-def _cached(ws: Workspace, record: Any, v: str, lang: str, base: str) -> tuple[dict[str, Any] | None, str, list[dict[str, Any]]]:
-    """(the run's curves' line count and stride, or None without curves; the curves as JSON text;
-    the record's parts as HTML), from the cache when their inputs are the ones cached: the
-    metrics file's size, mtime and inode (taken before it is read, so a file that grows
-    meanwhile is read again next time), and the text of every part.
+class _Writer:
+    """Writes files on a thread of its own while the caller renders the next page: creating a
+    file waits on the filesystem's journal (0.1 to 6 ms each on the shared development machine,
+    2,000 of them in a cold build of 1,000 records), and that wait needs no CPU. ``close`` waits
+    for every file and raises the first error."""
 
-    The cache file is one JSON line (stamp, counts, parts) and then the curves' JSON text, kept
-    as text: turning 2,000 floats into JSON again costs more than thinning the file did."""
-    path = cache_dir(ws) / "r" / f"{v}.json"
-    try:
-        head_text, _, curves_text = path.read_text(encoding="utf-8").partition("\n")
-        saved = json.loads(head_text)
-    except (OSError, UnicodeDecodeError, ValueError):
-        saved, curves_text = {}, ""
-    saved = saved if isinstance(saved, dict) and saved.get("layout") == RECORD_CACHE_LAYOUT else {}
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[Path, str] | None] = queue.Queue(maxsize=64)
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="exp-site-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    atomic_write(item[0], item[1], durable=False)
+                except OSError as err:
+                    self._error = err
+
+    def put(self, path: Path, data: str) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((path, data))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _curves(ws: Workspace, site: Path, v: str, previous: Any) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
+    """(the run's curves' points and whether they were thinned, or None without curves; the
+    curves as JSON text; what the manifest keeps to reuse them). Reused from the site's own
+    ``r/VERSION.data.js`` when the metrics file's size, mtime and inode (taken before it is read,
+    so a file that grows meanwhile is read again next time) are the ones ``previous`` kept: a new
+    template or expkit renders every page again but thins no metrics file again."""
     metrics = f"{ws.out_root}/experiment_{v}/{METRICS_FILE}"
     try:
         st = os.stat(metrics)
-        stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS]
     except OSError:
-        stamp = None
-    counts = saved.get("counts")
-    if not (stamp is not None and saved.get("stamp") == stamp and pages.is_curves_json(curves_text)
-            and (counts is None or isinstance(counts, dict))):
-        counts, curves_text = pages.curves_json(Path(metrics)) if stamp is not None else (None, "null")
-    texts = [p if isinstance(p, str) else [p.kind, p.name, p.text] for p in record.parts]
-    key = _quick_hash(lang, base, texts)
-    parts = saved.get("parts") if saved.get("key") == key and isinstance(saved.get("parts"), list) else None
-    if parts is None:
-        parts = pages.record_parts(record.parts, lang, base)
-    head = {"layout": RECORD_CACHE_LAYOUT, "stamp": stamp, "counts": counts, "key": key, "parts": parts}
-    if head != saved:
+        return None, "null", None
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS, LAYOUT]
+    if isinstance(previous, dict) and previous.get("stamp") == stamp and isinstance(previous.get("counts"), dict):
         try:
-            atomic_write(path, json.dumps(head, ensure_ascii=False, separators=(",", ":")) + "\n" + curves_text, durable=False)
-        except OSError:
-            pass  # a read-only out/: the page is still right, only slower next time
-    return counts, curves_text, parts
+            text = (site / "r" / f"{v}.data.js").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        head, _, curves_text = text.rpartition(',"curves":')
+        curves_text = curves_text[:-3] if head and curves_text.endswith("};\n") else ""
+        if pages.is_curves_json(curves_text):
+            return previous["counts"], curves_text, previous
+    counts, curves_text = pages.curves_json(Path(metrics))
+    return counts, curves_text, ({"stamp": stamp, "counts": counts} if counts is not None else None)
 
 
 def _size(n: int) -> str:
@@ -169,16 +201,29 @@ def _way(folder: str, page_dir: str) -> str:
     return Path(os.path.relpath(folder, page_dir)).as_posix()
 
 
-def _extras(meta: dict[str, Any]) -> dict[str, Any]:
-    """What the index shows that ``catalog.rows`` does not keep: task, review, date."""
+def _extras(v: str, meta: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """What the index and the group pages show that ``catalog.rows`` does not keep: task, review,
+    date; the group a member belongs to and what it changes; replicate statistics (mean, CI, n)
+    when replicated, in a group or possibly leading one; the status of those two."""
     run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
-    return {"task": meta.get("task") or "pretrain", "review": pages.review_state(meta),
-            "date": str(run.get("ended") or run.get("started") or meta.get("created") or "")}
+    group = groups.group_of(meta)
+    out: dict[str, Any] = {"task": meta.get("task") or "pretrain", "review": pages.review_state(meta),
+                           "date": str(run.get("ended") or run.get("started") or meta.get("created") or "")}
+    if group is not None:
+        out["group"] = str(group)
+        out["swept"] = pages.json_safe_config(groups.changes_of(meta))
+    leader = Version.is_valid(v) and groups.can_lead(Version.parse(v))
+    if group is not None or leader or any((st.get("n") or 0) >= 2 for st in stats.values()):
+        out["stats"] = stats
+    if group is not None or leader:
+        out["status"] = str(meta.get("status") or "?")
+    return out
 
 
 def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[str], versions: set[str],
-                 files: list[tuple[str, int, int]], lang: str) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
-    """(the record page's context, its data script's content or None, its index extras)."""
+                 files: list[tuple[str, int, int]], lang: str, previous: Any, leads: bool) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
+    """(the record page's context, its data script's content or None, its index extras, what the
+    manifest keeps of its curves or None); ``previous``: what it kept last time."""
     v = str(row["version"])
     page_dir = site / "r"
     t = pages.strings(lang)
@@ -191,13 +236,16 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
                 "baseline": None, "parent_link": False, "baseline_link": False, "children": children, "review": "",
                 "created": "", "commit": "", "compare_parent": False, "has_curves": False, "plot": None, "curve_note": "",
                 "verdicts": [], "partial": False, "analyzed": False, "anomalies": [], "metrics": [], "changes": [],
-                "samples": [], "parts": [], "reviews": [], "files": []}
-        return data, None, {"task": "", "review": "", "date": ""}
+                "samples": [], "parts": [], "reviews": [], "files": [], "group": None, "leads": leads, "swept": ""}
+        return data, None, {"task": "", "review": "", "date": ""}, None
     meta = record.meta
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     table = catalog.run_table(ws, v, meta) or {}
     table = catalog.clean_table(table)
-    curve, curves_text, parts = _cached(ws, record, v, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
+    stats = pages.replicate_stats(catalog.replicate_tables(ws, v, meta, table) if table else [])
+    group = groups.group_of(meta)
+    curve, curves_text, kept = _curves(ws, site, v, previous)
+    parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
     names = {f[0]: f for f in files}
     plot = next((n for n in ("plots/loss.png",) if n in names), None)
     samples = []
@@ -227,12 +275,15 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         "commit": str(info_commit.get("sha") or info_commit.get("time") or ""),
         "compare_parent": str(parent) in versions and curve is not None,
         "has_curves": curve is not None, "plot": _link(ws.out_dir(v) / plot, page_dir) if plot else None,
-        "curve_note": t["curve_note"].format(lines=curve["lines"], stride=curve["stride"]) if curve and curve["stride"] > 1 else "",
+        "curve_note": t["curve_note"].format(points=curve["points"]) if curve and curve.get("thinned") else "",
         "verdicts": pages.verdict_rows(analysis.get("verdicts") or [], lang), "partial": bool(analysis.get("partial")),
         "analyzed": bool(analysis),
         "anomalies": [{"kind": str(a.get("kind") or ""), "step": a.get("step"), "end_step": a.get("end_step"),
                        "message": str(a.get("message") or "")} for a in analysis.get("anomalies") or [] if isinstance(a, dict)],
-        "metrics": [(k, pages.shown(val)) for k, val in table.items()],
+        "metrics": [(k, pages.shown(stats[k]) + f" (n={stats[k]['n']})" if k in stats and stats[k]["n"] >= 2 else pages.shown(val))
+                    for k, val in table.items()],
+        "group": str(group) if group is not None and str(group) in versions else None, "leads": leads,
+        "swept": " ".join(f"{k}={pages.shown(x)}" for k, x in groups.changes_of(meta).items()),
         "changes": [(k, pages.shown(ab[0] if isinstance(ab, list) and ab else None), pages.shown(ab[1] if isinstance(ab, list) and len(ab) > 1 else ab))
                     for k, ab in changes.items()],
         "samples": samples, "parts": parts,
@@ -245,22 +296,67 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
         script = {"version": v, "description": data["description"], "status": data["status"],
                   "config": pages.json_safe_config(meta.get("config") or {}), "metrics": table,
                   "curves": pages.RawJSON(curves_text), "strings": {"reset": t["reset"]}}
-    return data, script, _extras(meta)
+    return data, script, _extras(v, meta, stats), kept if script is not None else None
 
 
-def _record_files(job: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
-    """Render and write one record's page and data script; (its index extras, whether it has a script)."""
-    ws, site, row, kids, versions, files, lang, tdir, workspace = job
+def _record_files(job: tuple[Any, ...], writer: _Writer) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Render one record's page and data script and hand them to ``writer``; (its index extras,
+    what the manifest keeps of its data script or None without one)."""
+    ws, site, row, kids, versions, files, lang, tdir, workspace, previous, leads = job
     v = str(row["version"])
-    data, script, extra = _record_data(ws, site, row, kids, versions, files, lang)
-    atomic_write(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data), durable=False)
+    data, script, extra, kept = _record_data(ws, site, row, kids, versions, files, lang, previous, leads)
+    writer.put(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data))
     if script is not None:
-        atomic_write(site / "r" / f"{v}.data.js", pages.record_script(v, script), durable=False)
-    return extra, script is not None
+        writer.put(site / "r" / f"{v}.data.js", pages.record_script(v, script))
+    return extra, kept
 
 
-def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
-    """Build (or bring up to date) the site; returns what was written."""
+#: The record pages a forked worker renders: set before the fork, read by index in the workers.
+_JOBS: list[tuple[Any, ...]] = []
+
+
+def _record_share(k: int, n: int) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """In worker ``k`` of ``n``: render and write every n-th record page from the k-th."""
+    writer = _Writer()
+    try:
+        return [_record_files(job, writer) for job in _JOBS[k::n]]
+    finally:
+        writer.close()
+
+
+def cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _render_records(jobs: list[tuple[Any, ...]], workers: int) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """Each record's index extras and what the manifest keeps of its data script, in the order of ``jobs``; the
+    pages rendered and written by ``workers`` forked processes when there are enough of them."""
+    if workers < 2 or len(jobs) < PARALLEL_FROM:
+        writer = _Writer()
+        try:
+            return [_record_files(job, writer) for job in jobs]
+        finally:
+            writer.close()
+    workers = min(workers, len(jobs))
+    _JOBS[:] = jobs  # inherited by the fork, not pickled: a job holds the workspace and the rows
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            shares = list(pool.map(_record_share, range(workers), [workers] * workers))
+    finally:
+        _JOBS.clear()
+    done: list[tuple[dict[str, Any], dict[str, Any] | None]] = [({}, None)] * len(jobs)
+    for k, share in enumerate(shares):
+        done[k::workers] = share
+    return done
+
+
+def build(ws: Workspace, out: Path | None = None, workers: int | None = None) -> dict[str, Any]:
+    """Build (or bring up to date) the site; returns what was written. ``workers``: processes
+    that render record pages (default: one per CPU, or 1 in a process with other threads)."""
     started = time.perf_counter()
     site = (out or default_dir(ws)).resolve()
     if site.exists() and not site.is_dir():
@@ -280,8 +376,10 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
         pages.use_bytecode_cache(tdir, None)
     key = _hash(LAYOUT, lang, ws.root.name, [(p.name, p.read_bytes().decode("utf-8", "replace")) for p in sorted(tdir.rglob("*")) if p.is_file()])
     saved = read_json(manifest_path)
-    saved = saved if isinstance(saved, dict) and saved.get("key") == key else {}
-    old_pages: dict[str, Any] = saved.get("pages") if isinstance(saved.get("pages"), dict) else {}
+    saved = saved if isinstance(saved, dict) and isinstance(saved.get("pages"), dict) else {"pages": {}}
+    # curves survive a new template: their data scripts are reused when their metrics file is unchanged
+    kept_curves = {rel: p.get("curves") for rel, p in saved["pages"].items() if isinstance(p, dict) and p.get("curves")}
+    old_pages: dict[str, Any] = saved["pages"] if saved.get("key") == key else {}
     fresh: dict[str, Any] = {}
     written: list[str] = []
 
@@ -314,42 +412,86 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
             stamps[v] = _stat(f"{exp_dir}/experiment_{v}.md") + _stat(f"{exp_dir}/experiment_{v}.state.json")
         return stamps[v]
 
-    for row in rows:
+    # which records lead a group, as the last build found it: a leader's page links its group's page;
+    # checked below against what this build finds, and a page that guessed wrong is rendered again
+    hinted = {str(p["extras"]["group"]) for p in saved["pages"].values()
+              if isinstance(p, dict) and isinstance(p.get("extras"), dict) and p["extras"].get("group")}
+
+    def job(row: dict[str, Any], leads: bool) -> tuple[str, tuple[Any, ...]]:
         v = str(row["version"])
-        rel = f"r/{v}.html"
         parent = row.get("parent")
         files = _run_files_at(f"{out_root}/experiment_{v}")
         # taken before the page is rendered: an input that changes meanwhile is rendered again next time
         inputs = _quick_hash(key, stamp(v), _stat(f"{script_dir}/experiment_{v}.sh"), files,
                              stamp(str(parent)) if parent else None, children.get(v, []), parent in versions,
-                             row.get("baseline") in versions)
-        old = old_pages.get(rel, {})
-        if old.get("hash") == inputs and isinstance(old.get("extras"), dict) and os.path.isfile(f"{site_dir}/{rel}"):
-            fresh[rel] = old
-            if old.get("script"):
-                fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
-            extras[v] = old["extras"]
-            continue
-        todo.append((v, inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace)))
+                             row.get("baseline") in versions, leads)
+        return inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace,
+                        kept_curves.get(f"r/{v}.data.js"), leads)
 
-    # in this process: forked workers (one per CPU) built 1,000 record pages no faster on the
-    # 2-core development machine, cold or cached, at loads of 1.4 to 4.8 (bench/README.md)
-    done = [_record_files(job) for _, _, job in todo]
-    for (v, inputs, job), (extra, has_script) in zip(todo, done):
-        fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": has_script}
-        written.append(f"r/{v}.html")
-        if has_script:
-            fresh[f"r/{v}.data.js"] = {"hash": inputs}
-            written.append(f"r/{v}.data.js")
-        extras[v] = extra
+    def reuse(v: str, inputs: str) -> bool:
+        rel = f"r/{v}.html"
+        old = old_pages.get(rel, {})
+        if not (old.get("hash") == inputs and isinstance(old.get("extras"), dict) and os.path.isfile(f"{site_dir}/{rel}")):
+            return False
+        fresh[rel] = old
+        if old.get("script"):
+            fresh[f"r/{v}.data.js"] = old_pages.get(f"r/{v}.data.js", {"hash": inputs})
+        extras[v] = old["extras"]
+        return True
+
+    def render(todo: list[tuple[str, str, tuple[Any, ...]]], workers: int) -> None:
+        done = _render_records([j for _, _, j in todo], workers)
+        for (v, inputs, _), (extra, curves) in zip(todo, done):
+            fresh[f"r/{v}.html"] = {"hash": inputs, "extras": extra, "script": curves is not None}
+            written.append(f"r/{v}.html")
+            fresh.pop(f"r/{v}.data.js", None)
+            if curves is not None:
+                fresh[f"r/{v}.data.js"] = {"hash": inputs, "curves": curves}
+                written.append(f"r/{v}.data.js")
+            extras[v] = extra
+
+    for row in rows:
+        v = str(row["version"])
+        inputs, j = job(row, v in hinted)
+        if not reuse(v, inputs):
+            todo.append((v, inputs, j))
+    if todo:
+        pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
+    # forked only from a process without other threads (a fork copies their locks mid-step)
+    render(todo, workers if workers is not None else cpus() if threading.active_count() == 1 else 1)
+
+    members: dict[str, list[str]] = {}
+    for row in rows:
+        g = extras.get(str(row["version"]), {}).get("group")
+        if g in versions:
+            members.setdefault(str(g), []).append(str(row["version"]))
+    wrong = [row for row in rows if (str(row["version"]) in hinted) != (str(row["version"]) in members)]
+    again = []
+    for row in wrong:
+        inputs, j = job(row, str(row["version"]) in members)
+        if not reuse(str(row["version"]), inputs):
+            again.append((str(row["version"]), inputs, j))
+    render(again, 1)
 
     tree = reporting.tree(ws, rows)
     best = [n["version"] for n in pages.tree_lines(tree) if n["best"]]
-    index_rows = pages.index_rows(rows, report_rows(rows), extras, best)
+    index_rows = pages.index_rows(rows, report_rows(rows), extras, best, members)
     lines = pages.tree_lines(tree)
-    groups: list[dict[str, Any]] = []  # group pages (X.Y.0 with replicated members) come with groups; none exist yet
+    by_version = {str(r["version"]): r for r in rows}
+    group_list = []
+    for parent, vs in sorted(members.items(), key=lambda kv: pages.version_order(kv[0])):
+        try:  # the parent's config: its values of the keys its members sweep (read for the few groups only)
+            config = pages.json_safe_config(store.read_meta(ws, Version.parse(parent)).get("config") or {})
+        except (RecordError, ExpError):
+            config = {}
+        points = [{"version": m, "status": extras[m].get("status") or by_version[m].get("status"), "swept": extras[m].get("swept") or {},
+                   "stats": extras[m].get("stats") or {}} for m in [parent, *vs]]
+        data = pages.group_data(parent, str(by_version[parent].get("description") or ""), config, points)
+        write(f"g/{parent}.html", functools.partial(pages.group_page, tdir, lang, workspace, data), _hash(key, data))
+        group_list.append({"version": parent, "href": f"g/{parent}.html", "members": len(vs)})
     # the index and the compare page: rendered only when their inputs changed
-    write("index.html", lambda: pages.index_page(tdir, lang, workspace, index_rows, lines, groups), _hash(key, index_rows, lines, groups))
+    write("index.html", lambda: pages.index_page(tdir, lang, workspace, index_rows, lines, group_list),
+          _hash(key, index_rows, lines, group_list))
     write("compare.html", lambda: pages.compare_page(tdir, lang, workspace), key)
 
     removed = []
@@ -365,6 +507,7 @@ def build(ws: Workspace, out: Path | None = None) -> dict[str, Any]:
         "index": (site / "index.html").as_uri(),
         "records": len(rows),
         "pages": len(fresh),
+        "groups": len(group_list),
         "written": written,
         "unchanged": len([r for r in fresh if r not in written]),
         "removed": removed,

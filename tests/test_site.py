@@ -46,7 +46,7 @@ def test_build_writes_every_page_and_a_rebuild_rewrites_only_what_changed(two, c
     code, out, err = cli("site", "--json")
     assert code == 0, err
     first = json.loads(out)
-    assert set(first) >= {"site", "index", "records", "pages", "written", "unchanged", "removed", "seconds"}
+    assert set(first) >= {"site", "index", "records", "pages", "groups", "written", "unchanged", "removed", "seconds"}
     assert first["site"] == "out/site" and first["records"] == 2 and first["removed"] == []
     site_dir = two.root / "out" / "site"
     for rel in ("index.html", "compare.html", "r/0.1.0.html", "r/0.1.1.html", "r/0.1.0.data.js", "assets/site.js",
@@ -140,15 +140,32 @@ def test_curves_keep_every_evaluation_and_thin_the_rest(tmp_path):
     lines = [json.dumps({"step": s, "loss": 10 - s / 1000, "lr": 1e-3, **({"val_loss": 9.0} if s % 1000 == 0 else {})})
              for s in range(1, 10001)]
     path.write_text("\n".join(lines) + '\n{"step": 10001, "loss": 4.', encoding="utf-8")  # a torn last line
+    assert path.stat().st_size > pages.SPLIT_BYTES  # the lines kept found by position
     c = pages.curves(path, max_points=500)
-    assert c["lines"] == 10001 and c["stride"] == 21
-    assert len(c["step"]) <= 500 and c["step"][0] == 1 and c["step"][-1] == 9997
+    assert c["thinned"] and 450 <= c["points"] == len(c["step"]) <= 500
+    assert c["step"][0] == 1 and c["step"] == sorted(set(c["step"]))
+    gaps = [b - a for a, b in zip(c["step"], c["step"][1:])]
+    assert max(gaps) <= 2 * 10000 / 500  # spread evenly: no stretch of the run left out
+    assert c["step"][-1] > 10000 - 2 * 10000 / 500  # the torn last line skipped, the one before it near
     assert c["val_step"] == list(range(1000, 10001, 1000))
     assert "grad_norm" not in c  # never logged
     assert pages.curves(tmp_path / "missing.jsonl") is None
     counts, text = pages.curves_json(path, max_points=500)  # the numbers copied, not printed again: the same curves
-    assert json.loads(text) == c and counts == {"lines": 10001, "stride": 21} and pages.is_curves_json(text)
+    assert json.loads(text) == c and counts == {"points": c["points"], "thinned": True} and pages.is_curves_json(text)
     assert pages.curves_json(tmp_path / "missing.jsonl") == (None, "null")
+
+    path.write_text("\n".join(lines[:2000]) + "\n", encoding="utf-8")  # small: split, every 4th line and the last
+    assert path.stat().st_size <= pages.SPLIT_BYTES
+    c = pages.curves(path, max_points=500)
+    assert c["step"] == [*range(1, 2001, 4), 2000] and c["thinned"] and c["val_step"] == [1000, 2000]
+    path.write_text("\n".join(lines[:300]), encoding="utf-8")  # fewer lines than points: every one
+    c = pages.curves(path, max_points=500)
+    assert c["step"] == list(range(1, 301)) and not c["thinned"] and c["points"] == 300
+    long = [line[:-1] + ', "note": "' + "x" * 600 + '"}' for line in lines[:300]]  # large, but fewer lines than points
+    path.write_text("\n".join(long) + "\n", encoding="utf-8")
+    assert path.stat().st_size > pages.SPLIT_BYTES
+    c = pages.curves(path, max_points=500)
+    assert c["step"] == list(range(1, 301)) and not c["thinned"]
 
 
 def test_curves_as_json_text_are_the_curves(tmp_path):
@@ -159,7 +176,7 @@ def test_curves_as_json_text_are_the_curves(tmp_path):
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     counts, text = pages.curves_json(path)
     expected = pages.curves(path)
-    assert json.loads(text) == expected and counts == {"lines": 7, "stride": 1}
+    assert json.loads(text) == expected and counts == {"points": 5, "thinned": False}
     assert expected["step"] == [1, 2, 3, 4, 5] and expected["loss"] == [None, 100.0, None, 3.25, 0.5]
     assert expected["lr"] == [1e-3, None, -0.0, None, None] and expected["val_loss"] == [None, 0.25]
     assert pages.is_curves_json(text)
@@ -222,46 +239,145 @@ def _data(ws, v) -> dict:
     return json.loads(text[text.index("] = ") + 4: -2])
 
 
-def test_the_cache_never_answers_for_a_changed_input(two, cli):
-    """out/.cache/site/ holds each record's curves and rendered markdown; a metrics file or a
-    record text that changed is read again, whether the site is rebuilt in place or from nothing."""
+def _restyle(ws, note: str) -> None:
+    """A new template: every page is rendered again."""
+    template = site.templates_dir(ws) / "record.html.j2"
+    assert template.is_relative_to(ws.root)  # the workspace's own copy, which a lab may restyle
+    template.write_text(template.read_text(encoding="utf-8") + "{# " + note + " #}\n", encoding="utf-8")
+
+
+def test_curves_survive_a_new_template_only_while_their_metrics_file_is_unchanged(two, cli, monkeypatch):
+    """The manifest keeps each data script's metrics stamp; a page rendered again takes its curves
+    from the data script already there only when the metrics file is the one they came from."""
     assert cli("site", "--json")[0] == 0
-    cache = two.root / "out/.cache/site/r/0.1.1.json"
-    assert cache.is_file()
-    metrics = two.out_dir(B) / "metrics.jsonl"
+    site_dir = two.root / "out/site"
+    assert json.loads((site_dir / ".manifest.json").read_text())["pages"]["r/0.1.1.data.js"]["curves"]["counts"]["points"] == 60
+    thinned: list[str] = []
+    real = pages.curves_json
+    monkeypatch.setattr(pages, "curves_json", lambda path, *a: thinned.append(path.parent.name) or real(path, *a))
+    before = (site_dir / "r/0.1.1.data.js").read_bytes()
+
+    _restyle(two, "one")
+    result = site.build(two)
+    assert "r/0.1.1.html" in result["written"] and "r/0.1.1.data.js" in result["written"]
+    assert thinned == [] and (site_dir / "r/0.1.1.data.js").read_bytes() == before  # reused, the same bytes
+
+    metrics = two.out_dir(B) / "metrics.jsonl"  # the same size, other values, a later mtime
     lines = metrics.read_text(encoding="utf-8").splitlines()
-    # the same size, other values: the file rewritten in place, a later mtime
     changed = [line.replace('"loss": 4.', '"loss": 3.') for line in lines]
     assert changed != lines and sum(map(len, changed)) == sum(map(len, lines))
     metrics.write_text("\n".join(changed) + "\n", encoding="utf-8")
     st = metrics.stat()
     os.utime(metrics, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    with records.update(two, B) as r:
-        r.set_human("goal", "A goal written again after the first build.")
-    shutil.rmtree(two.root / "out/site")  # from nothing, the cache kept
-    assert cli("site", "--json")[0] == 0
+    _restyle(two, "two")
+    site.build(two)
+    assert thinned == ["experiment_0.1.1"]
     losses = [json.loads(line).get("loss") for line in changed if line.strip()]
     assert _data(two, "0.1.1")["curves"]["loss"][-1] == pytest.approx(losses[-1])
-    html = (two.root / "out/site/r/0.1.1.html").read_text(encoding="utf-8")
-    assert "A goal written again after the first build." in html
 
-    with open(metrics, "a", encoding="utf-8") as fh:  # in place: one more step
-        fh.write(json.dumps({"step": 61, "loss": 1.25, "lr": 1e-4}) + "\n")
-    assert "r/0.1.1.data.js" in json.loads(cli("site", "--json")[1])["written"]
-    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61 and _data(two, "0.1.1")["curves"]["loss"][-1] == 1.25
-
-    cache.write_text('{"layout": 1, "stamp": null}\n{"step": alert(1)}', encoding="utf-8")  # damaged: rebuilt, not used
-    shutil.rmtree(two.root / "out/site")
-    assert cli("site", "--json")[0] == 0
-    assert _data(two, "0.1.1")["curves"]["step"][-1] == 61
-    assert "alert" not in (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+    script = site_dir / "r/0.1.0.data.js"  # damaged: thinned again, not put in
+    script.write_text(script.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['),
+                      encoding="utf-8")
+    _restyle(two, "three")
+    site.build(two)
+    assert thinned == ["experiment_0.1.1", "experiment_0.1.0"]
+    assert "alert" not in script.read_text(encoding="utf-8") and _data(two, "0.1.0")["curves"]["step"][-1] == 60
 
 
-def test_a_cached_build_writes_what_a_build_without_cache_writes(two, cli):
+def test_pages_rendered_again_with_reused_curves_are_those_of_a_fresh_build(two, cli):
     assert cli("site", "--json")[0] == 0
     site_dir = two.root / "out/site"
-    first = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
-    shutil.rmtree(site_dir)
-    assert cli("site", "--json")[0] == 0  # every page from the cache
+    _restyle(two, "again")
+    assert cli("site", "--json")[0] == 0  # every page again, the curves from the data scripts
     again = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
-    assert again == first
+    shutil.rmtree(site_dir)
+    assert cli("site", "--json")[0] == 0  # from nothing
+    fresh = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file() and p.name != ".manifest.json"}
+    assert again == fresh and b"{# again #}" not in again[next(iter(again))]
+
+
+G = Version.parse("0.2.0")
+SWEEP = {"0.2.1": 1e-4, "0.2.2": 1e-3, "0.2.3": 1e-2}
+
+
+@pytest.fixture
+def grouped(ws):
+    """Group 0.2.0 (one run) and its members 0.2.1-0.2.3, each changing learning_rate (front matter
+    `group`/`changes` written through the record API) and run as three replicates in r0/-r2/."""
+    from expkit import lifecycle
+
+    new_record(ws, G, parent=None, description="learning-rate sweep")
+    write_run(ws, G, final_loss=5.0)
+    end_run(ws, G)
+    results.analyze(ws, G)
+    for i, (v, lr) in enumerate(SWEEP.items()):
+        version = Version.parse(v)
+        new_record(ws, version, parent=G, description=f"lr {lr}")
+        lifecycle.set_config(ws, version, [f"learning_rate={lr}"])
+        with records.update(ws, version) as r:
+            r.meta["group"] = str(G)
+            r.meta["changes"] = {"learning_rate": lr}
+        for k, loss in enumerate((4.9 - 0.1 * i, 4.8 - 0.1 * i, 4.95 - 0.1 * i)):
+            write_run(ws, version, final_loss=loss)
+            replicate = ws.replicate_dir(version, k)
+            replicate.mkdir()
+            for f in ("metrics.jsonl", "summary.json"):
+                shutil.copy(ws.out_dir(version) / f, replicate / f)
+        end_run(ws, version)
+        results.analyze(ws, version)
+    return ws
+
+
+def _index_rows(ws) -> dict[str, dict]:
+    text = (ws.root / "out/site/index.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script type="application/json" id="index-data">(.*?)</script>', text, re.S).group(1))
+    return {r[0]: dict(zip(data["fields"], r)) for r in data["rows"]}
+
+
+def test_a_group_has_a_page_its_members_fold_under_it_and_replicates_show_mean_and_ci(grouped, cli):
+    code, out, err = cli("site", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert "g/0.2.0.html" in result["written"] and result["groups"] == 1
+    assert re.search(r"^site +out/site/ +\(4 record\(s\), 1 group\(s\);", cli("site")[1], re.M)
+    rows = _index_rows(grouped)
+    assert rows["0.2.0"]["members"] == 3 and rows["0.2.0"]["group"] is None
+    for v, lr in SWEEP.items():
+        assert rows[v]["group"] == "0.2.0" and rows[v]["swept"] == f"learning_rate={pages.shown(lr)}"
+        assert " ± " in rows[v]["metrics"][0][0]  # final_loss: mean ± half-width over r0-r2
+    assert " ± " not in rows["0.2.0"]["metrics"][0][0]  # one run: its value
+    # the interval is the Student t one over the three replicates
+    from expkit.intervals import t_interval
+    iv = t_interval([4.9, 4.8, 4.95])
+    assert rows["0.2.1"]["metrics"][0][0] == f"{pages.shown(iv.mean)} ± {pages.shown(iv.half)}"
+
+    page = (grouped.root / "out/site/g/0.2.0.html").read_text(encoding="utf-8")
+    for v in ("0.2.0", *SWEEP):
+        assert f'href="../r/{v}.html"' in page
+    data = json.loads(re.search(r'<script type="application/json" id="group-data">(.*?)</script>', page, re.S).group(1))
+    assert data["keys"] == ["learning_rate"] and data["metrics"][0] == "final_loss"
+    points = {p["version"]: p for p in data["points"]}
+    assert points["0.2.0"]["x"]["learning_rate"] == 3e-3  # the parent at its own config value
+    assert [points[v]["x"]["learning_rate"] for v in SWEEP] == list(SWEEP.values())
+    assert points["0.2.1"]["stats"]["final_loss"]["ci"] == pytest.approx(iv.half)
+    assert points["0.2.0"]["stats"]["final_loss"]["ci"] is None
+    member = (grouped.root / "out/site/r/0.2.2.html").read_text(encoding="utf-8")
+    assert 'href="../g/0.2.0.html"' in member and "learning_rate=0.001" in member and "(n=3)" in member
+    assert 'href="../g/0.2.0.html"' in (grouped.root / "out/site/r/0.2.0.html").read_text(encoding="utf-8")
+    assert 'href="g/0.2.0.html"' in (grouped.root / "out/site/index.html").read_text(encoding="utf-8")
+
+    shutil.rmtree(grouped.replicate_dir(Version.parse("0.2.3"), 2))  # a replicate less, analysed again:
+    results.analyze(grouped, Version.parse("0.2.3"))  # its page, the group's, the index
+    again = json.loads(cli("site", "--json")[1])
+    assert "n=2" in (grouped.root / "out/site/r/0.2.3.html").read_text(encoding="utf-8")
+    assert sorted(again["written"]) == ["g/0.2.0.html", "index.html", "r/0.2.3.data.js", "r/0.2.3.html"]
+
+    with records.update(grouped, Version.parse("0.2.3")) as r:  # no longer a member
+        del r.meta["group"]
+    with records.update(grouped, Version.parse("0.2.2")) as r:
+        del r.meta["group"]
+    with records.update(grouped, Version.parse("0.2.1")) as r:
+        del r.meta["group"]
+    gone = json.loads(cli("site", "--json")[1])
+    assert gone["removed"] == ["g/0.2.0.html"] and "r/0.2.0.html" in gone["written"]  # the parent's link to it goes
+    assert "../g/0.2.0.html" not in (grouped.root / "out/site/r/0.2.0.html").read_text(encoding="utf-8")

@@ -275,3 +275,77 @@ def test_every_link_in_the_site_resolves(workspace, browser):
             assert target.is_file(), f"{rel}: {href} does not resolve"
             checked += 1
     assert checked > 30
+
+
+@pytest.fixture(scope="module")
+def group_workspace(tmp_path_factory):
+    """Group 0.3.0 and its members 0.3.1 and 0.3.2 (learning_rate swept; `group`/`changes` written
+    through the record API), each member run as three synthetic replicates in r0/-r2/."""
+    root = tmp_path_factory.mktemp("group") / "ws"
+    scaffold(root)
+    old = os.environ.get("EXP_ROOT")
+    os.environ["EXP_ROOT"] = str(root)
+    try:
+        ws = Workspace.find(root)
+        parent = Version.parse("0.3.0")
+        lifecycle.create(ws, parent, description="learning-rate sweep", lang="en")
+        write_run(ws, parent, final_loss=5.0)
+        end_run(ws, parent)
+        for i, (v, lr) in enumerate((("0.3.1", 1e-4), ("0.3.2", 1e-2))):
+            version = Version.parse(v)
+            lifecycle.create(ws, version, parent=parent, description=f"lr {lr}", lang="en")
+            lifecycle.set_config(ws, version, [f"learning_rate={lr}"])
+            with records.update(ws, version) as r:
+                r.meta["group"], r.meta["changes"] = str(parent), {"learning_rate": lr}
+            for k, loss in enumerate((4.9 - 0.3 * i, 4.7 - 0.3 * i, 4.8 - 0.3 * i)):
+                write_run(ws, version, final_loss=loss)
+                ws.replicate_dir(version, k).mkdir()
+                for f in ("metrics.jsonl", "summary.json"):
+                    shutil.copy(ws.out_dir(version) / f, ws.replicate_dir(version, k) / f)
+            end_run(ws, version)
+        r = run_exp("site", "--json", cwd=root, env={"EXP_ROOT": str(root)})
+        assert r.returncode == 0, r.stderr
+        yield ws
+    finally:
+        if old is None:
+            os.environ.pop("EXP_ROOT", None)
+        else:
+            os.environ["EXP_ROOT"] = old
+
+
+def test_a_group_folds_in_the_index_and_its_page_draws_error_bars_and_links_that_resolve(group_workspace, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    ws = group_workspace
+    requests_made(browser)
+    open_page(browser, site_url(ws, "index.html"))
+    assert rows(browser) == ["0.3.0"]  # the members folded under their parent
+    browser.find_element(By.CSS_SELECTOR, "button.fold").click()
+    assert rows(browser) == ["0.3.0", "0.3.1", "0.3.2"]
+    cells = browser.execute_script("return Array.from(document.querySelectorAll('#row-0\\\\.3\\\\.1 td.num')).map(c => c.textContent)")
+    assert " ± " in cells[0]  # final_loss over three replicates: mean ± CI
+    browser.find_element(By.CSS_SELECTOR, "th[data-col=final_loss]").click()  # sorted: members stay under their parent
+    assert rows(browser)[0] == "0.3.0" and sorted(rows(browser)[1:]) == ["0.3.1", "0.3.2"]
+    browser.find_element(By.CSS_SELECTOR, "aside a[href='g/0.3.0.html']").click()
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, 15).until(lambda d: "g/0.3.0.html" in d.current_url
+                                     and d.execute_script("return document.documentElement.getAttribute('data-ready')") == "1")
+    svg = browser.find_element(By.CSS_SELECTOR, "#group-chart svg")
+    assert svg.get_attribute("data-points") == "3"  # the parent and both members
+    assert svg.get_attribute("data-errbars") == "2" and len(browser.find_elements(By.CSS_SELECTOR, "#group-chart path.errbar")) == 2
+    assert browser.find_element(By.ID, "group-chart").get_attribute("data-versions") == "0.3.1,0.3.0,0.3.2"  # by learning rate
+    Select(browser.find_element(By.ID, "g-metric")).select_by_value("tokens_per_s")  # another metric redraws
+    assert browser.find_element(By.CSS_SELECTOR, "#group-chart svg").get_attribute("data-points") == "3"
+    not_blank(browser, tmp_path / "site-group.png")
+    hrefs = browser.execute_script("return Array.from(document.querySelectorAll('a[href], link[href], script[src]')).map(e => e.href || e.src)")
+    for page in ("r/0.3.0.html", "r/0.3.1.html", "r/0.3.2.html"):
+        assert site_url(ws, page) in hrefs
+    for href in hrefs:
+        assert Path(urllib.parse.unquote(urllib.parse.urlparse(href).path)).is_file(), href
+    open_page(browser, site_url(ws, "r/0.3.1.html"))
+    link = browser.find_element(By.CSS_SELECTOR, "a.group-link")
+    assert Path(urllib.parse.unquote(urllib.parse.urlparse(link.get_attribute("href")).path)) == ws.root / "out/site/g/0.3.0.html"
+    assert all(u.startswith("file://") for u in requests_made(browser))

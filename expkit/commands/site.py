@@ -50,6 +50,7 @@ def site(
     if json_out:
         echo_json(result)
         return
-    typer.echo(f"site      {result['site']}/  ({result['records']} record(s); {len(result['written'])} file(s) written, "
+    groups = f", {result['groups']} group(s)" if result.get("groups") else ""
+    typer.echo(f"site      {result['site']}/  ({result['records']} record(s){groups}; {len(result['written'])} file(s) written, "
                f"{result['unchanged']} unchanged, {len(result['removed'])} removed; {result['seconds']} s)")
     typer.echo(f"open      {result['index']}")

@@ -1,5 +1,7 @@
 /* exp site's line chart: SVG, no dependencies (written for expkit, MIT like the rest of it).
- * ExpChart.draw(element, {series: [{label, x: [...], y: [...], right: bool, dash: bool}], xlabel, ylabel, rlabel})
+ * ExpChart.draw(element, {series: [{label, x: [...], y: [...], err: [...], right: bool, dash: bool, markers: bool}], xlabel, xticks: [{at, label}]})
+ * ``err``: each point's half-width, drawn as an error bar (y ± err); ``xticks``: the x axis's ticks
+ * and their labels instead of round numbers (a swept value on a log or category axis).
  * Hover shows the step and each visible series' value; drag across the plot to zoom, "reset" to
  * undo; the legend's check boxes toggle series. Values are set with textContent only: labels
  * come from records and are never parsed as HTML. */
@@ -39,9 +41,9 @@
     series.forEach(function (s) {
       if (s.hidden || !!s.right !== axisRight) { return; }
       for (var i = 0; i < s.x.length; i++) {
-        var y = s.y[i];
+        var y = s.y[i], e = s.err && isFinite(s.err[i]) && s.err[i] > 0 ? s.err[i] : 0;
         if (s.x[i] < x0 || s.x[i] > x1 || y === null || !isFinite(y)) { continue; }
-        if (y < lo) { lo = y; } if (y > hi) { hi = y; }
+        if (y - e < lo) { lo = y - e; } if (y + e > hi) { hi = y + e; }
       }
     });
     if (lo === Infinity) { return null; }
@@ -107,10 +109,10 @@
     var pw = W - M.l - M.r, ph = H - M.t - M.b;
     function sx(x) { return M.l + (x - x0) / (x1 - x0) * pw; }
     function sy(y, ax) { return M.t + (1 - (y - ax[0]) / (ax[1] - ax[0])) * ph; }
-    ticks(x0, x1, 6).forEach(function (v) {
-      if (v < x0 || v > x1) { return; }
-      svg("line", {x1: sx(v), x2: sx(v), y1: M.t, y2: M.t + ph, stroke: "#eee"}, g);
-      svg("text", {x: sx(v), y: H - M.b + 16, "text-anchor": "middle"}, g).textContent = fmt(v);
+    (this.spec.xticks || ticks(x0, x1, 6).map(function (v) { return {at: v, label: fmt(v)}; })).forEach(function (tk) {
+      if (tk.at < x0 || tk.at > x1) { return; }
+      svg("line", {x1: sx(tk.at), x2: sx(tk.at), y1: M.t, y2: M.t + ph, stroke: "#eee"}, g);
+      svg("text", {x: sx(tk.at), y: H - M.b + 16, "text-anchor": "middle"}, g).textContent = tk.label;
     });
     [[left, M.l - 6, "end"], [right, W - M.r + 6, "start"]].forEach(function (a) {
       if (!a[0]) { return; }
@@ -124,7 +126,7 @@
     svg("text", {x: M.l + pw / 2, y: H - 4, "text-anchor": "middle"}, g).textContent = this.spec.xlabel || "step";
     var clip = "clip" + Math.random().toString(36).slice(2);
     svg("rect", {x: M.l, y: M.t, width: pw, height: ph}, svg("clipPath", {id: clip}, svg("defs", {}, g)));
-    var drawn = 0;
+    var drawn = 0, bars = 0;
     this.series.forEach(function (s) {
       var ax = s.right ? right : left;
       if (s.hidden || !ax) { return; }
@@ -142,10 +144,18 @@
         if (s.x[i] < x0 - (x1 - x0) || s.x[i] > x1 + (x1 - x0)) { continue; }
         pts.push(sx(s.x[i]).toFixed(1) + "," + sy(y, ax).toFixed(1));
         drawn++;
+        var e = s.err ? s.err[i] : null;
+        if (e !== null && e !== undefined && isFinite(e) && e > 0) {  // the interval: a bar with caps
+          var bx = sx(s.x[i]), top = sy(y + e, ax), bottom = sy(y - e, ax), attrs = {stroke: s.color, "stroke-width": 1.2, "clip-path": "url(#" + clip + ")"};
+          svg("path", Object.assign({d: "M" + bx + " " + top + "V" + bottom + "M" + (bx - 4) + " " + top + "h8M" + (bx - 4) + " " + bottom + "h8",
+                                     fill: "none", "class": "errbar"}, attrs), g);
+          bars++;
+        }
       }
       flush();
     });
     this.root.setAttribute("data-points", drawn);
+    this.root.setAttribute("data-errbars", bars);
     this.cursor = svg("line", {y1: M.t, y2: M.t + ph, stroke: "#888", "stroke-dasharray": "2 2", visibility: "hidden"}, g);
     this.sx = sx;
   };
@@ -156,10 +166,13 @@
       if (s.hidden) { return; }
       var i = nearest(s.x, at.x);
       if (step === null || Math.abs(s.x[i] - at.x) < Math.abs(step - at.x)) { step = s.x[i]; }
-      lines.push(s.label + ": " + fmt(s.y[i]) + (s.x[i] !== step ? " (" + (self.spec.xlabel || "step") + " " + s.x[i] + ")" : ""));
+      var e = s.err && isFinite(s.err[i]) && s.err[i] > 0 ? " ± " + fmt(s.err[i]) : "";
+      lines.push(s.label + ": " + fmt(s.y[i]) + e + (s.x[i] !== step ? " (" + (self.spec.xlabel || "step") + " " + s.x[i] + ")" : ""));
     });
     if (step === null) { return; }
-    this.tip.textContent = (this.spec.xlabel || "step") + " " + step + "\n" + lines.join("\n");
+    var label = step, named = (this.spec.xticks || []).filter(function (tk) { return tk.at === step; });
+    if (named.length) { label = named[0].label; }
+    this.tip.textContent = (this.spec.xlabel || "step") + " " + label + "\n" + lines.join("\n");
     this.tip.style.display = "block";
     var box = this.root.getBoundingClientRect(), host = this.root.parentNode.getBoundingClientRect();
     this.tip.style.left = Math.min(ev.clientX - host.left + 12, host.width - 160) + "px";

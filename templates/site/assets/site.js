@@ -40,9 +40,16 @@
       var td = cell(tr, null, r[f.order]), a = el("a", td, v);
       a.href = "r/" + v + ".html";
       if (r[f.best]) { star(td); }
+      if (r[f.members]) {  // a group's parent: its members folded under it, this button unfolds them
+        var fold = el("button", td, "▸ " + r[f.members] + " " + data.t.fold, "fold");
+        fold.type = "button"; fold.setAttribute("data-group", v); fold.setAttribute("aria-expanded", "false");
+        td.insertBefore(document.createTextNode(" "), fold);
+      }
+      if (r[f.group]) { tr.setAttribute("data-group", r[f.group]); tr.className = "member"; }
       cell(tr, r[f.task]);
       el("span", cell(tr), r[f.status], "st st-" + r[f.status]);
-      cell(tr, r[f.description], undefined, "desc");
+      td = cell(tr, r[f.description], undefined, "desc");
+      if (r[f.swept]) { td.appendChild(document.createTextNode(" ")); el("code", td, r[f.swept], "swept"); }
       td = cell(tr, null, r[f.parent_order]);
       if (r[f.parent_link]) { a = el("a", td, r[f.parent]); a.href = "r/" + r[f.parent] + ".html"; } else { td.textContent = r[f.parent] || "—"; }
       r[f.metrics].forEach(function (m) { cell(tr, m[0], m[1], "num"); });
@@ -60,12 +67,24 @@
   // than everything else on the page. Filtering and sorting work on all of them.
   var PAGE = 150;
   function index(table) {
-    var rows = indexRows(table), body = table.tBodies[0], limit = PAGE;
+    var rows = indexRows(table), body = table.tBodies[0], limit = PAGE, folded = {};
+    rows.forEach(function (r) { var b = r.querySelector("button.fold"); if (b) { folded[b.getAttribute("data-group")] = true; } });
+    function grouped() {  // each group's members right under their parent, in the order the table has them
+      var kids = {}, out = [];
+      rows.forEach(function (r) { var g = r.getAttribute("data-group"); if (g && folded.hasOwnProperty(g)) { (kids[g] = kids[g] || []).push(r); } });
+      rows.forEach(function (r) {
+        var g = r.getAttribute("data-group");
+        if (g && folded.hasOwnProperty(g)) { return; }
+        out.push(r);
+        (kids[r.id.slice(4)] || []).forEach(function (k) { out.push(k); });
+      });
+      return out;
+    }
     var q = document.getElementById("q"), fs = document.getElementById("f-status"), ft = document.getElementById("f-task");
     var count = document.getElementById("shown"), button = document.getElementById("compare"), more = document.getElementById("more");
     function attach() {
       var frag = document.createDocumentFragment(), n = 0;
-      rows.forEach(function (r) { if (!r.hidden) { if (n < limit) { frag.appendChild(r); } else if (r.parentNode) { r.parentNode.removeChild(r); } n++; } });
+      grouped().forEach(function (r) { if (!r.hidden) { if (n < limit) { frag.appendChild(r); } else if (r.parentNode) { r.parentNode.removeChild(r); } n++; } });
       body.textContent = "";
       body.appendChild(frag);
       if (more) { more.hidden = n <= limit; }
@@ -73,8 +92,9 @@
     function filter() {
       var text = q.value.trim().toLowerCase(), st = fs.value, task = ft.value, n = 0;
       rows.forEach(function (r) {
+        var g = r.getAttribute("data-group");
         var ok = (!st || r.getAttribute("data-status") === st) && (!task || r.getAttribute("data-task") === task) &&
-          (!text || r.getAttribute("data-text").indexOf(text) >= 0);
+          (!text || r.getAttribute("data-text").indexOf(text) >= 0) && !(g && folded[g] && !text && !st && !task);
         r.hidden = !ok;
         if (ok) { n++; }
       });
@@ -118,6 +138,15 @@
       return rows.map(function (r) { return r.querySelector("input.pick"); }).filter(function (b) { return b.checked; }).map(function (b) { return b.value; });
     }
     body.addEventListener("change", function () { button.disabled = picked().length < 2; });
+    body.addEventListener("click", function (ev) {
+      var b = ev.target.closest ? ev.target.closest("button.fold") : null;
+      if (!b) { return; }
+      var g = b.getAttribute("data-group");
+      folded[g] = !folded[g];
+      b.setAttribute("aria-expanded", folded[g] ? "false" : "true");
+      b.textContent = (folded[g] ? "▸ " : "▾ ") + b.textContent.slice(2);
+      filter();
+    });
     button.addEventListener("click", function () { window.location.href = "compare.html?v=" + picked().map(encodeURIComponent).join(","); });
     filter();
     ready();
@@ -200,9 +229,39 @@
     }
   }
 
+  // -- a group: the swept value against a metric, mean ± CI per point ------------------------------------
+  function group(holder) {
+    var data = JSON.parse(holder.textContent), host = document.getElementById("group-chart");
+    var key = document.getElementById("g-key"), metric = document.getElementById("g-metric");
+    if (!host || !key || !metric || !window.ExpChart) { ready(); return; }
+    function draw() {
+      var k = key.value, m = metric.value;
+      var pts = data.points.filter(function (p) { var x = p.x[k]; return x !== null && x !== undefined && p.stats[m] && isFinite(p.stats[m].mean); });
+      var numeric = pts.every(function (p) { return typeof p.x[k] === "number"; }), xs, ticks = null;
+      if (numeric) {
+        pts.sort(function (a, b) { return a.x[k] - b.x[k]; });
+        var lo = pts.length ? pts[0].x[k] : 0, hi = pts.length ? pts[pts.length - 1].x[k] : 0, log = lo > 0 && hi / lo >= 20;
+        xs = pts.map(function (p) { return log ? Math.log10(p.x[k]) : p.x[k]; });
+        if (log) { ticks = pts.map(function (p, i) { return {at: xs[i], label: fmt(p.x[k])}; }); }
+      } else {  // categories, in the members' order
+        xs = pts.map(function (p, i) { return i; });
+        ticks = pts.map(function (p, i) { return {at: i, label: String(p.x[k])}; });
+      }
+      var series = [{label: m, x: xs, y: pts.map(function (p) { return p.stats[m].mean; }),
+                     err: pts.map(function (p) { return p.stats[m].ci; }), markers: true}];
+      window.ExpChart.draw(host, {series: series, xlabel: k, xticks: ticks, reset: data.t.reset});
+      host.setAttribute("data-versions", pts.map(function (p) { return p.version; }).join(","));
+    }
+    key.addEventListener("change", draw);
+    metric.addEventListener("change", draw);
+    draw();
+    ready();
+  }
+
   function start() {
     var idx = document.getElementById("records"), chart = document.querySelector(".record #chart"), cmp = document.getElementById("compare-out");
-    if (idx) { index(idx); } else if (chart) { record(chart); } else if (cmp) { compare(cmp); } else { ready(); }
+    var grp = document.getElementById("group-data");
+    if (idx) { index(idx); } else if (chart) { record(chart); } else if (cmp) { compare(cmp); } else if (grp) { group(grp); } else { ready(); }
   }
   if (document.readyState === "loading") { document.addEventListener("DOMContentLoaded", start); } else { start(); }
 }());
