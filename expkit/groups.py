@@ -102,3 +102,35 @@ def replicate_seeds(config: dict[str, Any]) -> list[int]:
     n = config.get("replicates", 1)
     n = n if isinstance(n, int) and n >= 1 else 1
     return [seed + i for i in range(n)]
+
+
+def member_claim_problems(ws: Workspace, record: Record, found: list[Any]) -> list[tuple[str, int, str, str]]:
+    """``exp check``'s view of the expected-result claims that name members (``METRIC@VERSION``,
+    ``claims.Claim.names_member``): (level, line, message, fix). They belong in a group parent's
+    expected result (an ``X.Y.0``), and each version named is a member of that group or the
+    parent itself; before the group has members, a named version is a warning (``exp sweep``
+    makes them)."""
+    out: list[tuple[str, int, str, str]] = []
+    named = [c for c in found if getattr(c, "names_member", False)]
+    if not named:
+        return out
+    version = record.version
+    if not can_lead(version):
+        for c in named:
+            out.append(("error", c.line, f"expected result `{c.text}` names a member, but {version} does not lead a group",
+                        f"write claims that compare members in the group parent's expected result "
+                        f"({version.major}.{version.minor}.0); here compare with a number, `parent` or `baseline`"))
+        return out
+    members_now = [str(v) for v in member_versions(ws, version)]
+    allowed = set(members_now) | {str(version)}
+    for c in named:
+        for v in dict.fromkeys(x for x in (c.at, c.ref_version) if x):
+            if v in allowed:
+                continue
+            if members_now:
+                out.append(("error", c.line, f"expected result `{c.text}` names {v}, which is not a member of {version}",
+                            f"name one of its members ({', '.join(members_now)}) or {version} itself"))
+            else:
+                out.append(("warning", c.line, f"expected result `{c.text}` names {v}, but {version} has no members yet",
+                            f"make them with `exp sweep {version} KEY=V1,V2` (or `exp new {v} --from {version}`)"))
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import approval, catalog, records, results, review, store, times, view
+from . import approval, catalog, groups, records, results, review, store, times, view
 from . import claims as claims_mod
 from . import config as cfg_mod
 from .errors import ConfigError, RecordError
@@ -127,7 +127,7 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
         for p in bad:
             out.append(Problem("error", p.line, f"expected result `{p.text}` {p.message}", p.fix))
         for c in found:
-            ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True
+            ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True  # member: groups checks it
             if not ref:
                 flag = "--from" if c.reference == "parent" else "--baseline"
                 out.append(Problem("error", c.line, f"expected result `{c.text}` compares with the {c.reference}, but this record has none",
@@ -135,6 +135,7 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
             hint = claims_mod.unknown_metric_hint(c.metric)
             if hint:
                 out.append(Problem("warning", c.line, hint, "use a metric from summary.json or metrics.jsonl"))
+        out += [Problem(*p) for p in groups.member_claim_problems(ws, record, found)]
         if not found and not bad and not any(HINT_RE.match(x) for x in expected.text.split("\n")):
             out.append(Problem("warning", expected.first_content_line, "no machine-checkable expected result",
                                "add a line such as `- val_loss < 2.5` so `exp analyze` can give a verdict"))
