@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import catalog, groups, records, results, store, times, view
+from . import catalog, citations, groups, records, results, store, times, view
 from . import claims as claims_mod
 from .diagnosis import reason_text
 from .errors import ExpError
@@ -31,7 +31,7 @@ from .intervals import welch_interval
 from .metrics import HIGHER_IS_BETTER
 from .numbers import format_number, is_finite_number
 from .plots import plot_group_curves, plot_group_metric
-from .record import Block, Record, block_markers
+from .record import AI, Block, Record, block_markers, digest
 from .replicates import mean_curve, stat
 from .status import require_status, transition
 from .verdicts import NOISE_FLOORS, VERDICTS, noise_floor, verdict_kind, verdicts
@@ -145,17 +145,26 @@ def group_claims(record: Record) -> list[claims_mod.Claim]:
     return [c for c in claims_mod.parse_claims(block.text, block.first_content_line)[0] if c.names_member]
 
 
-def _side(ws: Workspace, version: str, metas: dict[str, dict[str, Any]]) -> dict[str, Any]:
+_WHY = {
+    "en": {"not_member": "{v} is not a member of this group", "pending": "{v} has not finished yet (status {status})",
+           "no_analysis": "{v} has no analysis (status {status}); `exp analyze {v}`"},
+    "zh": {"not_member": "{v} 不是本实验组的成员", "pending": "{v} 尚未完成（状态 {status}）",
+           "no_analysis": "{v} 没有分析结果（状态 {status}）；`exp analyze {v}`"},
+}
+
+
+def _side(ws: Workspace, version: str, metas: dict[str, dict[str, Any]], lang: str = "en") -> dict[str, Any]:
     """A claim's side: the run's table, its replicates, its load, whether it finished, or why not."""
+    why = _WHY.get(lang, _WHY["en"])
     meta = metas.get(version)
     if meta is None:
-        return {"why": f"{version} is not a member of this group"}
+        return {"why": why["not_member"].format(v=version)}
     status = str(meta.get("status"))
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     if status in PENDING:
-        return {"why": f"{version} has not finished yet (status {status})", "pending": True}
+        return {"why": why["pending"].format(v=version, status=status), "pending": True}
     if not analysis:
-        return {"why": f"{version} has no analysis (status {status}); `exp analyze {version}`"}
+        return {"why": why["no_analysis"].format(v=version, status=status)}
     table = catalog.run_table(ws, version, meta)
     return {"table": table or {}, "replicates": catalog.replicate_tables(ws, version, meta, table),
             "load": results._load_of(ws, version, meta), "ok": analysis.get("run_status") == "finished"}
@@ -166,8 +175,8 @@ def judge_group(ws: Workspace, claims: list[claims_mod.Claim], metas: dict[str, 
     """Each group claim judged on the members it names (``verdicts.verdicts``, intervals and all)."""
     out = []
     for c in claims:
-        left = _side(ws, c.at, metas) if c.at else {"why": f"`{c.text}` names no member on the left"}
-        right = _side(ws, c.ref_version, metas) if c.reference == "member" and c.ref_version else {}
+        left = _side(ws, c.at, metas, lang) if c.at else {"why": f"`{c.text}` names no member on the left"}
+        right = _side(ws, c.ref_version, metas, lang) if c.reference == "member" and c.ref_version else {}
         why = left.get("why") or right.get("why")
         if why:
             d = {"claim": c.text, "verdict": "inconclusive", "observed": None, "reference": None, "reason": why,
@@ -311,7 +320,8 @@ def analyze(ws: Workspace, parent: Version) -> dict[str, Any]:
     stored = {k: v for k, v in result.items() if not k.startswith("_")}
     with records.update(ws, parent) as rec:
         require_status(rec, GROUP_ANALYZABLE, "analyze the group of")
-        rec.meta["group_analysis"] = stored
+        rec.meta["group_analysis"] = {**stored, "drafts": ((rec.meta.get("group_analysis") or {}).get("drafts") or {})}
+        drafted = _draft(ws, rec, result)
         if rec.status == "draft" and all(groups.is_filled(rec.block("human", n).text) for n in ("goal", "hypothesis", "expected")
                                          if rec.block("human", n) is not None):
             transition(rec, "ready")  # its members ran on its human sections: it is past its check
@@ -323,9 +333,94 @@ def analyze(ws: Workspace, parent: Version) -> dict[str, Any]:
         _ensure_block(rec)
         _render(ws, rec)
         status = rec.status
+        found = results.untraceable(ws, rec)
     write_json(ws.out_dir(parent) / GROUP_FILE, {"version": str(parent), **stored})
     return {"version": str(parent), "group": True, "status": status, "path": ws.rel(ws.record_path(parent)),
-            "file": ws.rel(ws.out_dir(parent) / GROUP_FILE), **stored}
+            "file": ws.rel(ws.out_dir(parent) / GROUP_FILE), "drafted": drafted, "untraceable": found, **stored}
+
+
+_DRAFT = {
+    "en": {
+        "members": "- Group: [[group.size]] members; [[group.analysed]] analysed, [[group.pending]] pending (table above).",
+        "best": "- Best by {metric}: {best} ([[group.best.label]]), mean [[group.best.mean]]; runner-up {runner}, mean "
+                "[[group.best.runner_up_mean]]; {sure}.",
+        "separated": "their intervals do not overlap: the best is better beyond the noise",
+        "overlap": "their intervals overlap: not surely better",
+        "single_runs": "single runs, no interval: replicates would make it sure",
+        "single_runs_within_noise": "single runs within the metric's noise floor: not surely better",
+        "claims": "- The group's expected results: [[group.verdict_counts.confirmed]] confirmed, [[group.verdict_counts.refuted]] "
+                  "refuted, [[group.verdict_counts.inconclusive]] inconclusive; the members' own: "
+                  "[[group.member_verdict_counts.confirmed]] confirmed, [[group.member_verdict_counts.refuted]] refuted, "
+                  "[[group.member_verdict_counts.inconclusive]] inconclusive.",
+        "failed": "- Ended without results: {failed}; read `exp logs VERSION` for each.",
+        "healthy": "- Every member ended with results.",
+        "noise": "- The best member is not surely better than the runner-up: more replicates decide it "
+                 "(`exp set VERSION replicates=N` on both, then `exp run`).",
+        "next": "- Next: `exp new NEXT --from {best}` to build on the best member, one change at a time.",
+        "pending": "- Wait for the pending members, then `exp analyze {version}` again.",
+    },
+    "zh": {
+        "members": "- 实验组：[[group.size]] 个成员；已分析 [[group.analysed]] 个，未完成 [[group.pending]] 个（见上表）。",
+        "best": "- 按 {metric} 最佳：{best}（[[group.best.label]]），均值 [[group.best.mean]]；次佳 {runner}，均值 "
+                "[[group.best.runner_up_mean]]；{sure}。",
+        "separated": "两者的置信区间不重叠：最佳成员的优势超出噪声",
+        "overlap": "两者的置信区间重叠：不能确定更优",
+        "single_runs": "单次运行，没有置信区间：需要重复实验才能确定",
+        "single_runs_within_noise": "单次运行，差距在该指标的噪声下限以内：不能确定更优",
+        "claims": "- 实验组的预期结果：[[group.verdict_counts.confirmed]] 条成立，[[group.verdict_counts.refuted]] 条不成立，"
+                  "[[group.verdict_counts.inconclusive]] 条无法判定；各成员自身：[[group.member_verdict_counts.confirmed]] 条成立，"
+                  "[[group.member_verdict_counts.refuted]] 条不成立，[[group.member_verdict_counts.inconclusive]] 条无法判定。",
+        "failed": "- 未产生结果而结束的成员：{failed}；请分别查看 `exp logs VERSION`。",
+        "healthy": "- 所有成员都产生了结果。",
+        "noise": "- 最佳成员并不确定优于次佳成员：增加重复实验可以分辨（两者都 `exp set VERSION replicates=N`，再 `exp run`）。",
+        "next": "- 下一步：`exp new 下一个版本 --from {best}`，在最佳成员基础上每次只改一个变量。",
+        "pending": "- 等待未完成的成员结束后，再次运行 `exp analyze {version}`。",
+    },
+}
+
+
+def drafts(result: dict[str, Any], lang: str, version: str) -> dict[str, str]:
+    """Sources for the parent's ai sections (a parent that did not run itself), every number a
+    citation of the group's evidence (``[[group....]]``), resolved like ``exp fill``'s."""
+    t = _DRAFT.get(lang, _DRAFT["en"])
+    analysis = [t["members"]]
+    best = result.get("best")
+    if best:
+        analysis.append(t["best"].format(metric=best["metric"], best=best["version"], runner=best["runner_up"],
+                                         sure=t[best["sure"]]))
+    analysis.append(t["claims"])
+    diagnosis = [t["failed"].format(failed=", ".join(result["failed"])) if result["failed"] else t["healthy"]]
+    suggestions = []
+    if best and best["sure"] != "separated":
+        suggestions.append(t["noise"])
+    suggestions.append(t["pending"].format(version=version) if result["pending"] else
+                       t["next"].format(best=best["version"] if best else version))
+    return {"analysis": "\n".join(analysis), "diagnosis": "\n".join(diagnosis), "suggestions": "\n".join(suggestions)}
+
+
+def _draft(ws: Workspace, record: Record, result: dict[str, Any]) -> list[str]:
+    """Draft the parent's ai sections that still hold the hint or the last draft (a parent with
+    its own analysis has its own drafts, left alone); their digests go into ``group_analysis.drafts``."""
+    if record.meta.get("analysis"):
+        return []
+    lang = record.meta.get("lang", "zh")
+    texts = drafts(result, lang, str(record.meta.get("version")))
+    previous = (record.meta.get("group_analysis") or {}).get("drafts") or {}
+    ev = results.evidence(ws, record)
+    digests, drafted = {}, []
+    for name in AI:
+        block = record.block("ai", name)
+        if block is None:
+            continue
+        if results._untouched(block, previous.get(name)):
+            rendered, cited = citations.resolve(texts[name], ev, version=str(record.meta.get("version")))
+            record.set_ai(name, rendered, source=texts[name], citations=[c.to_dict() for c in cited])
+            digests[name] = digest(record.require_block("ai", name).text)
+            drafted.append(name)
+        elif name in previous:
+            digests[name] = previous[name]
+    record.meta["group_analysis"]["drafts"] = digests
+    return drafted
 
 
 def _render(ws: Workspace, record: Record) -> None:
@@ -338,6 +433,8 @@ def _render(ws: Workspace, record: Record) -> None:
            "key_metrics": KEY_METRICS,
            "plots": view.plot_links(ws, record.path, [str(p) for p in ga.get("plots") or []]) if record.path else []}
     record.set_generated(GROUP_BLOCK, view.render_block(ws, record, GROUP_BLOCK, ctx))
+    if not record.meta.get("analysis"):  # the metrics section says where a parent that did not run has its results
+        view.regenerate_quietly(ws, record, ("metrics",))
 
 
 def analyze_any(ws: Workspace, version: Version) -> dict[str, Any]:

@@ -325,6 +325,8 @@ def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None)
     analysis["references"] = references
     ev = evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
                             curve=curve if curve is not None else run_curve(metrics_file(ws, record.version)))
+    if isinstance(meta.get("group_analysis"), dict):
+        ev["group"] = group_evidence(meta["group_analysis"])
     stats = analysis.get("replicate_stats")
     if isinstance(stats, dict) and stats:
         # a replicated run: each metric's n, mean, sd and 95 % interval (metrics.X is the mean)
@@ -332,6 +334,26 @@ def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None)
                             "metrics": {k: {f: x for f, x in st.items() if evidence_mod.is_scalar(x)}
                                         for k, st in stats.items() if isinstance(st, dict)}}
     return ev
+
+
+def group_evidence(ga: dict[str, Any]) -> dict[str, Any]:
+    """A group's citable values (``grouping.analyze``'s result): each member's n, stats and verdict
+    counts (a list in member order: a version holds dots, which a path cannot), the best member,
+    the group's verdicts and counts."""
+    def scalars(d: Any) -> dict[str, Any]:
+        return {str(k): v for k, v in d.items() if evidence_mod.is_scalar(v)} if isinstance(d, dict) else {}
+
+    members = []
+    for m in ga.get("members") or []:
+        if isinstance(m, dict):
+            members.append({"version": m.get("version"), "n": m.get("n"), "label": m.get("label"),
+                            "stats": {k: scalars(st) for k, st in (m.get("stats") or {}).items()},
+                            "verdict_counts": scalars(m.get("verdict_counts"))})
+    analysed = sum(1 for m in ga.get("members") or [] if isinstance(m, dict) and m.get("state") in ("analyzed", "partial"))
+    return {"members": members, "best": scalars(ga.get("best")), "size": len(members), "analysed": analysed,
+            "pending": len(ga.get("pending") or []),
+            "verdicts": [scalars(x) for x in ga.get("verdicts") or [] if isinstance(x, dict)],
+            "verdict_counts": scalars(ga.get("verdict_counts")), "member_verdict_counts": scalars(ga.get("member_verdict_counts"))}
 
 
 def _human(record: Record) -> dict[str, str]:
@@ -357,7 +379,7 @@ def untraceable(ws: Workspace, record: Record, ev: dict[str, Any] | None = None)
 
 def evidence_problems(ws: Workspace, record: Record) -> list[Problem]:
     """``exp check``'s view of the evidence check: one error per untraceable number."""
-    if not record.meta.get("analysis"):
+    if not record.meta.get("analysis") and not record.meta.get("group_analysis"):
         return []
     v = str(record.meta.get("version"))
     return [
@@ -573,7 +595,7 @@ def fill(ws: Workspace, version: Version, section: str, text: str, allow_untrace
         raise UsageError("the text is empty; nothing was written (give the prose with --file F, or - for stdin)")
     with records.update(ws, version) as rec:
         require_status(rec, FILLABLE, f"fill the {section} of")
-        if not rec.meta.get("analysis"):
+        if not rec.meta.get("analysis") and not rec.meta.get("group_analysis"):
             raise RecordError(f"{version} is not analysed yet: its numbers have no evidence to be checked against; "
                               f"run `exp analyze {version}` first (nothing was written)")
         ev = evidence(ws, rec)

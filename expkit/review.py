@@ -292,7 +292,7 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
         "stable": _check_stable(ws, record),
         "recorded": _check_recorded(record),
     }
-    drafts = (record.meta.get("analysis") or {}).get("drafts") or {}
+    drafts = (record.meta.get("analysis") or record.meta.get("group_analysis") or {}).get("drafts") or {}
     for name in ("diagnosis", "suggestions"):
         ok, why = _filled(record, "ai", name)
         block = record.block("ai", name)
@@ -333,7 +333,7 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "verdicts": [x for x in analysis.get("verdicts") or [] if isinstance(x, dict)],
         "anomalies": [x for x in analysis.get("anomalies") or [] if isinstance(x, dict)],
         # computed now, not read from meta.analysis: the ai text may have been edited since
-        "untraceable": results.untraceable(ws, record) if analysis else [],
+        "untraceable": results.untraceable(ws, record) if analysis or meta.get("group_analysis") else [],
         "prereg": {"recorded": bool(prereg.get("sections")), "at": prereg.get("at"), "changed": changed},
         "plots": plots,
         "checklist": [c.to_dict() for c in checklist(ws, record)],

@@ -61,6 +61,7 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         "changed": [r["key"] for r in rows if r["changed"]],
         "run": meta.get("run") or {},
         "analysis": analysis,
+        "group_analysis": meta.get("group_analysis") or {},
         "plots": plot_links(ws, record.path, [str(p) for p in analysis.get("plots") or []]) if record.path else [],
         # samples.json is read (and its quality computed) only for the section that shows it
         "samples": sample_rows(ws, version) if "metrics" in names and analysis else [],

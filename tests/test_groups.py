@@ -197,10 +197,13 @@ def test_group_analysis_is_partial_while_a_member_is_pending_then_whole(ws):
     rows = {m["version"]: m for m in partial["members"]}
     assert rows["1.5.3"]["state"] == "pending" and rows["1.5.1"]["state"] == "analyzed"
     claims_ = {v["claim"]: v for v in partial["verdicts"]}
-    assert claims_["val_loss@1.5.3 < val_loss@1.5.1"]["pending"] and "has not finished" in claims_[
+    assert claims_["val_loss@1.5.3 < val_loss@1.5.1"]["pending"] and "1.5.3 尚未完成（状态 ready）" == claims_[
         "val_loss@1.5.3 < val_loss@1.5.1"]["reason"]
     text = ws.record_path(P).read_text(encoding="utf-8")
     assert "<!-- exp:generated group -->" in text and "部分分析" in text and "1.5.3" in text
+    assert "本记录自身没有运行" in text  # its metrics section points at the group's
+    with pytest.raises(review.ReviewError, match="member 1.5.3 is ready"):  # a partial group is not reviewed
+        review.require_group_reviewable(ws, records.load(ws, P))
     # the last member ends: the analysis is whole
     finish(ws, "1.5.3", VAL["1.5.3"], TPS["1.5.3"])
     whole = grouping.analyze(ws, P)
@@ -241,6 +244,13 @@ def test_group_rows_best_member_claims_and_plots(group):
     assert saved["best"]["version"] == "1.5.2"
     text = ws.record_path(P).read_text(encoding="utf-8")
     assert "按 `val_loss` 最佳**：1.5.2" in text and "95% 置信区间不重叠" in text and "group_curves" in text
+    # the parent's ai sections are drafted from the group's evidence, every number cited
+    assert result["drafted"] == ["analysis", "diagnosis", "suggestions"] and result["untraceable"] == []
+    assert "均值 5.05" in records.load(ws, P).block("ai", "analysis").text
+    assert [p for p in lifecycle.check(ws, records.load(ws, P)) if p.level == "error"] == []
+    filled = results.fill(ws, P, "analysis", "最佳成员的验证损失均值为 [[group.best.mean]]，n 为 [[group.members.1.n]]。")
+    assert filled["text"] == "最佳成员的验证损失均值为 5.05，n 为 3。" and filled["untraceable"] == []
+    assert grouping.analyze(ws, P)["drafted"] == ["diagnosis", "suggestions"]  # the filled section is kept
 
 
 def test_exp_check_validates_claims_that_name_members(group):

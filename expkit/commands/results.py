@@ -56,7 +56,15 @@ def _print_group(result: dict[str, Any]) -> None:
         typer.echo(f"plot      {p}")
     for n in result["notes"]:
         typer.echo(f"note      {n}")
-    typer.echo(f"next      a person runs `exp review {v}` (the group and every member)")
+    if result["drafted"]:
+        typer.echo(f"drafted   {', '.join(result['drafted'])} (refine with `exp fill {v} SECTION --file F`)")
+    for u in result["untraceable"]:
+        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not traceable: {u['reason']}")
+    if result["pending"]:
+        typer.echo(f"next      wait for {', '.join(result['pending'])}, then `exp analyze {v}` again")
+    else:
+        typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs "
+                   f"`exp review {v}` (the group and every member)")
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
