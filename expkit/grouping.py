@@ -26,7 +26,7 @@ from . import catalog, citations, groups, records, results, store, times, view
 from . import claims as claims_mod
 from .diagnosis import reason_text
 from .errors import ExpError
-from .files import write_json
+from .files import read_json, write_json
 from .intervals import welch_interval
 from .metrics import HIGHER_IS_BETTER
 from .numbers import format_number, is_finite_number
@@ -276,7 +276,11 @@ def write_plots(ws: Workspace, parent: Version, result: dict[str, Any]) -> list[
 
 
 def _member_curve(ws: Workspace, version: str) -> Any:
-    """A member's loss curve: its run's metrics.jsonl, or its replicates' mean curve."""
+    """A member's loss curve as its analysis kept it (analysis.json's ``curve``: the train and
+    val loss at every evaluation, of the replicates' mean curve), else from its metrics files."""
+    curve = (read_json(ws.out_dir(version) / results.ANALYSIS_FILE) or {}).get("curve")
+    if isinstance(curve, dict) and isinstance(curve.get("val_loss"), dict) and curve["val_loss"]:
+        return curve
     own = catalog.metrics_file(ws, version)
     if own is not None:
         return own
@@ -320,8 +324,9 @@ def analyze(ws: Workspace, parent: Version) -> dict[str, Any]:
     stored = {k: v for k, v in result.items() if not k.startswith("_")}
     with records.update(ws, parent) as rec:
         require_status(rec, GROUP_ANALYZABLE, "analyze the group of")
+        first = not rec.meta.get("group_analysis")
         rec.meta["group_analysis"] = {**stored, "drafts": ((rec.meta.get("group_analysis") or {}).get("drafts") or {})}
-        drafted = _draft(ws, rec, result)
+        drafted, ev = _draft(ws, rec, result)
         if rec.status == "draft" and all(groups.is_filled(rec.block("human", n).text) for n in ("goal", "hypothesis", "expected")
                                          if rec.block("human", n) is not None):
             transition(rec, "ready")  # its members ran on its human sections: it is past its check
@@ -331,9 +336,9 @@ def analyze(ws: Workspace, parent: Version) -> dict[str, Any]:
             result["notes"].append(f"{parent} is a draft (its human sections are not filled): the group cannot be "
                                    f"reviewed until they are (`exp check {parent}`, then `exp analyze {parent}`)")
         _ensure_block(rec)
-        _render(ws, rec)
+        _render(ws, rec, metrics_too=first)
         status = rec.status
-        found = results.untraceable(ws, rec)
+        found = results.untraceable(ws, rec, ev)
     write_json(ws.out_dir(parent) / GROUP_FILE, {"version": str(parent), **stored})
     return {"version": str(parent), "group": True, "status": status, "path": ws.rel(ws.record_path(parent)),
             "file": ws.rel(ws.out_dir(parent) / GROUP_FILE), "drafted": drafted, "untraceable": found, **stored}
@@ -398,11 +403,11 @@ def drafts(result: dict[str, Any], lang: str, version: str) -> dict[str, str]:
     return {"analysis": "\n".join(analysis), "diagnosis": "\n".join(diagnosis), "suggestions": "\n".join(suggestions)}
 
 
-def _draft(ws: Workspace, record: Record, result: dict[str, Any]) -> list[str]:
+def _draft(ws: Workspace, record: Record, result: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None]:
     """Draft the parent's ai sections that still hold the hint or the last draft (a parent with
     its own analysis has its own drafts, left alone); their digests go into ``group_analysis.drafts``."""
     if record.meta.get("analysis"):
-        return []
+        return [], None
     lang = record.meta.get("lang", "zh")
     texts = drafts(result, lang, str(record.meta.get("version")))
     previous = (record.meta.get("group_analysis") or {}).get("drafts") or {}
@@ -420,10 +425,10 @@ def _draft(ws: Workspace, record: Record, result: dict[str, Any]) -> list[str]:
         elif name in previous:
             digests[name] = previous[name]
     record.meta["group_analysis"]["drafts"] = digests
-    return drafted
+    return drafted, ev
 
 
-def _render(ws: Workspace, record: Record) -> None:
+def _render(ws: Workspace, record: Record, metrics_too: bool = True) -> None:
     """Render the ``group`` section from ``group_analysis`` (a hand edit refuses, as every generated section)."""
     edited = [b for b in record.edited_generated() if b.name == GROUP_BLOCK]
     if edited:
@@ -433,7 +438,7 @@ def _render(ws: Workspace, record: Record) -> None:
            "key_metrics": KEY_METRICS,
            "plots": view.plot_links(ws, record.path, [str(p) for p in ga.get("plots") or []]) if record.path else []}
     record.set_generated(GROUP_BLOCK, view.render_block(ws, record, GROUP_BLOCK, ctx))
-    if not record.meta.get("analysis"):  # the metrics section says where a parent that did not run has its results
+    if metrics_too and not record.meta.get("analysis"):  # the metrics section says where a parent that did not run has its results
         view.regenerate_quietly(ws, record, ("metrics",))
 
 

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 # -- plots -----------------------------------------------------------------------------------------
 
+#: A group's curves plot lists at most this many members in its legend (then the last one).
+MAX_LEGEND = 10
 _MAX_POINTS = 4000  # a 100k-point line draws no better than 4k points, and ~10x slower
 
 
@@ -119,7 +121,7 @@ def plot_group_metric(rows: Sequence[Mapping[str, Any]], metric: str, swept: Seq
     log = numeric and min(values) > 0 and max(values) / min(values) > 10
     if numeric:
         xs = [math.log10(v) if log else float(v) for v in values]
-        ticks = [(x, f"{v:g}") for x, v in zip(xs, values)]
+        ticks = [(x, f"{v:.3g}") for x, v in zip(xs, values)]
         xlabel = f"{swept[0]} (log scale)" if log else swept[0]
     else:
         xs = [float(i) for i in range(len(rows))]
@@ -133,10 +135,26 @@ def plot_group_metric(rows: Sequence[Mapping[str, Any]], metric: str, swept: Seq
                                        legend=False))
     panel.series.append(Series(xs, [r["stats"][metric]["mean"] for r in rows], f"{metric} (mean, 95% interval)",
                                PALETTE[1], width=1.0, marker=True))
-    step = max(1, len(ticks) // 12)
+    step = max(1, -(-len(ticks) // 8))  # at most ~8 labels fit under the axis
     return render([panel], path, title=title or "", xlabel=xlabel, xticks=ticks[::step])
 
 
-def plot_group_curves(runs: Mapping[str, Metrics], path: str | Path, title: str | None = None) -> Path:
-    """PNG of every group member's train and val loss curves overlaid (label → Metrics)."""
-    return plot_compare(runs, path, title=title)
+def plot_group_curves(runs: Mapping[str, Metrics | Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """PNG of every group member's train and val loss curves overlaid: label → its Metrics, or the
+    curve its analysis kept ({"loss": {step: v}, "val_loss": {step: v}}, evidence.curve_of's shape)."""
+    train, val = Panel(ylabel="train loss"), Panel(ylabel="val loss")
+    for i, ((label, m), color) in enumerate(zip(runs.items(), PALETTE * (len(runs) // len(PALETTE) + 1))):
+        shown = i < MAX_LEGEND or i == len(runs) - 1  # a legend of fifty lines is no help: the first and the last
+        if i == len(runs) - 1 and len(runs) > MAX_LEGEND + 1:
+            label = f"… {label}"
+        if isinstance(m, Metrics):
+            train.series.append(_series(m.step, m.loss, label, color, legend=shown))
+            if len(m.val_step):
+                val.series.append(_series(m.val_step, m.val_loss, label, color, marker=True, legend=shown))
+            continue
+        for panel, key in ((train, "loss"), (val, "val_loss")):
+            points = sorted((int(k), float(v)) for k, v in (m.get(key) or {}).items() if is_finite_number(v))
+            if points:
+                panel.series.append(Series([p[0] for p in points], [p[1] for p in points], label, color,
+                                           marker=key == "val_loss", legend=shown))
+    return render([train, val], path, title=title or "")

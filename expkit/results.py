@@ -323,8 +323,11 @@ def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None)
             ref["curve"] = _curve_of_run(ws, ref["version"])
         references[role] = ref
     analysis["references"] = references
+    if curve is None:
+        own = metrics_file(ws, record.version)
+        curve = run_curve(own) if own is not None else {}  # no run (a group's parent): no numpy to import
     ev = evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
-                            curve=curve if curve is not None else run_curve(metrics_file(ws, record.version)))
+                            curve=curve)
     if isinstance(meta.get("group_analysis"), dict):
         ev["group"] = group_evidence(meta["group_analysis"])
     stats = analysis.get("replicate_stats")

@@ -349,3 +349,34 @@ def test_report_and_tracker_show_groups_and_replicates(group):
     assert "### 1.5.0" in groups_part and all(v in groups_part for v in LRS)
     assert "5.05 ± 0.05 (n=3)" in groups_part
     assert catalog.rows(ws)[1]["group"] == "1.5.0"
+
+
+# -- a tiny real group ------------------------------------------------------------------------------------------
+def test_a_group_of_two_tiny_real_trainer_runs_is_analysed_as_a_group(ws):
+    from test_runner import TINY
+
+    parent = Version.parse("1.6.0")
+    rec = lifecycle.create(ws, parent, description="tiny lr sweep")
+    fill(rec.path, {**HUMAN, "expected": "- val_loss@1.6.2 < val_loss@1.6.1 + 5\n- tokens_per_s@1.6.2 >= 1\n"})
+    lifecycle.set_config(ws, parent, [*TINY, "max_steps=10"])
+    for v, lr in (("1.6.1", "0.002"), ("1.6.2", "0.001")):
+        version = Version.parse(v)
+        r = lifecycle.create(ws, version, parent=parent, description=f"lr {lr}")
+        fill(r.path, MEMBER_HUMAN)
+        lifecycle.set_config(ws, version, [f"learning_rate={lr}"])
+        with records.update(ws, version) as m:
+            m.meta["group"], m.meta["changes"] = str(parent), {"learning_rate": float(lr)}
+        proc = run_exp("run", v, cwd=ws.root, env={"OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert store.read_meta(ws, version)["status"] == "analyzed"
+    proc = run_exp("analyze", "1.6.0", "--json", cwd=ws.root)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert not result["partial"] and [m["n"] for m in result["members"]] == [1, 1]
+    assert all(math.isfinite(m["stats"]["val_loss"]["mean"]) for m in result["members"])
+    assert result["best"]["sure"] in ("single_runs", "single_runs_within_noise")
+    found = {x["claim"]: x for x in result["verdicts"]}
+    assert found["val_loss@1.6.2 < val_loss@1.6.1 + 5"]["verdict"] == "confirmed"
+    assert found["tokens_per_s@1.6.2 >= 1"]["verdict"] == "confirmed"
+    assert (ws.out_dir(parent) / "plots" / "group_curves.png").is_file()
+    assert store.read_meta(ws, parent)["status"] == "analyzed"
