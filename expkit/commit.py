@@ -214,7 +214,10 @@ def _commit_group(ws: Workspace, version: Version, record: Record, sign: bool) -
         )
     members = [records.load(ws, m) for m in groups.member_versions(ws, version)]
     member_states = {}
+    committed = [m for m in members if m.status == "committed" and not approval.approval_state(ws, m)["stale"]]
     for m in members:
+        if m in committed:  # committed on its own since the group's approval: counted, not committed again
+            continue
         if m.status != "approved":
             raise StaleApprovalError(f"cannot commit the group {v}: member {m.version} is {m.status}, not approved; "
                                      f"a person runs `exp review {v}` again")
@@ -225,7 +228,7 @@ def _commit_group(ws: Workspace, version: Version, record: Record, sign: bool) -
     files: dict[Path, bytes | None] = {}
     skipped: list[tuple[Path, int]] = []
     prepared = []
-    for r, st in [(record, state), *((m, member_states[str(m.version)]) for m in members)]:
+    for r, st in [(record, state), *((m, member_states[str(m.version)]) for m in members if m not in committed)]:
         f, sk, serialized = _prepared(ws, r, st)
         files.update(f)
         skipped += sk

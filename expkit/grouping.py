@@ -344,7 +344,7 @@ def analyze(ws: Workspace, parent: Version) -> dict[str, Any]:
             "file": ws.rel(ws.out_dir(parent) / GROUP_FILE), "drafted": drafted, "untraceable": found, **stored}
 
 
-_DRAFT = {
+_GROUP_DRAFT = {
     "en": {
         "members": "- Group: [[group.size]] members; [[group.analysed]] analysed, [[group.pending]] pending (table above).",
         "best": "- Best by {metric}: {best} ([[group.best.label]]), mean [[group.best.mean]]; runner-up {runner}, mean "
@@ -387,7 +387,7 @@ _DRAFT = {
 def drafts(result: dict[str, Any], lang: str, version: str) -> dict[str, str]:
     """Sources for the parent's ai sections (a parent that did not run itself), every number a
     citation of the group's evidence (``[[group....]]``), resolved like ``exp fill``'s."""
-    t = _DRAFT.get(lang, _DRAFT["en"])
+    t = _GROUP_DRAFT.get(lang, _GROUP_DRAFT["en"])
     analysis = [t["members"]]
     best = result.get("best")
     if best:

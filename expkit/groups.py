@@ -112,6 +112,9 @@ def member_claim_problems(ws: Workspace, record: Record, found: list[Any]) -> li
     makes them)."""
     out: list[tuple[str, int, str, str]] = []
     named = [c for c in found if getattr(c, "names_member", False)]
+    own = record.block("human", "expected")
+    if group_of(record.meta) is not None and not (own is not None and is_filled(own.text)):
+        return out  # a member's expected result is its parent's (effective_human): the parent's check covers it
     if not named:
         return out
     version = record.version
