@@ -147,16 +147,21 @@ def group_claims(record: Record) -> list[claims_mod.Claim]:
 
 _WHY = {
     "en": {"not_member": "{v} is not a member of this group", "pending": "{v} has not finished yet (status {status})",
-           "no_analysis": "{v} has no analysis (status {status}); `exp analyze {v}`"},
+           "no_analysis": "{v} has no analysis (status {status}); `exp analyze {v}`",
+           "no_run": "{v} (the group's parent) has no analysed run of its own"},
     "zh": {"not_member": "{v} 不是本实验组的成员", "pending": "{v} 尚未完成（状态 {status}）",
-           "no_analysis": "{v} 没有分析结果（状态 {status}）；`exp analyze {v}`"},
+           "no_analysis": "{v} 没有分析结果（状态 {status}）；`exp analyze {v}`",
+           "no_run": "{v}（实验组的父实验）自身没有已分析的运行"},
 }
 
 
-def _side(ws: Workspace, version: str, metas: dict[str, dict[str, Any]], lang: str = "en") -> dict[str, Any]:
+def _side(ws: Workspace, version: str, metas: dict[str, dict[str, Any]], lang: str = "en",
+          parent: str | None = None) -> dict[str, Any]:
     """A claim's side: the run's table, its replicates, its load, whether it finished, or why not."""
     why = _WHY.get(lang, _WHY["en"])
     meta = metas.get(version)
+    if meta is None and version == parent:
+        return {"why": why["no_run"].format(v=version)}
     if meta is None:
         return {"why": why["not_member"].format(v=version)}
     status = str(meta.get("status"))
@@ -171,12 +176,12 @@ def _side(ws: Workspace, version: str, metas: dict[str, dict[str, Any]], lang: s
 
 
 def judge_group(ws: Workspace, claims: list[claims_mod.Claim], metas: dict[str, dict[str, Any]],
-                lang: str) -> list[dict[str, Any]]:
+                lang: str, parent: str | None = None) -> list[dict[str, Any]]:
     """Each group claim judged on the members it names (``verdicts.verdicts``, intervals and all)."""
     out = []
     for c in claims:
-        left = _side(ws, c.at, metas, lang) if c.at else {"why": f"`{c.text}` names no member on the left"}
-        right = _side(ws, c.ref_version, metas, lang) if c.reference == "member" and c.ref_version else {}
+        left = _side(ws, c.at, metas, lang, parent) if c.at else {"why": f"`{c.text}` names no member on the left"}
+        right = _side(ws, c.ref_version, metas, lang, parent) if c.reference == "member" and c.ref_version else {}
         why = left.get("why") or right.get("why")
         if why:
             d = {"claim": c.text, "verdict": "inconclusive", "observed": None, "reference": None, "reason": why,
@@ -215,7 +220,7 @@ def compute(ws: Workspace, parent: Record, metas: dict[str, dict[str, Any]]) -> 
     if best is not None:
         best["text"] = _SURE[lang][best["sure"]].format(best=best["version"], runner=best["runner_up"], metric=best["metric"],
                                                         floor=format_number(best.get("floor")))
-    found = judge_group(ws, group_claims(parent), metas, lang)
+    found = judge_group(ws, group_claims(parent), metas, lang, pv)
     counts = {k: sum(verdict_kind(x["verdict"]) == k for x in found) for k in VERDICTS}
     member_counts = {k: sum((r["verdict_counts"] or {}).get(k, 0) for r in rows) for k in VERDICTS}
     pending = [r["version"] for r in rows if r["state"] == "pending"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import store
+from .claims import KNOWN_METRICS
 from .errors import RecordError
 from .record import HINT_RE, HUMAN, Record
 from .version import Version
@@ -127,6 +128,9 @@ def member_claim_problems(ws: Workspace, record: Record, found: list[Any]) -> li
     members_now = [str(v) for v in member_versions(ws, version)]
     allowed = set(members_now) | {str(version)}
     for c in named:
+        if c.ref_metric and c.ref_metric != c.metric and c.ref_metric not in KNOWN_METRICS:
+            out.append(("warning", c.line, f"metric {c.ref_metric!r} (in `{c.text}`) is not one the run reports",
+                        "use a metric from summary.json or metrics.jsonl"))
         for v in dict.fromkeys(x for x in (c.at, c.ref_version) if x):
             if v in allowed:
                 continue

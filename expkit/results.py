@@ -664,7 +664,7 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "lang": meta.get("lang", "zh"),
         "parent": meta.get("parent"),
         "baseline": meta.get("baseline"),
-        "analyzed": stored is not None,
+        "analyzed": stored is not None or bool(meta.get("group_analysis")),
         "partial": (analysis_data or {}).get("partial"),
         "sections": sections,
         "writable_sections": list(AI),
@@ -680,8 +680,10 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "suggestions": (analysis_data or {}).get("suggestions") or [],
         "samples": samples,
         "sample_quality": (analysis_data or {}).get("samples"),
-        "evidence": evidence(ws, record) if stored is not None else None,
-        "untraceable": untraceable(ws, record) if stored is not None else [],
+        "evidence": evidence(ws, record) if stored is not None or meta.get("group_analysis") else None,
+        "untraceable": untraceable(ws, record) if stored is not None or meta.get("group_analysis") else [],
+        # a group's parent: its group's analysis (`exp analyze PARENT`), cited as [[group....]]
+        **({"group_analysis": meta["group_analysis"]} if meta.get("group_analysis") else {}),
         "error": (live or {}).get("error") if isinstance(live, dict) else None,
         "paths": paths,
         "rules": {

@@ -269,6 +269,20 @@ def test_exp_check_validates_claims_that_name_members(group):
     assert any("does not lead a group" in p.message and p.level == "error" for p in found)
 
 
+def test_the_parent_as_a_side_and_the_context_an_assistant_reads(group):
+    ws = group
+    fill(ws.record_path(P), {**HUMAN, "expected": "- val_loss@1.5.0 < 9\n- val_loss@1.5.2 < val_loss@1.5.1\n"})
+    result = grouping.analyze(ws, P)
+    found = {v["claim"]: v for v in result["verdicts"]}
+    assert found["val_loss@1.5.0 < 9"]["verdict"] == "inconclusive"
+    assert found["val_loss@1.5.0 < 9"]["reason"] == "1.5.0（实验组的父实验）自身没有已分析的运行"
+    context = results.context(ws, P)
+    assert context["analyzed"] and context["group_analysis"]["best"]["version"] == "1.5.2"
+    ev = context["evidence"]["group"]
+    assert ev["size"] == 3 and ev["members"][1]["version"] == "1.5.2" and ev["best"]["version"] == "1.5.2"
+    assert ev["members"][1]["stats"]["val_loss"]["ci_low"] == pytest.approx(intervals.t_interval(VAL["1.5.2"]).low)
+
+
 # -- review and commit of the group ----------------------------------------------------------------------------
 def _git(ws, *args):
     return subprocess.run(["git", *args], cwd=ws.root, check=True, capture_output=True, text=True).stdout
