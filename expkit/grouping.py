@@ -435,14 +435,7 @@ def _draft(ws: Workspace, record: Record, result: dict[str, Any]) -> tuple[list[
 
 def _render(ws: Workspace, record: Record, metrics_too: bool = True) -> None:
     """Render the ``group`` section from ``group_analysis`` (a hand edit refuses, as every generated section)."""
-    edited = [b for b in record.edited_generated() if b.name == GROUP_BLOCK]
-    if edited:
-        raise view.hand_edit_error(ws, record, edited[0])
-    ga = record.meta.get("group_analysis") or {}
-    ctx = {"lang": record.meta.get("lang", "zh"), "version": str(record.meta.get("version")), "group": ga,
-           "key_metrics": KEY_METRICS,
-           "plots": view.plot_links(ws, record.path, [str(p) for p in ga.get("plots") or []]) if record.path else []}
-    record.set_generated(GROUP_BLOCK, view.render_block(ws, record, GROUP_BLOCK, ctx))
+    view.regenerate(ws, record, (GROUP_BLOCK,))  # refuses (HandEditError) a hand-edited section, as every generated one
     if metrics_too and not record.meta.get("analysis"):  # the metrics section says where a parent that did not run has its results
         view.regenerate_quietly(ws, record, ("metrics",))
 

@@ -283,6 +283,22 @@ def test_the_parent_as_a_side_and_the_context_an_assistant_reads(group):
     assert ev["members"][1]["stats"]["val_loss"]["ci_low"] == pytest.approx(intervals.t_interval(VAL["1.5.2"]).low)
 
 
+def test_a_hand_edit_of_the_group_section_is_refused_and_regenerate_restores_it(group):
+    ws = group
+    grouping.analyze(ws, P)
+    path = ws.record_path(P)
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("**按 `val_loss` 最佳**", "**我觉得最佳**"), encoding="utf-8")
+    proc = run_exp("analyze", "1.5.0", cwd=ws.root)
+    assert proc.returncode == 1 and "'group' was edited by hand" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert "我觉得最佳" in path.read_text(encoding="utf-8")  # nothing of the person's was lost
+    proc = run_exp("set", "1.5.0", "--regenerate", cwd=ws.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "我觉得最佳" not in path.read_text(encoding="utf-8") and "按 `val_loss` 最佳" in path.read_text(encoding="utf-8")
+    assert any("group" in p.name for p in ws.discarded_dir().iterdir())
+    assert run_exp("analyze", "1.5.0", cwd=ws.root).returncode == 0
+
+
 # -- review and commit of the group ----------------------------------------------------------------------------
 def _git(ws, *args):
     return subprocess.run(["git", *args], cwd=ws.root, check=True, capture_output=True, text=True).stdout
