@@ -9,6 +9,10 @@ An approval (``exp review``) binds two SHA-256 hashes:
   front matter is not hashed as text: it is rendered from ``meta``, which is;
 - the run script ``run_file/experiment_X.Y.Z.sh``, byte for byte.
 
+A group's approval (``exp review PARENT``) binds the same two hashes of every member too
+(``approved.members``): a member edited after it, or one that joined or left the group, makes
+it stale, and the message names the member.
+
 A later change to either makes the approval stale (``approval_state``): ``exp commit``
 refuses, ``exp check`` sets the record back to ``analyzed``, and ``approval_issue`` reports it.
 A committed record keeps its approval, so the same hashes show that it was edited after the
@@ -20,10 +24,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import store
+from . import groups, store
 from .errors import RecordError
 from .problem import Problem
 from .record import Record, sha256, split_front_matter
+from .version import Version
 from .workspace import Workspace
 
 #: State entries that reviewing and committing write: outside the approved content.
@@ -62,7 +67,17 @@ def file_sha256(path: Any) -> str | None:
 
 def current_hashes(ws: Workspace, record: Record) -> dict[str, str | None]:
     """The hashes an approval would bind now, from the files on disk."""
-    v = str(record.meta.get("version"))
+    return hashes_of(ws, str(record.meta.get("version")))
+
+
+def group_hashes(ws: Workspace, parent: str) -> dict[str, dict[str, str | None]]:
+    """{member version: its ``hashes_of``} for every member of the group ``parent`` leads: what a
+    group's approval binds besides the parent's own hashes."""
+    return {str(v): hashes_of(ws, str(v)) for v in groups.member_versions(ws, Version.parse(parent))}
+
+
+def hashes_of(ws: Workspace, v: str) -> dict[str, str | None]:
+    """``current_hashes`` of the record ``v`` (record and run script), from the files on disk."""
     path = ws.record_path(v)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -97,6 +112,21 @@ def approval_state(ws: Workspace, record: Record) -> dict[str, Any]:
         return state
     bound = {"record": approved.get("record_sha256"), "script": approved.get("script_sha256")}
     changed = [k for k in ("record", "script") if bound[k] != current[k]]
+    members = approved.get("members")
+    if isinstance(members, dict):  # a group's approval binds every member too
+        now = group_hashes(ws, v)
+        for m in sorted(set(members) | set(now), key=lambda x: [int(p) for p in x.split(".")]):
+            key = f"member {m}"
+            files[key] = ws.rel(ws.record_path(m))
+            if m not in now:
+                changed.append(key)
+                files[key] += " (no longer a member)"
+            elif m not in members:
+                changed.append(key)
+                files[key] += " (joined the group after the approval)"
+            elif members[m] != {"record": now[m]["record"], "script": now[m]["script"]}:
+                changed.append(key)
+        state["members"] = sorted(members)
     state.update(
         approved=True, valid=not changed, stale=bool(changed), changed=changed, approved_sha256=bound,
         by=f"{approved.get('reviewer', '?')} <{approved.get('email', '?')}>", at=approved.get("time"), round=approved.get("round"),

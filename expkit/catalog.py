@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from . import approval, commit, groups, records, store
@@ -23,6 +24,7 @@ from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summari
 from .numbers import is_finite_number
 from .report import REPORT_CONFIG
 from .record import HUMAN, REQUIRED_META
+from .replicates import mean_table
 from .status import STATUSES, next_step
 from .verdicts import Noise
 from .version import Version
@@ -130,9 +132,16 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
         info["members"] = [{"version": r["version"], "status": r["status"], "changes": r.get("group_changes") or {},
                             "description": r.get("description") or ""}
                            for r in rows(ws) if r.get("group") == str(version)]
-    for key in ("run", "analysis", "review"):
+    for key in ("run", "analysis", "review", "group_analysis"):
         if meta.get(key) is not None:
             info[key] = meta[key]
+    if meta.get("group"):
+        info["group"] = meta["group"]
+        info["changes"] = meta.get("changes") or {}
+    if version.category == "exploratory":
+        members = [r["version"] for r in rows(ws) if str(r.get("group") or "") == str(version)]  # the row cache
+        if members:
+            info["members"] = members
     analysis = meta.get("analysis") or {}
     info["verdicts"] = [
         {k: x.get(k) for k in ("claim", "verdict", "observed", "reference", "reason", "metric",
@@ -177,7 +186,7 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
 
 # -- every record's row, cached ---------------------------------------------------------------------
 CACHE_FILE = "record-rows.json"
-CACHE_LAYOUT = 7  # bump when _row changes what it returns
+CACHE_LAYOUT = 8  # bump when _row changes what it returns
 
 
 def _row(ws: Workspace, version: str) -> dict[str, Any]:
@@ -293,6 +302,9 @@ def run_table(ws: Workspace, version: Version | str, meta: dict[str, Any] | None
         return with_aliases(stored)
     if meta.get("status") in ("draft", "ready") or not meta.get("run"):
         return None
+    reps = replicate_runs(ws, version, load=False)
+    if reps:
+        return with_aliases(mean_table([clean_table(t) for _, _, t in reps]))
     try:
         return with_aliases(clean_table(summarize(ws.out_dir(version))))
     except AnalysisError:
@@ -326,6 +338,32 @@ def noise_key(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def replicate_dirs(ws: Workspace, version: Version | str) -> list[Path]:
+    """The ``r{i}/`` run directories of a record's replicates, in replicate order ([] for a single run)."""
+    out = ws.out_dir(version)
+    if not out.is_dir():
+        return []
+    return sorted((p for p in out.iterdir() if p.is_dir() and REPLICATE_DIR.fullmatch(p.name)), key=lambda p: int(p.name[1:]))
+
+
+def replicate_runs(ws: Workspace, version: Version | str, load: bool = True) -> list[tuple[Path, Metrics | None, dict[str, Any]]]:
+    """(directory, loaded metrics.jsonl or None, summarize() table) of each replicate that has
+    results; ``load=False`` leaves the curves unloaded (a table from summary.json is enough)."""
+    found = []
+    for sub in replicate_dirs(ws, version):
+        metrics = None
+        if load and (sub / METRICS_FILE).is_file():
+            try:
+                metrics = load_metrics(sub / METRICS_FILE)
+            except AnalysisError:
+                metrics = None
+        try:
+            found.append((sub, metrics if metrics is not None and len(metrics) else None, summarize(sub, metrics)))
+        except AnalysisError:
+            continue
+    return found
+
+
 def replicate_tables(ws: Workspace, version: Version | str, meta: dict[str, Any] | None = None,
                      table: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every per-replicate metric table of a record's run: the one place replicates come from.
@@ -336,15 +374,7 @@ def replicate_tables(ws: Workspace, version: Version | str, meta: dict[str, Any]
     stored = ((meta or {}).get("analysis") or {}).get("replicates")
     if isinstance(stored, list) and stored:
         return [with_aliases(t) for t in stored if isinstance(t, dict)]
-    out = ws.out_dir(version)
-    found = []
-    if out.is_dir():
-        for sub in sorted((p for p in out.iterdir() if p.is_dir() and REPLICATE_DIR.fullmatch(p.name)),
-                          key=lambda p: int(p.name[1:])):
-            try:
-                found.append(with_aliases(clean_table(summarize(sub))))
-            except AnalysisError:
-                continue
+    found = [with_aliases(clean_table(t)) for _, _, t in replicate_runs(ws, version, load=False)]
     if found:
         return found
     one = table if table is not None else run_table(ws, version, meta)

@@ -38,6 +38,7 @@ class Series:
     dash: bool = False
     marker: bool = False
     right: bool = False  # on the panel's right axis
+    legend: bool = True  # listed in the legend (an error bar or a faint replicate is not)
 
 
 @dataclass
@@ -196,7 +197,8 @@ def render(panels: list[Panel], path: str | Path, title: str = "", xlabel: str =
                     r = 2.5 * s
                     for x, y in pts:
                         draw.ellipse([x - r, y - r, x + r, y + r], fill=ser.color)
-                legend.append(ser)
+                if ser.legend:
+                    legend.append(ser)
         draw.rectangle([left, top, right, bottom], outline=AXIS, width=s)
         _legend(draw, legend, small, right, top)
     img = img.reduce(SCALE)  # a box filter: as smooth as LANCZOS at 2x, ~10x faster
@@ -204,6 +206,12 @@ def render(panels: list[Panel], path: str | Path, title: str = "", xlabel: str =
     with atomic_file(path) as fh:  # two analyses at once: each PNG is one writer's, whole
         img.save(fh, format="PNG", optimize=False)
     return path
+
+
+def faint(color: str, amount: float = 0.7) -> str:
+    """``color`` blended ``amount`` of the way towards white: a replicate's line beside the mean."""
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in (r, g, b))
 
 
 def _vertical_text(img: Any, text: str, font: Any, x: float, y_mid: float) -> None:

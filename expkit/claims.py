@@ -7,6 +7,14 @@ after the run::
     - val_loss <= baseline - 0.1      # better than the baseline by a margin
     - tokens_per_s >= parent * 1.1
 
+A group's parent (``X.Y.0``) may compare its members, each side named ``METRIC@VERSION``::
+
+    - val_loss@1.5.2 < val_loss@1.5.1
+    - tokens_per_s@1.5.3 >= tokens_per_s@1.5.1 * 0.9
+    - val_loss@1.5.2 < 2.5
+
+Such a claim belongs to the group (the group's analysis judges it), not to a member's own run.
+
 Each such line becomes a ``Claim`` (metric, operator, reference). A bullet that starts like a
 claim (a metric name and a comparison) but does not parse is reported by ``exp check`` with
 its line, rather than silently treated as prose.
@@ -37,28 +45,43 @@ EXAMPLE_TOLERANCE = "0.02"
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne}
 _UNICODE_OPS = {"≤": "<=", "≥": ">=", "≠": "!="}
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?"
+_VERSION = r"\d+\.\d+\.\d+"
 _CLAIM = re.compile(
     rf"""^\s*[-*]\s+
-    (?P<metric>[A-Za-z_][A-Za-z0-9_./]*)\s*
+    (?P<metric>[A-Za-z_][A-Za-z0-9_./]*)(?:@(?P<at>{_VERSION}))?\s*
     (?P<op><=|>=|==|!=|<|>|≤|≥|≠)\s*
-    (?:(?P<ref>parent|baseline)\s*(?:(?P<refop>[-+*/])\s*(?P<refnum>{_NUM}))?|(?P<num>{_NUM}))
+    (?:(?:(?P<refmetric>[A-Za-z_][A-Za-z0-9_]*)@(?P<refat>{_VERSION})|(?P<ref>parent|baseline))
+       \s*(?:(?P<refop>[-+*/])\s*(?P<refnum>{_NUM}))?|(?P<num>{_NUM}))
     \s*(?P<rest>(?:[#(（—,，;；:：]|--).*)?$""",
     re.X,
 )
-# A bullet that *tries* to be a claim: an identifier then a comparison operator.
-_ATTEMPT = re.compile(r"^\s*[-*]\s+[A-Za-z_][A-Za-z0-9_./]*\s*(<|>|=|≤|≥|≠|!)")
+# A bullet that *tries* to be a claim: an identifier (maybe @VERSION) then a comparison operator.
+_ATTEMPT = re.compile(r"^\s*[-*]\s+[A-Za-z_][A-Za-z0-9_./]*(?:@[0-9.]*)?\s*(<|>|=|≤|≥|≠|!)")
 
 
 @dataclass(frozen=True)
 class Claim:
     metric: str
     op: str
-    reference: str  # "value" | "parent" | "baseline"
+    reference: str  # "value" | "parent" | "baseline" | "member"
     value: float | None  # the number (for "value"), or the operand applied to the reference
     ref_op: str | None  # "+", "-", "*", "/" applied to parent/baseline, or None
     text: str  # the claim as written, without the bullet
     line: int  # 1-based line in the record (0 when parsed from loose text)
     percent: bool = False
+    at: str | None = None  # METRIC@VERSION on the left: the group member whose metric is judged
+    ref_metric: str | None = None  # reference "member": the metric of ...
+    ref_version: str | None = None  # ... this member (METRIC@VERSION on the right)
+
+    @property
+    def names_member(self) -> bool:
+        """A group's claim (a side names a member, ``METRIC@VERSION``), judged by the group's analysis."""
+        return self.at is not None or self.reference == "member"
+
+    @property
+    def ref_key(self) -> str | None:
+        """Which run the threshold comes from: parent, baseline, a member's version; None for a number."""
+        return self.ref_version if self.reference == "member" else None if self.reference == "value" else self.reference
 
     def threshold(self, reference_value: float | None = None) -> float | None:
         """The number the metric is compared with; None when the reference is missing."""
@@ -114,12 +137,24 @@ def parse_claims(text: str, first_line: int = 1) -> tuple[list[Claim], list[Clai
             if op in ("==", "!=") and m["metric"] not in INTEGER_METRICS:
                 problems.append(_equality_problem(line_no, raw.strip(), m, op))
                 continue
-            if m["ref"]:
+            if m["refat"] and not m["at"]:
+                problems.append(ClaimProblem(line_no, raw.strip(), "names a member on the right only",
+                                             f"name the member on the left too, e.g. `- {m['metric']}@X.Y.K {op} "
+                                             f"{m['refmetric']}@{m['refat']}`"))
+                continue
+            if m["at"] and m["ref"]:
+                problems.append(ClaimProblem(line_no, raw.strip(), f"compares a member with the {m['ref']}",
+                                             f"compare members by name, e.g. `- {m['metric']}@{m['at']} {op} "
+                                             f"{m['metric']}@X.Y.0` (the group's parent), or with a number"))
+                continue
+            if m["ref"] or m["refat"]:
                 value, pct = _number(m["refnum"]) if m["refnum"] else (None, False)
                 if m["refop"] == "/" and value == 0:
                     problems.append(ClaimProblem(line_no, raw.strip(), "divides the reference by zero", "divide by a non-zero number"))
                     continue
-                claims.append(Claim(m["metric"], op, m["ref"], value, m["refop"], _claim_text(raw, m), line_no, pct))
+                claims.append(Claim(m["metric"], op, "member" if m["refat"] else m["ref"], value, m["refop"],
+                                    _claim_text(raw, m), line_no, pct, at=m["at"], ref_metric=m["refmetric"],
+                                    ref_version=m["refat"]))
             else:
                 value, pct = _number(m["num"])
                 if pct:
@@ -127,14 +162,15 @@ def parse_claims(text: str, first_line: int = 1) -> tuple[list[Claim], list[Clai
                         ClaimProblem(line_no, raw.strip(), "is a bare percentage with no base", "write e.g. `parent * 1.1`")
                     )
                     continue
-                claims.append(Claim(m["metric"], op, "value", value, None, _claim_text(raw, m), line_no))
+                claims.append(Claim(m["metric"], op, "value", value, None, _claim_text(raw, m), line_no, at=m["at"]))
         elif _ATTEMPT.match(raw):
             problems.append(
                 ClaimProblem(
                     line_no,
                     raw.strip(),
                     "does not parse as a claim",
-                    "write `- METRIC OP NUMBER` or `- METRIC OP parent|baseline [+-*/ NUMBER]`, e.g. `- val_loss <= baseline - 0.1`",
+                    "write `- METRIC OP NUMBER` or `- METRIC OP parent|baseline [+-*/ NUMBER]`, e.g. `- val_loss <= baseline - 0.1` "
+                    "(in a group's parent: `- METRIC@X.Y.K OP METRIC@X.Y.J [+-*/ NUMBER]`)",
                 )
             )
     return claims, problems
@@ -142,10 +178,12 @@ def parse_claims(text: str, first_line: int = 1) -> tuple[list[Claim], list[Clai
 
 def _equality_problem(line_no: int, text: str, m: re.Match[str], op: str) -> ClaimProblem:
     """``==`` / ``!=`` on a real-valued metric, refused with the range to write instead."""
-    metric, tol = m["metric"], EXAMPLE_TOLERANCE
-    if m["ref"]:
-        target = m["ref"] + (f" {m['refop']} {m['refnum']}" if m["refop"] else "")
-        ref, refop, t = m["ref"], m["refop"], float(tol)
+    metric, tol = m["metric"] + (f"@{m['at']}" if m["at"] else ""), EXAMPLE_TOLERANCE
+    member_ref = f"{m['refmetric']}@{m['refat']}" if m["refat"] else None
+    if m["ref"] or member_ref:
+        ref = m["ref"] or member_ref
+        target = ref + (f" {m['refop']} {m['refnum']}" if m["refop"] else "")
+        refop, t = m["refop"], float(tol)
         gap = f"abs({metric} - ({target}))" if refop else f"abs({metric} - {target})"
         if refop and refop in "*/" and not m["refnum"].endswith("%"):
             gap, tol = f"{metric} / ({target}) - 1", f"{t:.0%}"  # a ratio: the tolerance is relative

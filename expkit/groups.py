@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import store
+from .claims import KNOWN_METRICS
 from .errors import RecordError
 from .record import HINT_RE, HUMAN, PREREGISTERED, Record, sha256
 from .version import Version
@@ -163,3 +164,41 @@ def replicate_seeds(config: dict[str, Any]) -> list[int]:
     n = config.get("replicates", 1)
     n = n if isinstance(n, int) and n >= 1 else 1
     return [seed + i for i in range(n)]
+
+
+def member_claim_problems(ws: Workspace, record: Record, found: list[Any]) -> list[tuple[str, int, str, str]]:
+    """``exp check``'s view of the expected-result claims that name members (``METRIC@VERSION``,
+    ``claims.Claim.names_member``): (level, line, message, fix). They belong in a group parent's
+    expected result (an ``X.Y.0``), and each version named is a member of that group or the
+    parent itself; before the group has members, a named version is a warning (``exp sweep``
+    makes them)."""
+    out: list[tuple[str, int, str, str]] = []
+    named = [c for c in found if getattr(c, "names_member", False)]
+    own = record.block("human", "expected")
+    if group_of(record.meta) is not None and not (own is not None and is_filled(own.text)):
+        return out  # a member's expected result is its parent's (effective_human): the parent's check covers it
+    if not named:
+        return out
+    version = record.version
+    if not can_lead(version):
+        for c in named:
+            out.append(("error", c.line, f"expected result `{c.text}` names a member, but {version} does not lead a group",
+                        f"write claims that compare members in the group parent's expected result "
+                        f"({version.major}.{version.minor}.0); here compare with a number, `parent` or `baseline`"))
+        return out
+    members_now = [str(v) for v in member_versions(ws, version)]
+    allowed = set(members_now) | {str(version)}
+    for c in named:
+        if c.ref_metric and c.ref_metric != c.metric and c.ref_metric not in KNOWN_METRICS:
+            out.append(("warning", c.line, f"metric {c.ref_metric!r} (in `{c.text}`) is not one the run reports",
+                        "use a metric from summary.json or metrics.jsonl"))
+        for v in dict.fromkeys(x for x in (c.at, c.ref_version) if x):
+            if v in allowed:
+                continue
+            if members_now:
+                out.append(("error", c.line, f"expected result `{c.text}` names {v}, which is not a member of {version}",
+                            f"name one of its members ({', '.join(members_now)}) or {version} itself"))
+            else:
+                out.append(("warning", c.line, f"expected result `{c.text}` names {v}, but {version} has no members yet",
+                            f"make them with `exp sweep {version} KEY=V1,V2` (or `exp new {v} --from {version}`)"))
+    return out

@@ -13,6 +13,7 @@ same way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
     """The t with P(T ≤ t) = p: t_quantile(0.975, 2) = 4.302653, (0.975, 30) = 2.042272."""
     if not 0.0 < p < 1.0:

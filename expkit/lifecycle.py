@@ -166,7 +166,7 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
         for p in bad:
             out.append(Problem("error", p.line if not where else first, f"{where}expected result `{p.text}` {p.message}", p.fix + fix_where))
         for c in found:
-            ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True
+            ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True  # a member claim (@): groups checks it
             line = c.line if not where else first
             if not ref:
                 flag = "--from" if c.reference == "parent" else "--baseline"
@@ -175,6 +175,7 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
             hint = claims_mod.unknown_metric_hint(c.metric)
             if hint:
                 out.append(Problem("warning", line, hint, "use a metric from summary.json or metrics.jsonl"))
+        out += [Problem(*p) for p in groups.member_claim_problems(ws, record, found)]
         if not found and not bad and not any(HINT_RE.match(x) for x in text.split("\n")):
             out.append(Problem("warning", first, f"no machine-checkable expected result{' in ' + source if where else ''}",
                                "add a line such as `- val_loss < 2.5` so `exp analyze` can give a verdict" + fix_where))

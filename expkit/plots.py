@@ -5,11 +5,12 @@ Layer 3: writes only the file it is handed (atomically, through ``charts``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .charts import PALETTE, Panel, Series, render
+from .charts import PALETTE, Panel, Series, faint, render
 from .metrics import Metrics
 from .numbers import is_finite_number
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
 
 # -- plots -----------------------------------------------------------------------------------------
 
+#: A group's curves plot lists at most this many members in its legend (then the last one).
+MAX_LEGEND = 10
 _MAX_POINTS = 4000  # a 100k-point line draws no better than 4k points, and ~10x slower
 
 
@@ -46,19 +49,27 @@ def _series(x: np.ndarray, y: np.ndarray, label: str, color: str, **style: Any) 
 
 
 def plot_run(metrics: Metrics, path: str | Path, overlays: Mapping[str, Metrics] | None = None,
-             title: str | None = None) -> Path:
+             title: str | None = None, replicates: Sequence[Metrics] = ()) -> Path:
     """PNG of train loss and val loss by step, the lr on a right axis, and the ``overlays``
-    (e.g. {"parent 1.4.0": Metrics}) as thinner lines. Returns ``path``."""
+    (e.g. {"parent 1.4.0": Metrics}) as thinner lines. With ``replicates`` (a replicated run:
+    ``metrics`` is then their mean) each replicate is drawn faintly under the mean. Returns ``path``."""
 
     panel = Panel(ylabel="loss", right_label="learning rate")
+    for i, rep in enumerate(replicates):
+        first = i == 0
+        panel.series.append(_series(rep.step, rep.loss, "replicates (train)", faint(PALETTE[0]), width=1.0, legend=first))
+        if len(rep.val_step):
+            panel.series.append(_series(rep.val_step, rep.val_loss, "replicates (val)", faint(PALETTE[1]), width=1.0,
+                                        legend=first))
     others = PALETTE[7:] + PALETTE[4:7]
     for (label, other), color in zip((overlays or {}).items(), others * 10):
         panel.series.append(_series(other.step, other.loss, f"{label} train", color, width=1.0))
         if len(other.val_step):
             panel.series.append(_series(other.val_step, other.val_loss, f"{label} val", color, width=1.0, dash=True, marker=True))
-    panel.series.append(_series(metrics.step, metrics.loss, "train loss", PALETTE[0]))
+    mean = f" (mean of {len(replicates)})" if replicates else ""
+    panel.series.append(_series(metrics.step, metrics.loss, f"train loss{mean}", PALETTE[0]))
     if len(metrics.val_step):
-        panel.series.append(_series(metrics.val_step, metrics.val_loss, "val loss", PALETTE[1], marker=True))
+        panel.series.append(_series(metrics.val_step, metrics.val_loss, f"val loss{mean}", PALETTE[1], marker=True))
     if len(metrics.step) and _any_finite(metrics.lr):
         panel.series.append(_series(metrics.step, metrics.lr, "lr", PALETTE[3], width=1.0, dash=True, right=True))
     return render([panel], path, title=title or "")
@@ -97,3 +108,53 @@ def plot_by_version(rows: Sequence[Mapping[str, Any]], path: str | Path, metrics
     step = max(1, len(labels) // 12)  # at most ~12 version names fit under the axis
     return render([panel], path, title=title or "", xlabel="version",
                   xticks=[(i, labels[i]) for i in range(0, len(labels), step)])
+
+
+def plot_group_metric(rows: Sequence[Mapping[str, Any]], metric: str, swept: Sequence[str], path: str | Path,
+                      title: str | None = None) -> Path:
+    """PNG of each group member's ``metric``: its mean, and its 95 % interval as an error bar
+    (n ≥ 2), against the swept value when one numeric key is swept (a log axis when the values
+    span more than a decade), else member by member. ``rows``: ``grouping.member_row`` dicts."""
+    rows = [r for r in rows if metric in (r.get("stats") or {})]
+    values = [r["changes"].get(swept[0]) if len(swept) == 1 else None for r in rows]
+    numeric = bool(rows) and all(is_finite_number(v) for v in values)
+    log = numeric and min(values) > 0 and max(values) / min(values) > 10
+    if numeric:
+        xs = [math.log10(v) if log else float(v) for v in values]
+        ticks = [(x, f"{v:.3g}") for x, v in zip(xs, values)]
+        xlabel = f"{swept[0]} (log scale)" if log else swept[0]
+    else:
+        xs = [float(i) for i in range(len(rows))]
+        ticks = [(float(i), r["version"]) for i, r in enumerate(rows)]
+        xlabel = "member"
+    panel = Panel(ylabel=metric)
+    for x, r in zip(xs, rows):
+        st = r["stats"][metric]
+        if st.get("ci_low") is not None:
+            panel.series.append(Series([x, x], [st["ci_low"], st["ci_high"]], "95% interval", PALETTE[0], width=1.5,
+                                       legend=False))
+    panel.series.append(Series(xs, [r["stats"][metric]["mean"] for r in rows], f"{metric} (mean, 95% interval)",
+                               PALETTE[1], width=1.0, marker=True))
+    step = max(1, -(-len(ticks) // 8))  # at most ~8 labels fit under the axis
+    return render([panel], path, title=title or "", xlabel=xlabel, xticks=ticks[::step])
+
+
+def plot_group_curves(runs: Mapping[str, Metrics | Mapping[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """PNG of every group member's train and val loss curves overlaid: label → its Metrics, or the
+    curve its analysis kept ({"loss": {step: v}, "val_loss": {step: v}}, evidence.curve_of's shape)."""
+    train, val = Panel(ylabel="train loss"), Panel(ylabel="val loss")
+    for i, ((label, m), color) in enumerate(zip(runs.items(), PALETTE * (len(runs) // len(PALETTE) + 1))):
+        shown = i < MAX_LEGEND or i == len(runs) - 1  # a legend of fifty lines is no help: the first and the last
+        if i == len(runs) - 1 and len(runs) > MAX_LEGEND + 1:
+            label = f"… {label}"
+        if isinstance(m, Metrics):
+            train.series.append(_series(m.step, m.loss, label, color, legend=shown))
+            if len(m.val_step):
+                val.series.append(_series(m.val_step, m.val_loss, label, color, marker=True, legend=shown))
+            continue
+        for panel, key in ((train, "loss"), (val, "val_loss")):
+            points = sorted((int(k), float(v)) for k, v in (m.get(key) or {}).items() if is_finite_number(v))
+            if points:
+                panel.series.append(Series([p[0] for p in points], [p[1] for p in points], label, color,
+                                           marker=key == "val_loss", legend=shown))
+    return render([train, val], path, title=title or "")

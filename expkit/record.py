@@ -74,6 +74,9 @@ META_ORDER = (
     "schema", "version", "parent", "group", "changes", "baseline", "status", "description", "lang", "created",
     "config", "run", "prereg", "analysis", "review", "commit",
 )
+#: State kept out of the front matter: a group's analysis (one row per member, up to dozens)
+#: is shown by the parent's generated ``group`` section and kept whole in the state file.
+STATE_ONLY = ("group_analysis",)
 REQUIRED_META = ("schema", "version", "parent", "baseline", "status", "description", "config")
 #: How many earlier versions of a tool-written block are remembered (to tell a stale editor
 #: buffer, which brings one of them back, from a person's new edit).
@@ -178,7 +181,7 @@ def dump_front_matter(meta: dict[str, Any]) -> str:
             return True
 
     ordered = {k: meta[k] for k in META_ORDER if k in meta}
-    ordered.update({k: v for k, v in meta.items() if k not in ordered})
+    ordered.update({k: v for k, v in meta.items() if k not in ordered and k not in STATE_ONLY})
     out = []
     for key, value in ordered.items():
         if value is None or isinstance(value, (str, int, float, bool)):

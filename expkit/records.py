@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 from . import store
 from .errors import RecordError
-from .record import Record, lf, parse_front_matter, sha256, with_newline
+from .record import STATE_ONLY, Record, lf, parse_front_matter, sha256, with_newline
 from .version import Version
 from .workspace import Workspace
 
@@ -60,7 +60,8 @@ def reconcile(ws: Workspace, record: Record) -> str | None:
         except RecordError as err:
             restored.append(f"the front matter ({str(err).split(': ', 1)[-1]})")
         else:
-            differing = [k for k in sorted(set(theirs) | set(record.meta)) if theirs.get(k) != record.meta.get(k)]
+            differing = [k for k in sorted(set(theirs) | set(record.meta))
+                         if theirs.get(k) != record.meta.get(k) and k not in STATE_ONLY]  # not in a front matter
             desc = theirs.get("description")
             if isinstance(desc, str) and desc != record.meta.get("description"):
                 record.meta["description"] = desc

@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .intervals import mean_sd
 from .metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 from .numbers import format_number, is_finite_number
 from .verdicts import VERDICTS, verdict_kind
@@ -21,9 +22,12 @@ from .verdicts import VERDICTS, verdict_kind
 REPORT_CONFIG = ("model_type", "hidden_size", "num_hidden_layers", "max_seq_len", "batch_size", "learning_rate", "max_steps")
 REPORT_METRICS = ("steps", "final_loss", "best_val_loss", "val_loss", "val_ppl", "tokens_seen", "tokens_per_s",
                   "wall_s", "peak_mem_mb", "params", "distinct_2", "repetition_rate")
-#: experiment/tracker.csv columns, in this order, always.
-REPORT_COLUMNS = ("version", "status", "description", "parent", "baseline", "changes", *REPORT_CONFIG,
-                  *REPORT_METRICS, "confirmed", "refuted", "inconclusive")
+#: Metrics whose standard deviation over a record's replicates the report shows (``METRIC_sd``).
+REPORT_SD = ("final_loss", "val_loss", "best_val_loss", "tokens_per_s")
+#: experiment/tracker.csv columns, in this order, always. ``group``: the group parent a member
+#: belongs to; the metrics are a replicated record's means, ``n`` its replicates with results.
+REPORT_COLUMNS = ("version", "status", "description", "parent", "baseline", "group", "changes", *REPORT_CONFIG,
+                  *REPORT_METRICS, "n", *(f"{m}_sd" for m in REPORT_SD), "confirmed", "refuted", "inconclusive")
 
 
 def _version_key(v: Any) -> tuple[int, tuple[int, ...], str]:
@@ -66,10 +70,15 @@ def report_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             changes = "; ".join(f"{k}={_short(config.get(k))}" for k in config if config.get(k) != pc.get(k))
         row: dict[str, Any] = {
             "version": str(r.get("version", "")), "status": r.get("status") or "", "description": r.get("description") or "",
-            "parent": parent or "", "baseline": r.get("baseline") or "", "changes": changes,
+            "parent": parent or "", "baseline": r.get("baseline") or "", "group": r.get("group") or "", "changes": changes,
         }
         row.update({k: config.get(k) for k in REPORT_CONFIG})
         row.update({k: metrics.get(k) for k in REPORT_METRICS})
+        reps = [t for t in r.get("replicates") or [] if isinstance(t, Mapping)]
+        row["n"] = len(reps) if reps else (1 if r.get("metrics") else None)
+        for m in REPORT_SD:
+            values = [float(t[m]) for t in reps if is_finite_number(t.get(m))]
+            row[f"{m}_sd"] = mean_sd(values)[1] if len(values) >= 2 else None
         counts = {k: 0 for k in VERDICTS}
         for v in r.get("verdicts") or []:
             verdict = verdict_kind(v.get("verdict") if isinstance(v, Mapping) else getattr(v, "verdict", None))
@@ -118,7 +127,18 @@ _MD = {
               "结论 ✓/✗/?")),
     "best_cols": (("metric", "best", "version"), ("指标", "最佳值", "版本")),
     "none": ("no finished run has metrics yet", "尚无带指标的完成运行"),
+    "groups": ("Groups", "实验组"),
+    "group_cols": (("member", "status", "changes", "n", "val_loss (mean ± sd)", "final_loss (mean ± sd)", "verdicts ✓/✗/?"),
+                   ("成员", "状态", "改动", "n", "val_loss（均值 ± sd）", "final_loss（均值 ± sd）", "结论 ✓/✗/?")),
 }
+
+
+def _mean_sd(row: Mapping[str, Any], metric: str) -> str:
+    """"5.23 ± 0.012 (n=3)" for a replicated record, the value alone for one run."""
+    if row.get(metric) is None:
+        return "—"
+    sd = row.get(f"{metric}_sd")
+    return _short(row[metric]) + (f" ± {_short(sd)} (n={row.get('n')})" if sd is not None else "")
 
 
 def _md_cell(value: Any) -> str:
@@ -162,7 +182,8 @@ def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh") -> str
     for r in rows:
         counts = f"{r.get('confirmed', 0)}/{r.get('refuted', 0)}/{r.get('inconclusive', 0)}"
         cells = [r.get("version"), r.get("status"), r.get("description"), _key_config(r), r.get("changes"),
-                 r.get("final_loss"), r.get("val_loss"), r.get("best_val_loss"), r.get("tokens_per_s"), counts]
+                 _mean_sd(r, "final_loss"), _mean_sd(r, "val_loss"), _mean_sd(r, "best_val_loss"), _mean_sd(r, "tokens_per_s"),
+                 counts]
         out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
 
     out += ["", f"## {t['best']}", ""]
@@ -182,6 +203,26 @@ def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh") -> str
         out += ["| " + " | ".join(bc) + " |", "|---|---|---|", *best_lines]
     else:
         out.append(t["none"])
+
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("group"):
+            groups.setdefault(str(r["group"]), []).append(r)
+    if groups:
+        out += ["", f"## {t['groups']}", ""]
+        by_version = {str(r["version"]): r for r in rows}
+        for parent, members in groups.items():
+            head = by_version.get(parent) or {}
+            out += [f"### {parent}" + (f" {_md_cell(head.get('description'))}" if head.get("description") else "")
+                    + f" ({head.get('status') or '—'})", ""]
+            gc = t["group_cols"]
+            out += ["| " + " | ".join(gc) + " |", "|" + "---|" * len(gc)]
+            for r in members:
+                counts = f"{r.get('confirmed', 0)}/{r.get('refuted', 0)}/{r.get('inconclusive', 0)}"
+                cells = [r.get("version"), r.get("status"), r.get("changes"), r.get("n"), _mean_sd(r, "val_loss"),
+                         _mean_sd(r, "final_loss"), counts]
+                out.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+            out.append("")
 
     out += ["", f"## {t['lineage']}", ""]
     roots, children = lineage(rows)

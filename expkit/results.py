@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import claims as claims_mod
-from . import citations, records, store, times, view
+from . import citations, groups, records, store, times, view
 from . import evidence as evidence_mod
-from .catalog import clean_table, metrics_file, replicate_tables, run_table, same_config_noise
+from .catalog import clean_table, metrics_file, replicate_runs, replicate_tables, run_table, same_config_noise, with_aliases
 from .anomalies import DEFAULT_THRESHOLDS, detect_anomalies
 from .comparison import config_changes, metric_deltas
 from .diagnosis import diagnose, reason_text
@@ -35,6 +35,8 @@ from .numbers import is_finite_number
 from .plots import plot_compare, plot_run
 from .problem import Problem
 from .record import AI, GENERATED, HINT_RE, HUMAN, Block, Record, digest
+from .replicates import mean_curve, mean_table
+from .replicates import stats as replicate_stats
 from .samples import MIN_TOKENS, sample_quality
 from .status import require_status, transition
 from .verdicts import ENVIRONMENT_DIFFERS, VERDICTS, WITHIN_NOISE, verdict_kind, verdicts
@@ -106,28 +108,55 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         raise AnalysisError(f"{ws.rel(out)}/ does not exist: {v} has no run outputs; `exp run {v}` first")
     metrics = metrics_file(ws, v)
     summary = read_json(out / SUMMARY_FILE)
-    if metrics is None and not (isinstance(summary, dict) and summary):
+    reps = replicate_runs(ws, v)
+    if metrics is None and not (isinstance(summary, dict) and summary) and not reps:
         # summarize() would reload a metrics.jsonl without one complete line (a run killed
         # before its first log line) as an empty curve and "analyse" an empty table
         raise AnalysisError(
             f"{ws.rel(out)}/: neither {SUMMARY_FILE} nor {METRICS_FILE} with a complete line "
             f"(the run has written no results); `exp run {v}` first"
         )
-    table = summarize(out, metrics)
-    notes = list(table.pop("notes", []))
-    trainer_status = table.pop("status", None)
+    config = meta.get("config") or {}
+    rep_curves: list[Metrics | None] = []
+    if reps:
+        # a replicated run: its metrics are the replicates' mean (replicates.stats says how sure)
+        table = summarize(out, metrics) if metrics is not None or summary else {"notes": []}
+        notes = list(table.pop("notes", []))
+        table.pop("status", None)
+        rep_status = [str(t.get("status")) for _, _, t in reps]
+        trainer_status = "finished" if all(x == "finished" for x in rep_status) else next(
+            x for x in rep_status if x != "finished")
+        tables = [with_aliases(clean_table(t)) for _, _, t in reps]
+        table = with_aliases({**clean_table(table), **mean_table([clean_table(t) for _, _, t in reps])})
+        rep_curves = [m for _, m, _ in reps]
+        metrics = metrics if metrics is not None else mean_curve([m for m in rep_curves if m is not None])
+        wanted = len(groups.replicate_seeds(config))
+        unfinished = [f"{d.name} ({x})" for (d, _, _), x in zip(reps, rep_status) if x != "finished"]
+        if len(reps) < wanted:
+            notes.append(f"{len(reps)} of {wanted} replicates have results")
+        if unfinished:
+            notes.append(f"replicates that did not finish: {', '.join(unfinished)}")
+    else:
+        table = summarize(out, metrics)
+        notes = list(table.pop("notes", []))
+        trainer_status = table.pop("status", None)
+        tables = replicate_tables(ws, v, table=clean_table(table))
     run = meta.get("run") or {}
     run_status = run.get("status") or trainer_status or "unknown"
-    config = meta.get("config") or {}
 
-    anomalies = detect_anomalies(metrics, max_steps=config.get("max_steps")) if metrics is not None else []
+    if reps:
+        anomalies = []
+        for (d, _, _), m in zip(reps, rep_curves):
+            anomalies += [(d.name, a) for a in (detect_anomalies(m, max_steps=config.get("max_steps")) if m is not None else [])]
+    else:
+        anomalies = [(None, a) for a in (detect_anomalies(metrics, max_steps=config.get("max_steps")) if metrics is not None else [])]
     if metrics is None:
         notes.append("no metrics.jsonl lines: no curve, no anomaly scan")
 
-    expected = record.block("human", "expected")
-    claims = claims_mod.parse_claims(expected.text, expected.first_content_line)[0] if expected else []
+    claims = own_claims(ws, record)
     refs = _references(ws, record)
-    tables = replicate_tables(ws, v, table=clean_table(table))
+    if not isinstance(summary, dict) and reps:  # the replicates' load: the first one's summary
+        summary = read_json(reps[0][0] / SUMMARY_FILE)
     load = summary.get("load") if isinstance(summary, dict) and isinstance(summary.get("load"), dict) else None
     found = verdicts(claims, table, (refs.get("parent") or {}).get("table"), (refs.get("baseline") or {}).get("table"),
                      run_ok=run_status == "finished",
@@ -151,8 +180,10 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         references[role] = ref_meta
 
     changes_by_label = {f"{role} {entry['version']}": list(entry.get("config_diff") or {}) for role, entry in refs.items()}
-    diagnosis, suggestions = diagnose(anomalies, found, deltas_by_label, lang, changes_by_label)
+    diagnosis, suggestions = diagnose([a for _, a in anomalies], found, deltas_by_label, lang, changes_by_label)
     samples_raw = read_json(out / SAMPLES_FILE)
+    if samples_raw is None and reps:
+        samples_raw = read_json(reps[0][0] / SAMPLES_FILE)
     quality = sample_quality(samples_raw) if samples_raw else None
     if quality and quality.get("short"):
         notes.append(f"{quality['short']} of {quality['short'] + quality['measured']} samples stopped after fewer than "
@@ -174,9 +205,10 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         "verdicts": verdict_dicts,
         "verdict_counts": counts,
         # the per-replicate tables when there are several (catalog.replicate_tables reads them back)
-        **({"replicates": [clean_table(t) for t in tables]} if len(tables) > 1 else {}),
+        **({"replicates": [clean_table(t) for t in tables],
+            "replicate_stats": replicate_stats([clean_table(t) for t in tables])} if len(tables) > 1 else {}),
         **({"load": load} if load else {}),
-        "anomalies": [a.to_dict(lang) for a in anomalies],
+        "anomalies": [_tagged(a.to_dict(lang), where) for where, a in anomalies],
         "references": references,
         # the config diff against the parent once more, as its own entry: `exp report` reads only
         # this part of the analysis (and seven config keys) for each of possibly 1,000 records
@@ -189,11 +221,34 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         # and the loaded curve for the plots (loading 100k lines twice would double the cost)
         "_samples": view.samples_with_quality(samples_raw, quality),
         "_metrics": metrics,
+        "_replicate_curves": [m for m in rep_curves if m is not None],
     }
     partial = _partial(run, run_status, table.get("steps"), config.get("max_steps"))
     if partial:
         result["partial"] = partial
     return result
+
+
+def _tagged(anomaly: dict[str, Any], replicate: str | None) -> dict[str, Any]:
+    """An anomaly of one replicate says which (``r1: loss spike ...``)."""
+    if replicate is None:
+        return anomaly
+    return {**anomaly, "replicate": replicate, "message": f"{replicate}: {anomaly['message']}"}
+
+
+def own_claims(ws: Workspace, record: Record) -> list[claims_mod.Claim]:
+    """The claims a record's own run is judged on: its effective expected result (a member's
+    unfilled one is its group parent's, ``groups.effective_human``), without the claims that
+    name members (``METRIC@VERSION``: the group's analysis judges those)."""
+    if groups.group_of(record.meta) is not None:
+        text = groups.effective_human(ws, record)["expected"]["text"]
+        block = record.block("human", "expected")
+        first = block.first_content_line if block is not None and groups.is_filled(block.text) else 0
+        found = claims_mod.parse_claims(text, first)[0] if text else []
+    else:
+        expected = record.block("human", "expected")
+        found = claims_mod.parse_claims(expected.text, expected.first_content_line)[0] if expected else []
+    return [c for c in found if not c.names_member]
 
 
 def _sample_figures(quality: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -268,8 +323,40 @@ def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None)
             ref["curve"] = _curve_of_run(ws, ref["version"])
         references[role] = ref
     analysis["references"] = references
-    return evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
-                              curve=curve if curve is not None else run_curve(metrics_file(ws, record.version)))
+    if curve is None:
+        own = metrics_file(ws, record.version)
+        curve = run_curve(own) if own is not None else {}  # no run (a group's parent): no numpy to import
+    ev = evidence_mod.build(analysis, meta.get("config") or {}, meta.get("run") or {}, read_json(out / SUMMARY_FILE),
+                            curve=curve)
+    if isinstance(meta.get("group_analysis"), dict):
+        ev["group"] = group_evidence(meta["group_analysis"])
+    stats = analysis.get("replicate_stats")
+    if isinstance(stats, dict) and stats:
+        # a replicated run: each metric's n, mean, sd and 95 % interval (metrics.X is the mean)
+        ev["replicates"] = {"n": len(analysis.get("replicates") or []),
+                            "metrics": {k: {f: x for f, x in st.items() if evidence_mod.is_scalar(x)}
+                                        for k, st in stats.items() if isinstance(st, dict)}}
+    return ev
+
+
+def group_evidence(ga: dict[str, Any]) -> dict[str, Any]:
+    """A group's citable values (``grouping.analyze``'s result): each member's n, stats and verdict
+    counts (a list in member order: a version holds dots, which a path cannot), the best member,
+    the group's verdicts and counts."""
+    def scalars(d: Any) -> dict[str, Any]:
+        return {str(k): v for k, v in d.items() if evidence_mod.is_scalar(v)} if isinstance(d, dict) else {}
+
+    members = []
+    for m in ga.get("members") or []:
+        if isinstance(m, dict):
+            members.append({"version": m.get("version"), "n": m.get("n"), "label": m.get("label"),
+                            "stats": {k: scalars(st) for k, st in (m.get("stats") or {}).items()},
+                            "verdict_counts": scalars(m.get("verdict_counts"))})
+    analysed = sum(1 for m in ga.get("members") or [] if isinstance(m, dict) and m.get("state") in ("analyzed", "partial"))
+    return {"members": members, "best": scalars(ga.get("best")), "size": len(members), "analysed": analysed,
+            "pending": len(ga.get("pending") or []),
+            "verdicts": [scalars(x) for x in ga.get("verdicts") or [] if isinstance(x, dict)],
+            "verdict_counts": scalars(ga.get("verdict_counts")), "member_verdict_counts": scalars(ga.get("member_verdict_counts"))}
 
 
 def _human(record: Record) -> dict[str, str]:
@@ -295,7 +382,7 @@ def untraceable(ws: Workspace, record: Record, ev: dict[str, Any] | None = None)
 
 def evidence_problems(ws: Workspace, record: Record) -> list[Problem]:
     """``exp check``'s view of the evidence check: one error per untraceable number."""
-    if not record.meta.get("analysis"):
+    if not record.meta.get("analysis") and not record.meta.get("group_analysis"):
         return []
     v = str(record.meta.get("version"))
     return [
@@ -383,7 +470,8 @@ def _untouched(block: Block, previous: str | None) -> bool:
 
 
 # -- exp analyze ----------------------------------------------------------------------------------
-def write_plots(ws: Workspace, record: Record, metrics: Metrics | None = None) -> list[Path]:
+def write_plots(ws: Workspace, record: Record, metrics: Metrics | None = None,
+                replicates: list[Metrics] | None = None) -> list[Path]:
     """loss.png (train and val loss with the lr) and, when the parent or baseline has a run,
     compare.png (this run over theirs); a plot that no longer applies is removed. Each PNG is
     written atomically, so two analyses at once leave valid files. ``metrics``: the run's
@@ -397,7 +485,7 @@ def write_plots(ws: Workspace, record: Record, metrics: Metrics | None = None) -
         desc = " ".join(str(record.meta.get("description") or "").split())
         # the charts' font has no CJK glyphs: a Chinese description would print as boxes
         title = f"{v} {desc}".strip() if desc.isascii() else str(v)
-        written.append(plot_run(metrics, paths["loss"], title=title))
+        written.append(plot_run(metrics, paths["loss"], title=title, replicates=replicates or ()))
         overlays = {}
         for role in ("parent", "baseline"):
             ref = record.meta.get(role)
@@ -436,7 +524,7 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     result = compute(ws, record)
     lang = record.meta.get("lang", "zh")
     texts = drafts(result, lang, str(version))
-    plots = [ws.rel(p) for p in write_plots(ws, record, result["_metrics"])]
+    plots = [ws.rel(p) for p in write_plots(ws, record, result["_metrics"], result["_replicate_curves"])]
     out = ws.out_dir(version)
     curve = run_curve(result["_metrics"])
 
@@ -510,7 +598,7 @@ def fill(ws: Workspace, version: Version, section: str, text: str, allow_untrace
         raise UsageError("the text is empty; nothing was written (give the prose with --file F, or - for stdin)")
     with records.update(ws, version) as rec:
         require_status(rec, FILLABLE, f"fill the {section} of")
-        if not rec.meta.get("analysis"):
+        if not rec.meta.get("analysis") and not rec.meta.get("group_analysis"):
             raise RecordError(f"{version} is not analysed yet: its numbers have no evidence to be checked against; "
                               f"run `exp analyze {version}` first (nothing was written)")
         ev = evidence(ws, rec)
@@ -576,7 +664,7 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "lang": meta.get("lang", "zh"),
         "parent": meta.get("parent"),
         "baseline": meta.get("baseline"),
-        "analyzed": stored is not None,
+        "analyzed": stored is not None or bool(meta.get("group_analysis")),
         "partial": (analysis_data or {}).get("partial"),
         "sections": sections,
         "writable_sections": list(AI),
@@ -592,8 +680,10 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "suggestions": (analysis_data or {}).get("suggestions") or [],
         "samples": samples,
         "sample_quality": (analysis_data or {}).get("samples"),
-        "evidence": evidence(ws, record) if stored is not None else None,
-        "untraceable": untraceable(ws, record) if stored is not None else [],
+        "evidence": evidence(ws, record) if stored is not None or meta.get("group_analysis") else None,
+        "untraceable": untraceable(ws, record) if stored is not None or meta.get("group_analysis") else [],
+        # a group's parent: its group's analysis (`exp analyze PARENT`), cited as [[group....]]
+        **({"group_analysis": meta["group_analysis"]} if meta.get("group_analysis") else {}),
         "error": (live or {}).get("error") if isinstance(live, dict) else None,
         "paths": paths,
         "rules": {

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from . import approval, gitops, records, results, times, view
+from . import approval, gitops, groups, records, results, times, view
 from . import claims as claims_mod
 from . import config as cfg_mod
 from .verdicts import verdict_kind
@@ -293,7 +293,7 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
         "stable": _check_stable(ws, record),
         "recorded": _check_recorded(record),
     }
-    drafts = (record.meta.get("analysis") or {}).get("drafts") or {}
+    drafts = (record.meta.get("analysis") or record.meta.get("group_analysis") or {}).get("drafts") or {}
     for name in ("diagnosis", "suggestions"):
         ok, why = _filled(record, "ai", name)
         block = record.block("ai", name)
@@ -331,7 +331,7 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "verdicts": [x for x in analysis.get("verdicts") or [] if isinstance(x, dict)],
         "anomalies": [x for x in analysis.get("anomalies") or [] if isinstance(x, dict)],
         # computed now, not read from meta.analysis: the ai text may have been edited since
-        "untraceable": results.untraceable(ws, record) if analysis else [],
+        "untraceable": results.untraceable(ws, record) if analysis or meta.get("group_analysis") else [],
         "prereg": {"recorded": bool(prereg.get("sections")), "at": prereg.get("at"), "changed": changed},
         "plots": plots,
         "checklist": [c.to_dict() for c in checklist(ws, record)],
@@ -475,6 +475,8 @@ def session(ws: Workspace, version: Version, stdin: TextIO | None = None, stdout
     require_human(ws, str(version), stdin, stdout, environ)
     reviewer = gitops.identity(ws.root)
     record = records.load(ws, version)
+    if groups.can_lead(version) and groups.members(ws, version):
+        return _group_session(ws, version, record, reviewer, stdin, stdout)
     require_reviewable(ws, record)
     edited = [b for b in record.edited_generated() if b.name == "review"]
     if edited:  # found now, not after the person has typed their comments
@@ -483,6 +485,13 @@ def session(ws: Workspace, version: Version, stdin: TextIO | None = None, stdout
     console = Console(file=stdout, highlight=False)
     show(console, overview(ws, record))
     console.print(f"\nreviewer: {reviewer[0]} <{reviewer[1]}>")
+    return _decide(stdin, stdout, record, lambda decision, comments: record_decision(
+        ws, version, decision, comments, reviewer, seen))
+
+
+def _decide(stdin: TextIO, stdout: TextIO, record: Record, write: Any) -> dict[str, Any]:
+    """Ask for the decision until one is given; ``write(decision, comments)`` records it."""
+    version = record.meta.get("version")
     quit_result = {"version": str(version), "decision": "quit", "status": record.status, "written": False}
     while True:
         answer = _ask(stdout, stdin, PROMPT)
@@ -492,7 +501,7 @@ def session(ws: Workspace, version: Version, stdin: TextIO | None = None, stdout
         if answer in ("q", "quit"):
             return quit_result
         if answer in ("a", "approve"):
-            return record_decision(ws, version, "approve", "", reviewer, seen)
+            return write("approve", "")
         if answer in ("c", "changes"):
             stdout.write("comments (end with an empty line):\n")
             stdout.flush()
@@ -507,7 +516,7 @@ def session(ws: Workspace, version: Version, stdin: TextIO | None = None, stdout
             if not lines:
                 stdout.write("comments are required to request changes\n")
                 continue
-            return record_decision(ws, version, "changes", "\n".join(lines), reviewer, seen)
+            return write("changes", "\n".join(lines))
         stdout.write(f"unknown answer {answer!r}: type a (approve), c (request changes) or q (quit)\n")
 
 
@@ -518,12 +527,14 @@ def record_decision(
     comments: str,
     reviewer: tuple[str, str],
     seen: dict[str, str | None] | None = None,
+    members: dict[str, dict[str, str | None]] | None = None,
 ) -> dict[str, Any]:
     """Append one review round and set the status (approved / changes_requested).
 
     The write half of ``session``, which alone checks that a person is at a terminal; the CLI
     reaches this only through it. ``seen``: the hashes of what the reviewer was shown — if
-    the record or the script changed meanwhile, nothing is written.
+    the record or the script changed meanwhile, nothing is written. ``members``: a group's
+    approval binds these member hashes too ({version: {record, script}}).
     """
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -555,6 +566,8 @@ def record_decision(
         review.pop("approved", None)
         if decision == "approve":
             review["approved"] = {k: entry[k] for k in ("round", "reviewer", "email", "time", "record_sha256", "script_sha256")}
+            if members is not None:
+                review["approved"]["members"] = {v: {"record": h["record"], "script": h["script"]} for v, h in members.items()}
         record.meta["review"] = review
         transition(record, "approved" if decision == "approve" else "changes_requested")
         # The hash is taken of the record as it will be written, then stored where it is
@@ -580,3 +593,129 @@ def record_decision(
         "written": True,
         "next": next_step(record.status, v),
     }
+
+
+# -- a group: the parent and every member in one review -------------------------------------------------
+#: A member whose analysis the group's review can bind.
+MEMBER_REVIEWABLE = ("analyzed", "changes_requested", "approved")
+
+
+def require_group_reviewable(ws: Workspace, record: Record) -> list[Record]:
+    """A group may be reviewed once its analysis is whole (no member pending) and every member is
+    analysed; returns the members. Each refusal names the member and the next step."""
+    v = str(record.meta.get("version"))
+    require_reviewable(ws, record)
+    ga = record.meta.get("group_analysis")
+    if not isinstance(ga, dict):
+        raise ReviewError(f"cannot review the group {v}: it is not analysed yet; run `exp analyze {v}` first")
+    members = [records.load(ws, e.version) for e in groups.members(ws, record.version)]
+    listed = {str(m.get("version")) for m in ga.get("members") or []}
+    joined = [str(m.version) for m in members if str(m.version) not in listed]
+    if joined:
+        raise ReviewError(f"cannot review the group {v}: {', '.join(joined)} joined after its analysis; run `exp analyze {v}` again")
+    for m in members:
+        if m.status not in MEMBER_REVIEWABLE:
+            raise ReviewError(f"cannot review the group {v}: member {m.version} is {m.status}; next: {next_step(m.status, str(m.version))}, "
+                              f"then `exp analyze {v}`")
+        if (m.meta.get("analysis") or {}).get("partial"):
+            raise ReviewError(f"cannot review the group {v}: member {m.version}'s analysis is partial (its run did not finish); "
+                              f"`exp run {m.version} --resume`, then `exp analyze {v}`")
+    return members
+
+
+def group_overview(ws: Workspace, record: Record, members: list[Record]) -> dict[str, Any]:
+    """``overview`` of the parent, plus the group: each member with its verdicts, the group's own
+    verdicts and best member, and a checklist item per member."""
+    out = overview(ws, record)
+    ga = record.meta.get("group_analysis") or {}
+    rows = {str(r.get("version")): r for r in ga.get("members") or []}
+    listed = []
+    for m in members:
+        v = str(m.version)
+        analysis = m.meta.get("analysis") or {}
+        found = [x for x in analysis.get("verdicts") or [] if isinstance(x, dict)]
+        listed.append({"version": v, "status": m.status, "label": (rows.get(v) or {}).get("label", ""),
+                       "verdicts": found, "verdict_counts": analysis.get("verdict_counts") or {},
+                       "path": ws.rel(ws.record_path(v))})
+        counts = analysis.get("verdict_counts") or {}
+        said = "; ".join(f"{x.get('claim')} → {x.get('verdict')}" for x in found) or "no checkable expected result"
+        mark = OK if found and not counts.get("refuted") and not counts.get("inconclusive") else UNKNOWN if found else FAIL
+        out["checklist"].append(ChecklistItem(f"member {v}", f"{v} {(rows.get(v) or {}).get('label', '')}".strip(), mark,
+                                              f"{m.status}; {said}").to_dict())
+    if not record.meta.get("run"):  # the parent did not run itself: its run items speak of the members
+        for item in out["checklist"]:
+            if item["key"] in ("stable", "recorded"):
+                marks = [c for c in (checklist(ws, m) for m in members) for c in c if c.key == item["key"]]
+                worst = next((c for mark in (FAIL, UNKNOWN, OK) for c in marks if c.mark == mark), None)
+                if worst is not None:
+                    item["mark"], item["reason"] = worst.mark, f"the members' runs: {worst.reason}" + (
+                        f" (and {len(marks) - 1} more member(s))" if len(marks) > 1 else "")
+    out["group"] = {"members": listed, "verdicts": [x for x in ga.get("verdicts") or [] if isinstance(x, dict)],
+                    "best": ga.get("best"), "swept": ga.get("swept") or []}
+    out["verdicts"] = out["group"]["verdicts"] + [x for x in out["verdicts"] if x not in out["group"]["verdicts"]]
+    return out
+
+
+def show_group(console: Any, view_: dict[str, Any]) -> None:
+    """``show`` for a group: the parent's overview, then the members and their verdicts."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    show(console, view_)
+    group = view_["group"]
+    console.print("\n[bold]Members[/bold] [dim](group)[/dim]")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("member", "changes", "status", "verdicts"):
+        table.add_column(col)
+    for m in group["members"]:
+        said = "; ".join(f"{x.get('claim')}: {x.get('verdict')}" for x in m["verdicts"]) or "—"
+        table.add_row(m["version"], escape(str(m["label"])), m["status"], escape(said))
+    console.print(table)
+    if group.get("best"):
+        b = group["best"]
+        console.print(f"best: {b.get('version')} by {b.get('metric')} — {escape(str(b.get('text', '')))}")
+    members = ", ".join(m["version"] for m in group["members"])
+    console.print(f"Approving binds the group record and every member ({members}); a later change to any of them voids it.")
+
+
+def _group_session(ws: Workspace, version: Version, record: Record, reviewer: tuple[str, str], stdin: TextIO,
+                   stdout: TextIO) -> dict[str, Any]:
+    from rich.console import Console
+
+    members = require_group_reviewable(ws, record)
+    for r in [record, *members]:
+        edited = [b for b in r.edited_generated() if b.name == "review"]
+        if edited:
+            raise view.hand_edit_error(ws, r, edited[0])
+    seen = approval.current_hashes(ws, record)
+    seen_members = approval.group_hashes(ws, str(version))
+    console = Console(file=stdout, highlight=False)
+    show_group(console, group_overview(ws, record, members))
+    console.print(f"\nreviewer: {reviewer[0]} <{reviewer[1]}>")
+    return _decide(stdin, stdout, record, lambda decision, comments: record_group_decision(
+        ws, version, decision, comments, reviewer, seen, seen_members))
+
+
+def record_group_decision(ws: Workspace, version: Version, decision: str, comments: str, reviewer: tuple[str, str],
+                          seen: dict[str, str | None] | None = None,
+                          seen_members: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
+    """A group's decision: approving approves every member not yet approved (each its own round,
+    which says it was the group's review) and then the parent, binding every member's hashes;
+    requesting changes records the comments on the parent. Nothing is written when a member
+    changed since the reviewer saw it."""
+    parent = records.load(ws, version)
+    members = require_group_reviewable(ws, parent)
+    now = approval.group_hashes(ws, str(version))
+    if seen_members is not None and now != seen_members:
+        changed = [v for v in sorted(set(now) | set(seen_members)) if now.get(v) != seen_members.get(v)]
+        raise ReviewError(f"member(s) {', '.join(changed)} changed while you were reviewing; nothing was written — "
+                          f"run `exp review {version}` again")
+    if decision == "approve":
+        for m in members:
+            if m.status == "approved" and approval.approval_state(ws, m)["valid"]:
+                continue
+            record_decision(ws, m.version, "approve", f"approved with its group {version}", reviewer, now[str(m.version)])
+        now = approval.group_hashes(ws, str(version))
+    result = record_decision(ws, version, decision, comments, reviewer, seen, members=now if decision == "approve" else None)
+    result["members"] = sorted(now)
+    return result

@@ -12,7 +12,9 @@ Every status change goes through ``transition``; a move the table does not allow
 with the command that comes next. A run that ended ``interrupted`` or ``failed`` may be
 analysed (a *partial* analysis, which says so) and then resumed: ``analyzed → running``; the
 runner alone decides whether a resume is possible (the run did not finish, a checkpoint
-exists). Layer 1: data and two functions.
+exists). A group's parent (``X.Y.0`` with members) that did not run itself moves ``ready →
+analyzed`` when its group is analysed (``grouping.analyze``), so the group can be reviewed.
+Layer 1: data and two functions.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ STATUSES = (
 #: a check that finds nothing new) and is not a move.
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "draft": ("ready",),
-    "ready": ("draft", "running"),
+    "ready": ("draft", "running", "analyzed"),  # analyzed: a group's parent that did not run, once its group is
     "running": ("finished", "failed", "interrupted"),
     "finished": ("analyzed",),
     "failed": ("running", "analyzed", "draft"),

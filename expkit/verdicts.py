@@ -214,32 +214,38 @@ def verdicts(claims: Sequence[Claim], observed: Mapping[str, Any], parent: Mappi
              baseline: Mapping[str, Any] | None, run_ok: bool, *,
              replicates: Mapping[str, Sequence[Mapping[str, Any]] | None] | None = None,
              noise: Mapping[str, Noise] | None = None, loads: Mapping[str, Mapping[str, Any] | None] | None = None,
-             version: str = "VERSION") -> list[Verdict]:
+             version: str = "VERSION", members: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[Verdict]:
     """Confirmed / refuted / inconclusive for each claim. ``observed``, ``parent`` and ``baseline``
     are metric tables (``summarize()``); parent/baseline None = that record has no run.
 
     ``replicates``: {"this"|"parent"|"baseline": per-replicate metric tables} (absent: the
     table itself is the one replicate); ``noise``: {metric: Noise} of this run's configuration;
     ``loads``: {"this"|"parent"|"baseline": summary.json's ``load``}; ``version`` names the
-    record in the reasons' commands."""
+    record in the reasons' commands. ``members``: {version: metric table or None} for a group's
+    claims naming a member on the right (``METRIC@VERSION``; ``replicates`` and ``loads`` are then
+    keyed by that version too)."""
     replicates = replicates or {}
+    tables = {**(members or {}), "parent": parent, "baseline": baseline}
     loads = loads or {}
     noise = noise or {}
     out = []
     for c in claims:
         obs = _number_or_none(observed.get(c.metric))
-        ref_table = {"parent": parent, "baseline": baseline}.get(c.reference)
+        key = c.ref_key
+        ref_table = tables.get(key) if key is not None else None
+        ref_metric = c.ref_metric or c.metric
         ref_value = None
         code = reason = None
-        if c.reference in ("parent", "baseline"):
+        if key is not None:
+            name = _ref_name(c)
             if ref_table is None:
-                code, reason = "reference_no_run", f"the {c.reference} has no run"
+                code, reason = "reference_no_run", f"{name} has no run"
             else:
-                ref_value = _number_or_none(ref_table.get(c.metric))
+                ref_value = _number_or_none(ref_table.get(ref_metric))
                 if ref_value is None:
-                    code, reason = "reference_lacks_metric", f"the {c.reference} run has no {c.metric}"
+                    code, reason = "reference_lacks_metric", f"{name} run has no {ref_metric}"
                 elif not math.isfinite(ref_value):
-                    code, reason = "reference_nonfinite", f"the {c.reference}'s {c.metric} is {_num(ref_value)}"
+                    code, reason = "reference_nonfinite", f"{name}'s {ref_metric} is {_num(ref_value)}"
         threshold = c.threshold(ref_value) if code is None else None
         if not run_ok:
             code, reason = "run_not_ok", "the run did not finish"
@@ -253,9 +259,14 @@ def verdicts(claims: Sequence[Claim], observed: Mapping[str, Any], parent: Mappi
             out.append(Verdict(c.text, "inconclusive", obs, threshold, reason, c.metric, c.line, code))
             continue
         this_values = _values(replicates.get("this"), c.metric) or [obs]
-        ref_values = _values(replicates.get(c.reference), c.metric) if c.reference in ("parent", "baseline") else []
+        ref_values = _values(replicates.get(key), ref_metric) if key is not None else []
         out.append(_judged(c, obs, threshold, this_values, ref_values, ref_value, noise.get(c.metric), loads, version))
     return out
+
+
+def _ref_name(c: Claim) -> str:
+    """How a reason names the run a claim compares with: "the parent", "the baseline", "1.5.1"."""
+    return str(c.ref_version) if c.reference == "member" else f"the {c.reference}"
 
 
 def _judged(c: Claim, obs: float, threshold: float, values: list[float], ref_values: list[float],
@@ -263,15 +274,17 @@ def _judged(c: Claim, obs: float, threshold: float, values: list[float], ref_val
     n = len(values)
     mean, sd = mean_sd(values)
     base = {"claim": c.text, "observed": obs, "metric": c.metric, "line": c.line, "n": n, "mean": mean, "sd": sd}
-    against_run = c.reference in ("parent", "baseline")
+    against_run = c.reference != "value"
+    key = c.ref_key
 
-    if against_run and c.metric in ENV_METRICS and load_differs(loads.get("this"), loads.get(c.reference)):
-        this_load, ref_load = load_text(loads.get("this")), load_text(loads.get(c.reference))
-        reason = (f"{c.metric} depends on the machine, and the runs ran under different load: this run {this_load}; "
-                  f"the {c.reference} {ref_load}; rerun both under the same load to compare")
+    if against_run and c.metric in ENV_METRICS and load_differs(loads.get("this"), loads.get(key)):
+        this_load, ref_load = load_text(loads.get("this")), load_text(loads.get(key))
+        this_name = f"{c.at}" if c.at else "this run"
+        reason = (f"{c.metric} depends on the machine, and the runs ran under different load: {this_name} {this_load}; "
+                  f"{_ref_name(c)} {ref_load}; rerun both under the same load to compare")
         return Verdict(verdict=ENVIRONMENT_DIFFERS, reference=threshold, reason=reason, reason_code="environment_differs",
                        method="load_check", fields={"this_load": load_text(loads.get("this"), "zh"),
-                               "ref_load": load_text(loads.get(c.reference), "zh")}, **base)
+                               "ref_load": load_text(loads.get(key), "zh")}, **base)
 
     interval: Interval | None = None
     method = noise_words = None

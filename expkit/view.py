@@ -1,7 +1,7 @@
 """The record's generated sections, rendered from its state through the templates.
 
 A generated block (``info``, ``config``, ``execution``, ``environment``, ``metrics``,
-``review``) is a view of the record's state: ``regenerate`` renders it again from data, and
+``review``, and a group parent's ``group``) is a view of the record's state: ``regenerate`` renders it again from data, and
 refuses when a person edited it by hand (the edit would be lost), unless asked to keep that
 text aside under ``out/.discarded/`` first. Layer 4: the templates (Jinja) and the parameter
 table (the config schema) are imported here, not on the read path (``exp list``, ``exp show``).
@@ -61,6 +61,10 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         "changed": [r["key"] for r in rows if r["changed"]],
         "run": meta.get("run") or {},
         "analysis": analysis,
+        "group_analysis": meta.get("group_analysis") or {},
+        # a group parent's ``group`` section (grouping.analyze): its plots, linked from the record
+        "group_plots": plot_links(ws, record.path, [str(p) for p in (meta.get("group_analysis") or {}).get("plots") or []])
+        if record.path and "group" in names else [],
         "plots": plot_links(ws, record.path, [str(p) for p in analysis.get("plots") or []]) if record.path else [],
         # samples.json is read (and its quality computed) only for the section that shows it
         "samples": sample_rows(ws, version) if "metrics" in names and analysis else [],
@@ -113,6 +117,8 @@ def regenerate(ws: Workspace, record: Record, names: tuple[str, ...] = GENERATED
     """Render generated blocks again from the state. Refuses (HandEditError) if one was edited
     by hand, unless ``discard``, in which case the edited text is saved first; returns those files."""
     saved: list[Path] = []
+    if discard and "group" not in names and record.block("generated", "group") is not None and record.meta.get("group_analysis"):
+        names = (*names, "group")  # `exp set --regenerate` restores a group parent's section too
     edited = {b.name: b for b in record.edited_generated()}
     for name in names:
         if name in edited:

@@ -24,12 +24,12 @@ LAYERS: dict[str, int] = {
     # 3: pure computation on data and the files handed in
     "expkit.metrics": 3, "expkit.samples": 3, "expkit.anomalies": 3, "expkit.verdicts": 3, "expkit.comparison": 3,
     "expkit.diagnosis": 3, "expkit.evidence": 3, "expkit.citations": 3, "expkit.charts": 3, "expkit.plots": 3,
-    "expkit.report": 3, "expkit.pages": 3, "expkit.intervals": 3,
+    "expkit.report": 3, "expkit.pages": 3, "expkit.intervals": 3, "expkit.replicates": 3,
     # 4: services
     "expkit.records": 4, "expkit.view": 4, "expkit.catalog": 4, "expkit.approval": 4, "expkit.commit": 4,
     "expkit.results": 4, "expkit.review": 4, "expkit.lifecycle": 4, "expkit.preflight": 4, "expkit.script": 4,
     "expkit.runner": 4, "expkit.watch": 4, "expkit.reporting": 4, "expkit.remote": 4, "expkit.site": 4,
-    "expkit.groups": 4, "expkit.sweep": 4,
+    "expkit.groups": 4, "expkit.sweep": 4, "expkit.grouping": 4,
     # 5: the command line
     "expkit.cli": 5, "expkit.commands": 5, "expkit.commands.workspace": 5, "expkit.commands.authoring": 5,
     "expkit.commands.catalog": 5, "expkit.commands.reporting": 5, "expkit.commands.results": 5,

@@ -74,6 +74,27 @@ def show(
         for key, value in (run_info.get("final") or {}).items():
             label = "wall_s (trainer time, s)" if key == "wall_s" else key
             typer.echo(f"  {label:34} {fmt(round(value, 4) if isinstance(value, float) else value)}")
+    _show_group(info)
+
+
+def _show_group(info: dict) -> None:
+    """A member's group, or a group parent's members with the group's analysis (`exp analyze PARENT`)."""
+    if info.get("group"):
+        changes = ", ".join(f"{k}={fmt(v)}" for k, v in (info.get("changes") or {}).items())
+        typer.echo(f"\n[group]\n  member of {info['group']}, changing {changes or '—'}")
+    if not info.get("members"):
+        return
+    ga = info.get("group_analysis") or {}
+    rows = {str(m.get("version")): m for m in ga.get("members") or []}
+    typer.echo("\n[group]" + (f" — partial: pending {', '.join(ga['pending'])}" if ga.get("partial") else "")
+               + ("" if ga else f" — not analysed yet: `exp analyze {info['version']}`"))
+    for v in info["members"]:
+        m = rows.get(v) or {}
+        shown = "  ".join(f"{k} {format_number(s.get('mean'))}" + (f" ± {format_number(s['ci_high'] - s['mean'])}"
+                          if s.get("ci_high") is not None else "") for k, s in (m.get("stats") or {}).items())
+        typer.echo(f"  {v:10} {m.get('label', ''):24} {m.get('state', ''):9} {shown}")
+    if ga.get("best"):
+        typer.echo(f"  best: {ga['best']['version']} by {ga['best']['metric']} — {ga['best'].get('text', '')}")
 
 
 @command(app, "list")

@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from .. import grouping
 from .. import results as results_mod
 from ..verdicts import verdict_kind
 from ..numbers import format_number
@@ -22,11 +23,48 @@ def analyze(
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."""
-    result = results_mod.analyze(current_workspace(), version(version_))
+    result = grouping.analyze_any(current_workspace(), version(version_))
     if json_out:
         echo_json(result)
         return
+    if result.get("group"):
+        _print_group(result)
+        return
     _print_analysis(result)
+
+
+def _print_group(result: dict[str, Any]) -> None:
+    v = result["version"]
+    typer.echo(f"{v}: group analyzed ({result['status']}) — {result['path']}" + (" — PARTIAL" if result["partial"] else ""))
+    for m in result["members"]:
+        shown = "  ".join(f"{k} {format_number(s['mean'])}" + (f" ± {format_number(s['half'])}" if s.get("half") is not None else "")
+                          for k, s in m["stats"].items())
+        typer.echo(f"  {m['version']:10} {m['label']:24} {m['state']:9} n={m['n']}  {shown}")
+    if result["pending"]:
+        typer.echo(f"pending   {', '.join(result['pending'])} (not finished: the analysis is partial)")
+    if result["failed"]:
+        typer.echo(f"no results {', '.join(result['failed'])}")
+    if result["best"]:
+        b = result["best"]
+        typer.echo(f"best      {b['version']} by {b['metric']} {format_number(b['mean'])}: {b['text']}")
+    marks = {"confirmed": "✓", "refuted": "✗", "inconclusive": "?"}
+    typer.echo(f"group verdicts  {counts(result['verdict_counts'])}; members' own {counts(result['member_verdict_counts'])}")
+    for x in result["verdicts"]:
+        why = f"  ({x['reason']})" if x.get("reason") else ""
+        typer.echo(f"  {marks.get(verdict_kind(x['verdict']), '?')} {x['claim']}{why}")
+    for p in result["plots"]:
+        typer.echo(f"plot      {p}")
+    for n in result["notes"]:
+        typer.echo(f"note      {n}")
+    if result["drafted"]:
+        typer.echo(f"drafted   {', '.join(result['drafted'])} (refine with `exp fill {v} SECTION --file F`)")
+    for u in result["untraceable"]:
+        typer.echo(f"  ⚠ line {u['line']} ({u['section']}): {u['number']} is not traceable: {u['reason']}")
+    if result["pending"]:
+        typer.echo(f"next      wait for {', '.join(result['pending'])}, then `exp analyze {v}` again")
+    else:
+        typer.echo(f"next      check the AI sections (`exp context {v} --json`, `exp fill`), then a person runs "
+                   f"`exp review {v}` (the group and every member)")
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
