@@ -256,7 +256,6 @@ def test_no_payload_runs_and_no_request_leaves_the_machine(workspace, browser):
 
 
 def test_every_link_in_the_site_resolves(workspace, browser):
-
     site_dir = workspace.root / "out" / "site"
     pages = ["index.html", "compare.html?v=0.1.0,0.1.1"] + [f"r/{p.stem}.html" for p in sorted((site_dir / "r").glob("*.html"))]
     checked = 0
