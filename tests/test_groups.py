@@ -123,13 +123,13 @@ def make_member(ws, version: str, lr: float, replicates: int = 3) -> None:
     with records.update(ws, v) as r:
         r.meta["group"] = str(P)
         r.meta["changes"] = {"learning_rate": lr}
-    assert lifecycle.check_record(ws, v)["status"] == "ready"
+    _c = lifecycle.check_record(ws, v); assert _c["status"] == "ready", _c["problems"]
 
 
 def make_group(ws, members=("1.5.1", "1.5.2", "1.5.3")) -> None:
     rec = lifecycle.create(ws, P, description="learning-rate sweep")
     fill(rec.path, HUMAN)
-    lifecycle.set_config(ws, P, ["max_steps=20", "warmup_steps=2"])
+    lifecycle.set_config(ws, P, ["max_steps=20", "warmup_steps=2", "learning_rate=2e-3"])  # no member repeats it
     for v in members:
         make_member(ws, v, LRS[v])
 
