@@ -135,13 +135,6 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     for key in ("run", "analysis", "review", "group_analysis"):
         if meta.get(key) is not None:
             info[key] = meta[key]
-    if meta.get("group"):
-        info["group"] = meta["group"]
-        info["changes"] = meta.get("changes") or {}
-    if version.category == "exploratory":
-        members = [r["version"] for r in rows(ws) if str(r.get("group") or "") == str(version)]  # the row cache
-        if members:
-            info["members"] = members
     analysis = meta.get("analysis") or {}
     info["verdicts"] = [
         {k: x.get(k) for k in ("claim", "verdict", "observed", "reference", "reason", "metric",

@@ -78,21 +78,20 @@ def show(
 
 
 def _show_group(info: dict) -> None:
-    """A member's group, or a group parent's members with the group's analysis (`exp analyze PARENT`)."""
-    if info.get("group"):
-        changes = ", ".join(f"{k}={fmt(v)}" for k, v in (info.get("changes") or {}).items())
-        typer.echo(f"\n[group]\n  member of {info['group']}, changing {changes or '—'}")
+    """A group parent's analysis (`exp analyze PARENT`), member by member (the members and what
+    they change are listed at the top)."""
     if not info.get("members"):
         return
     ga = info.get("group_analysis") or {}
     rows = {str(m.get("version")): m for m in ga.get("members") or []}
     typer.echo("\n[group]" + (f" — partial: pending {', '.join(ga['pending'])}" if ga.get("partial") else "")
                + ("" if ga else f" — not analysed yet: `exp analyze {info['version']}`"))
-    for v in info["members"]:
+    for member in info["members"]:
+        v = member["version"]
         m = rows.get(v) or {}
         shown = "  ".join(f"{k} {format_number(s.get('mean'))}" + (f" ± {format_number(s['ci_high'] - s['mean'])}"
                           if s.get("ci_high") is not None else "") for k, s in (m.get("stats") or {}).items())
-        typer.echo(f"  {v:10} {m.get('label', ''):24} {m.get('state', ''):9} {shown}")
+        typer.echo(f"  {v:10} {m.get('label', ''):24} {m.get('state', member['status']):9} {shown}")
     if ga.get("best"):
         typer.echo(f"  best: {ga['best']['version']} by {ga['best']['metric']} — {ga['best'].get('text', '')}")
 
