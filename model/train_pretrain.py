@@ -31,7 +31,9 @@ Outputs in DIR (rank 0 writes them all):
                      throughput, time or memory claim between runs)
     samples.json     greedy and seeded-sampling continuations of fixed Chinese and English prompts
     final/           save_pretrained model + tokenizer (``import model`` registers the Auto classes)
-    swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking)
+    swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking), handed over in batches off the
+                     hot path: inside the evaluation and checkpoint pauses, at least every TRACKING_FLUSH_S
+                     of training, and before the run ends whichever way it ends
 
 "tracking" in status.json and summary.json is {"requested": swanlab_mode (or SWANLAB_MODE), "mode":
 what tracking got, "reason": why they differ, or null}, e.g. a cloud run tracked offline because the
@@ -92,6 +94,7 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 SAMPLE_PROMPTS = ("床前明月光", "人生", "The meaning of life")
 HEARTBEAT_EVERY_S = 10.0
+TRACKING_FLUSH_S = 30.0  # the longest a metric line waits for SwanLab when no evaluation or checkpoint comes
 CHECKPOINT_FORMAT = 1
 
 # Dense bf16 tensor-core peak per GPU, for MFU (nanoGPT's estimate); unknown GPUs get no MFU.
@@ -749,6 +752,9 @@ class _Run:
         self.owns_dir = False  # False until we know out_dir is ours to write (not another run's)
         self.tracker = tracking.Tracker("disabled")
         self.tracking: dict[str, Any] | None = None  # tracker.describe() once tracking started
+        # metric lines not yet handed to the tracker: SwanLab gets them in batches, off the hot path
+        self.pending: list[tuple[dict[str, Any], int]] = []
+        self.last_flush = time.monotonic()
         self.load = LoadSampler()
 
     @property
@@ -767,6 +773,29 @@ class _Run:
         data["tracking"] = self.tracking
         data.update(extra)
         _write_json_atomic(self.files.status, data)
+
+    def track(self, row: dict[str, Any], step: int) -> None:
+        """Queue a metric line for the tracker (a list append: nothing of SwanLab's runs per step)."""
+        if self.tracker.active:
+            self.pending.append((row, step))
+
+    def flush_tracking(self) -> None:
+        """Hand the queued lines to the tracker, in order. The loop calls this inside the evaluation
+        and checkpoint pauses, at least every TRACKING_FLUSH_S of training (so a cloud dashboard stays
+        current), and before the tracker finishes on every way out."""
+        pending, self.pending = self.pending, []
+        for row, step in pending:
+            self.tracker.log(row, step)
+        self.last_flush = time.monotonic()
+
+    def tracking_due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.last_flush >= TRACKING_FLUSH_S
+
+    def finish_tracking(self, status: str, error: str | None = None) -> None:
+        try:
+            self.flush_tracking()
+        finally:
+            self.tracker.finish(status, error)
 
     def beat(self, force: bool = False) -> None:
         now = time.time()
@@ -819,7 +848,7 @@ def train(
         msg = str(err)
         (log or RunLog(None, dist.rank)).error(msg)
         _safe(lambda: run.write_status("failed", error=msg, exit_code=EXIT_BAD_INPUT))
-        _safe(lambda: run.tracker.finish("failed", msg))
+        _safe(lambda: run.finish_tracking("failed", msg))
         return TrainResult(EXIT_BAD_INPUT, "failed", run.step, error=msg)
     except Exception as err:
         msg = f"{type(err).__name__}: {err}"
@@ -829,7 +858,7 @@ def train(
         lg.error(tb.rstrip())
         _safe(lambda: run.write_status("failed", error=msg, exit_code=EXIT_FAILED))
         _safe(lambda: _write_summary(run, state, "failed"))
-        _safe(lambda: run.tracker.finish("failed", msg))
+        _safe(lambda: run.finish_tracking("failed", msg))
         return TrainResult(EXIT_FAILED, "failed", run.step, state.get("summary", {}), state.get("model"), msg)
     finally:
         stop.restore()
@@ -1064,11 +1093,16 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
                     row["val_loss"] = last_val
                 if dist.master:
                     metrics.write(row)
-                    tracker.log(row, step)
+                    run.track(row, step)
                     log.info(_log_line(row, cfg.max_steps))
             if is_save:
                 with clock.pause():
                     checkpoint(last_val if is_eval else None)
+            if dist.master and run.pending and (is_eval or is_save):
+                with clock.pause():  # SwanLab's share of the pause that evaluation or the checkpoint makes
+                    run.flush_tracking()
+            elif dist.master and run.tracking_due():
+                run.flush_tracking()
             run.beat(force=is_log)
             signum = stop_requested(is_log or is_save)
 
@@ -1088,7 +1122,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
                 run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, clock,
                 train_end(), device,
                 raw_net))
-            tracker.finish("interrupted")
+            run.finish_tracking("interrupted")
             return code
     except Diverged as bad:
         run.step = bad.step
@@ -1102,7 +1136,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, clock,
                 train_end(), device,
             raw_net))
-        tracker.finish("failed", msg)
+        run.finish_tracking("failed", msg)
         return EXIT_DIVERGED
     finally:
         if metrics is not None:
@@ -1134,7 +1168,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         _write_summary(run, state, "finished", extra=extra)
         run.write_status("finished", exit_code=EXIT_OK)
         run.beat(force=True)
-        tracker.finish("finished")
+        run.finish_tracking("finished")
         s = state["summary"]
         log.info(f"finished: {run.step} steps, loss {s['final_loss']}, val_loss {s['val_loss']}, "
                  f"{_fmt_count(s['tokens_per_s'])} tok/s, {s['wall_s']:.1f}s")

@@ -441,3 +441,29 @@ def test_peak_memory_reads_ru_maxrss_in_the_platform_unit(monkeypatch):
     assert tp.peak_memory_mb(torch.device("cpu")) == pytest.approx(rss / 1024, rel=0.05)  # KiB
     monkeypatch.setattr(tp.sys, "platform", "darwin")
     assert tp.peak_memory_mb(torch.device("cpu")) == pytest.approx(rss / 2**20, rel=0.05)  # bytes
+
+
+def test_swanlab_gets_the_metric_lines_in_batches_at_the_pauses_and_exactly_as_logged(tmp_path, corpus, monkeypatch):
+    cfg = tiny(corpus, max_steps=12, batch_size=4, log_interval=1, eval_interval=4, save_interval=6,
+               swanlab_mode="offline")
+    out = tmp_path / "run"
+    handed: list[tuple[int, int]] = []  # (step of the line, lines in metrics.jsonl when SwanLab got it)
+    real_log = tracking.Tracker.log
+
+    def spy(self, row, step):
+        handed.append((step, len((out / "metrics.jsonl").read_text().splitlines())))
+        return real_log(self, row, step)
+
+    monkeypatch.setattr(tracking.Tracker, "log", spy)
+    result = tp.train(cfg, out)
+    assert result.exit_code == tp.EXIT_OK, result.error
+    rows = tracking.read_metrics(out / "metrics.jsonl")
+    # every line once, in order, and only at a pause: after an evaluation (4, 8, 12) or checkpoint (6)
+    assert [step for step, _ in handed] == list(range(1, 13))
+    assert sorted({lines for _, lines in handed}) == [4, 6, 8, 12]
+    assert all(lines >= step for step, lines in handed)
+    # SwanLab's offline files, read back, hold exactly what metrics.jsonl holds
+    stored = tracking.read_run(out)
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "train_s"):
+        assert stored[key] == [(r["step"], r[key]) for r in rows], key
+    assert stored["val_loss"] == [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
