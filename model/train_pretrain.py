@@ -991,7 +991,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     grad_norm: torch.Tensor | None = None
     session_start_step = run.step
     clock.start()
-    train_last, step_last = clock.train_s, run.step  # the previous log line's training time and step
+    train_last, step_last = clock.train_before, run.step  # the previous log line's training time and step
     last_loss = math.nan
     net.train()
 

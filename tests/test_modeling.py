@@ -395,3 +395,30 @@ def test_the_training_cross_entropy_equals_torchs_in_value_and_gradient():
         assert grad_mine[::7].abs().max() == 0
     with torch.no_grad():  # evaluation takes torch's own path
         assert cross_entropy(logits, target) == F.cross_entropy(logits, target, ignore_index=-100)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_chunked_training_loss_equals_the_plain_one_in_value_and_every_gradient(variant, monkeypatch):
+    from model import modeling
+
+    monkeypatch.setattr(modeling._LinearCrossEntropy, "CHUNK", 7)  # several chunks and a short last one
+    net = build(variant).train()
+    ids = tokens(4, 33)
+    x, y = ids[:, :-1], ids[:, 1:].clone()
+    y[0, :5] = -100
+
+    def loss_and_grads(fused: bool):
+        monkeypatch.setattr(modeling, "_fused_loss_applies", lambda *a: fused)
+        torch.manual_seed(0)  # the same dropout, if any
+        net.zero_grad(set_to_none=True)
+        out = net(x, targets=y)
+        (out.loss * 0.5).backward()  # an incoming gradient other than 1 (accumulation divides the loss)
+        return out, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    fused, g_fused = loss_and_grads(True)
+    plain, g_plain = loss_and_grads(False)
+    assert fused.logits is None and plain.logits is not None
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=1e-6)
+    assert g_fused.keys() == g_plain.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
