@@ -2,6 +2,7 @@
 
     python bench/bench_peer.py --minimind DIR                  # CPU: hidden 128, 2 layers, seq 128, batch 16
     python bench/bench_peer.py --minimind DIR --pairs 5 --steps 80 --threads 2
+    python bench/bench_peer.py --minimind DIR --with-offline    # + ours with SwanLab offline, its cost
     python bench/bench_peer.py --minimind DIR --device cuda --hidden 512 --layers 8 --seq 512 --batch 32
 
 DIR is a checkout of jingyaogong/minimind that you provide (nothing is downloaded); its
@@ -168,7 +169,7 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_ours(args: argparse.Namespace, corpus: Path, scratch: Path) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, corpus: Path, scratch: Path, tracking: str = "disabled") -> dict[str, Any]:
     from expkit.config import TrainConfig
 
     out = Path(tempfile.mkdtemp(prefix="ours-", dir=scratch))
@@ -179,7 +180,7 @@ def run_ours(args: argparse.Namespace, corpus: Path, scratch: Path) -> dict[str,
         max_seq_len=args.seq, batch_size=args.batch, accumulation_steps=1, max_steps=args.steps,
         learning_rate=args.lr, warmup_steps=0, log_interval=args.log_every, eval_interval=args.steps,
         save_interval=args.steps, eval_batches=2, sample_max_new_tokens=4, data_path=str(corpus),
-        val_data_path="", swanlab_mode="disabled", device=args.device, dtype=args.dtype,
+        val_data_path="", swanlab_mode=tracking, device=args.device, dtype=args.dtype,
     )
     (out / "config.json").write_text(json.dumps(cfg.model_dump()), encoding="utf-8")
     cmd = [sys.executable, "-m", "model.train_pretrain", "--config", str(out / "config.json"), "--out-dir", str(out)]
@@ -255,6 +256,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=0, help="MiniMind's DataLoader workers (0 on a small CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="float32", help="float32 on CPU; bfloat16 on a GPU")
+    p.add_argument("--with-offline", action="store_true",
+                   help="also run ours with SwanLab offline in each pair: its cost against tracking off")
     args = p.parse_args()
     script = args.minimind / "trainer" / "train_pretrain.py"
     if not script.is_file():
@@ -270,10 +273,17 @@ def main() -> None:
         scratch = Path(tmp)
         corpus = scratch / "corpus.jsonl"
         write_corpus(corpus, args.steps * args.batch)
+        offline_ratios: list[float] = []
         for i in range(args.pairs):
-            order = ("ours", "minimind") if i % 2 == 0 else ("minimind", "ours")
+            names = ["ours", "minimind", *(["offline"] if args.with_offline else [])]
+            order = names[i % len(names):] + names[: i % len(names)]  # rotated from pair to pair
             got = {name: run_ours(args, corpus, scratch) if name == "ours" else
+                   run_ours(args, corpus, scratch, "offline") if name == "offline" else
                    run_minimind(args, corpus, scratch, tokenizer) for name in order}
+            if args.with_offline:
+                offline_ratios.append(got["offline"]["all"] / got["ours"]["all"])
+                print(f"  ours with SwanLab offline: {got['offline']['all']:,.0f} tok/s "
+                      f"({100 * (1 - offline_ratios[-1]):+.1f}% against tracking off)")
             ours, mm = got["ours"], got["minimind"]
             pairs.append((ours, mm))
             print(f"pair {i + 1} ({' then '.join(order)}): ours {ours['all']:,.0f} tok/s | MiniMind {mm['all']:,.0f} "
@@ -286,6 +296,9 @@ def main() -> None:
           f"{mm_np:,.0f} non-padding ({mm_np / mm_all:.0%})")
     print(f"peak memory (medians): ours {med(p[0]['peak_mem_mb'] for p in pairs):,.0f} MB | MiniMind "
           f"{med(p[1]['peak_mem_mb'] for p in pairs):,.0f} MB")
+    if offline_ratios:
+        print(f"SwanLab offline: median {100 * (1 - med(offline_ratios)):+.1f}% slower than tracking off "
+              f"(pairs {', '.join(f'{r:.3f}' for r in offline_ratios)}; target <= 2%)")
     budget = min(p[1]["nonpad_total"] for p in pairs)
     ours_loss = [loss_at(p[0]["curve"], budget) for p in pairs]
     mm_loss = [loss_at(p[1]["curve"], budget) for p in pairs]
