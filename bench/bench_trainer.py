@@ -7,7 +7,7 @@
 Overhead: ``model.train_pretrain.train`` against the barest loop over the same model, data,
 optimizer, schedule, clipping and steps (no tracking, no checkpoints, no logging). Both are
 timed over steps 2..N (step 1 is warm-up) from the end of step 1 to the end of step N; the
-trainer's window comes from its own metrics.jsonl (elapsed_s of the step-1 and step-N rows),
+trainer's window comes from its own metrics.jsonl (train_s of the step-1 and step-N rows, ``tp.throughput``),
 so it includes everything the trainer does per step: the log lines, metrics.jsonl, SwanLab
 offline mirroring, heartbeats and NaN checks. Evaluation and the checkpoint happen once, after
 step N, outside both windows; their cost is reported on its own. Each repeat runs the bare
@@ -63,7 +63,6 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
     net = MiniMindForCausalLM(MiniMindConfig.from_train_config(cfg)).to(device)
     optimizer = tp.build_optimizer(net, cfg, device)
     schedule = tp.Schedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -72,9 +71,10 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
     rates = []  # tokens/s of each log interval, the trainer's boundaries: (1, 10], (10, 20], ...
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
     for step in range(1, cfg.max_steps + 1):
+        tp.set_lr(optimizer, schedule.lr(cfg.learning_rate, step))
         for _ in range(cfg.accumulation_steps):
             x, y = batches.next_batch()
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = tp.to_device(x, device), tp.to_device(y, device)
             with autocast:
                 loss = net(x, targets=y).loss / cfg.accumulation_steps
             scaler.scale(loss).backward()
@@ -84,7 +84,6 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
         if step == 1:
             _sync(device)
             t_first = t_mark = time.perf_counter()
@@ -92,14 +91,14 @@ def bare_loop(cfg: TrainConfig) -> dict[str, float]:
         elif step % cfg.log_interval == 0 or step == cfg.max_steps:
             _sync(device)
             now = time.perf_counter()
-            rates.append((step - last_mark) * tokens_per_step / (now - t_mark))
+            rates.append(tp.throughput((step - last_mark) * tokens_per_step, now - t_mark))
             t_mark, last_mark = now, step
     window = t_mark - t_first
-    out = {"tokens_per_s": (cfg.max_steps - 1) * tokens_per_step / window, "rates": rates,
+    out = {"tokens_per_s": tp.throughput((cfg.max_steps - 1) * tokens_per_step, window), "rates": rates,
            "param_sha256": tp.param_sha256(net), "peak_mem_mb": tp.peak_memory_mb(device)}
-    peak = tp.peak_flops(device)
-    if peak:
-        out["mfu"] = net.flops_per_token() * out["tokens_per_s"] / peak
+    mfu = tp.model_flops_utilization(net.flops_per_token(), out["tokens_per_s"], tp.peak_flops(device))
+    if mfu is not None:
+        out["mfu"] = mfu
     return out
 
 
@@ -113,9 +112,10 @@ def trainer_run(cfg: TrainConfig, workdir: Path) -> dict[str, float]:
     rows = tracking.read_metrics(out / "metrics.jsonl")
     first = next(r for r in rows if r["step"] == 1)
     last = next(r for r in rows if r["step"] == cfg.max_steps)
-    window = last["elapsed_s"] - first["elapsed_s"]
+    # the trainer's own clock: training seconds between the two lines (no evaluation or checkpoint inside)
+    window = last["train_s"] - first["train_s"]
     tokens = last["tokens_seen"] - first["tokens_seen"]
-    return {"tokens_per_s": tokens / window, "rates": [r["tokens_per_s"] for r in rows if r["step"] > 1],
+    return {"tokens_per_s": tp.throughput(tokens, window), "rates": [r["tokens_per_s"] for r in rows if r["step"] > 1],
             "param_sha256": result.summary["param_sha256"], "peak_mem_mb": result.summary["peak_mem_mb"],
             "mfu": result.summary.get("mfu", math.nan), "end_s": result.summary["wall_s"] - last["elapsed_s"]}
 

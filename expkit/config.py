@@ -63,6 +63,7 @@ class TrainConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="autocast dtype; auto = bf16 where the device has it, else float32"
     )
+    compile: bool = Field(False, description="torch.compile the model (GPU; checkpoints stay plain)")
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="random seed")
     # Read by the verdicts' advice and kept with the record; the run script trains once whatever
     # its value until the replicates runner (experiment groups, issue 15) lands.
@@ -236,7 +237,7 @@ GROUPS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
         {"zh": "训练优化", "en": "Optimisation"},
         (
             "batch_size", "accumulation_steps", "learning_rate", "min_lr_ratio", "warmup_steps", "max_steps",
-            "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "seed",
+            "weight_decay", "beta1", "beta2", "grad_clip", "dtype", "compile", "seed",
         ),
     ),
     "cadence": (

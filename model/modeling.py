@@ -419,6 +419,85 @@ class MiniMindCausalLMOutput(CausalLMOutputWithPast):
     aux_loss: torch.FloatTensor | None = None
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(logits, target, ignore_index=-100)`` (mean over the counted targets) with
+    a leaner backward: the gradient ``(softmax - onehot) * g / n`` is written into the saved
+    log-probabilities' own memory (exp in place, one scatter, one scale) instead of nll_loss's
+    zero-filled [N, V] gradient followed by log_softmax's backward. At the CPU demo shape the
+    [N, V] passes of the loss are a quarter of a step; this removes two of them (bench_peer.py)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits, dim=-1)
+        valid = target != -100
+        safe = target.clamp_min(0)
+        n = valid.sum()
+        loss = -(logp.gather(1, safe[:, None]).squeeze(1) * valid).sum() / n
+        ctx.save_for_backward(logp, safe, valid, n)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logp, safe, valid, n = ctx.saved_tensors
+        grad = logp.exp_()  # softmax, in the saved log-probabilities' memory (only this backward reads them)
+        grad.scatter_add_(1, safe[:, None], torch.full_like(grad[:, :1], -1.0))  # softmax - onehot
+        grad.mul_(torch.where(valid, grad_loss / n, torch.zeros_like(grad_loss))[:, None])
+        return grad, None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``cross_entropy(h @ w.T, target)`` without the [N, V] logits: the rows go through in chunks
+    small enough to stay in cache, and each chunk's gradients (for h and for w) are computed in the
+    forward pass, so backward only scales them by the incoming gradient. The same three matrix
+    products as lm_head plus the loss, none of the [N, V] tensors (logits, log-probabilities, their
+    gradient) written to or read back from memory: on a CPU these passes cost as much as the
+    products themselves (bench_peer.py). Training on CPU in float32 only (``_fused_loss_applies``)."""
+
+    CHUNK = 256  # rows: 256 x 6400 float32 logits = 6.5 MB, about a CPU's last-level cache share
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(w)
+        valid = target != -100
+        safe = target.clamp_min(0)
+        n = valid.sum()
+        total = torch.zeros((), dtype=h.dtype, device=h.device)
+        for s in range(0, h.shape[0], _LinearCrossEntropy.CHUNK):
+            hc, tc, vc = h[s : s + _LinearCrossEntropy.CHUNK], safe[s : s + _LinearCrossEntropy.CHUNK], \
+                valid[s : s + _LinearCrossEntropy.CHUNK]
+            logits = hc @ w.t()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, tc[:, None]).squeeze(1)) * vc).sum()
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
+            grad.scatter_add_(1, tc[:, None], torch.full_like(grad[:, :1], -1.0))  # softmax - onehot
+            grad.mul_(vc[:, None])  # ignored rows: no gradient
+            torch.mm(grad, w, out=grad_h[s : s + _LinearCrossEntropy.CHUNK])
+            grad_w.addmm_(grad.t(), hc)
+        ctx.save_for_backward(grad_h, grad_w, n)
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_h, grad_w, n = ctx.saved_tensors
+        scale = grad_loss / n
+        return grad_h * scale, grad_w * scale, None
+
+
+def _fused_loss_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The chunked loss serves CPU training in float32; GPUs, autocast and torch.compile keep the
+    plain lm_head + cross-entropy (their kernels are tuned, and a compiled graph fuses them itself)."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and x.dtype == weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` [N, V] against ``target`` [N] (-100 ignored)."""
+    if not torch.is_grad_enabled() or not logits.requires_grad:
+        return F.cross_entropy(logits, target, ignore_index=-100)
+    return _CrossEntropy.apply(logits, target)
+
+
 class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
     config: MiniMindConfig
     config_class = MiniMindConfig
@@ -475,7 +554,9 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
         """Logits for ``input_ids`` (B, T), and the loss when ``labels`` or ``targets`` is given.
 
         labels: HF style, the inputs themselves (shifted by one here); targets: nanoGPT style,
-        already aligned with the logits ([B, T], the trainer's y). -100 is ignored in both.
+        already aligned with the logits ([B, T], the trainer's y). -100 is ignored in both. In
+        training with ``targets`` on CPU in float32 (the trainer's step there) the loss is computed
+        without materialising the logits, and ``logits`` is None (``_LinearCrossEntropy``).
         ``loss`` is the cross-entropy, plus ``aux_loss_coef * aux_loss`` for model_moe in training
         mode only: the balance term is an optimisation device, so eval loss stays a pure
         cross-entropy comparable across variants. ``aux_loss`` is always reported (sum over layers).
@@ -505,6 +586,12 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
 
         if labels is None and targets is None and logits_to_keep > 0:
             x = x[:, -logits_to_keep:]  # generation needs only the last position's logits
+        if targets is not None and self.training and _fused_loss_applies(x, self.lm_head.weight):
+            # the trainer's step on CPU: the loss without the [B, T, V] logits (logits is None)
+            loss = _LinearCrossEntropy.apply(x.reshape(-1, x.size(-1)), self.lm_head.weight, targets.reshape(-1))
+            if self.config.variant == "model_moe":
+                loss = loss + self.config.aux_loss_coef * aux_loss
+            return MiniMindCausalLMOutput(loss=loss, logits=None, aux_loss=aux_loss, **{_CACHE_FIELD: cache})
         logits = self.lm_head(x)  # (B, T, V)
 
         loss = None
@@ -514,8 +601,7 @@ class MiniMindForCausalLM(PreTrainedModel, GenerationMixin):
             else:
                 logits_for_loss, target = logits, targets
             # float32: a bf16 log-softmax over V classes loses the small probabilities
-            loss = F.cross_entropy(logits_for_loss.float().reshape(-1, logits.size(-1)), target.reshape(-1),
-                                   ignore_index=-100)
+            loss = cross_entropy(logits_for_loss.float().reshape(-1, logits.size(-1)), target.reshape(-1))
             if self.config.variant == "model_moe" and self.training:
                 loss = loss + self.config.aux_loss_coef * aux_loss
 

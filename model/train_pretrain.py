@@ -10,8 +10,11 @@ One optimizer step = ``accumulation_steps`` micro-batches of ``batch_size`` pack
 Outputs in DIR (rank 0 writes them all):
 
     metrics.jsonl    one JSON object per log line, flushed: step, loss (mean training loss of the steps
-                     since the previous line), lr, grad_norm, tokens_per_s, tokens_seen, elapsed_s, and
-                     val_loss on eval steps (every eval step is a log step; step 1 is always logged)
+                     since the previous line), lr, grad_norm, tokens_per_s, tokens_seen, elapsed_s,
+                     train_s, paused_s, and val_loss on eval steps (every eval step is a log step;
+                     step 1 is always logged). tokens_per_s is the tokens since the previous line over
+                     the training seconds since then (``throughput``); train_s and paused_s are cumulative
+                     (over resumes too): training time, and the evaluation and checkpoint pauses
     config.json      the TrainConfig it ran with (written when absent; the run script puts it there)
     train.log        the human-readable log, also echoed to stdout
     status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, "tracking", ...}
@@ -19,14 +22,18 @@ Outputs in DIR (rank 0 writes them all):
                      and at least every 10 s of training; "load" is the machine's load at that moment
                      (``LoadSampler``: load average, other processes' CPU share, other GPU processes)
     checkpoints/     step_XXXXXXXX.pt (+ .json with its val loss): the best keep_top_k by val loss + the last
-    summary.json     steps, final_loss, best_val_loss, val_loss, val_ppl, tokens_seen, wall_s, tokens_per_s,
-                     params, status, peak_mem_mb, mfu (GPU), param_sha256 (+ per rank under DDP), tracking,
+    summary.json     steps, final_loss, best_val_loss, val_loss, val_ppl, tokens_seen, wall_s, tokens_per_s
+                     (this session's tokens over its training time, the log lines' definition), train_s,
+                     paused_s, params, status, peak_mem_mb, mfu (GPU, on tokens_per_s), param_sha256 (+ per
+                     rank under DDP), tracking,
                      load (the heartbeats' loads summarised: cpus, samples, loadavg_mean/max,
                      others_cpu_mean/max, gpu_others — what expkit compares before judging a
                      throughput, time or memory claim between runs)
     samples.json     greedy and seeded-sampling continuations of fixed Chinese and English prompts
     final/           save_pretrained model + tokenizer (``import model`` registers the Auto classes)
-    swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking)
+    swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking), handed over in batches off the
+                     hot path: inside the evaluation and checkpoint pauses, at least every TRACKING_FLUSH_S
+                     of training, and before the run ends whichever way it ends
 
 "tracking" in status.json and summary.json is {"requested": swanlab_mode (or SWANLAB_MODE), "mode":
 what tracking got, "reason": why they differ, or null}, e.g. a cloud run tracked offline because the
@@ -59,8 +66,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +94,7 @@ EXIT_SIGTERM = 143  # 128 + SIGTERM
 
 SAMPLE_PROMPTS = ("床前明月光", "人生", "The meaning of life")
 HEARTBEAT_EVERY_S = 10.0
+TRACKING_FLUSH_S = 30.0  # the longest a metric line waits for SwanLab when no evaluation or checkpoint comes
 CHECKPOINT_FORMAT = 1
 
 # Dense bf16 tensor-core peak per GPU, for MFU (nanoGPT's estimate); unknown GPUs get no MFU.
@@ -284,8 +292,9 @@ def build_optimizer(net: torch.nn.Module, cfg: TrainConfig, device: torch.device
 class Schedule:
     """Linear warmup to the peak, then cosine down to ``min_lr_ratio`` of it at ``max_steps``.
 
-    ``factor(i)`` multiplies the peak lr for optimizer step i (0-based); a picklable object, so
-    LambdaLR saves it with the scheduler state.
+    ``factor(i)`` multiplies the peak lr for optimizer step i (0-based). The trainer computes the
+    lr of each step from its number (``set_lr``): no scheduler state is saved, so a resume takes the
+    schedule from this run's config (``max_steps`` may have grown) and nothing needs patching.
     """
 
     warmup_steps: int
@@ -297,6 +306,74 @@ class Schedule:
             return (i + 1) / self.warmup_steps
         progress = min(1.0, (i - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps))
         return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def lr(self, peak: float, step: int) -> float:
+        """The lr of optimizer step ``step`` (1-based), as LambdaLR computed it: ``peak * factor``."""
+        return peak * self(step - 1)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+# -- throughput: the one definition ------------------------------------------------------------
+
+
+class TrainClock:
+    """Training time: wall time since ``start()`` minus the pauses the trainer records.
+
+    Evaluation and checkpoints run inside ``with clock.pause():``; everything else the loop does
+    (forward, backward, optimizer, data, log lines, tracking, heartbeats) is training time.
+    ``train_s`` and ``paused_s`` carry over a resume (``before``) so metrics.jsonl stays cumulative.
+    """
+
+    def __init__(self, train_before: float = 0.0, paused_before: float = 0.0) -> None:
+        self.train_before = train_before
+        self.paused_before = paused_before
+        self._t0 = time.perf_counter()
+        self._paused = 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._paused = 0.0
+
+    @property
+    def session_train_s(self) -> float:
+        return max(0.0, time.perf_counter() - self._t0 - self._paused)
+
+    @property
+    def session_paused_s(self) -> float:
+        return self._paused
+
+    @property
+    def train_s(self) -> float:
+        return self.train_before + self.session_train_s
+
+    @property
+    def paused_s(self) -> float:
+        return self.paused_before + self._paused
+
+    @contextmanager
+    def pause(self) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - t0
+
+
+def throughput(tokens: float, train_s: float) -> float:
+    """Tokens per second of training time (evaluation and checkpoint pauses excluded): the one
+    definition behind ``tokens_per_s`` in metrics.jsonl, summary.json and the benches."""
+    return tokens / train_s if train_s > 0 else 0.0
+
+
+def model_flops_utilization(flops_per_token: float, tokens_per_s: float, peak_flops_total: float | None) -> float | None:
+    """MFU on the same basis as ``throughput``: achieved model FLOP/s over the devices' peak."""
+    if not peak_flops_total:
+        return None
+    return flops_per_token * tokens_per_s / peak_flops_total
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -434,7 +511,22 @@ def param_sha256(net: torch.nn.Module) -> str:
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # macOS: bytes; Linux: KiB
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device``: through pinned memory and an asynchronous copy on CUDA (the
+    caching host allocator reuses the pinned blocks and keeps them until the copy is done)."""
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+# torch.compile's options; tests use the "eager" backend (dynamo without a C++ compiler)
+COMPILE_OPTIONS: dict[str, Any] = {}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -457,13 +549,14 @@ def evaluate(net: torch.nn.Module, val: PackedBlocks, cfg: TrainConfig, device: 
     """Mean loss over the fixed validation batches, shared out over the ranks."""
     was_training = net.training
     net.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of batch losses, batches]
+    # float32: Apple MPS has no float64 (the sum of eval_batches losses needs no more)
+    total = torch.zeros(2, dtype=torch.float32, device=device)  # [sum of batch losses, batches]
     for b, (x, y) in enumerate(eval_batches(val, cfg.batch_size, cfg.eval_batches)):
         if b % dist.world_size != dist.rank:
             continue
         with autocast:
-            out = net(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True))
-        total[0] += out.loss.detach().double()
+            out = net(to_device(x, device), targets=to_device(y, device))
+        total[0] += out.loss.detach().float()
         total[1] += 1
     dist.all_reduce(total)
     net.train(was_training)
@@ -659,6 +752,9 @@ class _Run:
         self.owns_dir = False  # False until we know out_dir is ours to write (not another run's)
         self.tracker = tracking.Tracker("disabled")
         self.tracking: dict[str, Any] | None = None  # tracker.describe() once tracking started
+        # metric lines not yet handed to the tracker: SwanLab gets them in batches, off the hot path
+        self.pending: list[tuple[dict[str, Any], int]] = []
+        self.last_flush = time.monotonic()
         self.load = LoadSampler()
 
     @property
@@ -677,6 +773,29 @@ class _Run:
         data["tracking"] = self.tracking
         data.update(extra)
         _write_json_atomic(self.files.status, data)
+
+    def track(self, row: dict[str, Any], step: int) -> None:
+        """Queue a metric line for the tracker (a list append: nothing of SwanLab's runs per step)."""
+        if self.tracker.active:
+            self.pending.append((row, step))
+
+    def flush_tracking(self) -> None:
+        """Hand the queued lines to the tracker, in order. The loop calls this inside the evaluation
+        and checkpoint pauses, at least every TRACKING_FLUSH_S of training (so a cloud dashboard stays
+        current), and before the tracker finishes on every way out."""
+        pending, self.pending = self.pending, []
+        for row, step in pending:
+            self.tracker.log(row, step)
+        self.last_flush = time.monotonic()
+
+    def tracking_due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.last_flush >= TRACKING_FLUSH_S
+
+    def finish_tracking(self, status: str, error: str | None = None) -> None:
+        try:
+            self.flush_tracking()
+        finally:
+            self.tracker.finish(status, error)
 
     def beat(self, force: bool = False) -> None:
         now = time.time()
@@ -729,7 +848,7 @@ def train(
         msg = str(err)
         (log or RunLog(None, dist.rank)).error(msg)
         _safe(lambda: run.write_status("failed", error=msg, exit_code=EXIT_BAD_INPUT))
-        _safe(lambda: run.tracker.finish("failed", msg))
+        _safe(lambda: run.finish_tracking("failed", msg))
         return TrainResult(EXIT_BAD_INPUT, "failed", run.step, error=msg)
     except Exception as err:
         msg = f"{type(err).__name__}: {err}"
@@ -739,7 +858,7 @@ def train(
         lg.error(tb.rstrip())
         _safe(lambda: run.write_status("failed", error=msg, exit_code=EXIT_FAILED))
         _safe(lambda: _write_summary(run, state, "failed"))
-        _safe(lambda: run.tracker.finish("failed", msg))
+        _safe(lambda: run.finish_tracking("failed", msg))
         return TrainResult(EXIT_FAILED, "failed", run.step, state.get("summary", {}), state.get("model"), msg)
     finally:
         stop.restore()
@@ -789,7 +908,6 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     counts = net.param_counts()
     optimizer = build_optimizer(net, cfg, device)
     schedule = Schedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
     tokens_per_step = batches.tokens_per_batch * cfg.accumulation_steps * dist.world_size
 
@@ -798,6 +916,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     last_val: float | None = None
     history: list[dict[str, Any]] = []
     window = (0.0, 0)  # (sum, steps) of the training losses since the last log line
+    clock = TrainClock()
     if resume:
         ckpt = ckpts.load_latest() if dist.master else None
         if dist.enabled:  # rank 0 chose it; the others read the same file
@@ -810,8 +929,8 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         else:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            # the schedule comes from this run's config, not the pickled one (max_steps may have grown)
-            scheduler.load_state_dict({**ckpt["scheduler"], "lr_lambdas": [None] * len(scheduler.lr_lambdas)})
+            # the lr of each step comes from its number and this run's config; an older checkpoint's
+            # "scheduler" state (LambdaLR) is not needed and is ignored
             scaler.load_state_dict(ckpt["scaler"])
             batches.load_state_dict(ckpt["data"])
             rngs = ckpt["rng"]
@@ -825,6 +944,8 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             best_val = float(ckpt["best_val_loss"]) if ckpt.get("best_val_loss") is not None else math.inf
             last_val = ckpt.get("val_loss")
             run.elapsed_before = float(ckpt.get("elapsed_s", 0.0))
+            # older checkpoints have no train_s: their wall time stands in for it
+            clock = TrainClock(float(ckpt.get("train_s", run.elapsed_before)), float(ckpt.get("paused_s", 0.0)))
             window = tuple(ckpt.get("loss_window", window))
             log.info(f"resume: continuing from checkpoint step {run.step} ({_ckpt_name(run.step)})")
         if dist.master:
@@ -839,6 +960,11 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
 
         # MoE runs every expert, on an empty batch if need be: all parameters get a gradient
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_net = net
+    if cfg.compile:
+        # the compiled module shares raw_net's parameters; checkpoints, evaluation, samples and
+        # final/ use raw_net, so their keys have no "_orig_mod." prefix and load anywhere
+        net = torch.compile(net, **COMPILE_OPTIONS)
 
     # -- tracking (rank 0) and the start banner ----------------------------------------------
     if dist.master:
@@ -864,8 +990,8 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     window_steps = int(window[1])
     grad_norm: torch.Tensor | None = None
     session_start_step = run.step
-    t_session = time.time()
-    t_last, step_last, t_paused = time.time(), run.step, 0.0
+    clock.start()
+    train_last, step_last = clock.train_before, run.step  # the previous log line's training time and step
     last_loss = math.nan
     net.train()
 
@@ -896,16 +1022,21 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
 
     saved_at = [session_start_step]  # the step of the newest checkpoint, known on every rank
 
+    def train_end() -> float:
+        """Training seconds at the end of the session's last step: the last log line's reading when
+        that step was logged (so summary.json and metrics.jsonl agree exactly), else the clock now."""
+        return train_last if step_last == run.step else clock.train_s
+
     def checkpoint(val_loss: float | None) -> None:
         check_weights()
         rngs = dist.gather_objects(_rng_state(device))
         if dist.master:
             ckpts.save({
                 "format": CHECKPOINT_FORMAT, "step": run.step, "model": raw_net.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rngs, "data": batches.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs, "data": batches.state_dict(),
                 "best_val_loss": _finite_or_none(best_val), "val_loss": _finite_or_none(val_loss),
-                "elapsed_s": run.elapsed, "tokens_seen": run.step * tokens_per_step, "config": cfg.model_dump(),
+                "elapsed_s": run.elapsed, "train_s": clock.train_s, "paused_s": clock.paused_s,
+                "tokens_seen": run.step * tokens_per_step, "config": cfg.model_dump(),
                 "loss_window": (float(loss_sum), window_steps),
             }, run.step, val_loss)
         dist.barrier()
@@ -915,14 +1046,14 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         signum = stop_requested(True)
         while run.step < cfg.max_steps and not signum:
             step = run.step + 1
-            lr = scheduler.get_last_lr()[0]
+            lr = schedule.lr(cfg.learning_rate, step)
+            set_lr(optimizer, lr)
             loss_acc.zero_()
             for micro in range(cfg.accumulation_steps):
                 x, y = batches.next_batch()  # [B, T] each
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
+                x, y = to_device(x, device), to_device(y, device)
                 last_micro = micro == cfg.accumulation_steps - 1
-                sync = net.no_sync() if dist.enabled and not last_micro else nullcontext()
+                sync = ddp_net.no_sync() if dist.enabled and not last_micro else nullcontext()
                 with sync:
                     with autocast:
                         loss = net(x, targets=y).loss / cfg.accumulation_steps
@@ -941,34 +1072,37 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
             run.step = step
 
             if is_log or is_save:
                 check_finite()  # reads one number: the only per-interval sync besides the log line
             if is_log:
-                busy_s = max(1e-9, time.time() - t_last - t_paused)  # eval and checkpoints excluded
-                row = _log_row(run, step, loss_sum / window_steps, lr, grad_norm, tokens_per_step, dist,
-                               tokens_per_s=(step - step_last) * tokens_per_step / busy_s)
+                row = _log_row(run, step, loss_sum / window_steps, lr, grad_norm, tokens_per_step, dist)
+                # after the row's device->host read: the steps it covers have finished on the device
+                train_now = clock.train_s
+                row.update(_rate_fields((step - step_last) * tokens_per_step, train_now - train_last, train_now,
+                                        clock.paused_s))
                 last_loss = row["loss"]
                 loss_sum.zero_()
                 window_steps = 0
-                t_last, step_last, t_paused = time.time(), step, 0.0
+                train_last, step_last = train_now, step
                 if is_eval:
-                    t0 = time.time()
-                    last_val = evaluate(raw_net, val_blocks, cfg, device, autocast, dist)
+                    with clock.pause():
+                        last_val = evaluate(raw_net, val_blocks, cfg, device, autocast, dist)
                     best_val = min(best_val, last_val)
                     row["val_loss"] = last_val
-                    t_paused += time.time() - t0
                 if dist.master:
                     metrics.write(row)
-                    tracker.log(row, step)
+                    run.track(row, step)
                     log.info(_log_line(row, cfg.max_steps))
             if is_save:
-                t0 = time.time()
-                val_here = last_val if is_eval else None
-                checkpoint(val_here)
-                t_paused += time.time() - t0
+                with clock.pause():
+                    checkpoint(last_val if is_eval else None)
+            if dist.master and run.pending and (is_eval or is_save):
+                with clock.pause():  # SwanLab's share of the pause that evaluation or the checkpoint makes
+                    run.flush_tracking()
+            elif dist.master and run.tracking_due():
+                run.flush_tracking()
             run.beat(force=is_log)
             signum = stop_requested(is_log or is_save)
 
@@ -985,9 +1119,10 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             run.write_status("interrupted", error=f"stopped by {sig_name}", exit_code=code)
             run.beat(force=True)
             _write_summary(run, state, "interrupted", extra=_summary_fields(
-                run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, t_session, device,
+                run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, clock,
+                train_end(), device,
                 raw_net))
-            tracker.finish("interrupted")
+            run.finish_tracking("interrupted")
             return code
     except Diverged as bad:
         run.step = bad.step
@@ -998,9 +1133,10 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         run.write_status("failed", error=msg, exit_code=EXIT_DIVERGED)
         run.beat(force=True)
         _write_summary(run, state, "failed", extra=_summary_fields(
-            run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, t_session, device,
+            run, last_loss, best_val, last_val, counts, tokens_per_step, session_start_step, clock,
+                train_end(), device,
             raw_net))
-        tracker.finish("failed", msg)
+        run.finish_tracking("failed", msg)
         return EXIT_DIVERGED
     finally:
         if metrics is not None:
@@ -1014,7 +1150,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         rows = tracking.read_metrics(files.metrics) if dist.master else []
         last_loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), math.nan)
     extra = _summary_fields(run, last_loss, best_val, last_val, counts, tokens_per_step,
-                            session_start_step, t_session, device, raw_net)
+                            session_start_step, clock, train_end(), device, raw_net)
     digests = dist.gather_objects(extra["param_sha256"])
     if dist.enabled:
         extra["param_sha256_by_rank"] = digests
@@ -1032,7 +1168,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         _write_summary(run, state, "finished", extra=extra)
         run.write_status("finished", exit_code=EXIT_OK)
         run.beat(force=True)
-        tracker.finish("finished")
+        run.finish_tracking("finished")
         s = state["summary"]
         log.info(f"finished: {run.step} steps, loss {s['final_loss']}, val_loss {s['val_loss']}, "
                  f"{_fmt_count(s['tokens_per_s'])} tok/s, {s['wall_s']:.1f}s")
@@ -1040,15 +1176,21 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
     return EXIT_OK
 
 
+def _rate_fields(tokens: int, train_s: float, train_total_s: float, paused_total_s: float) -> dict[str, float]:
+    """``tokens_per_s`` of ``tokens`` trained in ``train_s`` seconds (``throughput``), and the
+    cumulative training and pause seconds it rests on, as metrics.jsonl and summary.json write them."""
+    return {"tokens_per_s": round(throughput(tokens, train_s), 1), "train_s": round(train_total_s, 6),
+            "paused_s": round(paused_total_s, 6)}
+
+
 def _log_row(run: _Run, step: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor | None,
-             tokens_per_step: int, dist: Dist, tokens_per_s: float) -> dict[str, Any]:
+             tokens_per_step: int, dist: Dist) -> dict[str, Any]:
     vals = torch.stack([loss.float(), (grad_norm if grad_norm is not None else torch.zeros_like(loss)).float()])
     if dist.enabled:
         vals[0:1] = dist.all_reduce(vals[0:1].clone()) / dist.world_size  # mean loss over ranks
     loss, gnorm = vals.tolist()  # the one device->host read of a log step
     return {"step": step, "loss": _finite_or_none(loss), "lr": lr, "grad_norm": _finite_or_none(gnorm),
-            "tokens_per_s": round(tokens_per_s, 1), "tokens_seen": step * tokens_per_step,
-            "elapsed_s": round(run.elapsed, 3)}
+            "tokens_seen": step * tokens_per_step, "elapsed_s": round(run.elapsed, 3)}
 
 
 def _log_line(row: dict[str, Any], max_steps: int) -> str:
@@ -1063,10 +1205,13 @@ def _log_line(row: dict[str, Any], max_steps: int) -> str:
 
 
 def _summary_fields(run: _Run, last_loss: float, best_val: float, last_val: float | None, counts: dict[str, int],
-                    tokens_per_step: int, session_start_step: int, t_session: float, device: torch.device,
-                    net: torch.nn.Module) -> dict[str, Any]:
-    session_s = max(1e-9, time.time() - t_session)
-    tok_s = (run.step - session_start_step) * tokens_per_step / session_s
+                    tokens_per_step: int, session_start_step: int, clock: TrainClock, train_end_s: float,
+                    device: torch.device, net: torch.nn.Module) -> dict[str, Any]:
+    # this session's steps over this session's training time (up to ``train_end_s``, the clock
+    # when its last step was logged): the definition of the log lines, over the whole session
+    session_tokens = (run.step - session_start_step) * tokens_per_step
+    session_train_s = max(0.0, train_end_s - clock.train_before)
+    rates = _rate_fields(session_tokens, session_train_s, train_end_s, clock.paused_s)
     out: dict[str, Any] = {
         "steps": run.step,
         "final_loss": _finite_or_none(last_loss),
@@ -1075,7 +1220,7 @@ def _summary_fields(run: _Run, last_loss: float, best_val: float, last_val: floa
         "val_ppl": _finite_or_none(math.exp(min(last_val, 700))) if last_val is not None else None,
         "tokens_seen": run.step * tokens_per_step,
         "wall_s": round(run.elapsed, 3),
-        "tokens_per_s": round(tok_s, 1),
+        **rates,
         "params": int(counts.get("total", sum(p.numel() for p in net.parameters()))),
         "param_counts": {k: int(v) for k, v in counts.items()},
         "world_size": run.dist.world_size,
@@ -1085,7 +1230,9 @@ def _summary_fields(run: _Run, last_loss: float, best_val: float, last_val: floa
     }
     peak = peak_flops(device)
     if peak and hasattr(net, "flops_per_token"):
-        out["mfu"] = round(net.flops_per_token() * tok_s / (peak * run.dist.world_size), 4)
+        mfu = model_flops_utilization(net.flops_per_token(), throughput(session_tokens, session_train_s),
+                                      peak * run.dist.world_size)
+        out["mfu"] = round(mfu, 4) if mfu is not None else None
     return out
 
 

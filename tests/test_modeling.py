@@ -376,3 +376,49 @@ def test_config_rejects_shapes_the_model_cannot_build():
         small_config(num_key_value_heads=3)
     with pytest.raises(Exception, match="expected int"):  # field types are checked (@strict)
         small_config(hidden_size="64")
+
+
+def test_the_training_cross_entropy_equals_torchs_in_value_and_gradient():
+    from model.modeling import cross_entropy
+
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(64, 97)).requires_grad_()
+    target = torch.randint(0, 97, (64,))
+    target[::7] = -100  # ignored positions count neither in the mean nor in the gradient
+    for g in (1.0, 0.25):  # the backward scales by the incoming gradient (accumulation divides the loss)
+        mine = cross_entropy(logits, target)
+        (grad_mine,) = torch.autograd.grad(mine * g, logits)
+        ref = F.cross_entropy(logits, target, ignore_index=-100)
+        (grad_ref,) = torch.autograd.grad(ref * g, logits)
+        torch.testing.assert_close(mine, ref, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad_mine, grad_ref, rtol=1e-5, atol=1e-7)
+        assert grad_mine[::7].abs().max() == 0
+    with torch.no_grad():  # evaluation takes torch's own path
+        assert cross_entropy(logits, target) == F.cross_entropy(logits, target, ignore_index=-100)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_chunked_training_loss_equals_the_plain_one_in_value_and_every_gradient(variant, monkeypatch):
+    from model import modeling
+
+    monkeypatch.setattr(modeling._LinearCrossEntropy, "CHUNK", 7)  # several chunks and a short last one
+    net = build(variant).train()
+    ids = tokens(4, 33)
+    x, y = ids[:, :-1], ids[:, 1:].clone()
+    y[0, :5] = -100
+
+    def loss_and_grads(fused: bool):
+        monkeypatch.setattr(modeling, "_fused_loss_applies", lambda *a: fused)
+        torch.manual_seed(0)  # the same dropout, if any
+        net.zero_grad(set_to_none=True)
+        out = net(x, targets=y)
+        (out.loss * 0.5).backward()  # an incoming gradient other than 1 (accumulation divides the loss)
+        return out, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    fused, g_fused = loss_and_grads(True)
+    plain, g_plain = loss_and_grads(False)
+    assert fused.logits is None and plain.logits is not None
+    torch.testing.assert_close(fused.loss, plain.loss, rtol=1e-5, atol=1e-6)
+    assert g_fused.keys() == g_plain.keys()
+    for name in g_plain:
+        torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)

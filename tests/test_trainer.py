@@ -346,3 +346,127 @@ def test_resume_on_a_prepared_directory_is_exact_and_does_not_tokenize_again(tmp
     assert "resume: continuing from checkpoint step 5" in (out / "train.log").read_text()
     assert losses(out) == original  # steps 6..10 again, bitwise, the data position included
     assert resumed.summary["param_sha256"] == sha
+
+
+# -- throughput, the lr schedule, compile ------------------------------------------------------
+
+
+def test_throughput_excludes_the_evaluation_and_checkpoint_pauses_the_trainer_records(tmp_path, corpus):
+    # an evaluation and a checkpoint every other step: most of the wall time is pauses
+    cfg = tiny(corpus, max_steps=12, batch_size=4, eval_interval=2, save_interval=2, eval_batches=4, keep_top_k=1)
+    out = tmp_path / "run"
+    result = tp.train(cfg, out)
+    assert result.exit_code == tp.EXIT_OK, result.error
+    rows = tracking.read_metrics(out / "metrics.jsonl")
+    summary = json.loads((out / "summary.json").read_text())
+    tokens_per_step = cfg.batch_size * cfg.max_seq_len
+
+    # each line: the tokens since the previous line over the training seconds since then
+    prev = {"tokens_seen": 0, "train_s": 0.0, "paused_s": 0.0, "step": 0}
+    for r in rows:
+        assert r["train_s"] > prev["train_s"] and r["paused_s"] >= prev["paused_s"]
+        span = r["train_s"] - prev["train_s"]
+        expected = (r["tokens_seen"] - prev["tokens_seen"]) / span
+        # within the rounding of the file: tokens_per_s to 0.1, train_s to 1e-6 s at each end
+        assert r["tokens_per_s"] == pytest.approx(expected, abs=0.051 + expected * 2.1e-6 / span)
+        # a pause is recorded exactly where the previous step evaluated and saved
+        paused_between = r["paused_s"] > prev["paused_s"]
+        assert paused_between == (prev["step"] > 0 and prev["step"] % 2 == 0), (prev, r)
+        prev = r
+    # summary.json: the same definition over the whole run, on the same clock as the last line
+    assert summary["train_s"] == rows[-1]["train_s"]
+    assert summary["tokens_seen"] == 12 * tokens_per_step
+    expected = summary["tokens_seen"] / summary["train_s"]
+    assert summary["tokens_per_s"] == pytest.approx(expected, abs=0.051 + expected * 1.1e-6 / summary["train_s"])
+    assert summary["paused_s"] > rows[-1]["paused_s"] > 0  # the last step's evaluation and checkpoint too
+    assert summary["wall_s"] >= summary["train_s"] + summary["paused_s"]
+    # so the figure is above tokens over training-plus-pauses time, by exactly the pauses
+    assert summary["tokens_per_s"] > summary["tokens_seen"] / (summary["train_s"] + summary["paused_s"])
+    assert "mfu" not in summary  # CPU: no peak FLOPs to divide by
+
+
+def test_the_lr_comes_from_the_step_and_an_old_checkpoint_with_scheduler_state_resumes_exactly(tmp_path, corpus):
+    cfg = tiny(corpus, max_steps=10, batch_size=4, warmup_steps=3, save_interval=5, eval_interval=5, keep_top_k=10)
+    out = tmp_path / "run"
+    assert tp.train(cfg, out).exit_code == tp.EXIT_OK
+    original, sha = losses(out), json.loads((out / "summary.json").read_text())["param_sha256"]
+    schedule = tp.Schedule(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+    rows = tracking.read_metrics(out / "metrics.jsonl")
+    assert [r["lr"] for r in rows] == [cfg.learning_rate * schedule(r["step"] - 1) for r in rows]
+
+    ckpt_path = out / "checkpoints" / "step_00000005.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert "scheduler" not in ckpt and "_orig_mod" not in "".join(ckpt["model"])
+    # a checkpoint of the earlier trainer carried LambdaLR's state; it must still resume exactly
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=cfg.learning_rate)
+    old_sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    for _ in range(5):
+        opt.step()
+        old_sched.step()
+    ckpt["scheduler"] = old_sched.state_dict()
+    for key in ("train_s", "paused_s"):
+        del ckpt[key]
+    torch.save(ckpt, ckpt_path)
+    for path in (out / "checkpoints").glob("step_00000010.*"):
+        path.unlink()
+    resumed = tp.train(cfg, out, resume=True)
+    assert resumed.exit_code == tp.EXIT_OK, resumed.error
+    assert losses(out) == original
+    assert resumed.summary["param_sha256"] == sha
+    train_s = [r["train_s"] for r in tracking.read_metrics(out / "metrics.jsonl")]
+    assert train_s == sorted(train_s)  # cumulative over the resume (the old checkpoint's wall time stands in)
+
+
+def test_compile_trains_the_same_and_its_checkpoints_stay_plain_and_resume_exactly(tmp_path, corpus, monkeypatch):
+    # the eager backend runs dynamo's graph capture without a C++ compiler (inductor is for GPUs here)
+    monkeypatch.setattr(tp, "COMPILE_OPTIONS", {"backend": "eager"})
+    base = dict(max_steps=6, batch_size=4, warmup_steps=2, save_interval=3, eval_interval=3, keep_top_k=10)
+    plain, compiled = tmp_path / "plain", tmp_path / "compiled"
+    assert tp.train(tiny(corpus, **base), plain).exit_code == tp.EXIT_OK
+    cfg = tiny(corpus, **base, compile=True)
+    assert tp.train(cfg, compiled).exit_code == tp.EXIT_OK
+    assert losses(compiled) == losses(plain)
+    ckpt = torch.load(compiled / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # the uncompiled module's state dict
+    sha = json.loads((compiled / "summary.json").read_text())["param_sha256"]
+    for path in (compiled / "checkpoints").glob("step_00000006.*"):
+        path.unlink()
+    resumed = tp.train(cfg, compiled, resume=True)
+    assert resumed.exit_code == tp.EXIT_OK, resumed.error
+    assert losses(compiled) == losses(plain) and resumed.summary["param_sha256"] == sha
+
+
+def test_peak_memory_reads_ru_maxrss_in_the_platform_unit(monkeypatch):
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    monkeypatch.setattr(tp.sys, "platform", "linux")
+    assert tp.peak_memory_mb(torch.device("cpu")) == pytest.approx(rss / 1024, rel=0.05)  # KiB
+    monkeypatch.setattr(tp.sys, "platform", "darwin")
+    assert tp.peak_memory_mb(torch.device("cpu")) == pytest.approx(rss / 2**20, rel=0.05)  # bytes
+
+
+def test_swanlab_gets_the_metric_lines_in_batches_at_the_pauses_and_exactly_as_logged(tmp_path, corpus, monkeypatch):
+    cfg = tiny(corpus, max_steps=12, batch_size=4, log_interval=1, eval_interval=4, save_interval=6,
+               swanlab_mode="offline")
+    out = tmp_path / "run"
+    handed: list[tuple[int, int]] = []  # (step of the line, lines in metrics.jsonl when SwanLab got it)
+    real_log = tracking.Tracker.log
+
+    def spy(self, row, step):
+        handed.append((step, len((out / "metrics.jsonl").read_text().splitlines())))
+        return real_log(self, row, step)
+
+    monkeypatch.setattr(tracking.Tracker, "log", spy)
+    result = tp.train(cfg, out)
+    assert result.exit_code == tp.EXIT_OK, result.error
+    rows = tracking.read_metrics(out / "metrics.jsonl")
+    # every line once, in order, and only at a pause: after an evaluation (4, 8, 12) or checkpoint (6)
+    assert [step for step, _ in handed] == list(range(1, 13))
+    assert sorted({lines for _, lines in handed}) == [4, 6, 8, 12]
+    assert all(lines >= step for step, lines in handed)
+    # SwanLab's offline files, read back, hold exactly what metrics.jsonl holds
+    stored = tracking.read_run(out)
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "train_s"):
+        assert stored[key] == [(r["step"], r[key]) for r in rows], key
+    assert stored["val_loss"] == [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
