@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 
 #: The per-line series of metrics.jsonl that Metrics keeps as arrays (by step).
-SERIES = ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s")
+SERIES = ("loss", "lr", "grad_norm", "tokens_per_s", "tokens_seen", "elapsed_s", "train_s")
 
 #: Keys of ``summarize()``, in order: the metric names expected-result claims use.
 SUMMARY_KEYS = (
@@ -72,6 +72,8 @@ class Metrics:
     tokens_per_s: np.ndarray
     tokens_seen: np.ndarray
     elapsed_s: np.ndarray
+    #: the trainer's training time so far (evaluation and checkpoint pauses left out): tokens_per_s's basis
+    train_s: np.ndarray
     val_step: np.ndarray
     val_loss: np.ndarray
     nonfinite: dict[str, list[int]] = field(default_factory=dict)
@@ -283,7 +285,9 @@ def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, 
             "best_val_loss": float(finite_val.min()) if len(finite_val) else None,
             "val_ppl": math.exp(min(val, 700.0)) if val is not None and math.isfinite(val) else None,
             "tokens_seen": int(tokens) if tokens is not None and math.isfinite(tokens) else None,
-            "tokens_per_s": tokens / elapsed if tokens and elapsed and math.isfinite(tokens / elapsed) else None,
+            # the trainer's one definition: tokens over training time (pauses out); older logs: over elapsed time
+            "tokens_per_s": tokens / basis if tokens and (basis := metrics.last("train_s") or elapsed)
+            and math.isfinite(tokens / basis) else None,
             "wall_s": elapsed,
             "grad_norm": metrics.last("grad_norm"),
         }
