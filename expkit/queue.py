@@ -206,7 +206,7 @@ def plan(ws: Workspace, versions: list[Version], qopts: QueueOptions, preflight:
         try:
             units += _units_of(ws, v, qopts.resume, skipped)
         except ExpError as err:
-            problems.append(f"{v}: {err}")
+            problems.append(str(err) if str(err).startswith(str(v)) else f"{v}: {err}")
     if problems:
         raise RunError("nothing was started: " + " | ".join(problems))
     for i, unit in enumerate(units):  # the GPUs each would get if the runs took equal time; the first to finish hands its set on
