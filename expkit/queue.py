@@ -413,8 +413,10 @@ class Supervisor:
             self.stop_all()
             raise
         finally:
-            save_state(self.ws, self.plan, ended=times.now()) if not any(
-                u.state == "launched" for u in self.plan.units) else save_state(self.ws, self.plan)
+            if any(u.state == "launched" for u in self.plan.units):
+                save_state(self.ws, self.plan)  # interrupted while units run: they end by themselves
+            else:
+                save_state(self.ws, self.plan, ended=times.now())
         return self.plan
 
     def _cancel_pending(self, why: str) -> None:
@@ -629,6 +631,22 @@ def stop(ws: Workspace, versions: list[Version]) -> list[dict[str, Any]]:
         else:
             out.append({"version": str(v), "status": record.status, "note": f"not running; next: {next_step(record.status, str(v))}"})
     return out
+
+
+def pending_rows(ws: Workspace, skip: set[str]) -> list[dict[str, Any]]:
+    """`exp status` rows of the records a queue that is not over still holds pending (their
+    records unchanged, not running yet), with the queue and its supervisor."""
+    out: dict[str, dict[str, Any]] = {}
+    for data in states(ws):
+        if data.get("ended"):
+            continue
+        for u in data["units"]:
+            if u.get("state") == "pending" and u["version"] not in skip and u["version"] not in out:
+                if records.load(ws, Version.parse(u["version"])).status == "running":
+                    continue  # a replicate still to start: its record's row shows it
+                out[u["version"]] = {"version": u["version"], "status": "pending", "queue": data["id"],
+                                     "note": f"pending in queue {data['id']} ({supervisor_words(ws, data)})"}
+    return list(out.values())
 
 
 def is_pending(ws: Workspace, version: Version) -> bool:

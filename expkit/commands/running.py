@@ -214,7 +214,7 @@ def run(
     remote_python: Optional[str] = typer.Option(None, "--remote-python", metavar="PATH", help="Python on HOST with exp installed (default python3)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm); several: a run queue."""
+    """Run records: render the script, preflight, start (foreground, detached, Slurm); several: a queue."""
     ws = current_workspace()
     if _queue_wanted(ws, versions_, members, parallel, gpus_per_run, fail_fast):
         opts = _opts(backend, None if backend != "slurm" else gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit,
@@ -330,15 +330,23 @@ def status(
     version_: Optional[str] = typer.Argument(None, metavar="[VERSION]", help="one record (default: every running one)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Show running experiments (and a queue's members and replicates): step, loss, tokens/s, ETA; finds runs that died."""
+    """Show running experiments, queues and replicates: step, loss, tokens/s, ETA; finds runs that died."""
     ws = current_workspace()
     v = version(version_) if version_ else None
     member_vs = [e.version for e in queue.groups.members(ws, v)] if v is not None else []
-    rows = [r for m in member_vs for r in watch.status(ws, m)] if member_vs else watch.status(ws, v)
-    queues = queue.status(ws, [str(m) for m in member_vs] or ([str(v)] if v else None))
-    if json_out:
-        echo_json(rows if not queues and not member_vs else {"runs": rows, "queues": queues})
-        return
+    if member_vs:  # a group: its members, and the queues that run them
+        rows = [r for m in member_vs for r in watch.status(ws, m)]
+        queues = queue.status(ws, [str(m) for m in member_vs])
+        if json_out:
+            echo_json({"runs": rows, "queues": queues})
+            return
+    else:
+        rows = watch.status(ws, v)
+        rows += queue.pending_rows(ws, {r["version"] for r in rows}) if v is None else []
+        queues = queue.status(ws, [str(v)] if v else None) if not json_out else []
+        if json_out:
+            echo_json(rows)
+            return
     for q in queues:
         typer.echo(f"queue {q['queue']} ({q['supervisor']})")
         for u in q["units"]:
