@@ -390,6 +390,8 @@ class Supervisor:
         self.scripts: set[str] = set()
         self.stopping = False
         self.groups_done: set[str] = set()
+        #: records this queue began: a later replicate of one that ended meanwhile does not begin it again
+        self.begun: set[str] = set()
 
     def start(self) -> None:
         me = procs.identity(os.getpid())
@@ -459,7 +461,13 @@ class Supervisor:
             opts = replace(opts, resume=unit.resume)
         try:
             record = records.load(self.ws, v)
-            if unit.replicate is not None and record.status == "running" and (record.meta.get("run") or {}).get("queue") == p.id:
+            run = record.meta.get("run") or {}
+            if unit.version in self.begun and (record.status != "running" or run.get("stopping")):
+                # its record ended meanwhile (`exp stop`, or every started replicate failed and none was left to wait for)
+                unit.state, unit.error = "cancelled", f"{unit.version} ended ({record.status}) before this replicate started"
+                self.echo(f"cancelled {unit.name}: {unit.error}")
+                return
+            if unit.replicate is not None and record.status == "running" and run.get("queue") == p.id:
                 script = self.ws.run_script_path(v)  # begun by an earlier replicate of this queue: its script
                 launch = runner.Launch(unit.version, script, "", [], {})
             else:
@@ -473,6 +481,7 @@ class Supervisor:
             return
         unit.state, unit.started, unit.pid = "launched", times.now(), launch.pid
         self.launches[unit.name] = launch
+        self.begun.add(unit.version)
         where = f"GPUs {unit.gpus}" if unit.gpus else (f"{p.threads} thread(s)" if p.threads else "")
         self.echo(f"started   {unit.name} (seed {unit.seed}{', resumed' if unit.resume and launch.pid else ''}) as pid "
                   f"{launch.pid}{'; ' + where if where else ''}; log {self.ws.rel(launch.log) if launch.log else '-'}")

@@ -533,8 +533,9 @@ def _end_replicated(ws: Workspace, version: Version, record: Record, run: dict[s
     if any(r.get("status") == "running" for r in reps):
         return
     pending = [r for r in reps if r.get("status") == "pending"]
-    if pending and not force and not run.get("stopping") and supervisor_alive(ws, run.get("queue")):
-        return  # the queue starts them
+    if pending and not force and not run.get("stopping") and (
+            any(r.get("job_id") for r in pending) or supervisor_alive(ws, run.get("queue"))):
+        return  # the queue starts them, or Slurm does (their jobs wait there)
     failed = [r for r in reps if r.get("status") == "failed"]
     if all(r.get("status") == "finished" for r in reps):
         status = "finished"

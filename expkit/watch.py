@@ -119,8 +119,9 @@ def seen_replicate(ws: Workspace, record: Record, rep: dict[str, Any]) -> Seen:
 def _seen_replicates(ws: Workspace, record: Record) -> Seen:
     """A replicated run is alive while one of its replicates is, or its queue will start one."""
     run = record.meta.get("run") or {}
-    looks = [seen_replicate(ws, record, r) for r in run["replicates"] if r.get("status") == "running"]
-    pending = [r for r in run["replicates"] if r.get("status") == "pending"]
+    looks = [seen_replicate(ws, record, r) for r in run["replicates"]
+             if r.get("status") == "running" or (r.get("status") == "pending" and r.get("job_id"))]
+    pending = [r for r in run["replicates"] if r.get("status") == "pending" and not r.get("job_id")]
     words = [s.where for s in looks]
     queued = bool(pending) and runner.supervisor_alive(ws, run.get("queue"))
     if pending:
@@ -277,6 +278,13 @@ def _status_replicates(ws: Workspace, record: Record) -> tuple[Record, str | Non
     run = record.meta.get("run") or {}
     notes = []
     for rep in run["replicates"]:
+        if rep.get("status") == "pending" and rep.get("job_id"):  # its job waits in Slurm, or was cancelled there
+            look = seen_replicate(ws, record, rep)
+            if look.alive is False:
+                runner.finalize_replicate(ws, v, rep["index"], 1, reason=f"its Slurm job ended before the replicate started ({look.where})",
+                                          ended_by="exp status")
+                notes.append(f"r{rep['index']}: {look.where} before it started")
+            continue
         if rep.get("status") != "running":
             continue
         look = seen_replicate(ws, record, rep)
@@ -293,7 +301,8 @@ def _status_replicates(ws: Workspace, record: Record) -> tuple[Record, str | Non
             notes.append(f"r{rep['index']} marked ended: {look.where}")
     record = records.load(ws, v)
     run = record.meta.get("run") or {}
-    if record.status == "running" and not any(r.get("status") == "running" for r in run["replicates"]) \
+    if record.status == "running" and not any(r.get("status") == "running" or r.get("job_id") and r.get("status") == "pending"
+                                              for r in run["replicates"]) \
             and not runner.supervisor_alive(ws, run.get("queue")):
         record = runner.finalize_replicates(ws, v, 1, interrupted=True, ended_by="exp status")
         notes.append("no replicate runs and the queue's supervisor is gone: pending replicates stay pending; "
