@@ -91,6 +91,8 @@ class Plan:
     skipped: list[dict[str, str]] = field(default_factory=list)
     checks: dict[str, list[Check]] = field(default_factory=dict)
     launch: LaunchOptions = field(default_factory=LaunchOptions)
+    #: the environment probe (torch, GPUs) per GPU set, taken once: it does not change between two runs of a queue
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def opts_for(self, version: str, gpus: str | None) -> LaunchOptions:
         """A unit's launch options: the shared ones, its GPU set, and whether it resumes."""
@@ -199,6 +201,11 @@ def plan(ws: Workspace, versions: list[Version], qopts: QueueOptions, preflight:
     threads = None
     if backend != "slurm" and not sets and parallel > 1:
         threads = max(1, (os.cpu_count() or 1) // parallel)
+    for data in states(ws):  # a live queue that will still start one of these: two queues must not race for it
+        held = sorted({u["version"] for u in data["units"] if u.get("state") == "pending"} & {str(v) for v in versions})
+        if held and not data.get("ended") and runner.supervisor_alive(ws, data["id"]):
+            raise RunError(f"queue {data['id']} ({supervisor_words(ws, data)}) will still start {', '.join(held)}; nothing was "
+                           f"started: wait for it (`exp status`), or stop it first (`exp stop V`, `exp stop PARENT --members`)")
     skipped: list[dict[str, str]] = []
     units: list[Unit] = []
     problems = []
@@ -215,7 +222,7 @@ def plan(ws: Workspace, versions: list[Version], qopts: QueueOptions, preflight:
     result = Plan(f"q{times.stamp()}-{secrets.token_hex(2)}", [str(v) for v in versions], units, parallel, sets, threads,
                   backend, qopts.fail_fast, qopts.resume, skipped, {}, launch)
     if preflight:
-        probes: dict[str, dict[str, Any]] = {}
+        probes = result.probes
         for version in dict.fromkeys(u.version for u in units):
             gpus = next(u.gpus for u in units if u.version == version)
             opts = result.opts_for(version, gpus).check()
@@ -471,7 +478,10 @@ class Supervisor:
                 script = self.ws.run_script_path(v)  # begun by an earlier replicate of this queue: its script
                 launch = runner.Launch(unit.version, script, "", [], {})
             else:
-                launch = runner.prepare(self.ws, v, opts)
+                key = unit.gpus or ""
+                if key not in p.probes:
+                    p.probes[key] = probe_environment({"CUDA_VISIBLE_DEVICES": key} if key else None)
+                launch = runner.prepare(self.ws, v, opts, probe=p.probes[key])
             launch = runner.launch(self.ws, v, opts, launch, replicate=unit.replicate, env=unit_env(p, unit), queue=p.id,
                                    command=f"exp run (queue {p.id})")
         except (ExpError, OSError) as err:
