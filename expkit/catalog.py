@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-from . import approval, commit, records, store
+from . import approval, commit, groups, records, store
 from . import claims as claims_mod
 from .comparison import config_changes
 from .errors import RecordError, UsageError
@@ -22,7 +22,7 @@ from .intervals import mean_sd
 from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summarize
 from .numbers import is_finite_number
 from .report import REPORT_CONFIG
-from .record import HUMAN, REQUIRED_META, sha256
+from .record import HUMAN, REQUIRED_META
 from .status import STATUSES, next_step
 from .verdicts import Noise
 from .version import Version
@@ -50,8 +50,9 @@ def one_variable_issues(ws: Workspace, meta: dict[str, Any]) -> list[tuple[str, 
         return []
     if not parent_exists(ws, meta):
         return [("warning", f"parent {parent} has no record", "restore it or clear `parent:`")]
+    # replicates (seeds of the same run, `exp sweep --seeds`) is how sure, not what is under test
     changed = {k: v for k, v in config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {}).items()
-               if k not in PLACEMENT_KEYS}
+               if k not in PLACEMENT_KEYS and k != "replicates"}
     new_direction = f"exp new {version.major}.{version.minor + 1}.0 --from {parent}"
     if not changed:
         return [("error", f"{version} is a validation of {parent} but its config is the same: nothing is under test yet",
@@ -73,15 +74,25 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
     """``exp show``: the record's state, human sections, claims, config changes and next step."""
     record = records.load(ws, version)
     meta = record.meta
-    sections = {name: (record.block("human", name).text if record.block("human", name) else "") for name in HUMAN}
+    group = groups.group_of(meta)
+    # a group member's sections as they hold for it: the ones it left unfilled are its parent's
+    effective = groups.effective_human(ws, record) if group is not None else None
+    if effective is not None:
+        sections = {name: effective[name]["text"] for name in HUMAN}
+        inherited = {name: e["from"] for name, e in effective.items() if e["from"] != str(version)}
+    else:
+        sections = {name: (record.block("human", name).text if record.block("human", name) else "") for name in HUMAN}
+        inherited = {}
     expected = record.block("human", "expected")
-    found = claims_mod.parse_claims(expected.text, expected.first_content_line)[0] if expected else []
+    found = []
+    if expected is not None:  # inherited claims are numbered by the parent's lines
+        first = expected.first_content_line if "expected" not in inherited else 1
+        found = claims_mod.parse_claims(sections["expected"], first)[0]
     parent = meta.get("parent")
     changed = (config_changes(store.read_meta(ws, parent).get("config") or {}, meta.get("config") or {})
                if parent and ws.record_path(parent).exists() else {})
     warnings = []
-    prereg = (meta.get("prereg") or {}).get("sections") or {}
-    changed_sections = [n for n, d in prereg.items() if n in sections and sha256(sections[n]) != d]
+    changed_sections = groups.prereg_changed(ws, record)
     if changed_sections:
         warnings.append(f"changed after the run started (pre-registration): {', '.join(changed_sections)}")
     if record.edited_generated():
@@ -104,12 +115,21 @@ def describe(ws: Workspace, version: Version) -> dict[str, Any]:
             "state": ws.rel(ws.state_path(version)),
             "next": nxt,
             "sections": sections,
-            "claims": [c.to_dict() for c in found],
+            # an inherited claim's line is counted in its parent's section (``from`` names the parent)
+            "claims": [{**c.to_dict(), **({"from": inherited["expected"]} if "expected" in inherited else {})} for c in found],
             "changed_from_parent": changed,
             "prereg_changed": changed_sections,
             "warnings": warnings,
         }
     )
+    if group is not None:
+        info["group"] = str(group)
+        info["changes"] = groups.changes_of(meta)
+        info["inherited"] = inherited
+    if groups.can_lead(version):
+        info["members"] = [{"version": r["version"], "status": r["status"], "changes": r.get("group_changes") or {},
+                            "description": r.get("description") or ""}
+                           for r in rows(ws) if r.get("group") == str(version)]
     for key in ("run", "analysis", "review"):
         if meta.get(key) is not None:
             info[key] = meta[key]
@@ -134,20 +154,30 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
     if status is not None and status not in STATUSES and status != "broken":
         raise UsageError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     folder = ws.rel(ws.experiment_dir)
+    everything = rows(ws)
+    led: dict[str, list[str]] = {}
+    for row in everything:
+        if row.get("group"):
+            led.setdefault(row["group"], []).append(row["version"])
     out = []
-    for row in rows(ws):
+    for row in everything:
         if status and row["status"] != status:
             continue
         v = row["version"]
-        out.append({"version": v, "status": row["status"], "category": Version.parse(v).category, "parent": row.get("parent"),
-                    "baseline": row.get("baseline"), "description": row.get("description") or "",
-                    "path": f"{folder}/experiment_{v}.md"})
+        entry = {"version": v, "status": row["status"], "category": Version.parse(v).category, "parent": row.get("parent"),
+                 "baseline": row.get("baseline"), "description": row.get("description") or "",
+                 "path": f"{folder}/experiment_{v}.md"}
+        if row.get("group"):
+            entry.update(group=row["group"], changes=row.get("group_changes") or {})
+        if v in led:
+            entry["members"] = led[v]
+        out.append(entry)
     return out
 
 
 # -- every record's row, cached ---------------------------------------------------------------------
 CACHE_FILE = "record-rows.json"
-CACHE_LAYOUT = 6  # bump when _row changes what it returns
+CACHE_LAYOUT = 7  # bump when _row changes what it returns
 
 
 def _row(ws: Workspace, version: str) -> dict[str, Any]:
@@ -176,6 +206,9 @@ def _row(ws: Workspace, version: str) -> dict[str, Any]:
         # which runs share this one's configuration but the seed (noise estimates for single runs)
         "noise_key": noise_key(config) if found.get("run_status") == "finished" and found.get("metrics") else None,
         "replicates": found.get("replicates") if isinstance(found.get("replicates"), list) else None,
+        # the group a member belongs to (`groups`), and what it changes against the group's parent
+        "group": str(group) if (group := groups.group_of(meta)) is not None else None,
+        "group_changes": groups.changes_of(meta) if group is not None else {},
     }
 
 
@@ -219,10 +252,11 @@ def rows(ws: Workspace, exclude: str | None = None) -> list[dict[str, Any]]:
         row = hit["row"] if isinstance(hit, dict) and hit.get("stamp") == stamp else _row(ws, str(version))
         fresh[path.name] = {"stamp": stamp, "row": row}
         out.append(row)
-    if fresh != cache:
+    if fresh != cache or not (ws.cache_dir() / NOISE_FILE).exists():
         try:
             text = json.dumps({"layout": CACHE_LAYOUT, "rows": fresh}, ensure_ascii=False, separators=(",", ":"))
             atomic_write(cache_path, text)
+            _write_noise_index(ws, fresh)
         except OSError:
             pass  # a read-only out/: the report is still right, only slower next time
     return out
@@ -323,22 +357,77 @@ def same_config_noise(ws: Workspace, version: Version | str, config: dict[str, A
     (``NOISE_IGNORED``), pooled with this run's own values; a metric needs two values or more.
     O(records) through the row cache."""
     key = noise_key(config)
-    siblings = [r for r in rows(ws, exclude=str(version)) if r.get("noise_key") == key]
-    if not siblings:
+    siblings = _noise_siblings(ws, key, str(version))
+    if siblings is None:  # the index is missing or out of date: the rows (which rebuild it) decide
+        siblings = _noise_entry([r for r in rows(ws, exclude=str(version)) if r.get("noise_key") == key])
+    if not siblings["versions"]:
         return {}
     out: dict[str, Noise] = {}
     metrics = {m for t in tables for m in t}
     for metric in sorted(metrics):
         values = [t[metric] for t in tables if is_finite_number(t.get(metric))]
         versions = [str(version)] if values else []
-        for row in siblings:
-            theirs = [t.get(metric) for t in (row.get("replicates") or [row.get("metrics") or {}]) if isinstance(t, dict)]
-            theirs = [x for x in theirs if is_finite_number(x)]
+        for theirs, sibling in zip(siblings["values"].get(metric) or [], siblings["versions"]):
             if theirs:
                 values += theirs
-                versions.append(row["version"])
+                versions.append(sibling)
         if len(values) >= 2 and len(versions) >= 2:
             sd = mean_sd(values)[1]
             if sd is not None:
                 out[metric] = Noise(sd, len(values), tuple(versions))
     return out
+
+
+# -- the noise index: runs of each configuration, off `exp analyze`'s path to the whole row cache ------
+#: Beside the row cache, written with it: {noise key: the versions of analysed finished runs of that
+#: configuration and each one's values per metric}, with every record's stamp. `exp analyze` reads
+#: this small file instead of the rows of every record (and does not pool a thousand rows by hand).
+NOISE_FILE = "noise-index.json"
+
+
+def _noise_entry(siblings: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"versions": [...], "values": {metric: [[that version's finite values], ...]}} of rows."""
+    versions = [r["version"] for r in siblings]
+    values: dict[str, list[list[float]]] = {}
+    for i, row in enumerate(siblings):
+        tables = [t for t in (row.get("replicates") or [row.get("metrics") or {}]) if isinstance(t, dict)]
+        for metric in {m for t in tables for m in t}:
+            column = values.setdefault(metric, [[] for _ in versions])
+            column[i] = [t[metric] for t in tables if is_finite_number(t.get(metric))]
+    return {"versions": versions, "values": values}
+
+
+def _write_noise_index(ws: Workspace, fresh: dict[str, Any]) -> None:
+    keys: dict[str, list[dict[str, Any]]] = {}
+    for entry in fresh.values():
+        row = entry["row"]
+        if row.get("noise_key"):
+            keys.setdefault(row["noise_key"], []).append(row)
+    index = {"layout": CACHE_LAYOUT, "stamps": {name: entry["stamp"] for name, entry in fresh.items()},
+             "keys": {k: _noise_entry(sorted(v, key=lambda r: Version.parse(r["version"]))) for k, v in keys.items()}}
+    atomic_write(ws.cache_dir() / NOISE_FILE, json.dumps(index, separators=(",", ":")))
+
+
+def _noise_siblings(ws: Workspace, key: str, exclude: str) -> dict[str, Any] | None:
+    """The runs of configuration ``key`` but ``exclude``, from the noise index; None when it is
+    missing or any record (``exclude`` aside) changed, appeared or went since it was written."""
+    try:
+        index = json.loads((ws.cache_dir() / NOISE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict) or index.get("layout") != CACHE_LAYOUT or not isinstance(index.get("stamps"), dict):
+        return None
+    stamps = index["stamps"]
+    skip = f"experiment_{exclude}.md"
+    files = store.record_files(ws)
+    if {p.name for _, p in files} - {skip} != set(stamps) - {skip}:
+        return None
+    for _, path in files:
+        if path.name != skip and _stamp(str(path)) != stamps.get(path.name):
+            return None
+    entry = (index.get("keys") or {}).get(key) or {"versions": [], "values": {}}
+    if exclude not in entry["versions"]:
+        return entry
+    i = entry["versions"].index(exclude)
+    return {"versions": entry["versions"][:i] + entry["versions"][i + 1:],
+            "values": {m: col[:i] + col[i + 1:] for m, col in entry["values"].items()}}

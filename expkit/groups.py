@@ -21,7 +21,7 @@ from typing import Any
 
 from . import store
 from .errors import RecordError
-from .record import HINT_RE, HUMAN, Record
+from .record import HINT_RE, HUMAN, PREREGISTERED, Record, sha256
 from .version import Version
 from .workspace import Workspace
 
@@ -82,11 +82,13 @@ def effective_human(ws: Workspace, record: Record) -> dict[str, dict[str, str]]:
     ``from`` names the record the text comes from; a filled member section is the member's own."""
     out: dict[str, dict[str, str]] = {}
     parent = group_of(record.meta)
+    if parent is not None and not ws.record_path(parent).exists():
+        parent = None  # a lost parent: `exp check` says so; the member's own text is all there is
     parent_record = None
     for name in HUMAN:
         block = record.block("human", name)
         own = block.text if block is not None else ""
-        if is_filled(own) or parent is None:
+        if is_filled(own) or parent is None or (block is not None and _own_words(own)):
             out[name] = {"text": own, "from": str(record.version)}
             continue
         if parent_record is None:
@@ -94,6 +96,65 @@ def effective_human(ws: Workspace, record: Record) -> dict[str, dict[str, str]]:
         theirs = parent_record.block("human", name)
         out[name] = {"text": theirs.text if theirs is not None else "", "from": str(parent)}
     return out
+
+
+def _own_words(text: str) -> bool:
+    """Text of a person's beside template hints: the section is the member's own (and `exp
+    check` reports the hint lines left in it), never silently replaced by the parent's."""
+    return any(line.strip() and not HINT_RE.match(line) for line in text.split("\n"))
+
+
+def inherited(ws: Workspace, record: Record) -> dict[str, str]:
+    """{section: parent version} for each human section a member takes from its group's parent."""
+    if group_of(record.meta) is None:
+        return {}
+    own = str(record.version)
+    return {n: e["from"] for n, e in effective_human(ws, record).items() if e["from"] != own}
+
+
+def prereg_sections(ws: Workspace, record: Record) -> dict[str, str]:
+    """What ``exp run`` pre-registers: the hash of each PREREGISTERED section's text as it holds
+    for the record (a member's inherited sections: its parent's text)."""
+    effective = effective_human(ws, record) if group_of(record.meta) is not None else None
+    out = {}
+    for name in PREREGISTERED:
+        if effective is not None:
+            out[name] = sha256(effective[name]["text"])
+        else:
+            block = record.block("human", name)
+            out[name] = sha256(block.text if block is not None else "")
+    return out
+
+
+def prereg_changed(ws: Workspace, record: Record) -> list[str]:
+    """The pre-registered sections whose text (as it holds now) is not what the run started with."""
+    stored = (record.meta.get("prereg") or {}).get("sections") or {}
+    if not stored:
+        return []
+    now = prereg_sections(ws, record)
+    return [n for n, d in stored.items() if n in now and now[n] != d]
+
+
+def sync_changes(meta: dict[str, Any]) -> None:
+    """After ``exp set`` on a member: its ``changes`` follow its config (the swept keys only)."""
+    changes = changes_of(meta)
+    config = meta.get("config") or {}
+    if changes:
+        meta[CHANGES_KEY] = {k: config.get(k) for k in changes}
+
+
+def next_patches(ws: Workspace, parent: Version, n: int) -> list[Version]:
+    """The next ``n`` free patch versions after the highest ``X.Y.k`` the workspace holds (a record
+    or a state file left behind), so a group's members stay in the order they were made."""
+    taken = [parent.patch]
+    for path in ws.experiment_dir.glob(f"experiment_{parent.major}.{parent.minor}.*"):
+        stem = path.name[len("experiment_"):].split(".md")[0].split(".state.json")[0]
+        if Version.is_valid(stem):
+            v = Version.parse(stem)
+            if (v.major, v.minor) == (parent.major, parent.minor):
+                taken.append(v.patch)
+    start = max(taken) + 1
+    return [Version(parent.major, parent.minor, start + i) for i in range(n)]
 
 
 def replicate_seeds(config: dict[str, Any]) -> list[int]:

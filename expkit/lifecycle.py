@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import approval, catalog, records, results, review, store, times, view
+from . import approval, catalog, groups, records, results, review, store, times, view
 from . import claims as claims_mod
 from . import config as cfg_mod
 from .errors import ConfigError, RecordError
 from .problem import Problem, is_clean
-from .record import GENERATED, HINT_RE, HUMAN, SCHEMA, Record, dump_front_matter, meta_problems, sha256
+from .record import GENERATED, HINT_RE, HUMAN, SCHEMA, Record, dump_front_matter, meta_problems
 from .render import render
 from .status import STATUSES, require_status, transition
 from .version import Version
@@ -31,26 +31,39 @@ EDITABLE = ("draft", "ready", "failed")
 
 # -- exp new -----------------------------------------------------------------------------------
 def create(ws: Workspace, version: Version, parent: Version | None = None, baseline: Version | None = None,
-           description: str = "", lang: str | None = None) -> Record:
-    """Write experiment/experiment_VERSION.md (and its state) from the templates."""
+           description: str = "", lang: str | None = None, config: dict[str, Any] | None = None,
+           changes: dict[str, Any] | None = None) -> Record:
+    """Write experiment/experiment_VERSION.md (and its state) from the templates.
+
+    ``config``: the record's config (validated) instead of the parent's. ``changes``: the record
+    is a member of its parent's group (``exp sweep``): its front matter says ``group`` and
+    ``changes``, and its human sections are the parent's by reference (``groups``)."""
     path = ws.record_path(version)
     if path.exists() or ws.state_path(version).exists():
         raise RecordError(
             f"experiment {version} already exists ({ws.rel(path)}); nothing was changed — pick another version, "
             f"e.g. {version.bump('patch')}"
         )
-    config: dict[str, Any] = cfg_mod.TrainConfig().model_dump()
+    parent_config: dict[str, Any] = cfg_mod.TrainConfig().model_dump()
     if parent is not None:
         if parent == version:
             raise RecordError(f"an experiment cannot be its own parent ({version})")
         parent_meta = _existing_meta(ws, parent, "--from")
         try:
-            config = cfg_mod.validate(parent_meta.get("config") or {}).model_dump()
+            parent_config = cfg_mod.validate(parent_meta.get("config") or {}).model_dump()
         except ConfigError as err:
             raise RecordError(f"parent {parent} has an invalid config ({err}); fix it with `exp set {parent}` first") from None
         lang = lang or parent_meta.get("lang")
         if baseline is None and parent_meta.get("baseline"):
             baseline = Version.parse(str(parent_meta["baseline"]))
+    if changes is not None and (parent is None or not groups.can_lead(parent) or version.category != "validation"
+                                or (version.major, version.minor) != (parent.major, parent.minor)):
+        raise RecordError(f"{version} cannot be a member of {parent}'s group: a group is an X.Y.0 record and its members X.Y.k")
+    if config is not None:
+        try:
+            config = cfg_mod.validate(config).model_dump()
+        except ConfigError as err:
+            raise RecordError(f"{version}: {err}; nothing was changed") from None
     if baseline is not None and baseline != version:
         _existing_meta(ws, baseline, "--baseline")
     lang = lang or ws.default_lang
@@ -65,12 +78,17 @@ def create(ws: Workspace, version: Version, parent: Version | None = None, basel
         "description": description,
         "lang": lang,
         "created": times.now(),
-        "config": config,
+        "config": config if config is not None else parent_config,
     }
+    if changes is not None:
+        meta[groups.GROUP_KEY] = str(parent)
+        meta[groups.CHANGES_KEY] = dict(changes)
     skeleton = Record(meta=meta, parts=[], path=path)
-    ctx = view.block_context(ws, skeleton)
-    blocks = {name: view.render_block(ws, skeleton, name, ctx) for name in GENERATED}
-    body = render(ws.templates_dir, f"{lang}/record.md.j2", version=str(version), blocks=blocks)
+    names = GENERATED if changes is not None else tuple(n for n in GENERATED if n != "member")
+    ctx = view.block_context(ws, skeleton, names)
+    blocks = {name: view.render_block(ws, skeleton, name, ctx) for name in names}
+    body = render(ws.templates_dir, f"{lang}/record.md.j2", version=str(version), blocks=blocks,
+                  group=str(parent) if changes is not None else None)
     record = Record.parse("---\n" + dump_front_matter(meta) + "---\n" + body, path, meta=meta)
     record.view["generated"] = {b.name: b.content for b in record.blocks("generated")}
     record.view["ai"] = {b.name: {"text": b.text} for b in record.blocks("ai")}
@@ -105,12 +123,27 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
     lang = meta.get("lang", "zh") if meta.get("lang") in LABELS else "zh"
 
     # -- human sections ----------------------------------------------------------------------
+    # a group member's unfilled section is its parent's (by reference): the parent must fill it
+    group = groups.group_of(meta)
+    if group is not None and not ws.record_path(group).exists():
+        out.append(Problem("error", _front_line(record, "group"), f"the group's parent {group} has no record ({ws.rel(ws.record_path(group))})",
+                           "restore it from git: this member's unfilled human sections are its text"))
+    effective = groups.effective_human(ws, record) if group is not None else {}
     for name in HUMAN:
         label = f"{name} ({LABELS[lang][name]})" if lang == "zh" else name
         block = record.block("human", name)
         if block is None:
             out.append(Problem("error", 1, f"the human section '{name}' is missing",
                                f"restore the lines '<!-- exp:human {name} -->' and '<!-- /exp -->' around your {label}"))
+            continue
+        source = effective.get(name, {}).get("from", version)
+        if source != version:  # inherited: filled when the parent's text is
+            if not groups.is_filled(effective[name]["text"]):
+                out.append(Problem(
+                    "error", block.first_content_line,
+                    f"the {label} is not filled: this member takes it from its group's parent {source}, whose {label} is unfilled",
+                    f"fill the {label} of {ws.rel(ws.record_path(source))} (the group's question), or write this member's own {label} here",
+                ))
             continue
         lines = block.text.split("\n")
         hint_lines = [i for i, line in enumerate(lines) if HINT_RE.match(line)]
@@ -123,21 +156,28 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
 
     expected = record.block("human", "expected")
     if expected is not None:
-        found, bad = claims_mod.parse_claims(expected.text, expected.first_content_line)
+        source = effective.get("expected", {}).get("from", version)
+        if source == version:
+            text, first, where, fix_where = expected.text, expected.first_content_line, "", ""
+        else:  # the parent's claims hold for the member; they are reported at this member's section
+            text, first = effective["expected"]["text"], expected.first_content_line
+            where, fix_where = f"{source}'s ", f" (in {ws.rel(ws.record_path(source))})"
+        found, bad = claims_mod.parse_claims(text, first)
         for p in bad:
-            out.append(Problem("error", p.line, f"expected result `{p.text}` {p.message}", p.fix))
+            out.append(Problem("error", p.line if not where else first, f"{where}expected result `{p.text}` {p.message}", p.fix + fix_where))
         for c in found:
             ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True
+            line = c.line if not where else first
             if not ref:
                 flag = "--from" if c.reference == "parent" else "--baseline"
-                out.append(Problem("error", c.line, f"expected result `{c.text}` compares with the {c.reference}, but this record has none",
+                out.append(Problem("error", line, f"{where}expected result `{c.text}` compares with the {c.reference}, but this record has none",
                                    f"compare with a number, or recreate with `exp new {version} {flag} VERSION`"))
             hint = claims_mod.unknown_metric_hint(c.metric)
             if hint:
-                out.append(Problem("warning", c.line, hint, "use a metric from summary.json or metrics.jsonl"))
-        if not found and not bad and not any(HINT_RE.match(x) for x in expected.text.split("\n")):
-            out.append(Problem("warning", expected.first_content_line, "no machine-checkable expected result",
-                               "add a line such as `- val_loss < 2.5` so `exp analyze` can give a verdict"))
+                out.append(Problem("warning", line, hint, "use a metric from summary.json or metrics.jsonl"))
+        if not found and not bad and not any(HINT_RE.match(x) for x in text.split("\n")):
+            out.append(Problem("warning", first, f"no machine-checkable expected result{' in ' + source if where else ''}",
+                               "add a line such as `- val_loss < 2.5` so `exp analyze` can give a verdict" + fix_where))
 
     # -- config --------------------------------------------------------------------------------
     config = meta.get("config")
@@ -157,14 +197,16 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
 
     # -- pre-registration ----------------------------------------------------------------------
     prereg = meta.get("prereg") or {}
-    for name, digest in (prereg.get("sections") or {}).items():
+    for name in groups.prereg_changed(ws, record):
         block = record.block("human", name)
-        if block is not None and sha256(block.text) != digest:
-            out.append(Problem(
-                "error", block.first_content_line,
-                f"the {name} was changed after the run started ({prereg.get('at', 'at run start')}); pre-registered text no longer matches",
-                f"restore the pre-registered text (git shows it), or record the new idea as `exp new NEXT --from {version}`",
-            ))
+        source = effective.get(name, {}).get("from", version)
+        whose = f"the {name}" if source == version else f"the {name} (this member's, from its group's parent {source})"
+        fix_where = "" if source == version else f" in {ws.rel(ws.record_path(source))}"
+        out.append(Problem(
+            "error", block.first_content_line if block is not None else 1,
+            f"{whose} was changed after the run started ({prereg.get('at', 'at run start')}); pre-registered text no longer matches",
+            f"restore the pre-registered text{fix_where} (git shows it), or record the new idea as `exp new NEXT --from {version}`",
+        ))
 
     out.extend(approval.review_problems(ws, record))  # stale approval, edited committed record
     out.extend(results.evidence_problems(ws, record))  # numbers in the ai sections that the evidence lacks
@@ -185,12 +227,17 @@ def check_record(ws: Workspace, version: Version) -> dict[str, Any]:
     """Check a record; a clean draft becomes ready, a ready record with errors goes back to draft."""
     with records.update(ws, version) as record:
         review.refresh_status(ws, record)  # an approval whose hashes no longer match lapses
+        show_inherited(ws, record)
         problems = check(ws, record)
         ok = is_clean(problems)
         if ok and record.status == "draft":
             transition(record, "ready")
         elif not ok and record.status == "ready":
             transition(record, "draft")
+    if groups.can_lead(version):
+        for member in groups.member_versions(ws, version):  # they quote this record's human sections
+            with records.update(ws, member) as rec:
+                show_inherited(ws, rec)
     return {
         "version": str(version),
         "path": ws.rel(ws.record_path(version)),
@@ -200,8 +247,18 @@ def check_record(ws: Workspace, version: Version) -> dict[str, Any]:
     }
 
 
+def show_inherited(ws: Workspace, record: Record) -> None:
+    """Render a group member's ``group`` section again from its parent's human sections, until
+    its run starts (then the section shows what the run was pre-registered with). A hand edit
+    there is left for ``exp check`` to report."""
+    if groups.group_of(record.meta) is not None and record.status in ("draft", "ready"):
+        view.regenerate_quietly(ws, record, ("member",))
+
+
 def ready_or_raise(ws: Workspace, record: Record) -> None:
-    """``exp run``'s gate: no error from ``check``."""
+    """``exp run``'s gate: no error from ``check`` (a group member's section quoting its parent
+    is brought up to date first: the run starts under that text)."""
+    show_inherited(ws, record)
     problems = check(ws, record)
     if not is_clean(problems):
         errors = [p for p in problems if p.level == "error"]
@@ -226,9 +283,10 @@ def set_config(ws: Workspace, version: Version, assignments: list[str], regenera
             new, changed = cfg_mod.apply(record.meta.get("config") or {}, assignments)
             if changed:
                 record.meta["config"] = new.model_dump()
+                groups.sync_changes(record.meta)  # a member's `changes` follow its swept keys
                 if record.status == "failed":
                     transition(record, "draft")  # a changed config needs `exp check` before a rerun
-        names = GENERATED if regenerate else (("config",) if changed else ())
+        names = GENERATED if regenerate else (("config", "member") if changed else ())
         discarded = view.regenerate(ws, record, names, discard=regenerate)
     return {
         "version": str(version),

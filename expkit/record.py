@@ -64,13 +64,14 @@ SCHEMA = 1
 
 HUMAN = ("goal", "hypothesis", "expected", "focus")
 AI = ("analysis", "diagnosis", "suggestions")
-GENERATED = ("info", "config", "execution", "environment", "metrics", "review")
+#: ``member`` is in a group member's record only (``exp sweep``): the parent's human sections, quoted.
+GENERATED = ("info", "member", "config", "execution", "environment", "metrics", "review")
 #: Sections whose hash is stored at run start (pre-registration): the claims themselves.
 PREREGISTERED = ("goal", "hypothesis", "expected")
 
 #: Front-matter keys in the order they are written.
 META_ORDER = (
-    "schema", "version", "parent", "baseline", "status", "description", "lang", "created",
+    "schema", "version", "parent", "group", "changes", "baseline", "status", "description", "lang", "created",
     "config", "run", "prereg", "analysis", "review", "commit",
 )
 REQUIRED_META = ("schema", "version", "parent", "baseline", "status", "description", "config")

@@ -28,8 +28,9 @@ from . import config as cfg_mod
 from .verdicts import verdict_kind
 from .comparison import config_changes
 from .errors import ConfigError, ExpError, WorkspaceError
+from .groups import prereg_changed
 from .numbers import fmt
-from .record import AI, HINT_RE, Record, digest, sha256
+from .record import AI, HINT_RE, Record, digest
 from .status import next_step, require_status, transition
 from .store import read_meta
 from .tracking import read_metrics
@@ -309,10 +310,7 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
     v = str(record.meta.get("version"))
     analysis = meta.get("analysis") or {}
     prereg = meta.get("prereg") or {}
-    changed = [
-        n for n, d in (prereg.get("sections") or {}).items()
-        if record.block("human", n) is not None and sha256(record.human(n)) != d
-    ]
+    changed = prereg_changed(ws, record)  # a group member's inherited sections: its parent's text
     plots = []
     for p in analysis.get("plots") or []:
         candidates = [ws.root / str(p), ws.out_dir(v) / str(p)]

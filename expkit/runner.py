@@ -28,8 +28,9 @@ from . import gitops, lifecycle, procs, records, remote, results, slurm, store, 
 from .groups import replicate_seeds
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
+from .groups import prereg_sections
 from .preflight import Check, failed_checks, preflight, swanlab_logged_in
-from .record import PREREGISTERED, Record, sha256
+from .record import Record, sha256
 from .script import LaunchOptions, RunError, code_state, git_state, own_paths, render_script, write_script
 from .status import next_step, require_status, transition
 from .version import Version
@@ -122,7 +123,7 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
             write_json(out / "config.json", cfg.model_dump())
             record.meta["prereg"] = {
                 "at": times.now(),
-                "sections": {n: sha256(record.human(n)) for n in PREREGISTERED},
+                "sections": prereg_sections(ws, record),  # a group member's: the text that holds for it
             }
             repo = git_state(ws) or {}
             run = {

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import store, times
+from . import groups, store, times
 from .errors import HandEditError
 from .files import atomic_write, read_json
 from .metrics import SAMPLES_FILE
-from .record import GENERATED, Block, Record
+from .record import GENERATED, HUMAN, Block, Record
 from .render import render
 from .samples import sample_quality
 from .version import Version
@@ -65,6 +65,32 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         # samples.json is read (and its quality computed) only for the section that shows it
         "samples": sample_rows(ws, version) if "metrics" in names and analysis else [],
         "review": meta.get("review") or {},
+        "member": member_context(ws, record) if "member" in names else None,
+    }
+
+
+def member_context(ws: Workspace, record: Record) -> dict[str, Any] | None:
+    """What a member's ``member`` block shows: its group, what it changes, and each human section
+    as it holds for the member — the parent's text, quoted, or a note that the member wrote its own."""
+    parent = groups.group_of(record.meta)
+    if parent is None:
+        return None
+    exists = ws.record_path(parent).exists()
+    sections = []
+    # a skeleton (exp sweep) has no sections yet: each is its parent's
+    effective = groups.effective_human(ws, record) if exists else {}
+    for name in HUMAN:
+        entry = effective.get(name)
+        own = entry is None or entry["from"] != str(parent)
+        text = "" if own else entry["text"].strip("\n")
+        sections.append({"name": name, "own": own, "filled": groups.is_filled(text) if not own else True,
+                         "quoted": [("> " + line).rstrip() for line in text.split("\n")] if text else []})
+    return {
+        "parent": str(parent),
+        "exists": exists,
+        "path": os.path.relpath(ws.record_path(parent), record.path.parent).replace(os.sep, "/") if record.path else "",
+        "changes": groups.changes_of(record.meta),
+        "sections": sections,
     }
 
 

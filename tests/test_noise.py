@@ -311,3 +311,44 @@ def test_a_single_run_without_replicated_siblings_names_the_command_in_the_recor
     assert v["reason"].startswith("n=1：差距 0.0082 在 val_loss 的噪声下限 0.02 以内")
     assert {x["claim"]: x for x in analysis["verdicts"]}["val_loss < 5.3"]["verdict"] == "confirmed"
     assert results.untraceable(ws, records.load(ws, V)) == []
+
+
+def test_the_noise_index_follows_the_records_and_agrees_with_the_rows(ws):
+    """`exp analyze` asks a small index for the runs of its configuration; a record analysed,
+    added or changed since the index was written is never missed, and the index's answer is the
+    row cache's."""
+    lifecycle.create(ws, PARENT, description="parent")
+    for patch, (vl, seed) in enumerate([(5.2318, 1337), (5.2418, 1338)], start=0):
+        v = Version.parse(f"0.1.{patch}")
+        new_record(ws, v, human={**HUMAN, "expected": EXPECTED})
+        lifecycle.set_config(ws, v, [f"seed={seed}"])
+        write_run(ws, v, val_loss=vl)
+        end_run(ws, v)
+        results.analyze(ws, v)
+    meta = records.load(ws, V).meta
+    tables = catalog.replicate_tables(ws, V, meta)
+    first = catalog.same_config_noise(ws, V, meta["config"], tables)
+    assert first["val_loss"].versions == ("0.1.0", "0.1.1")
+    # a third run of the config, analysed after the index was written: the next question sees it
+    late = Version.parse("0.1.2")
+    new_record(ws, late, human={**HUMAN, "expected": EXPECTED})
+    lifecycle.set_config(ws, late, ["seed=1339"])
+    write_run(ws, late, val_loss=5.2218)
+    end_run(ws, late)
+    results.analyze(ws, late)
+    assert catalog._noise_siblings(ws, catalog.noise_key(meta["config"]), "0.1.0") is None  # stale: 0.1.2 changed since
+    second = catalog.same_config_noise(ws, V, meta["config"], tables)  # via the rows, which rebuild the index
+    from_index = catalog._noise_siblings(ws, catalog.noise_key(meta["config"]), "0.1.0")
+    assert from_index is not None and from_index["versions"] == ["0.1.1", "0.1.2"]
+    assert catalog.same_config_noise(ws, V, meta["config"], tables) == second
+    assert second["val_loss"].versions == ("0.1.0", "0.1.1", "0.1.2") and second["val_loss"].runs == 3
+    assert second["val_loss"].sd == pytest.approx(intervals.mean_sd([5.2318, 5.2418, 5.2218])[1])
+    # a run of another configuration is no sibling, through the rows or the index
+    other = Version.parse("0.1.3")
+    new_record(ws, other, human={**HUMAN, "expected": EXPECTED})
+    lifecycle.set_config(ws, other, ["learning_rate=1e-4"])
+    write_run(ws, other, val_loss=5.0)
+    end_run(ws, other)
+    results.analyze(ws, other)
+    for _ in range(2):  # the first rebuilds the index, the second reads it
+        assert catalog.same_config_noise(ws, V, meta["config"], tables) == second

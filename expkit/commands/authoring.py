@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .. import lifecycle
+from .. import sweep as sweep_mod
 from . import JSON_HELP, VERSION_HELP, command, echo_json, typer_app, usage, version, current_workspace
 
 app = typer_app()
@@ -81,3 +82,45 @@ def set_(
         typer.echo(f"saved the hand-edited text to {path}")
     if not result["changed"] and not result["discarded"]:
         typer.echo("nothing changed")
+
+
+@command(app)
+def sweep(
+    parent: str = typer.Argument(..., metavar="PARENT", help="the group: an exploratory X.Y.0 record whose human sections state the question"),
+    axes: Optional[list[str]] = typer.Argument(
+        None, metavar="KEY=V1,V2,...", help="a config key and its values, comma-separated (typed and checked as by `exp set`)"
+    ),
+    grid: bool = typer.Option(False, "--grid", help="one member per combination of the keys' values, not one per key-value"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", metavar="N", help="replicates=N on every member (seeds seed, seed+1, ...)"),
+    desc: Optional[str] = typer.Option(
+        None, "--desc", metavar="TEXT", help="members' description: 'TEXT — KEY=VALUE' (default: the parent's description in place of TEXT)"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="show the members that would be made; write nothing"),
+    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Make a group's members from an X.Y.0 record: one record X.Y.k per swept value.
+
+    Each member is `exp new X.Y.k --from PARENT` at the next free patch versions, changing only
+    the swept key (with several keys, one member per key-value; with --grid, one per combination,
+    which `exp check` then warns changes several keys). Its front matter says `group: PARENT` and
+    `changes: {KEY: VALUE}`; its human sections are PARENT's by reference until a person writes
+    one of its own. Every member is validated first: one bad value and nothing is created.
+    A member's description is "DESC — KEY=VALUE", DESC being --desc or else PARENT's description.
+    """
+    result = sweep_mod.sweep(current_workspace(), version(parent), axes or [], grid=grid, seeds=seeds, desc=desc,
+                             dry_run=dry_run)
+    if json_out:
+        echo_json(result)
+        return
+    verb = "would create" if dry_run else "created"
+    typer.echo(f"{verb} {len(result['members'])} member(s) of group {parent}:")
+    for m in result["members"]:
+        changes = ", ".join(f"{k}={v}" for k, v in m["changes"].items())
+        seeds_note = f"  replicates={m['replicates']}" if seeds is not None else ""
+        typer.echo(f"  {m['version']}  {changes}{seeds_note}  {m['path']}")
+    if result.get("warning"):
+        typer.echo(f"warning: {result['warning']}")
+    if dry_run:
+        typer.echo("dry run: nothing was written")
+    else:
+        typer.echo(f"next: `exp check` each member (a filled {parent} satisfies their human sections), then run them")

@@ -38,14 +38,23 @@ def show(
     typer.echo(f"  category  {info['category']}")
     typer.echo(f"  parent    {info['parent'] or '—'}    baseline {info['baseline'] or '—'}")
     typer.echo(f"  record    {info['path']}  (state {info['state']})")
+    if info.get("group"):
+        typer.echo(f"  group     {info['group']}    changes {_changes(info['changes'])}")
+    if info.get("members"):
+        typer.echo(f"  members   {len(info['members'])}")
+        for m in info["members"]:
+            typer.echo(f"    {m['version']:10} {m['status']:10} {_changes(m['changes'])}")
     for warn in info["warnings"]:
         typer.echo(f"  ⚠ {warn}")
+    inherited = info.get("inherited") or {}
     for name, text in info["sections"].items():
-        typer.echo(f"\n[{name}]\n{text.strip() or '(empty)'}")
+        source = f" (from {inherited[name]}, the group's parent)" if name in inherited else ""
+        typer.echo(f"\n[{name}]{source}\n{text.strip() or '(empty)'}")
     if info["claims"]:
         typer.echo("\n[checkable expected results]")
         for c in info["claims"]:
-            typer.echo(f"  line {c['line']}: {c['text']}")
+            where = f"{c['from']} line" if c.get("from") else "line"
+            typer.echo(f"  {where} {c['line']}: {c['text']}")
     if info["changed_from_parent"]:
         typer.echo(f"\n[config changed from {info['parent']}]")
         for key, (old, new) in info["changed_from_parent"].items():
@@ -80,7 +89,27 @@ def list_(
     if not rows:
         typer.echo("no experiments" + (f" with status {status}" if status else "") + "; create one with `exp new 0.1.0`")
         return
+    if any(r.get("group") or r.get("members") for r in rows):  # the GROUP column only where there are groups
+        typer.echo(table(
+            ["VERSION", "STATUS", "CATEGORY", "PARENT", "GROUP", "DESCRIPTION"],
+            [[r["version"], r["status"], r["category"], r["parent"] or "—", _group_cell(r), (r["description"] or "")[:60]]
+             for r in rows],
+        ))
+        return
     typer.echo(table(
         ["VERSION", "STATUS", "CATEGORY", "PARENT", "DESCRIPTION"],
         [[r["version"], r["status"], r["category"], r["parent"] or "—", (r["description"] or "")[:60]] for r in rows],
     ))
+
+
+def _changes(changes: dict) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in changes.items()) or "—"
+
+
+def _group_cell(row: dict) -> str:
+    """A member: its group and what it changes; a group's parent: how many members it has."""
+    if row.get("group"):
+        return f"{row['group']}: {_changes(row.get('changes') or {})}"
+    if row.get("members"):
+        return f"{len(row['members'])} members"
+    return "—"
