@@ -41,7 +41,7 @@ def status(v: str):
 
 
 def test_dry_run_plan_for_four_gpus_two_per_run_on_a_machine_without_them(ws):
-    make_group(ws, {"1.1.1": ["replicates=2"], "1.1.2": ["learning_rate=0.001"]})
+    make_group(ws, {"1.1.1": ["replicates=2", "learning_rate=0.002"], "1.1.2": ["learning_rate=0.001"]})
     before = _tree(ws.root)
     r = run_exp("run", "1.1.0", "--members", "--gpus", "0,1,2,3", "--gpus-per-run", "2", "--dry-run", "--json", cwd=ws.root)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -117,7 +117,7 @@ def test_fail_fast_cancels_what_is_pending(ws, tmp_path):
 
 
 def test_sigkill_of_the_supervisor_loses_nothing_and_resume_runs_only_what_did_not_finish(ws):
-    make_group(ws, {"1.1.1": ["replicates=2"], "1.1.2": ["learning_rate=0.002"]}, steps=30)
+    make_group(ws, {"1.1.1": ["replicates=2", "learning_rate=0.002"], "1.1.2": ["learning_rate=0.002"]}, steps=30)
     r = run_exp("run", "1.1.0", "--members", "--detach", "--json", cwd=ws.root)
     assert r.returncode == 0, r.stdout + r.stderr
     started = json.loads(r.stdout)
@@ -172,7 +172,7 @@ def test_stop_the_members_of_a_detached_group_pending_ones_never_start(ws):
 def test_a_slurm_group_runs_as_dependent_jobs_on_the_local_cluster(ws):
     slurm_cluster()
     subprocess.run(["git", "init", "-q"], cwd=ws.root, check=True)
-    make_group(ws, {"1.1.1": ["replicates=2"], "1.1.2": ["learning_rate=0.002"]}, steps=10)
+    make_group(ws, {"1.1.1": ["replicates=2", "learning_rate=0.002"], "1.1.2": ["learning_rate=0.002"]}, steps=10)
     dry = run_exp("run", "1.1.0", "--members", "--backend", "slurm", "--dry-run", "--json", cwd=ws.root)
     assert dry.returncode == 0, dry.stderr
     cmds = [u["command"] for u in json.loads(dry.stdout)["units"]]
