@@ -36,9 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("reporting", "Write experiment/EXPERIMENT_REPORT.md, experiment/experiment_tracker.csv and comparison PNGs."),
     "site": ("site", "Build a static web site of the workspace (out/site/): records, verdicts, curves, comparisons."),
     "data": ("data", "Prepare corpora: tokenize JSONL once into memory-mapped token shards."),
-    "run": ("running", "Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."),
+    "run": ("running", "Run records: render the script, preflight, start (foreground, detached, Slurm); several: a queue."),
     "doctor": ("running", "Check the environment a run needs: torch, GPUs, data, tokenizer, disk, SwanLab, git."),
-    "status": ("running", "Show running experiments: step, loss, tokens/s, ETA; finds runs that died."),
+    "status": ("running", "Show running experiments, queues and replicates: step, loss, tokens/s, ETA; finds runs that died."),
     "logs": ("running", "Print the run's log (out/experiment_VERSION/run.log); -f follows it."),
     "stop": ("running", "Stop a run with SIGTERM (scancel on Slurm); it checkpoints and becomes interrupted."),
     "pull": ("running", "Bring a remote run's outputs back over ssh; a run that ended there is finalized and analysed."),
@@ -51,6 +51,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # the rendered run script's own steps: not for people
     "_start": ("running", "Run-script step: preflight, then mark the record running (called by the rendered script)."),
     "_finalize": ("running", "Run-script step: record how the run ended (called by the script's EXIT trap)."),
+    "_queue": ("running", "The detached run queue's supervisor (started by `exp run ... --detach`)."),
 }
 
 

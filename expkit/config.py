@@ -65,10 +65,9 @@ class TrainConfig(BaseModel):
     )
     compile: bool = Field(False, description="torch.compile the model (GPU; checkpoints stay plain)")
     seed: int = Field(1337, ge=0, le=2**32 - 1, description="random seed")
-    # Read by the verdicts' advice and kept with the record; the run script trains once whatever
-    # its value until the replicates runner (experiment groups, issue 15) lands.
+    # exp run trains the record this many times, replicate i with seed + i in out/experiment_V/r{i}/
     replicates: int = Field(
-        1, ge=1, le=64, description="seeds per run (seed, seed+1, ...); not run yet: the run trains once until groups land"
+        1, ge=1, le=64, description="seeds per run: exp run trains seed, seed+1, ... each in out/experiment_V/r{i}/"
     )
 
     # -- cadence ---------------------------------------------------------------------------

@@ -188,15 +188,6 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
         except ConfigError as err:
             out.append(Problem("error", _front_line(record, "config"), str(err), f"set valid values with `exp set {version} KEY=VALUE`"))
         out.extend(_one_variable(ws, record))
-        if isinstance(config.get("replicates"), int) and config["replicates"] > 1:
-            out.append(Problem(
-                "warning", _front_line(record, "config"),
-                f"replicates={config['replicates']} is recorded, but the run trains once: the replicates runner comes "
-                "with experiment groups (not built yet)",
-                f"until then run the same config with other seeds as their own records (`exp new NEXT --from {version}`, "
-                "`exp set NEXT seed=...`): the verdicts use their spread as the noise",
-            ))
-
     # -- generated blocks ----------------------------------------------------------------------
     for block in record.edited_generated():
         out.append(Problem(

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import config as cfg_mod
 from . import gitops, lifecycle, procs, records, remote, results, slurm, store, times, tracking, view
+from .groups import replicate_seeds
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
 from .groups import prereg_sections
@@ -60,7 +61,8 @@ def _require_startable(ws: Workspace, record: Record, resume: bool) -> None:
                            f"{next_step(record.status, str(version))}")
         else:
             require_status(record, ("interrupted", "failed"), "resume")
-        if not run.get("remote") and not any((ws.out_dir(version) / "checkpoints").glob("*.pt")):  # remote: they are there
+        if (not run.get("remote") and not run.get("replicates")  # remote: they are there; replicates: each resumes or starts
+                and not any((ws.out_dir(version) / "checkpoints").glob("*.pt"))):
             raise RunError(
                 f"{version} has no checkpoint to resume from in {ws.rel(ws.out_dir(version))}/checkpoints; "
                 f"run it afresh with `exp run {version}`"
@@ -87,7 +89,8 @@ def _archive_previous_outputs(ws: Workspace, version: Version) -> Path | None:
 
 
 def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None = None, token: str | None = None,
-          env: dict[str, Any] | None = None, command: str | None = None, snapshot: bool = True) -> Record:
+          env: dict[str, Any] | None = None, command: str | None = None, snapshot: bool = True,
+          queue: str | None = None) -> Record:
     """Status running, pre-registration, config.json and the environment snapshot.
 
     Idempotent for the token that ``exp run`` passed to the script it launched. ``snapshot=False``
@@ -108,8 +111,11 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
         _require_startable(ws, record, opts.resume)
         if opts.resume:
             run.setdefault("resumed", []).append(times.now())
-            for key in ("ended", "duration_s", "exit_code", "error", "log_tail", "final", "status"):
+            for key in ("ended", "duration_s", "exit_code", "error", "log_tail", "final", "status", "ended_by"):
                 run.pop(key, None)
+            if run.get("replicates"):  # only the replicates that did not finish run again
+                run["replicates"] = [r if r.get("status") == "finished" else _pending(r["index"], r["seed"])
+                                     for r in run["replicates"]]
         else:
             _archive_previous_outputs(ws, version)
             cfg = cfg_mod.validate(record.meta.get("config") or {})
@@ -135,11 +141,21 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
             script = ws.run_script_path(version)
             if script.exists():
                 run["script_sha256"] = sha256(script.read_bytes())
+            seeds = replicate_seeds(cfg.model_dump())
+            if len(seeds) > 1:  # each replicate its own directory and config.json (its seed), none of them started
+                for i, seed in enumerate(seeds):
+                    ws.replicate_dir(version, i).mkdir(parents=True, exist_ok=True)
+                    write_json(ws.replicate_dir(version, i) / "config.json", {**cfg.model_dump(), "seed": seed})
+                run["replicates"] = [_pending(i, seed) for i, seed in enumerate(seeds)]
             if snapshot:
                 _take_environment(ws, version, record, run, env, repo)
             else:
                 run["host"] = "not yet: the Slurm job's node, once it starts"
         run["token"] = token or secrets.token_hex(8)
+        if queue:
+            run["queue"] = queue
+        else:
+            run.pop("queue", None)
         if pid:
             run.update(_process(pid))
         if os.environ.get("SLURM_JOB_ID"):
@@ -248,7 +264,7 @@ def tail_lines(path: Path, n: int = LOG_TAIL_LINES) -> list[str]:
 
 
 def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None = None, interrupted: bool = False,
-             ended_by: str | None = None) -> Record:
+             ended_by: str | None = None, replicate: int | None = None) -> Record:
     """Record how the run ended: finished, failed (with the error and the log's tail) or interrupted.
 
     ``ended_by`` names the command that concluded the run from outside (``exp status`` finding it
@@ -256,6 +272,10 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
     wins over such a conclusion when it comes later: the record is put back to running, then ended
     with what the run itself says.
     """
+    if replicate is not None:
+        return finalize_replicate(ws, version, replicate, exit_code, reason=reason, interrupted=interrupted, ended_by=ended_by)
+    if replicated(records.load(ws, version).meta.get("run")):
+        return finalize_replicates(ws, version, exit_code, reason=reason, interrupted=interrupted, ended_by=ended_by)
     out = ws.out_dir(version)
     trainer = _read_json(out / "status.json")
     summary = _read_json(out / "summary.json")
@@ -316,11 +336,12 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
 
 
 def conclude(ws: Workspace, version: Version, exit_code: int, reason: str | None = None,
-             interrupted: bool = False, ended_by: str | None = None) -> tuple[Record, dict[str, Any] | None, str | None]:
+             interrupted: bool = False, ended_by: str | None = None,
+             replicate: int | None = None) -> tuple[Record, dict[str, Any] | None, str | None]:
     """``finalize``, then analyse a run that finished (every way a run ends comes here: the
     script's EXIT trap, a foreground ``exp run``, ``exp status`` finding a dead process).
     Returns (record, the analysis or None, why the analysis failed or None)."""
-    record = finalize(ws, version, exit_code, reason=reason, interrupted=interrupted, ended_by=ended_by)
+    record = finalize(ws, version, exit_code, reason=reason, interrupted=interrupted, ended_by=ended_by, replicate=replicate)
     if record.status != "finished":
         return record, None, None
     try:
@@ -392,6 +413,205 @@ def start_from_script(ws: Workspace, version: Version, opts: LaunchOptions, pid:
     return checks, begin(ws, version, opts, pid=pid, env=env, command=f"bash {ws.rel(ws.run_script_path(version))}")
 
 
+# -- replicates: one record's run trained with seeds seed, seed+1, ... in r0/, r1/, ... ------------
+#: A replicate's bookkeeping in ``run.replicates[i]``: index, seed, status (pending, running,
+#: finished, failed, interrupted), started, ended, exit_code, error, and its process or job.
+REPLICATE_ENDED = ("finished", "failed", "interrupted")
+
+
+def _pending(index: int, seed: int) -> dict[str, Any]:
+    return {"index": index, "seed": seed, "status": "pending"}
+
+
+def replicated(run: dict[str, Any] | None) -> bool:
+    """Does this run train several replicates (``run.replicates``)?"""
+    return bool((run or {}).get("replicates"))
+
+
+def supervisor_alive(ws: Workspace, queue_id: str | None) -> bool:
+    """Is the process that runs queue ``queue_id`` (its supervisor, or the foreground `exp run`) alive?"""
+    if not queue_id:
+        return False
+    state = read_json(ws.queue_dir() / f"{queue_id}.json")
+    sup = state.get("supervisor") if isinstance(state, dict) else None
+    if not isinstance(sup, dict) or not sup.get("pid") or sup.get("host") not in (None, procs.hostname()):
+        return False
+    return procs.same_process(int(sup["pid"]), sup.get("pid_started")) is not False
+
+
+def start_replicate(ws: Workspace, version: Version, opts: LaunchOptions, index: int,
+                    pid: int) -> tuple[list[Check], Record | None]:
+    """The script's first step for replicate ``index`` (``exp _start V --replicate i``): the
+    record was begun by ``exp run`` (its token); mark this replicate running with its process. In
+    a Slurm job, the job's preflight runs first (a failed one fails the replicate) and the first
+    replicate to start snapshots the environment."""
+    opts.resume = opts.resume or bool(os.environ.get("EXP_RESUME"))
+    opts.check()
+    token = os.environ.get("EXP_RUN_TOKEN")
+    job = os.environ.get("SLURM_JOB_ID")
+    record = records.load(ws, version)
+    run = record.meta.get("run") or {}
+    reps = run.get("replicates") or []
+    if record.status != "running" or not token or run.get("token") != token or not 0 <= index < len(reps):
+        raise RunError(f"replicate {index} of {version} was not started by `exp run {version}` (status {record.status}); "
+                       f"run the record with `exp run {version}`")
+    checks: list[Check] = []
+    env: dict[str, Any] = {}
+    if job:
+        checks, env = preflight(ws, record, opts, stage="job")
+        bad = failed_checks(checks)
+        if bad:
+            host = env.get("host") or socket.gethostname()
+            finalize_replicate(ws, version, index, 1, reason=f"the job's preflight failed on {host}: "
+                               + "; ".join(f"{c.name}: {c.detail} — {c.fix}" for c in bad))
+            return checks, None
+    with records.update(ws, version) as rec:
+        run = rec.meta.get("run") or {}
+        rep = run["replicates"][index]
+        if rec.status != "running" or rep.get("status") not in ("pending", "running") or run.get("stopping"):
+            raise RunError(f"replicate {index} of {version} is {rep.get('status')} (record {rec.status}); it does not start")
+        if job and str(run.get("host", "")).startswith("not yet"):
+            _take_environment(ws, version, rec, run, env)
+        for key in ("ended", "duration_s", "exit_code", "error", "ended_by"):
+            rep.pop(key, None)
+        rep.update(status="running", started=times.now(), **_process(pid))
+        if job:
+            rep["job_id"] = job
+        rec.meta["run"] = run
+        _regenerate_quietly(ws, rec, ("execution",))
+    return checks, records.load(ws, version)
+
+
+def _replicate_outcome(ws: Workspace, version: Version, rep: dict[str, Any], exit_code: int, reason: str | None,
+                       interrupted: bool) -> None:
+    """How one replicate ended, from its own status.json and summary.json, into ``rep``."""
+    out = ws.replicate_dir(version, rep["index"])
+    trainer = _read_json(out / "status.json")
+    summary = _read_json(out / "summary.json")
+    if trainer.get("status") == "finished" and summary:
+        status = "finished"
+    elif trainer.get("status") == "interrupted" or exit_code in (130, 143) or interrupted:
+        status = "interrupted"
+    else:
+        status = "failed"
+    rep["status"] = status
+    rep["ended"] = times.now()
+    rep["exit_code"] = exit_code
+    if rep.get("started"):
+        rep["duration_s"] = round(times.age_s(rep["started"]), 1)
+    if trainer.get("step") is not None:
+        rep["last_step"] = trainer["step"]
+    final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+    if final:
+        rep["final"] = final
+    if status != "finished":
+        error = trainer.get("error") or reason or (f"the run exited with code {exit_code}" if exit_code else
+                                                   "the trainer did not report finishing")
+        rep["error"] = " ".join(str(error).split())[:300]
+
+
+def _replicates_summary(ws: Workspace, version: Version, reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record's summary.json: the mean of its finished replicates' summaries (numbers only),
+    with which replicates and seeds it averages; each replicate's own stays in its r{i}/."""
+    tables = [_read_json(ws.replicate_dir(version, r["index"]) / "summary.json") for r in reps if r.get("status") == "finished"]
+    tables = [t for t in tables if t]
+    out: dict[str, Any] = {}
+    keys = sorted({k for t in tables for k, v in t.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for key in keys:
+        values = [t[key] for t in tables if isinstance(t.get(key), (int, float)) and not isinstance(t.get(key), bool)]
+        mean = sum(values) / len(values)
+        out[key] = round(mean) if all(isinstance(v, int) for v in values) else mean
+    out["replicates"] = {"n": len(tables), "seeds": [r["seed"] for r in reps if r.get("status") == "finished"],
+                         "dirs": [f"r{r['index']}" for r in reps if r.get("status") == "finished"],
+                         "note": "the mean of the replicates' summary.json; each replicate's own is in its r{i}/"}
+    return out
+
+
+def _end_replicated(ws: Workspace, version: Version, record: Record, run: dict[str, Any], force: bool = False) -> None:
+    """End the record once no replicate runs and none will start (``force``: whatever is pending):
+    finished when all finished, else failed (naming which replicate failed and why) or interrupted."""
+    reps = run["replicates"]
+    if any(r.get("status") == "running" for r in reps):
+        return
+    pending = [r for r in reps if r.get("status") == "pending"]
+    if pending and not force and not run.get("stopping") and (
+            any(r.get("job_id") for r in pending) or supervisor_alive(ws, run.get("queue"))):
+        return  # the queue starts them, or Slurm does (their jobs wait there)
+    failed = [r for r in reps if r.get("status") == "failed"]
+    if all(r.get("status") == "finished" for r in reps):
+        status = "finished"
+    elif failed:
+        status = "failed"
+    else:
+        status = "interrupted"
+    run["ended"] = times.now()
+    run["duration_s"] = round(times.age_s(run["started"]), 1) if run.get("started") else None
+    run["exit_code"] = next((r.get("exit_code") for r in reps if r.get("exit_code")), 0)
+    summary = _replicates_summary(ws, version, reps)
+    if summary["replicates"]["n"]:
+        write_json(ws.out_dir(version) / "summary.json", summary)
+        run["final"] = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+    if status != "finished":
+        words = [f"replicate {r['index']} (seed {r['seed']}) {r['status']}: {r.get('error', '')}".rstrip(": ")
+                 for r in reps if r.get("status") in ("failed", "interrupted")]
+        words += [f"replicate {r['index']} (seed {r['seed']}) never started" for r in pending]
+        run["error"] = "; ".join(words)[:500]
+    run["status"] = status
+    run.pop("stopping", None)
+    transition(record, status)
+
+
+def finalize_replicate(ws: Workspace, version: Version, index: int, exit_code: int, reason: str | None = None,
+                       interrupted: bool = False, ended_by: str | None = None) -> Record:
+    """Record how replicate ``index`` ended; the record ends with its last replicate."""
+    with records.update(ws, version) as record:
+        run = record.meta.get("run") or {}
+        reps = run.get("replicates") or []
+        if record.status != "running" or not 0 <= index < len(reps) or reps[index].get("status") in REPLICATE_ENDED:
+            return record
+        _replicate_outcome(ws, version, reps[index], exit_code, reason, interrupted)
+        if ended_by:
+            reps[index]["ended_by"] = ended_by
+        (ws.replicate_dir(version, index) / "run.pid").unlink(missing_ok=True)
+        _end_replicated(ws, version, record, run)
+        record.meta["run"] = run
+        _regenerate_quietly(ws, record, ("execution", "environment"))
+    return record
+
+
+def finalize_replicates(ws: Workspace, version: Version, exit_code: int, reason: str | None = None,
+                        interrupted: bool = False, ended_by: str | None = None) -> Record:
+    """End a replicated record from outside (``exp stop``, ``exp status`` finding its processes
+    gone): each replicate still marked running ends from its own files, pending ones stay pending
+    (``exp run V --resume`` starts them), and the record ends."""
+    with records.update(ws, version) as record:
+        run = record.meta.get("run") or {}
+        if record.status != "running":
+            return record
+        for rep in run["replicates"]:
+            if rep.get("status") == "running":
+                _replicate_outcome(ws, version, rep, exit_code, reason, interrupted)
+                if ended_by:
+                    rep["ended_by"] = ended_by
+        _end_replicated(ws, version, record, run, force=True)
+        if ended_by:
+            run["ended_by"] = ended_by
+        record.meta["run"] = run
+        _regenerate_quietly(ws, record, ("execution", "environment"))
+    return record
+
+
+def mark_stopping(ws: Workspace, version: Version) -> Record:
+    """``exp stop`` of a replicated record: no pending replicate starts any more."""
+    with records.update(ws, version) as record:
+        run = record.meta.get("run") or {}
+        if record.status == "running":
+            run["stopping"] = times.now()
+            _end_replicated(ws, version, record, run)  # nothing runs: it ends now
+            record.meta["run"] = run
+    return record
+
+
 # -- launching -----------------------------------------------------------------------------------
 @dataclass
 class Launch:
@@ -406,7 +626,8 @@ class Launch:
     log: Path | None = None
 
 
-def prepare(ws: Workspace, version: Version, opts: LaunchOptions, dry_run: bool = False) -> Launch:
+def prepare(ws: Workspace, version: Version, opts: LaunchOptions, dry_run: bool = False,
+            probe: dict[str, Any] | None = None) -> Launch:
     """Render the script and preflight, without changing the record's status. A dry run writes
     nothing at all: the script is rendered to be printed, not saved."""
     opts.check()
@@ -423,29 +644,38 @@ def prepare(ws: Workspace, version: Version, opts: LaunchOptions, dry_run: bool 
     else:
         with store.locked(ws, version):
             path, text = write_script(ws, record, opts)
-    checks, env = preflight(ws, record, opts, stage="submit" if opts.backend == "slurm" else "local")
+    checks, env = preflight(ws, record, opts, probe=probe, stage="submit" if opts.backend == "slurm" else "local")
     return Launch(str(version), path, text, checks, env)
 
 
-def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch) -> Launch:
-    """Begin the record and start the script: a local process group, or a Slurm job."""
+def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch, *, replicate: int | None = None,
+           env: dict[str, str] | None = None, queue: str | None = None, after: list[str] | None = None,
+           command: str | None = None) -> Launch:
+    """Begin the record and start the script: a local process group, or a Slurm job.
+
+    The run queue's units: ``env`` is added to the script's environment (threads, GPUs),
+    ``queue`` names the queue in the record, ``after`` are Slurm jobs this one waits for
+    (``--dependency=afterany``). ``replicate``: start replicate i of a replicated record (the
+    record is begun by its first replicate's launch, under this queue)."""
     bad = failed_checks(launch.checks)
     if bad:
         raise RunError("preflight failed, nothing started: " + "; ".join(f"{c.name}: {c.detail} — {c.fix}" for c in bad))
     if opts.node_rank > 0:
         return _join(ws, version, opts, launch)
+    if replicate is not None:
+        return _launch_replicate(ws, version, opts, launch, replicate, env or {}, queue, after, command)
     token = secrets.token_hex(8)
-    command = " ".join(["exp", "run", str(version)] + _flags(opts))
-    begin(ws, version, opts, token=token, env=launch.env, command=command, snapshot=opts.backend != "slurm")
+    command = command or " ".join(["exp", "run", str(version)] + _flags(opts))
+    begin(ws, version, opts, token=token, env=launch.env, command=command, snapshot=opts.backend != "slurm", queue=queue)
     out = ws.out_dir(version)
     log = out / "run.log"
-    child_env = {**os.environ, "EXP_ROOT": str(ws.root), "EXP_RUN_TOKEN": token}
+    child_env = {**os.environ, **(env or {}), "EXP_ROOT": str(ws.root), "EXP_RUN_TOKEN": token}
     if opts.resume:
         child_env["EXP_RESUME"] = "1"
     try:
         if opts.backend == "slurm":
-            exports = {"EXP_RUN_TOKEN": token, **({"EXP_RESUME": "1"} if opts.resume else {})}
-            launch.job_id = slurm.submit(launch.script, exports, child_env, ws.root)
+            exports = {"EXP_RUN_TOKEN": token, **({"EXP_RESUME": "1"} if opts.resume else {}), **(env or {})}
+            launch.job_id = slurm.submit(launch.script, exports, child_env, ws.root, after=after)
             _update_run(ws, version, job_id=launch.job_id)
         else:
             with open(log, "ab") as fh:
@@ -461,6 +691,54 @@ def launch(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch)
         raise
     launch.log = log
     return launch
+
+
+def _launch_replicate(ws: Workspace, version: Version, opts: LaunchOptions, launch: Launch, index: int,
+                      env: dict[str, str], queue: str | None, after: list[str] | None, command: str | None) -> Launch:
+    """Start replicate ``index``: the script with EXP_REPLICATE=index (its r{index}/, seed + index);
+    resumed from its own checkpoint when it has one (``--resume``), else afresh."""
+    record = records.load(ws, version)
+    run = record.meta.get("run") or {}
+    ours = record.status == "running" and replicated(run) and queue is not None and run.get("queue") == queue
+    if not ours:
+        begin(ws, version, opts, token=secrets.token_hex(8), env=launch.env,
+              command=command or " ".join(["exp", "run", str(version)] + _flags(opts)), snapshot=opts.backend != "slurm",
+              queue=queue)
+        run = records.load(ws, version).meta.get("run") or {}
+    rep = (run.get("replicates") or [])[index] if index < len(run.get("replicates") or []) else None
+    if rep is None or rep.get("status") != "pending" or run.get("stopping"):
+        raise RunError(f"replicate {index} of {version} is {rep and rep.get('status')}: it does not start again")
+    out = ws.replicate_dir(version, index)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "run.log"
+    resume = opts.resume and any((out / "checkpoints").glob("*.pt"))
+    extra = {**env, "EXP_REPLICATE": str(index), "EXP_RUN_TOKEN": run["token"], **({"EXP_RESUME": "1"} if resume else {})}
+    child_env = {**os.environ, "EXP_ROOT": str(ws.root), **extra}
+    if not resume:
+        child_env.pop("EXP_RESUME", None)
+    try:
+        if opts.backend == "slurm":
+            launch.job_id = slurm.submit(launch.script, extra, child_env, ws.root, after=after,
+                                         output=log, job_name=f"exp-{version}-r{index}")
+            _update_replicate(ws, version, index, job_id=launch.job_id)
+        else:
+            with open(log, "ab") as fh:
+                proc = subprocess.Popen(["bash", str(launch.script)], cwd=ws.root, env=child_env, stdin=subprocess.DEVNULL,
+                                        stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            launch.process, launch.pid = proc, proc.pid
+            atomic_write(out / "run.pid", f"{proc.pid}\n")
+    except BaseException as err:
+        finalize_replicate(ws, version, index, 1, reason=f"could not start: {err}")
+        raise
+    launch.log = log
+    return launch
+
+
+def _update_replicate(ws: Workspace, version: Version, index: int, **fields: Any) -> None:
+    with records.update(ws, version) as record:
+        run = record.meta.get("run") or {}
+        run["replicates"][index].update(fields)
+        record.meta["run"] = run
 
 
 #: How long another node of a multi-node run waits for node 0 to begin the record.

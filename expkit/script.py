@@ -179,6 +179,9 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
         "master_addr": opts.master_addr,
         "master_port": opts.master_port or _master_port(version),
         "name": f"experiment_{version}",
+        # replicates > 1: the script runs one replicate, EXP_REPLICATE=i, in out/experiment_V/r{i}/
+        "replicates": replicate_count(config),
+        "seed": int(config.get("seed", 0) or 0),
         "tags": [f"v{version}", version.category] + ([f"parent-{meta['parent']}"] if meta.get("parent") else []),
         "sbatch": slurm.header(
             job_name=f"exp-{version}", log=log, nodes=opts.nnodes, gpus_per_node=opts.gpu_count,
@@ -189,6 +192,12 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
         ) if is_slurm else [],
     }
     return render(ws.templates_dir, TEMPLATE, **context)
+
+
+def replicate_count(config: dict[str, Any]) -> int:
+    """How many times a record's run trains (config ``replicates``; 1 when unset or invalid)."""
+    n = config.get("replicates", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
 def write_script(ws: Workspace, record: Record, opts: LaunchOptions) -> tuple[Path, str]:

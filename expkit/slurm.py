@@ -132,11 +132,27 @@ def partitions() -> list[str] | None:
     return sorted({p.strip().rstrip("*") for p in res.stdout.split() if p.strip()})
 
 
-def submit(script: Path, exports: dict[str, str], env: dict[str, str], cwd: Path) -> str:
-    """``sbatch --parsable`` the script with these variables added to the job's environment; the job id."""
+def submit_args(script: Path | str, exports: dict[str, str], after: list[str] | None = None, output: Path | str | None = None,
+                job_name: str | None = None) -> list[str]:
+    """The sbatch command line: ``after`` are jobs this one starts after, whatever their outcome
+    (``--dependency=afterany:A:B``: a run queue's order and throttle); ``output`` and ``job_name``
+    override the script's ``#SBATCH`` lines (a replicate's own log and name)."""
     export = ",".join(["ALL", *(f"{k}={v}" for k, v in exports.items())])
+    args = ["sbatch", "--parsable", f"--export={export}"]
+    if after:
+        args.append("--dependency=afterany:" + ":".join(after))
+    if output is not None:
+        args.append(f"--output={output}")
+    if job_name:
+        args.append(f"--job-name={job_name}")
+    return [*args, str(script)]
+
+
+def submit(script: Path, exports: dict[str, str], env: dict[str, str], cwd: Path, after: list[str] | None = None,
+           output: Path | str | None = None, job_name: str | None = None) -> str:
+    """``sbatch --parsable`` the script with these variables added to the job's environment; the job id."""
     try:
-        res = subprocess.run(["sbatch", "--parsable", f"--export={export}", str(script)], capture_output=True, text=True,
+        res = subprocess.run(submit_args(script, exports, after, output, job_name), capture_output=True, text=True,
                              env=env, cwd=cwd, timeout=60, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError) as err:
         raise SlurmError(f"sbatch could not be run: {err}; check `sbatch --version` on this machine") from None

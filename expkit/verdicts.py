@@ -323,8 +323,8 @@ def _judged(c: Claim, obs: float, threshold: float, values: list[float], ref_val
     if floor is not None and margin <= floor:
         reason = (f"n=1: the margin {_num(margin)} is within {c.metric}'s noise floor {_num(floor)}, and no replicated "
                   f"runs of this config (same config but the seed) are in the workspace; settle it with replicates: "
-                  f"`exp set {version} replicates={SUGGESTED_REPLICATES}` (recorded now; run once the replicates runner "
-                  f"lands), or today the same config with another seed as its own record (`exp new NEXT --from "
+                  f"`exp set {version} replicates={SUGGESTED_REPLICATES}` (then `exp run` trains them, seeds seed, seed+1, "
+                  f"...), or the same config with another seed as its own record (`exp new NEXT --from "
                   f"{version}`, `exp set NEXT seed=...`), whose spread the next analysis uses")
         return Verdict(verdict=WITHIN_NOISE, reference=threshold, reason=reason, reason_code="within_noise_floor",
                        method="noise_floor", noise=f"n=1; default noise floor of {c.metric}: {_num(floor)}",

@@ -74,6 +74,8 @@ def slurm_state(ws: Workspace, version: Version, job_id: str) -> tuple[str | Non
 # -- is it alive -----------------------------------------------------------------------------------
 def seen(ws: Workspace, record: Record) -> Seen:
     run = record.meta.get("run") or {}
+    if runner.replicated(run) and not run.get("remote"):
+        return _seen_replicates(ws, record)
     if run.get("remote"):  # on another host over ssh: None when the host could not be reached
         alive, where = remote.state(run)
         return Seen(alive, where)
@@ -93,6 +95,42 @@ def seen(ws: Workspace, record: Record) -> Seen:
         return Seen(None, "no process recorded yet (starting, or begun by hand without a pid)")
     seen = procs.look(int(pid), run.get("pgid"), run.get("pid_started"))
     return Seen(*LOOKS[seen](pid, host or procs.hostname()))
+
+
+def seen_replicate(ws: Workspace, record: Record, rep: dict[str, Any]) -> Seen:
+    """One running replicate: its process here, or its Slurm job."""
+    name = f"r{rep['index']}"
+    if rep.get("job_id"):
+        state, why = slurm_state(ws, record.version, str(rep["job_id"]))
+        if state is None:
+            return Seen(None, f"{name}: Slurm job {rep['job_id']}: could not ask Slurm ({why})")
+        if state == "GONE":
+            return Seen(False, f"{name}: Slurm job {rep['job_id']} is no longer known to the cluster")
+        return Seen(state.split()[0] in SLURM_ACTIVE, f"{name}: Slurm job {rep['job_id']} {state}")
+    host = rep.get("host")
+    if host and host != procs.hostname():
+        return Seen(None, f"{name} runs on {host}, not on this machine")
+    if not rep.get("pid"):
+        return Seen(None, f"{name}: no process recorded yet (starting)")
+    alive, where = LOOKS[procs.look(int(rep["pid"]), rep.get("pgid"), rep.get("pid_started"))](rep["pid"], host or procs.hostname())
+    return Seen(alive, f"{name}: {where}")
+
+
+def _seen_replicates(ws: Workspace, record: Record) -> Seen:
+    """A replicated run is alive while one of its replicates is, or its queue will start one."""
+    run = record.meta.get("run") or {}
+    looks = [seen_replicate(ws, record, r) for r in run["replicates"]
+             if r.get("status") == "running" or (r.get("status") == "pending" and r.get("job_id"))]
+    pending = [r for r in run["replicates"] if r.get("status") == "pending" and not r.get("job_id")]
+    words = [s.where for s in looks]
+    queued = bool(pending) and runner.supervisor_alive(ws, run.get("queue"))
+    if pending:
+        words.append(f"{len(pending)} pending" + ("" if queued else " (no live queue supervisor will start them)"))
+    if any(s.alive for s in looks) or queued:
+        return Seen(True, "; ".join(words))
+    if any(s.alive is None for s in looks):
+        return Seen(None, "; ".join(words))
+    return Seen(False, "; ".join(words) or "no replicate runs")
 
 
 #: What ``procs.look`` saw, as alive/gone/unknown and the words ``exp status`` prints.
@@ -135,7 +173,11 @@ def _trainer_finished(ws: Workspace, version: Version) -> bool:
 
 def progress(ws: Workspace, version: Version, config: dict[str, Any]) -> dict[str, Any]:
     """Step, loss, throughput and ETA from the newest metrics line and the heartbeat."""
-    out = ws.out_dir(version)
+    return progress_of(ws.out_dir(version), config)
+
+
+def progress_of(out: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """``progress`` of one run directory (a record's, or a replicate's r{i}/)."""
     last: dict[str, Any] = {}
     val = None
     for line in reversed(tail_lines(out / "metrics.jsonl", 50)):
@@ -154,7 +196,8 @@ def progress(ws: Workspace, version: Version, config: dict[str, Any]) -> dict[st
     if last.get("step") and last.get("elapsed_s") and config.get("max_steps"):
         rate = last["step"] / max(last["elapsed_s"], 1e-9)
         info["eta_s"] = round((config["max_steps"] - last["step"]) / rate, 1) if rate > 0 else None
-    beat = heartbeat(ws, version)
+    beat = read_json(out / "heartbeat")
+    beat = beat if isinstance(beat, dict) else {}
     if beat.get("time"):
         try:
             info["heartbeat_age_s"] = round(times.age_s(beat["time"]), 1)
@@ -173,7 +216,14 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
         record = records.load(ws, v)
         row: dict[str, Any] = {"version": str(v), "status": record.status}
         run = record.meta.get("run") or {}
-        if record.status == "running":
+        if record.status == "running" and runner.replicated(run) and not run.get("remote"):
+            record, note = _status_replicates(ws, record)
+            if note:
+                row["note"] = note
+            row["status"] = record.status
+            run = record.meta.get("run") or {}
+            row["where"] = seen(ws, record).where if record.status == "running" else ""
+        elif record.status == "running":
             look = seen(ws, record)
             row["where"] = look.where
             row["alive"] = look.alive
@@ -197,11 +247,67 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
         run = record.meta.get("run") or {}
         row.update({k: run.get(k) for k in ("backend", "host", "started", "ended", "exit_code", "job_id", "pid", "restarts")
                     if run.get(k) is not None})
-        row.update(progress(ws, v, record.meta.get("config") or {}))
-        if record.status == "failed" and run.get("error"):
+        if runner.replicated(run):
+            row["replicates"] = replicate_rows(ws, v, run, record.meta.get("config") or {})
+        else:
+            row.update(progress(ws, v, record.meta.get("config") or {}))
+        if record.status in ("failed", "interrupted") and run.get("error"):
             row["error"] = run["error"]
         rows.append(row)
     return rows
+
+
+def replicate_rows(ws: Workspace, version: Version, run: dict[str, Any], config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each replicate: index, seed, status, and its progress while it runs or its error."""
+    out = []
+    for rep in run.get("replicates") or []:
+        row = {k: rep.get(k) for k in ("index", "seed", "status", "started", "ended", "exit_code", "job_id", "pid")
+               if rep.get(k) is not None}
+        if rep.get("status") == "running":
+            row.update(progress_of(ws.replicate_dir(version, rep["index"]), config))
+        if rep.get("error"):
+            row["error"] = rep["error"]
+        out.append(row)
+    return out
+
+
+def _status_replicates(ws: Workspace, record: Record) -> tuple[Record, str | None]:
+    """Conclude the replicates whose process is gone (heartbeat stale); end the record when nothing
+    runs and no live queue supervisor will start what is pending."""
+    v = record.version
+    run = record.meta.get("run") or {}
+    notes = []
+    for rep in run["replicates"]:
+        if rep.get("status") == "pending" and rep.get("job_id"):  # its job waits in Slurm, or was cancelled there
+            look = seen_replicate(ws, record, rep)
+            if look.alive is False:
+                runner.finalize_replicate(ws, v, rep["index"], 1, reason=f"its Slurm job ended before the replicate started ({look.where})",
+                                          ended_by="exp status")
+                notes.append(f"r{rep['index']}: {look.where} before it started")
+            continue
+        if rep.get("status") != "running":
+            continue
+        look = seen_replicate(ws, record, rep)
+        if look.alive is not False:
+            continue
+        beat = read_json(ws.replicate_dir(v, rep["index"]) / "heartbeat")
+        age = time.time() - float(beat["unix"]) if isinstance(beat, dict) and beat.get("unix") else None
+        trainer = read_json(ws.replicate_dir(v, rep["index"]) / "status.json")
+        finished = isinstance(trainer, dict) and trainer.get("status") == "finished"
+        if age is None or age > HEARTBEAT_STALE_S or finished or (isinstance(beat, dict) and beat.get("pid")
+                                                                   and not _exists(int(beat["pid"]))):
+            runner.conclude(ws, v, 1, reason=f"the replicate's process died without finalizing ({look.where})",
+                            interrupted=True, ended_by="exp status", replicate=rep["index"])
+            notes.append(f"r{rep['index']} marked ended: {look.where}")
+    record = records.load(ws, v)
+    run = record.meta.get("run") or {}
+    if record.status == "running" and not any(r.get("status") == "running" or r.get("job_id") and r.get("status") == "pending"
+                                              for r in run["replicates"]) \
+            and not runner.supervisor_alive(ws, run.get("queue")):
+        record = runner.finalize_replicates(ws, v, 1, interrupted=True, ended_by="exp status")
+        notes.append("no replicate runs and the queue's supervisor is gone: pending replicates stay pending; "
+                     f"`exp run {v} --resume` runs them")
+    return record, "; ".join(notes) or None
 
 
 # -- a run on another host (ssh) ------------------------------------------------------------------
@@ -243,6 +349,8 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
     record = records.load(ws, version)
     require_status(record, ("running",), "stop")
     run = record.meta.get("run") or {}
+    if runner.replicated(run) and not run.get("remote"):
+        return _stop_replicates(ws, version, timeout_s)
     if run.get("remote"):
         return _stop_remote(ws, version, run, timeout_s)
     if run.get("job_id"):
@@ -293,6 +401,38 @@ def stop(ws: Workspace, version: Version, timeout_s: float = 120.0) -> dict[str,
                 slurm.cancel(str(run["job_id"]))  # the job did not end on TERM: cancel it outright
             except slurm.SlurmError as err:
                 result["note"] += f" (scancel: {err})"
+    return result
+
+
+def _stop_replicates(ws: Workspace, version: Version, timeout_s: float) -> dict[str, Any]:
+    """No pending replicate starts; each running one gets SIGTERM (scancel for a job) and
+    checkpoints; the record ends interrupted once none runs."""
+    record = runner.mark_stopping(ws, version)
+    run = record.meta.get("run") or {}
+    for rep in run.get("replicates") or []:
+        if rep.get("job_id") and rep.get("status") in ("pending", "running"):
+            try:
+                slurm.cancel(str(rep["job_id"]), "TERM" if rep.get("status") == "running" else None)
+            except slurm.SlurmError:
+                pass
+        elif rep.get("status") == "running" and rep.get("pid") and rep.get("host") in (None, procs.hostname()):
+            procs.terminate(int(rep["pid"]), rep.get("pgid"), rep.get("pid_started"))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record = records.load(ws, version)
+        if record.status != "running":
+            break
+        if not any(seen_replicate(ws, record, r).alive for r in (record.meta.get("run") or {})["replicates"]
+                   if r.get("status") == "running"):
+            time.sleep(FILE_POLL_S)  # let the EXIT traps write their results
+            record = runner.finalize_replicates(ws, version, 143, reason="stopped by exp stop", interrupted=True,
+                                                ended_by="exp stop")
+            break
+        time.sleep(FILE_POLL_S)
+    result = {"version": str(version), "status": record.status,
+              "replicates": {r["index"]: r.get("status") for r in (record.meta.get("run") or {}).get("replicates") or []}}
+    if record.status == "running":
+        result["note"] = f"still running after {timeout_s:.0f} s; `exp status {version}` to look again"
     return result
 
 

@@ -9,12 +9,12 @@ from typing import Any, Optional
 
 import typer
 
-from .. import records, runner, watch
+from .. import queue, records, runner, watch
 from ..numbers import fmt, format_number
 from ..preflight import Check, failed_checks, preflight
 from ..script import LaunchOptions
 from ..status import next_step
-from . import JSON_HELP, VERSION_HELP, command, counts, duration, echo_json, typer_app, usage, version, current_workspace
+from . import JSON_HELP, VERSION_HELP, command, counts, duration, echo_json, table, typer_app, usage, version, current_workspace
 
 app = typer_app()
 
@@ -84,11 +84,114 @@ def _watch(ws: Any, v: Any, launch: runner.Launch, max_steps: int, resume: bool)
             typer.echo(f"step {m['step']:>6}/{max_steps}  {describe(m)}  eta {duration(eta)}")
 
 
+def _queue_wanted(ws: Any, versions: list[str], members: bool, parallel: int | None, gpus_per_run: int | None,
+                  fail_fast: bool) -> bool:
+    """One version alone runs as it always has; several, a group's members, a replicated record or
+    the queue's options make a run queue."""
+    if len(versions) != 1 or members or parallel is not None or gpus_per_run is not None or fail_fast:
+        return True
+    v = version(versions[0])
+    if not ws.record_path(v).exists():
+        return False
+    record = records.load(ws, v)
+    return len(queue.groups.replicate_seeds(record.meta.get("config") or {})) > 1
+
+
+def _print_plan(ws: Any, found: dict[str, Any]) -> None:
+    rows = [[u["member"], str(u["seed"]), u["gpus"], u["rendezvous"], u["backend"], str(u["threads"] or "-"),
+             ("resume" if u["resume"] else "fresh"), u["out_dir"]] for u in found["units"]]
+    typer.echo(f"plan      queue {found['queue']}: {len(found['units'])} unit(s), {found['parallel']} at a time"
+               + (f", GPU sets {' | '.join(found['gpu_sets'])}" if found["gpu_sets"] else "")
+               + (f", {found['threads']} thread(s) each" if found["threads"] else ""))
+    typer.echo(table(["member", "seed", "gpus", "rendezvous", "backend", "threads", "start", "out dir"], rows))
+    typer.echo("commands")
+    for u in found["units"]:
+        typer.echo(f"  {u['member']:14} {u['command']}")
+    for s in found["skipped"]:
+        typer.echo(f"skipped   {s['version']}: {s['why']}")
+
+
+def _run_queue(ws: Any, versions: list[str], members: bool, opts: LaunchOptions, gpus: str | None, parallel: int | None,
+               gpus_per_run: int | None, fail_fast: bool, dry_run: bool, detach: bool, json_out: bool,
+               host: str | None) -> None:
+    if host:
+        raise usage("--host runs one record on that host; a run queue on a host is not built yet: "
+                    "log in there and run the queue with `exp run ... --detach`")
+    vs = queue.resolve_versions(ws, versions, members)
+    qopts = queue.QueueOptions(parallel=parallel, gpus=gpus, gpus_per_run=gpus_per_run, fail_fast=fail_fast,
+                               resume=opts.resume, launch=opts)
+    plan = queue.plan(ws, vs, qopts)
+    found = queue.plan_dict(ws, plan)
+    if dry_run:
+        if json_out:
+            echo_json(found)
+            return
+        _print_plan(ws, found)
+        for v, checks in plan.checks.items():
+            bad = failed_checks(checks)
+            typer.echo(f"preflight {v}: {'ok' if not bad else 'not found here: ' + ', '.join(c.name for c in bad)}")
+            _print_checks(checks)
+        if found["not_found_here"]:
+            typer.echo("# what the preflight could not find here must be on the machine that runs the plan")
+        typer.echo("# the plan is valid; nothing was started or written")
+        return
+    bad = {v: failed_checks(c) for v, c in plan.checks.items() if failed_checks(c)}
+    if bad:
+        raise usage("preflight failed, nothing started: " + " | ".join(
+            f"{v}: " + "; ".join(f"{c.name}: {c.detail} — {c.fix}" for c in cs) for v, cs in bad.items()))
+    if not plan.units:
+        typer.echo("nothing to run: " + "; ".join(f"{s['version']} {s['why']}" for s in plan.skipped))
+        return
+    if plan.backend == "slurm":
+        done = queue.summary(queue.submit_slurm(ws, plan))
+        if json_out:
+            echo_json(done)
+        else:
+            for u in done["units"]:
+                typer.echo(f"submitted {u['name']} as Slurm job {u['job_id']}" if u["job_id"] else f"failed    {u['name']}: {u['error']}")
+            typer.echo(f"follow    exp status · exp stop V · queue state {ws.rel(queue.state_path(ws, plan.id))}")
+        if done["failed"]:
+            raise typer.Exit(1)
+        return
+    if detach:
+        started = queue.detach(ws, plan)
+        if json_out:
+            echo_json(started)
+        else:
+            typer.echo(f"queue     {started['queue']}: {len(started['units'])} unit(s), supervisor pid {started['pid']}; "
+                       f"log {started['log']}")
+            typer.echo("follow    exp status · exp stop V · exp run ... --resume continues what did not finish")
+        return
+    if not json_out:
+        _print_plan(ws, found)
+    sup = queue.Supervisor(ws, plan, echo=(lambda line: None) if json_out else typer.echo)
+    try:
+        sup.run()
+    except KeyboardInterrupt:
+        typer.echo("\nexp: the queue was stopped; `exp run ... --resume` continues what did not finish", err=True)
+        raise typer.Exit(130)
+    done = queue.summary(plan)
+    if json_out:
+        echo_json(done)
+    else:
+        typer.echo("\nqueue     " + ", ".join(f"{u['name']} {u['outcome'] or u['state']}" for u in done["units"]))
+        for v in dict.fromkeys(u.version for u in plan.units):
+            rec = records.load(ws, version(v))
+            typer.echo(f"record    {v}: {rec.status}" + (f" ({(rec.meta.get('run') or {}).get('error')})"
+                                                          if rec.status in ("failed", "interrupted") else ""))
+    if not done["ok"]:
+        raise typer.Exit(1)
+
+
 @command(app)
 def run(
-    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the script and the preflight; start nothing"),
-    detach: bool = typer.Option(False, "--detach", help="run in its own session and return (pid file in out/)"),
+    versions_: list[str] = typer.Argument(..., metavar="VERSION...", help="experiment version(s) X.Y.Z; several make a run queue"),
+    members: bool = typer.Option(False, "--members", help="run every member of the group VERSION (X.Y.0)"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", metavar="N", help="queue: run N at once (default 1, or one per GPU set)"),
+    gpus_per_run: Optional[int] = typer.Option(None, "--gpus-per-run", metavar="K", help="queue: split --gpus into disjoint sets of K, one per run"),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="queue: a failed unit cancels what is still pending (default: the others go on)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the script (a queue: its plan) and the preflight; start nothing"),
+    detach: bool = typer.Option(False, "--detach", help="run in its own session and return (a queue: to a supervisor of its own)"),
     backend: str = typer.Option("local", "--backend", metavar="local|torchrun|slurm", help="how to launch"),
     gpus: Optional[str] = typer.Option(None, "--gpus", metavar="0,1|N",
                                        help="local/torchrun: GPU ids (sets CUDA_VISIBLE_DEVICES); slurm: a count of GPUs per node"),
@@ -111,9 +214,17 @@ def run(
     remote_python: Optional[str] = typer.Option(None, "--remote-python", metavar="PATH", help="Python on HOST with exp installed (default python3)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Render run_file/experiment_VERSION.sh, preflight, and run it (foreground, detached or Slurm)."""
-    v = version(version_)
+    """Run records: render the script, preflight, start (foreground, detached, Slurm); several: a queue."""
     ws = current_workspace()
+    if _queue_wanted(ws, versions_, members, parallel, gpus_per_run, fail_fast):
+        opts = _opts(backend, None if backend != "slurm" else gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit,
+                     partition, ws=ws, master_port=master_port, account=account, qos=qos, mem=mem, cpus_per_task=cpus_per_task,
+                     constraint=constraint)
+        _run_queue(ws, versions_, members, opts, gpus if backend != "slurm" else None, parallel, gpus_per_run, fail_fast,
+                   dry_run, detach, json_out, host)
+        return
+    version_ = versions_[0]
+    v = version(version_)
     opts = _opts(backend, gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit, partition, ws=ws,
                  master_port=master_port, account=account, qos=qos, mem=mem, cpus_per_task=cpus_per_task, constraint=constraint)
     target = runner.remote_target(ws, v, host, port, remote_dir, remote_python, resume)
@@ -219,12 +330,31 @@ def status(
     version_: Optional[str] = typer.Argument(None, metavar="[VERSION]", help="one record (default: every running one)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Show running experiments: step, loss, tokens/s, ETA; finds runs that died."""
-    rows = watch.status(current_workspace(), version(version_) if version_ else None)
-    if json_out:
-        echo_json(rows)
-        return
-    if not rows:
+    """Show running experiments, queues and replicates: step, loss, tokens/s, ETA; finds runs that died."""
+    ws = current_workspace()
+    v = version(version_) if version_ else None
+    member_vs = [e.version for e in queue.groups.members(ws, v)] if v is not None else []
+    if member_vs:  # a group: its members, and the queues that run them
+        rows = [r for m in member_vs for r in watch.status(ws, m)]
+        queues = queue.status(ws, [str(m) for m in member_vs])
+        if json_out:
+            echo_json({"runs": rows, "queues": queues})
+            return
+    else:
+        rows = watch.status(ws, v)
+        rows += queue.pending_rows(ws, {r["version"] for r in rows}) if v is None else []
+        queues = queue.status(ws, [str(v)] if v else None) if not json_out else []
+        if json_out:
+            echo_json(rows)
+            return
+    for q in queues:
+        typer.echo(f"queue {q['queue']} ({q['supervisor']})")
+        for u in q["units"]:
+            step = f"step {u['step']}/{u.get('max_steps')}" if u.get("step") is not None else ""
+            eta = f"eta {duration(u['eta_s'])}" if u.get("eta_s") is not None else ""
+            typer.echo("  " + "  ".join(x for x in (f"{u['member']:12}", f"seed {u['seed']}", f"{u['status']:11}", step, eta,
+                                                       u.get("why") or "") if x))
+    if not rows and not queues:
         typer.echo("nothing is running")
         return
     for r in rows:
@@ -237,6 +367,11 @@ def status(
         for key in ("note", "error"):
             if r.get(key):
                 typer.echo(f"  {key}: {r[key]}")
+        for rep in r.get("replicates") or []:
+            step = f"step {rep['step']}/{rep.get('max_steps')}" if rep.get("step") is not None else ""
+            eta = f"eta {duration(rep['eta_s'])}" if rep.get("eta_s") is not None and rep["status"] == "running" else ""
+            typer.echo("  " + "  ".join(x for x in (f"r{rep['index']}", f"seed {rep['seed']}", rep["status"], step, eta,
+                                                       rep.get("error") or "") if x))
 
 
 @command(app)
@@ -255,10 +390,20 @@ def logs(
 @command(app)
 def stop(
     version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    members: bool = typer.Option(False, "--members", help="stop every member of the group VERSION (pending ones never start)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Stop a run with SIGTERM (scancel on Slurm); it checkpoints and becomes interrupted."""
-    result = watch.stop(current_workspace(), version(version_))
+    ws = current_workspace()
+    if members or queue.is_pending(ws, version(version_)):
+        results = queue.stop(ws, queue.check_members_flag(ws, version(version_)) if members else [version(version_)])
+        if json_out:
+            echo_json(results)
+        else:
+            for res in results:
+                typer.echo(f"{res['version']}: {res['status']}" + (f" ({res['note']})" if res.get("note") else ""))
+        return
+    result = watch.stop(ws, version(version_))
     if json_out:
         echo_json(result)
     else:
@@ -301,10 +446,14 @@ def start_(
     gpus: Optional[str] = typer.Option(None, "--gpus"),
     nproc: Optional[int] = typer.Option(None, "--nproc"),
     nnodes: int = typer.Option(1, "--nnodes"),
+    replicate: Optional[int] = typer.Option(None, "--replicate"),
 ) -> None:
     """Run-script step: preflight, then mark the record running (called by the rendered script)."""
     opts = LaunchOptions(backend=backend, gpus=gpus, nproc=nproc, nnodes=nnodes)
-    checks, record = runner.start_from_script(current_workspace(), version(version_), opts, pid)
+    if replicate is not None:
+        checks, record = runner.start_replicate(current_workspace(), version(version_), opts, replicate, pid)
+    else:
+        checks, record = runner.start_from_script(current_workspace(), version(version_), opts, pid)
     if checks:
         typer.echo("preflight", err=True)
         _print_checks(checks, err=True)
@@ -318,12 +467,24 @@ def start_(
 
 
 @command(app, "_finalize", hidden=True)
-def finalize_(version_: str = typer.Argument(..., metavar="VERSION"), exit_code: int = typer.Option(..., "--exit-code")) -> None:
+def finalize_(version_: str = typer.Argument(..., metavar="VERSION"), exit_code: int = typer.Option(..., "--exit-code"),
+              replicate: Optional[int] = typer.Option(None, "--replicate")) -> None:
     """Run-script step: record how the run ended (called by the script's EXIT trap)."""
-    record, result, failure = runner.conclude(current_workspace(), version(version_), exit_code)
-    run_status = (record.meta.get("run") or {}).get("status", record.status)
-    typer.echo(f"exp: {version_} {run_status} (exit {exit_code})", err=True)
+    record, result, failure = runner.conclude(current_workspace(), version(version_), exit_code, replicate=replicate)
+    run_info = record.meta.get("run") or {}
+    if replicate is not None:
+        reps = run_info.get("replicates") or []
+        mine = reps[replicate].get("status") if replicate < len(reps) else "unknown"
+        typer.echo(f"exp: {version_} replicate {replicate} {mine} (exit {exit_code}); the record is {record.status}", err=True)
+    else:
+        typer.echo(f"exp: {version_} {run_info.get('status', record.status)} (exit {exit_code})", err=True)
     if failure:
         typer.echo(f"exp: the analysis failed: {failure}; run `exp analyze {version_}` after fixing it", err=True)
     elif result is not None:
         typer.echo(f"exp: {version_} analyzed: {counts(result['verdict_counts'])}, {len(result['anomalies'])} anomalies", err=True)
+
+
+@command(app, "_queue", hidden=True)
+def queue_(queue_id: str = typer.Argument(..., metavar="ID")) -> None:
+    """The detached run queue's supervisor (started by `exp run ... --detach`)."""
+    queue.supervise(current_workspace(), queue_id)
