@@ -26,7 +26,7 @@ from . import catalog, citations, groups, records, results, store, times, view
 from . import claims as claims_mod
 from .diagnosis import reason_text
 from .errors import ExpError
-from .files import read_json, write_json
+from .files import file_lock, read_json, write_json
 from .intervals import welch_interval
 from .metrics import HIGHER_IS_BETTER
 from .numbers import format_number, is_finite_number
@@ -438,6 +438,22 @@ def _render(ws: Workspace, record: Record, metrics_too: bool = True) -> None:
     view.regenerate(ws, record, (GROUP_BLOCK,))  # refuses (HandEditError) a hand-edited section, as every generated one
     if metrics_too and not record.meta.get("analysis"):  # the metrics section says where a parent that did not run has its results
         view.regenerate_quietly(ws, record, ("metrics",))
+
+
+def after_member_end(ws: Workspace, version: Version) -> dict[str, Any] | None:
+    """The group's analysis, automatic when its last member ends (``runner.conclude`` calls this
+    for every record whose run ended, however it ended): None when ``version`` is no member, a
+    member has not ended yet (draft, ready or running), or the parent cannot be analysed now.
+    Members ending at once are judged one at a time: the last one analyses."""
+    parent = groups.group_of(store.read_meta(ws, version))
+    if parent is None or not ws.record_path(parent).exists():
+        return None
+    with file_lock(ws.group_lock_path(parent)):
+        if any(e.status in PENDING for e in groups.members(ws, parent)):
+            return None
+        if store.read_meta(ws, parent).get("status") not in GROUP_ANALYZABLE:
+            return None
+        return analyze(ws, parent)
 
 
 def analyze_any(ws: Workspace, version: Version) -> dict[str, Any]:

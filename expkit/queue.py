@@ -30,7 +30,7 @@ from . import groups, procs, records, runner, slurm, times, watch
 from .errors import ExpError, UsageError
 from .files import file_lock, read_json, write_json
 from .preflight import Check, failed_checks, probe_environment
-from .script import LaunchOptions, RunError, replicate_count
+from .script import LaunchOptions, RunError
 from .status import next_step
 from .version import Version
 from .workspace import Workspace
@@ -381,8 +381,9 @@ def cancel(ws: Workspace, versions: list[str]) -> list[str]:
 
 # -- running -------------------------------------------------------------------------------------------
 def on_group_end(ws: Workspace, parent: Version) -> None:
-    """Called once when the last member of group ``parent`` run by a queue ends. For now it only
-    logs (``out/.queue/events.log``); the group's analysis is wired here."""
+    """Called once when the last member of group ``parent`` run by a queue ends: a line in
+    ``out/.queue/events.log``. The group's analysis is not started here: the last member's own end
+    writes it (``runner.conclude`` → ``grouping.after_member_end``), with or without a queue."""
     with open(ws.queue_dir() / "events.log", "a", encoding="utf-8") as fh:
         fh.write(f"{times.now()} group {parent}: its last member ended\n")
 

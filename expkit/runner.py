@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import gitops, lifecycle, procs, records, remote, results, slurm, store, times, tracking, view
+from . import gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, times, tracking, view
 from .groups import replicate_seeds
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
@@ -342,13 +342,22 @@ def conclude(ws: Workspace, version: Version, exit_code: int, reason: str | None
     script's EXIT trap, a foreground ``exp run``, ``exp status`` finding a dead process).
     Returns (record, the analysis or None, why the analysis failed or None)."""
     record = finalize(ws, version, exit_code, reason=reason, interrupted=interrupted, ended_by=ended_by, replicate=replicate)
-    if record.status != "finished":
+    if record.status == "running":  # a replicate ended, others go on
         return record, None, None
-    try:
-        result = results.analyze(ws, version)
+    result, failure = None, None
+    if record.status == "finished":
+        try:
+            result = results.analyze(ws, version)
+        except ExpError as err:
+            failure = str(err)
+    try:  # the last member of a group to end analyses the group
+        if grouping.after_member_end(ws, version) is not None:
+            records.note(f"{version} was the last member of its group to end: the group's analysis is written")
     except ExpError as err:
-        return record, None, str(err)
-    return records.load(ws, version), result, None
+        records.note(f"the group's analysis failed: {err}")
+    if failure is not None:
+        return record, None, failure
+    return (records.load(ws, version), result, None) if result is not None else (record, None, None)
 
 
 def _restart_count() -> int:

@@ -165,6 +165,10 @@ class Workspace:
     def lock_path(self, version: Any) -> Path:
         return self.locks_dir / f"experiment_{version}.lock"
 
+    def group_lock_path(self, parent: Any) -> Path:
+        """Held while a group's end is judged and its analysis written (members may end at once)."""
+        return self.locks_dir / f"group_{parent}.lock"
+
     def discarded_dir(self) -> Path:
         return self.out_root / ".discarded"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_exp, slurm_cluster
-from test_replicates import PARENT, make_group
+from test_replicates import make_group
 
 from expkit import records
 from expkit.files import read_json

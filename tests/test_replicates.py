@@ -104,6 +104,12 @@ def test_a_group_of_two_members_with_two_replicates_runs_to_the_end_on_two_cpu_s
     # the one hook, once, when the group's last member ended
     events = (ws.queue_dir() / "events.log").read_text()
     assert events.count("group 1.1.0: its last member ended") == 1
+    # and the group's analysis was written by the last member's end, with both members in it
+    parent = records.load(ws, Version.parse("1.1.0"))
+    group = parent.meta["group_analysis"]
+    assert parent.status == "analyzed" and not group["partial"]
+    assert [(m["version"], m["n"]) for m in group["members"]] == [("1.1.1", 2), ("1.1.2", 2)]
+    assert "<!-- exp:generated group -->" in ws.record_path(Version.parse("1.1.0")).read_text(encoding="utf-8")
 
 
 def test_exp_check_no_longer_warns_that_replicates_train_once(ws):
