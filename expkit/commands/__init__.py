@@ -28,6 +28,7 @@ from ..version import Version
 from ..workspace import Workspace
 
 VERSION_HELP = "experiment version X.Y.Z"
+GROUP_VERSION_HELP = "experiment version X.Y.Z, or a group's X.Y.0: the group and all its members"
 JSON_HELP = "print JSON instead of text"
 
 

@@ -12,14 +12,14 @@ from .. import grouping
 from .. import results as results_mod
 from ..verdicts import verdict_kind
 from ..numbers import format_number
-from . import JSON_HELP, VERSION_HELP, command, counts, echo_json, typer_app, usage, version, current_workspace
+from . import GROUP_VERSION_HELP, JSON_HELP, VERSION_HELP, command, counts, echo_json, typer_app, usage, version, current_workspace
 
 app = typer_app()
 
 
 @command(app)
 def analyze(
-    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    version_: str = typer.Argument(..., metavar="VERSION", help=GROUP_VERSION_HELP),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Metrics, verdicts on the expected results, anomalies, plots and drafts of the AI sections."""

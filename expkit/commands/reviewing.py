@@ -6,13 +6,13 @@ import typer
 
 from .. import commit as commit_mod
 from .. import review as review_mod
-from . import JSON_HELP, VERSION_HELP, command, echo_json, typer_app, version, current_workspace
+from . import GROUP_VERSION_HELP, JSON_HELP, command, echo_json, typer_app, version, current_workspace
 
 app = typer_app()
 
 
 @command(app)
-def review(version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP)) -> None:
+def review(version_: str = typer.Argument(..., metavar="VERSION", help=GROUP_VERSION_HELP)) -> None:
     """A person reviews an analyzed record at a terminal: approve, request changes, or quit."""
     result = review_mod.session(current_workspace(), version(version_))
     if not result["written"]:
@@ -23,7 +23,7 @@ def review(version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_H
 
 @command(app)
 def commit(
-    version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    version_: str = typer.Argument(..., metavar="VERSION", help=GROUP_VERSION_HELP),
     sign: bool = typer.Option(False, "--sign", help="sign the commit with git's configured key (git commit -S)"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
