@@ -79,41 +79,34 @@ def seen(ws: Workspace, record: Record) -> Seen:
     if run.get("remote"):  # on another host over ssh: None when the host could not be reached
         alive, where = remote.state(run)
         return Seen(alive, where)
-    if run.get("job_id"):
-        job = str(run["job_id"])
-        state, why = slurm_state(ws, record.version, job)
-        if state is None:
-            return Seen(None, f"Slurm job {job}: could not ask Slurm ({why}); left as it was")
-        if state == "GONE":
-            return Seen(False, f"Slurm job {job} is no longer known to the cluster")
-        return Seen(state.split()[0] in SLURM_ACTIVE, f"Slurm job {job} {state}")
-    host = run.get("host")
-    if host and host != procs.hostname():
-        return Seen(None, f"runs on {host}, not on this machine ({procs.hostname()}): look there with `exp status {record.version}`")
-    pid = run.get("pid")
-    if not pid:
-        return Seen(None, "no process recorded yet (starting, or begun by hand without a pid)")
-    seen = procs.look(int(pid), run.get("pgid"), run.get("pid_started"))
-    return Seen(*LOOKS[seen](pid, host or procs.hostname()))
+    return _seen_process(ws, record.version, run)
 
 
 def seen_replicate(ws: Workspace, record: Record, rep: dict[str, Any]) -> Seen:
     """One running replicate: its process here, or its Slurm job."""
-    name = f"r{rep['index']}"
-    if rep.get("job_id"):
-        state, why = slurm_state(ws, record.version, str(rep["job_id"]))
+    return _seen_process(ws, record.version, rep, name=f"r{rep['index']}")
+
+
+def _seen_process(ws: Workspace, version: Version, where: dict[str, Any], name: str | None = None) -> Seen:
+    """A run's (or a replicate's, ``name``) Slurm job or process, from what the record keeps of it
+    (job_id, or host, pid, pgid and start time): alive, gone, or None when it cannot be told."""
+    said = f"{name}: " if name else ""
+    if where.get("job_id"):
+        job = str(where["job_id"])
+        state, why = slurm_state(ws, version, job)
         if state is None:
-            return Seen(None, f"{name}: Slurm job {rep['job_id']}: could not ask Slurm ({why})")
+            return Seen(None, f"{said}Slurm job {job}: could not ask Slurm ({why}); left as it was")
         if state == "GONE":
-            return Seen(False, f"{name}: Slurm job {rep['job_id']} is no longer known to the cluster")
-        return Seen(state.split()[0] in SLURM_ACTIVE, f"{name}: Slurm job {rep['job_id']} {state}")
-    host = rep.get("host")
+            return Seen(False, f"{said}Slurm job {job} is no longer known to the cluster")
+        return Seen(state.split()[0] in SLURM_ACTIVE, f"{said}Slurm job {job} {state}")
+    host = where.get("host")
     if host and host != procs.hostname():
-        return Seen(None, f"{name} runs on {host}, not on this machine")
-    if not rep.get("pid"):
-        return Seen(None, f"{name}: no process recorded yet (starting)")
-    alive, where = LOOKS[procs.look(int(rep["pid"]), rep.get("pgid"), rep.get("pid_started"))](rep["pid"], host or procs.hostname())
-    return Seen(alive, f"{name}: {where}")
+        return Seen(None, f"{said}runs on {host}, not on this machine ({procs.hostname()}): look there with `exp status {version}`")
+    pid = where.get("pid")
+    if not pid:
+        return Seen(None, f"{said}no process recorded yet (starting, or begun by hand without a pid)")
+    alive, text = LOOKS[procs.look(int(pid), where.get("pgid"), where.get("pid_started"))](pid, host or procs.hostname())
+    return Seen(alive, said + text)
 
 
 def _seen_replicates(ws: Workspace, record: Record) -> Seen:
