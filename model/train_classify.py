@@ -61,7 +61,7 @@ import torch
 
 from expkit import tracking
 from expkit.errors import ConfigError, ExpError
-from expkit.files import atomic_file, atomic_write
+from expkit.files import atomic_write
 
 from .classify import (
     EMA,
@@ -88,6 +88,7 @@ from .train_pretrain import (
     EXIT_OK,
     EXIT_SIGINT,
     EXIT_SIGTERM,
+    Checkpoints,
     Diverged,
     RunLog,
     Schedule,
@@ -113,79 +114,25 @@ EVAL_BATCH = 64
 # -- checkpoints ranked by the monitor -----------------------------------------------------------
 
 
-class RankedCheckpoints:
+class RankedCheckpoints(Checkpoints):
     """``checkpoints/step_XXXXXXXX.pt`` + ``.json`` {"step", "monitor", "value"}, pruned to the best
     ``keep_top_k`` by value (its direction; on a tie the older, the one that reached it first)
     plus the last; a checkpoint without a value (saved on a signal) is kept only while last."""
 
+    KEY = "value"
+    FORMAT = CHECKPOINT_FORMAT
+
     def __init__(self, directory: Path, keep_top_k: int, monitor: str, higher_is_better: bool, log: RunLog) -> None:
-        self.dir, self.keep_top_k, self.monitor, self.higher = directory, keep_top_k, monitor, higher_is_better
-        self.log = log
+        super().__init__(directory, keep_top_k, log)
+        self.monitor, self.higher = monitor, higher_is_better
 
-    def path(self, step: int) -> Path:
-        return self.dir / _ckpt_name(step)
-
-    def save(self, state: dict[str, Any], step: int, value: float | None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_file(self.path(step)) as fh:
-            torch.save(state, fh)
-        _write_json_atomic(self.path(step).with_suffix(".json"),
-                           {"step": step, "monitor": self.monitor, "value": _finite_or_none(value)})
-        self.prune()
-
-    def listed(self) -> list[tuple[int, Path]]:
-        found = []
-        for p in self.dir.glob("step_*.pt"):
-            try:
-                found.append((int(p.stem.split("_")[1]), p))
-            except (IndexError, ValueError):
-                continue
-        return sorted(found)
-
-    def value(self, path: Path) -> float | None:
-        try:
-            v = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("value")
-        except (OSError, ValueError, AttributeError):
-            return None
-        return float(v) if isinstance(v, (int, float)) else None
+    def label(self, step: int, value: float | None) -> dict[str, Any]:
+        return {"step": step, "monitor": self.monitor, "value": _finite_or_none(value)}
 
     def ranked(self) -> list[tuple[int, Path, float]]:
         """(step, path, value), best first."""
         rows = [(s, p, v) for s, p in self.listed() if (v := self.value(p)) is not None]
         return sorted(rows, key=lambda r: ((-r[2] if self.higher else r[2]), r[0]))
-
-    def prune(self) -> None:
-        ckpts = self.listed()
-        if not ckpts:
-            return
-        keep = {ckpts[-1][1]} | {p for _, p, _ in self.ranked()[: self.keep_top_k]}
-        for _, p in ckpts:
-            if p not in keep:
-                p.unlink(missing_ok=True)
-                p.with_suffix(".json").unlink(missing_ok=True)
-
-    def load(self, path: Path) -> dict[str, Any]:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a classification checkpoint")
-        return state
-
-    def load_latest(self) -> dict[str, Any] | None:
-        for tmp in self.dir.glob(".step_*.tmp"):
-            tmp.unlink(missing_ok=True)
-        for step, path in reversed(self.listed()):
-            try:
-                state = self.load(path)
-                if state.get("step") != step:
-                    raise ValueError("step does not match the file name")
-            except Exception as err:
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                self.log.warn(f"skipping checkpoint {path.name}: cannot load it ({reason}); trying an older one")
-                path.rename(path.with_name(path.name + ".corrupt"))
-                path.with_suffix(".json").unlink(missing_ok=True)
-                continue
-            return state
-        return None
 
 
 # -- batches and evaluation ----------------------------------------------------------------------

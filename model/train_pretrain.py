@@ -401,23 +401,36 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 class Checkpoints:
     """``checkpoints/step_XXXXXXXX.pt``, written atomically, pruned to the best k plus the last.
 
-    Each .pt has a small .json beside it ({"step", "val_loss"}) so pruning never loads a
-    checkpoint. A .pt that does not load is skipped on resume (renamed ``.corrupt``).
+    Each .pt has a small .json beside it ({"step", KEY}) so pruning never loads a checkpoint;
+    the best are ranked by ``value`` (here the validation loss, lower is better; on a tie the
+    newer). A .pt that does not load is skipped on resume (renamed ``.corrupt``). The
+    classification trainer's ``RankedCheckpoints`` ranks by its monitor on the same files.
     """
+
+    #: the .json's field ranked on, and the checkpoints' format
+    KEY = "val_loss"
+    FORMAT: Any = CHECKPOINT_FORMAT
 
     def __init__(self, directory: Path, keep_top_k: int, log: RunLog) -> None:
         self.dir = directory
         self.keep_top_k = keep_top_k
         self.log = log
 
+    def path(self, step: int) -> Path:
+        return self.dir / _ckpt_name(step)
+
     def save(self, state: dict[str, Any], step: int, val_loss: float | None) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / _ckpt_name(step)
+        path = self.path(step)
         with atomic_file(path) as fh:
             torch.save(state, fh)
-        _write_json_atomic(path.with_suffix(".json"), {"step": step, "val_loss": _finite_or_none(val_loss)})
+        _write_json_atomic(path.with_suffix(".json"), self.label(step, val_loss))
         self.prune()
         return path
+
+    def label(self, step: int, value: float | None) -> dict[str, Any]:
+        """What the .json beside a checkpoint says."""
+        return {"step": step, self.KEY: _finite_or_none(value)}
 
     def listed(self) -> list[tuple[int, Path]]:
         found = []
@@ -428,24 +441,33 @@ class Checkpoints:
                 continue
         return sorted(found)
 
-    def _val_loss(self, path: Path) -> float | None:
+    def value(self, path: Path) -> float | None:
         try:
-            v = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("val_loss")
+            v = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get(self.KEY)
         except (OSError, ValueError, AttributeError):
             return None
         return float(v) if isinstance(v, (int, float)) else None
+
+    def ranked(self) -> list[tuple[int, Path, float]]:
+        """(step, path, value), best first: the lowest value, on a tie the newer."""
+        rows = [(s, p, v) for s, p in self.listed() if (v := self.value(p)) is not None]
+        return sorted(rows, key=lambda r: (r[2], -r[0]))
 
     def prune(self) -> None:
         ckpts = self.listed()
         if not ckpts:
             return
-        keep = {ckpts[-1][1]}  # the last
-        ranked = [(v, -s, p) for s, p in ckpts if (v := self._val_loss(p)) is not None]
-        keep.update(p for _, _, p in sorted(ranked)[: self.keep_top_k])  # ties: the newer one
+        keep = {ckpts[-1][1]} | {p for _, p, _ in self.ranked()[: self.keep_top_k]}  # the last, and the best k
         for _, p in ckpts:
             if p not in keep:
                 p.unlink(missing_ok=True)
                 p.with_suffix(".json").unlink(missing_ok=True)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != self.FORMAT:
+            raise ValueError("not an expkit checkpoint of this trainer")
+        return state
 
     def load_latest(self) -> dict[str, Any] | None:
         """The newest checkpoint that loads; corrupt ones are renamed ``.corrupt`` with a warning."""
@@ -453,9 +475,9 @@ class Checkpoints:
             tmp.unlink(missing_ok=True)
         for step, path in reversed(self.listed()):
             try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-                if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("step") != step:
-                    raise ValueError("not an expkit checkpoint of this step")
+                state = self.load(path)
+                if state.get("step") != step:
+                    raise ValueError("step does not match the file name")
             except Exception as err:  # truncated zip, bad pickle, wrong content
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 self.log.warn(f"skipping checkpoint {path.name}: cannot load it ({reason}); trying an older one")

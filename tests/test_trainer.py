@@ -425,7 +425,9 @@ def test_compile_trains_the_same_and_its_checkpoints_stay_plain_and_resume_exact
     assert tp.train(tiny(corpus, **base), plain).exit_code == tp.EXIT_OK
     cfg = tiny(corpus, **base, compile=True)
     assert tp.train(cfg, compiled).exit_code == tp.EXIT_OK
-    assert losses(compiled) == losses(plain)
+    # the same training; not bitwise: on CPU the plain model computes the loss in chunks, the compiled one whole
+    first = losses(compiled)
+    assert first == pytest.approx(losses(plain), rel=1e-5)
     ckpt = torch.load(compiled / "checkpoints" / "step_00000003.pt", weights_only=True)
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])  # the uncompiled module's state dict
     sha = json.loads((compiled / "summary.json").read_text())["param_sha256"]
@@ -433,7 +435,7 @@ def test_compile_trains_the_same_and_its_checkpoints_stay_plain_and_resume_exact
         path.unlink()
     resumed = tp.train(cfg, compiled, resume=True)
     assert resumed.exit_code == tp.EXIT_OK, resumed.error
-    assert losses(compiled) == losses(plain) and resumed.summary["param_sha256"] == sha
+    assert losses(compiled) == first and resumed.summary["param_sha256"] == sha  # the resume is exact
 
 
 def test_peak_memory_reads_ru_maxrss_in_the_platform_unit(monkeypatch):
