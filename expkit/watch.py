@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import procs, records, remote, runner, slurm, times
+from . import groups, procs, records, remote, runner, slurm, times
 from .files import read_json, write_json
 from .record import Record
 from .runner import conclude, finalize, tail_lines
@@ -165,7 +165,12 @@ def _trainer_finished(ws: Workspace, version: Version) -> bool:
 
 
 def progress(ws: Workspace, version: Version, config: dict[str, Any]) -> dict[str, Any]:
-    """Step, loss, throughput and ETA from the newest metrics line and the heartbeat."""
+    """Step, loss, throughput and ETA from the newest metrics line and the heartbeat; of a
+    replicated run, its replicate furthest behind (the record ends with its last replicate)."""
+    dirs = [ws.replicate_dir(version, i) for i in range(len(groups.replicate_seeds(config)))]
+    seen = [progress_of(d, config) for d in dirs if len(dirs) > 1 and (d / "metrics.jsonl").exists()]
+    if seen:
+        return min(seen, key=lambda p: p.get("step") or 0)
     return progress_of(ws.out_dir(version), config)
 
 
@@ -242,8 +247,7 @@ def status(ws: Workspace, version: Version | None = None) -> list[dict[str, Any]
                     if run.get(k) is not None})
         if runner.replicated(run):
             row["replicates"] = replicate_rows(ws, v, run, record.meta.get("config") or {})
-        else:
-            row.update(progress(ws, v, record.meta.get("config") or {}))
+        row.update(progress(ws, v, record.meta.get("config") or {}))  # of a replicated run: the one furthest behind
         if record.status in ("failed", "interrupted") and run.get("error"):
             row["error"] = run["error"]
         rows.append(row)

@@ -94,6 +94,10 @@ def _show_group(info: dict) -> None:
         typer.echo(f"  {v:10} {m.get('label', ''):24} {m.get('state', member['status']):9} {shown}")
     if ga.get("best"):
         typer.echo(f"  best: {ga['best']['version']} by {ga['best']['metric']} — {ga['best'].get('text', '')}")
+    for x in ga.get("verdicts") or []:
+        why = f"  ({x['reason']})" if x.get("reason") else ""
+        typer.echo(f"  {x['verdict']:12} {x['claim']}  observed {format_number(x.get('observed'))}, "
+                   f"reference {format_number(x.get('reference'))}{why}")
 
 
 @command(app, "list")
