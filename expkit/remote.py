@@ -325,10 +325,10 @@ def state(run: dict[str, Any]) -> tuple[bool | None, str]:
 
 
 #: How ``state`` begins its words for a member that waits in the queue on its host (nothing to pull yet).
-PENDING = "pending in queue"
+QUEUED_WORDS = "pending in queue"
 #: The remote record's statuses of a run still to end there.
 _NOT_ENDED = ("draft", "ready", "running")
-_SEPARATOR = "@@exp-queue@@"
+_QUEUE_FILE_MARK = "@@exp-queue@@"
 
 
 def _queued_state(target: Target, remote: dict[str, Any]) -> tuple[bool | None, str]:
@@ -336,9 +336,9 @@ def _queued_state(target: Target, remote: dict[str, Any]) -> tuple[bool | None, 
     ended) and its unit in the queue's state there (cancelled, failed to start). One ssh call, and
     one more to look at its process once it has one."""
     queue_id = remote["queue"]
-    res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && cat {_sh_path(remote['state'])}; echo; echo {_SEPARATOR}; "
+    res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && cat {_sh_path(remote['state'])}; echo; echo {_QUEUE_FILE_MARK}; "
                        f"cat {_sh_path(remote['queue_file'])}")
-    record_text, _, queue_text = res.stdout.partition(_SEPARATOR)
+    record_text, _, queue_text = res.stdout.partition(_QUEUE_FILE_MARK)
     try:
         theirs = json.loads(record_text).get("meta") or {}
     except (ValueError, AttributeError):
@@ -363,7 +363,7 @@ def _queued_state(target: Target, remote: dict[str, Any]) -> tuple[bool | None, 
         return False, f"cancelled in queue {queue_id} on {target.host} before it started ({unit.get('error') or 'exp stop'})"
     if unit.get("state") == "ended":
         return False, f"did not start on {target.host}: {unit.get('error') or unit.get('outcome')} (queue {queue_id})"
-    return True, f"{PENDING} {queue_id} on {target.host}"
+    return True, f"{QUEUED_WORDS} {queue_id} on {target.host}"
 
 
 def stop(run: dict[str, Any]) -> None:
@@ -382,7 +382,15 @@ def stop(run: dict[str, Any]) -> None:
 def log_lines(ws: Workspace, version: Version, run: dict[str, Any], follow: bool) -> Iterator[str]:
     """The run's log on its host, read through ssh; following ends when the run's script ends."""
     target = Target.of(run)
-    pid = int((run.get("remote") or {}).get("pid") or 0)
+    info = run.get("remote") or {}
+    pid = int(info.get("pid") or 0)
+    if info.get("queue") and not pid:  # a queue's member: its process, once it started there, is in its record there
+        res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && cat {_sh_path(info['state'])}")
+        try:
+            trun = (json.loads(res.stdout).get("meta") or {}).get("run") or {}
+        except (ValueError, AttributeError):
+            trun = {}
+        pid = int(trun.get("pid") or 0) if trun.get("queue") == info["queue"] else 0
     path = _sh_path(f"{target.dir}/{ws.rel(ws.out_dir(version))}/run.log")
     command = f"tail -n +1 -F --pid={pid} {path} 2>/dev/null" if follow and pid else f"cat {path}"
     proc = subprocess.Popen([*_ssh_base(target), target.host, command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

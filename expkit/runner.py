@@ -952,6 +952,8 @@ def _start_on_host(ws: Workspace, versions: list[Version], member_opts: dict[str
             begin(ws, v, member_opts[str(v)], env=env, command=command)
             with records.update(ws, v) as rec:
                 run = rec.meta.get("run") or {}
+                if queue_id:  # the host's own name comes back with the member's outcome (``exp pull``)
+                    run["host"] = target.host
                 run.update({k: theirs[k] for k in REMOTE_RUN_KEYS if theirs.get(k) is not None}, remote=info)
                 rec.meta["run"] = run
                 _regenerate_quietly(ws, rec, ("execution", "environment"))
@@ -985,7 +987,7 @@ def pull(ws: Workspace, version: Version) -> dict[str, Any]:
     if alive is None:
         raise RunError(f"{where}; nothing was pulled: `exp pull {version}` again when it answers")
     result: dict[str, Any] = {"version": str(version), "host": run["remote"]["host"], "where": where}
-    if alive and where.startswith(remote.PENDING):  # waits in the queue there: nothing to bring back yet
+    if alive and where.startswith(remote.QUEUED_WORDS):  # waits in the queue there: nothing to bring back yet
         return {**result, "status": record.status}
     theirs = remote.pull(ws, version)
     if record.status == "running" and alive is False:

@@ -275,6 +275,8 @@ def test_a_group_queued_on_the_host_runs_there_and_each_member_is_pulled_finishe
 
     _wait(both_ended_there)
     assert record(gitws, "1.1.1").status == "running"  # the record here learns the outcome by pulling, not before
+    logs = run_exp("logs", "1.1.1", cwd=gitws.root)  # read there, through ssh
+    assert logs.returncode == 0 and "model.train_pretrain" in logs.stdout, logs.stdout + logs.stderr
     one = run_exp("pull", "1.1.1", cwd=gitws.root)
     assert one.returncode == 0 and "1.1.1: analyzed (pulled from exptest" in one.stdout, one.stdout + one.stderr
     assert "group_analysis" not in record(gitws, "1.1.0").meta or not still  # its other member is still running here
