@@ -420,10 +420,14 @@ def pull(ws: Workspace, version: Version) -> dict[str, Any]:
         raise RunError(f"{version} did not run on a remote host; its outputs are in {ws.rel(ws.out_dir(version))}/")
     target = Target.of(run)
     out = ws.out_dir(version)
+    if (run.get("remote") or {}).get("queue"):  # a queue's member that has not started there has nothing to bring back
+        res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && test -d {_sh_path(ws.rel(out))} && echo started")
+        if "started" not in res.stdout:
+            theirs = remote_run(ws, version, target)
+            return {"status": theirs.get("status"), "run": theirs.get("run") or {}}
     out.mkdir(parents=True, exist_ok=True)
-    missing_ok = ["--ignore-missing-args"] if (run.get("remote") or {}).get("queue") else []  # a member not started there yet
-    _rsync(target, [*missing_ok, f"{target.host}:{target.dir}/{ws.rel(out)}/", f"{out}/"])
+    _rsync(target, [f"{target.host}:{target.dir}/{ws.rel(out)}/", f"{out}/"])
     script = ws.run_script_path(version)
-    _rsync(target, [*missing_ok, f"{target.host}:{target.dir}/{ws.rel(script)}", str(script)])
+    _rsync(target, [f"{target.host}:{target.dir}/{ws.rel(script)}", str(script)])
     theirs = remote_run(ws, version, target)
     return {"status": theirs.get("status"), "run": theirs.get("run") or {}}
