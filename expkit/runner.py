@@ -992,6 +992,9 @@ def pull(ws: Workspace, version: Version) -> dict[str, Any]:
     theirs = remote.pull(ws, version)
     if record.status == "running" and alive is False:
         trun = theirs["run"]
+        if replicated(run) and replicated(trun):  # each replicate's outcome there (its r{i}/ came back with the outputs)
+            with records.update(ws, version) as rec:
+                rec.meta["run"]["replicates"] = trun["replicates"]
         if run["remote"].get("queue") and theirs["status"] in ("draft", "ready"):  # never started in the queue there
             record, _, failure = conclude(ws, version, 1, interrupted=True, reason=where)
         elif theirs["status"] == "running" or not trun.get("status"):  # killed before its EXIT trap
