@@ -234,6 +234,29 @@ def plan(ws: Workspace, versions: list[Version], qopts: QueueOptions, preflight:
     return result
 
 
+def host_launch_options(plan_: Plan, qopts: QueueOptions) -> LaunchOptions:
+    """What the host's ``exp run ... --detach`` is given (and its preflight checks): the options as
+    asked (the host chooses torchrun for several GPUs per run itself), all the GPUs of the queue."""
+    return replace(qopts.launch, gpus=qopts.gpus, resume=qopts.resume)
+
+
+def plan_for_host(ws: Workspace, versions: list[Version], qopts: QueueOptions) -> tuple[Plan, list[str]]:
+    """A queue to run on another host: the plan checked here (versions, records that cannot
+    start, GPU sets; nothing copied or started when it fails), without this machine's preflight
+    or thread count (the host's exp decides them); and the queue's flags for the host's ``exp run``."""
+    if qopts.launch.backend == "slurm":
+        raise UsageError("--host runs a queue on that one host; for Slurm, log in to the cluster and run "
+                         "`exp run ... --backend slurm` there")
+    plan_ = plan(ws, versions, qopts, preflight=False)
+    plan_.threads = None
+    flags = ["--parallel", str(plan_.parallel)]
+    if qopts.gpus_per_run is not None:
+        flags += ["--gpus-per-run", str(qopts.gpus_per_run)]
+    if qopts.fail_fast:
+        flags.append("--fail-fast")
+    return plan_, flags
+
+
 def rendezvous(plan_: Plan, unit: Unit) -> str:
     """How a unit's processes meet: ``standalone`` (torchrun picks its own free port on one node,
     so runs side by side never collide), Slurm's c10d on the job's node, or none (one process)."""

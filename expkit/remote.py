@@ -212,28 +212,30 @@ def snapshot_paths(ws: Workspace, version: Version) -> list[Path]:
     return [p.relative_to(ws.root) for p in wanted if p.exists() and ws.root in p.resolve().parents]
 
 
-def push(ws: Workspace, version: Version, target: Target) -> list[str]:
-    """Copy the snapshot the run needs to the remote workspace (rsync; out/ and checkpoints stay).
+def push(ws: Workspace, versions: list[Version], target: Target) -> list[str]:
+    """Copy the snapshot the runs need to the remote workspace, once for all of them (rsync; out/
+    and checkpoints stay).
 
-    The record's state goes without ``run.remote``: there, the copy describes a run on that
+    Each record's state goes without ``run.remote``: there, the copy describes a run on that
     machine (a resume there must not go looking for a remote of its own)."""
-    paths = snapshot_paths(ws, version)
-    state_rel = Path(ws.rel(ws.state_path(version)))
+    paths = list(dict.fromkeys(p for v in versions for p in snapshot_paths(ws, v)))
+    states = [Path(ws.rel(ws.state_path(v))) for v in dict.fromkeys(
+        w for v in versions for w in (v, *(records.load(ws, v).meta.get(k) for k in ("parent", "baseline"))) if w)]
     with tempfile.TemporaryDirectory(prefix="exp-push-") as stage:
-        sources = [f"{ws.root}/./{p}" for p in paths if p != state_rel]
-        state = read_json(ws.state_path(version))
-        if isinstance(state, dict):
-            ((state.get("meta") or {}).get("run") or {}).pop("remote", None)
-            write_json(Path(stage) / state_rel, state)
-            sources.append(f"{stage}/./{state_rel}")
+        sources = [f"{ws.root}/./{p}" for p in paths if p not in states]
+        for state_rel in states:
+            state = read_json(ws.root / state_rel)
+            if isinstance(state, dict):
+                ((state.get("meta") or {}).get("run") or {}).pop("remote", None)
+                write_json(Path(stage) / state_rel, state)
+                sources.append(f"{stage}/./{state_rel}")
         _rsync(target, ["--relative", *sources, f"{target.host}:{target.dir}/"])
     return [str(p) for p in paths]
 
 
-def start(target: Target, version: Version, opts: LaunchOptions) -> dict[str, Any]:
-    """``exp run V --detach`` in the remote workspace: the remote preflights, begins its copy of
-    the record and starts the script in its own session (setsid), then ssh returns."""
-    flags = ["--detach", "--json"]
+def run_args(versions: list[Version] | list[str], opts: LaunchOptions, queue_flags: list[str] | None = None) -> list[str]:
+    """The ``exp`` arguments that start the run (or the queue) on the host, detached."""
+    flags = ["--detach", *(queue_flags or [])]
     if opts.backend != "local":
         flags += ["--backend", opts.backend]
     if opts.gpus:
@@ -242,17 +244,37 @@ def start(target: Target, version: Version, opts: LaunchOptions) -> dict[str, An
         flags += ["--nproc", str(opts.nproc)]
     if opts.resume:
         flags.append("--resume")
-    command = (f"cd {_sh_path(target.dir or '.')} && EXP_ROOT=\"$PWD\" exec {_sh_path(target.python)} -m expkit.cli run "
-               f"{shlex.quote(str(version))} {shlex.join(flags)}")
+    return ["run", *[str(v) for v in versions], *flags]
+
+
+def start(target: Target, versions: list[Version], opts: LaunchOptions, queue_flags: list[str] | None = None) -> dict[str, Any]:
+    """``exp run V --detach`` in the remote workspace: the remote preflights, begins its copy of
+    the record and starts the script in its own session (setsid), then ssh returns. With
+    ``queue_flags`` (``--parallel N`` at least), ``exp run V1 V2 ... --detach``: the remote's run
+    queue, its supervisor in its own session there; the answer names the queue (``queue``)."""
+    names = [str(v) for v in versions]
+    command = (f"cd {_sh_path(target.dir or '.')} && EXP_ROOT=\"$PWD\" exec {_sh_path(target.python)} -m expkit.cli "
+               f"{shlex.join(run_args(versions, opts, queue_flags) + ['--json'])}")
     res = _ssh(target, command, timeout=600)
     try:
         started = json.loads(res.stdout)
     except ValueError:
         started = {}
-    if res.returncode != 0 or not started.get("pid"):
+    if res.returncode != 0 or not isinstance(started, dict) or not started.get("pid") or (queue_flags and not started.get("queue")):
         why = _last_line(res.stderr).removeprefix("exp: error: ") or f"exit {res.returncode}"
-        raise RunError(f"on {target.host}, `exp run {version}` refused: {why}")
+        raise RunError(f"on {target.host}, `exp run {' '.join(names)}` refused: {why}")
     return started
+
+
+def stop_there(target: Target, versions: list[Version]) -> str:
+    """``exp stop V...`` in the remote workspace, by the exp there: a member still pending in the
+    queue there never starts, a running one gets SIGTERM (and checkpoints)."""
+    said = []
+    for v in versions:
+        res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && EXP_ROOT=\"$PWD\" exec {_sh_path(target.python)} "
+                           f"-m expkit.cli stop {shlex.quote(str(v))}", timeout=300)
+        said.append(_last_line(res.stdout) or _last_line(res.stderr) or f"exit {res.returncode}")
+    return "; ".join(said)
 
 
 def remote_run(ws: Workspace, version: Version, target: Target) -> dict[str, Any]:
@@ -283,6 +305,11 @@ def state(run: dict[str, Any]) -> tuple[bool | None, str]:
     gone, None could not ask."""
     target = Target.of(run)
     remote = run.get("remote") or {}
+    if remote.get("queue") and not remote.get("pid"):
+        try:
+            return _queued_state(target, remote)
+        except Unreachable as err:
+            return None, f"could not reach {target.host} ({err.why}); the queue is left running there"
     pid = remote.get("pid")
     if not pid:
         return None, f"starting on {target.host} (no process id yet)"
@@ -297,11 +324,56 @@ def state(run: dict[str, Any]) -> tuple[bool | None, str]:
     return None, f"{target.host} did not say whether pid {pid} lives ({seen})"
 
 
+#: How ``state`` begins its words for a member that waits in the queue on its host (nothing to pull yet).
+QUEUED_WORDS = "pending in queue"
+#: The remote record's statuses of a run still to end there.
+_NOT_ENDED = ("draft", "ready", "running")
+_QUEUE_FILE_MARK = "@@exp-queue@@"
+
+
+def _queued_state(target: Target, remote: dict[str, Any]) -> tuple[bool | None, str]:
+    """A member of a run queue on its host: its record there (pending, running with its process,
+    ended) and its unit in the queue's state there (cancelled, failed to start). One ssh call, and
+    one more to look at its process once it has one."""
+    queue_id = remote["queue"]
+    res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && cat {_sh_path(remote['state'])}; echo; echo {_QUEUE_FILE_MARK}; "
+                       f"cat {_sh_path(remote['queue_file'])}")
+    record_text, _, queue_text = res.stdout.partition(_QUEUE_FILE_MARK)
+    try:
+        theirs = json.loads(record_text).get("meta") or {}
+    except (ValueError, AttributeError):
+        return None, f"{target.host} did not show the record of queue {queue_id} ({_last_line(res.stderr) or 'no answer'})"
+    try:
+        units = [u for u in json.loads(queue_text).get("units", []) if u.get("version") == remote.get("version")]
+    except (ValueError, AttributeError):
+        units = []
+    status, trun = theirs.get("status"), theirs.get("run") or {}
+    mine = trun.get("queue") == queue_id
+    if status == "running" and mine:
+        if trun.get("pid"):
+            seen = _procs(target, "look", trun)
+            if seen in ALIVE:
+                return ALIVE[seen], f"pid {trun['pid']} on {target.host} {'alive' if ALIVE[seen] else 'gone'} (queue {queue_id})"
+            return None, f"{target.host} did not say whether pid {trun['pid']} lives ({seen})"
+        return True, f"running on {target.host} (queue {queue_id})"
+    if status not in _NOT_ENDED and mine:
+        return False, f"ended on {target.host} ({trun.get('status') or status}; queue {queue_id})"
+    unit = units[0] if units else {}
+    if unit.get("state") == "cancelled":
+        return False, f"cancelled in queue {queue_id} on {target.host} before it started ({unit.get('error') or 'exp stop'})"
+    if unit.get("state") == "ended":
+        return False, f"did not start on {target.host}: {unit.get('error') or unit.get('outcome')} (queue {queue_id})"
+    return True, f"{QUEUED_WORDS} {queue_id} on {target.host}"
+
+
 def stop(run: dict[str, Any]) -> None:
     """SIGTERM to the run's process group on its host (only if it is still the run's): the script
     passes it on, the trainer checkpoints."""
     target = Target.of(run)
     remote = run.get("remote") or {}
+    if remote.get("queue") and not remote.get("pid"):  # a member of a queue there: the exp there stops it
+        stop_there(target, [Version.parse(remote["version"])])
+        return
     if not remote.get("pid"):
         raise RunError(f"the run on {target.host} has no process id yet; try again in a moment")
     _procs(target, "terminate", remote)
@@ -310,7 +382,15 @@ def stop(run: dict[str, Any]) -> None:
 def log_lines(ws: Workspace, version: Version, run: dict[str, Any], follow: bool) -> Iterator[str]:
     """The run's log on its host, read through ssh; following ends when the run's script ends."""
     target = Target.of(run)
-    pid = int((run.get("remote") or {}).get("pid") or 0)
+    info = run.get("remote") or {}
+    pid = int(info.get("pid") or 0)
+    if info.get("queue") and not pid:  # a queue's member: its process, once it started there, is in its record there
+        res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && cat {_sh_path(info['state'])}")
+        try:
+            trun = (json.loads(res.stdout).get("meta") or {}).get("run") or {}
+        except (ValueError, AttributeError):
+            trun = {}
+        pid = int(trun.get("pid") or 0) if trun.get("queue") == info["queue"] else 0
     path = _sh_path(f"{target.dir}/{ws.rel(ws.out_dir(version))}/run.log")
     command = f"tail -n +1 -F --pid={pid} {path} 2>/dev/null" if follow and pid else f"cat {path}"
     proc = subprocess.Popen([*_ssh_base(target), target.host, command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -340,6 +420,11 @@ def pull(ws: Workspace, version: Version) -> dict[str, Any]:
         raise RunError(f"{version} did not run on a remote host; its outputs are in {ws.rel(ws.out_dir(version))}/")
     target = Target.of(run)
     out = ws.out_dir(version)
+    if (run.get("remote") or {}).get("queue"):  # a queue's member that has not started there has nothing to bring back
+        res = _ssh(target, f"cd {_sh_path(target.dir or '.')} && test -d {_sh_path(ws.rel(out))} && echo started")
+        if "started" not in res.stdout:
+            theirs = remote_run(ws, version, target)
+            return {"status": theirs.get("status"), "run": theirs.get("run") or {}}
     out.mkdir(parents=True, exist_ok=True)
     _rsync(target, [f"{target.host}:{target.dir}/{ws.rel(out)}/", f"{out}/"])
     script = ws.run_script_path(version)

@@ -898,43 +898,82 @@ def remote_target(ws: Workspace, version: Version, host: str | None, port: int |
     return target
 
 
+def _refuse_on_host(opts: LaunchOptions) -> None:
+    opts.check()
+    if opts.backend == "slurm" or opts.nnodes > 1:
+        raise RunError("--host runs the script on that one host; for Slurm or several nodes, log in to the cluster and run exp there")
+
+
 def launch_remote(ws: Workspace, version: Version, opts: LaunchOptions, target: remote.Target) -> dict[str, Any]:
     """Preflight the host, copy the snapshot there, start ``exp run V --detach`` there, and
     begin the local record as running with ``run.remote`` (where it lives) and the host's
     environment. A failed remote preflight copies and starts nothing and changes no record."""
-    opts.check()
-    if opts.backend == "slurm" or opts.nnodes > 1:
-        raise RunError("--host runs the script on that one host; for Slurm or several nodes, log in to the cluster and run exp there")
+    _refuse_on_host(opts)
     record = records.load(ws, version)
     _require_startable(ws, record, opts.resume)
-    env = remote.probe(target, opts)
-    target = remote.workdir(target, default=f"exp-runs/{ws.root.name}")
     with store.locked(ws, version):
         write_script(ws, record, opts)  # the remote renders its own from the record (its paths); this one is replaced by it
-    pushed = remote.push(ws, version, target)
-    started = remote.start(target, version, opts)
-    info = {**target.to_dict(), "pid": started["pid"], "pgid": started["pid"], "started": times.now()}
-    command = " ".join(["exp", "run", str(version), "--host", target.host] + (["--port", str(target.port)] if target.port else [])
-                       + _flags(opts))
+    return _start_on_host(ws, [version], {str(version): opts}, opts, target, None)
+
+
+def launch_remote_queue(ws: Workspace, versions: list[Version], member_opts: dict[str, LaunchOptions], opts: LaunchOptions,
+                        target: remote.Target, queue_flags: list[str]) -> dict[str, Any]:
+    """A run queue on the host: the plan was checked here (``queue.plan``); preflight the host
+    once, copy the snapshot of every record once, start ``exp run V1 V2 ... --detach`` there (its
+    supervisor in its own session), and begin each local record as running there (``run.remote``
+    names the queue: ``exp status/stop/logs/pull V`` work per member as for one remote run)."""
+    _refuse_on_host(opts)
+    return _start_on_host(ws, versions, member_opts, opts, target, queue_flags)
+
+
+def _start_on_host(ws: Workspace, versions: list[Version], member_opts: dict[str, LaunchOptions], opts: LaunchOptions,
+                   target: remote.Target, queue_flags: list[str] | None) -> dict[str, Any]:
+    """The one path of a run on a host, alone or as a queue: probe, workdir, push, start, begin here."""
+    env = remote.probe(target, opts)
+    target = remote.workdir(target, default=f"exp-runs/{ws.root.name}")
+    pushed = remote.push(ws, versions, target)
+    started = remote.start(target, versions, opts, queue_flags)
+    queue_id = started.get("queue") if queue_flags is not None else None
+    base = {**target.to_dict(), "started": times.now()}
+    if queue_id:  # the members start there one by one: their processes are learnt from the records there
+        base.update(queue=queue_id, queue_file=f"{ws.rel(ws.queue_dir())}/{queue_id}.json", supervisor_pid=started["pid"])
+    else:
+        base.update(pid=started["pid"], pgid=started["pid"])
+    names = [str(v) for v in versions]
+    command = " ".join(["exp", "run", *names, "--host", target.host] + (["--port", str(target.port)] if target.port else [])
+                       + _flags(opts) + (queue_flags or []))
+    infos: dict[str, dict[str, Any]] = {}
     try:
-        theirs = remote.remote_run(ws, version, target).get("run") or {}
-        # the process there as its own exp recorded it: pid, group and start time (a reused pid is never taken for it)
-        info.update({k: theirs[k] for k in ("pid", "pgid", "pid_started") if theirs.get(k) is not None})
-        begin(ws, version, opts, env=env, command=command)
-        with records.update(ws, version) as rec:
-            run = rec.meta.get("run") or {}
-            run.update({k: theirs[k] for k in REMOTE_RUN_KEYS if theirs.get(k) is not None}, remote=info)
-            rec.meta["run"] = run
-            _regenerate_quietly(ws, rec, ("execution", "environment"))
-        remote.pull(ws, version)  # the host's snapshot: env.json, requirements.txt, experiment_info.txt, the script
+        for v in versions:
+            info = infos[str(v)] = {**base, "version": str(v), "state": ws.rel(ws.state_path(v))}
+            theirs = {} if queue_id else remote.remote_run(ws, v, target).get("run") or {}
+            # the process there as its own exp recorded it: pid, group and start time (a reused pid is never taken for it)
+            info.update({k: theirs[k] for k in ("pid", "pgid", "pid_started") if theirs.get(k) is not None})
+            begin(ws, v, member_opts[str(v)], env=env, command=command)
+            with records.update(ws, v) as rec:
+                run = rec.meta.get("run") or {}
+                if queue_id:  # the host's own name comes back with the member's outcome (``exp pull``)
+                    run["host"] = target.host
+                run.update({k: theirs[k] for k in REMOTE_RUN_KEYS if theirs.get(k) is not None}, remote=info)
+                rec.meta["run"] = run
+                _regenerate_quietly(ws, rec, ("execution", "environment"))
+        if not queue_id:
+            remote.pull(ws, versions[0])  # the host's snapshot: env.json, requirements.txt, experiment_info.txt, the script
     except BaseException:
-        try:
-            remote.stop({"remote": info})  # nothing runs there that this record does not know of
+        try:  # nothing runs there that these records do not know of
+            if queue_id:
+                remote.stop_there(target, versions)
+            else:
+                remote.stop({"remote": infos.get(names[0]) or base})
         except RunError:
             pass
         raise
-    return {"version": str(version), "status": "running", "host": target.host, "dir": target.dir, "pid": started["pid"],
-            "pushed": pushed, "log": f"{target.dir}/{ws.rel(ws.out_dir(version))}/run.log"}
+    log = (f"{target.dir}/{ws.rel(ws.queue_dir())}/{queue_id}.log" if queue_id
+           else f"{target.dir}/{ws.rel(ws.out_dir(versions[0]))}/run.log")
+    answer = {"status": "running", "host": target.host, "dir": target.dir, "pid": started["pid"], "pushed": pushed, "log": log}
+    if queue_id:
+        return {**answer, "queue": queue_id, "versions": names, "units": started.get("units") or []}
+    return {"version": names[0], **answer}
 
 
 def pull(ws: Workspace, version: Version) -> dict[str, Any]:
@@ -947,11 +986,18 @@ def pull(ws: Workspace, version: Version) -> dict[str, Any]:
     alive, where = remote.state(run) if record.status == "running" else (False, "ended")
     if alive is None:
         raise RunError(f"{where}; nothing was pulled: `exp pull {version}` again when it answers")
-    theirs = remote.pull(ws, version)
     result: dict[str, Any] = {"version": str(version), "host": run["remote"]["host"], "where": where}
+    if alive and where.startswith(remote.QUEUED_WORDS):  # waits in the queue there: nothing to bring back yet
+        return {**result, "status": record.status}
+    theirs = remote.pull(ws, version)
     if record.status == "running" and alive is False:
         trun = theirs["run"]
-        if theirs["status"] == "running" or not trun.get("status"):  # killed before its EXIT trap
+        if replicated(run) and replicated(trun):  # each replicate's outcome there (its r{i}/ came back with the outputs)
+            with records.update(ws, version) as rec:
+                rec.meta["run"]["replicates"] = trun["replicates"]
+        if run["remote"].get("queue") and theirs["status"] in ("draft", "ready"):  # never started in the queue there
+            record, _, failure = conclude(ws, version, 1, interrupted=True, reason=where)
+        elif theirs["status"] == "running" or not trun.get("status"):  # killed before its EXIT trap
             record, _, failure = conclude(ws, version, 1, interrupted=True,
                                           reason=f"the run's process on {run['remote']['host']} died without finalizing")
         else:
@@ -965,11 +1011,30 @@ def pull(ws: Workspace, version: Version) -> dict[str, Any]:
     return result
 
 
+def pull_many(ws: Workspace, versions: list[Version]) -> list[dict[str, Any]]:
+    """``pull`` each record that runs (or ran) on a host, one after another; one that cannot be
+    pulled (its host does not answer) says why and the others go on."""
+    out = []
+    for v in versions:
+        record = records.load(ws, v)
+        if not (record.meta.get("run") or {}).get("remote"):
+            out.append({"version": str(v), "status": record.status, "skipped": "did not run on a host"})
+            continue
+        try:
+            out.append(pull(ws, v))
+        except RunError as err:
+            out.append({"version": str(v), "status": record.status, "skipped": str(err), "error": str(err)})
+    return out
+
+
 def _take_remote_end(ws: Workspace, version: Version, trun: dict[str, Any]) -> None:
     """When the run ended there (not when it was pulled here)."""
     with records.update(ws, version) as record:
         run = record.meta.get("run") or {}
         run.update({k: trun[k] for k in ("ended", "duration_s") if trun.get(k) is not None})
+        if (run.get("remote") or {}).get("queue"):  # a queue's member: where and with what it ran, learnt now
+            run.update({k: trun[k] for k in REMOTE_RUN_KEYS if trun.get(k) is not None})
+            run["remote"].update({k: trun[k] for k in ("pid", "pgid", "pid_started") if trun.get(k) is not None})
         record.meta["run"] = run
         _regenerate_quietly(ws, record, ("execution",))
 

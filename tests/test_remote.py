@@ -218,3 +218,77 @@ def test_remote_run_status_logs_stop_resume_lost_connection_pull_analysis(gitws,
     assert steps == sorted(set(steps)) and steps[-1] == 120  # the resume went on from the checkpoint there
     shown = json.loads(run_exp("show", "0.1.0", "--json", cwd=gitws.root).stdout)
     assert shown["verdicts"] and shown["run"]["remote"]["host"] == "exptest"
+
+
+# -- a run queue on the host -----------------------------------------------------------------------
+def test_a_bad_queue_plan_for_a_host_pushes_nothing_and_a_dry_run_starts_nothing(gitws, sshd, tmp_path):
+    from test_replicates import make_group
+
+    make_group(gitws, {"1.1.1": ["learning_rate=0.002"], "1.1.2": ["learning_rate=0.001"]})
+    remote = tmp_path / "remote"
+    py = str(_python(tmp_path / "venv" / "bin" / "python"))
+    host = ["--host", "exptest", "--remote-dir", str(remote), "--remote-python", py]
+    before = {v: gitws.record_path(v).read_bytes() for v in ("1.1.0", "1.1.1", "1.1.2")}
+    for args, said in ((["1.1.1", "9.9.9"], "no experiment 9.9.9"), (["1.1.1", "1.1.1"], "given twice"),
+                       (["1.1.1", "1.1.2", "--gpus", "0,1,2", "--gpus-per-run", "2"], "does not divide"),
+                       (["1.1.0", "--members", "--backend", "slurm"], "log in to the cluster")):
+        r = run_exp("run", *args, *host, cwd=gitws.root)
+        assert r.returncode != 0 and len(r.stderr.splitlines()) == 1 and said in r.stderr, (args, r.stderr)
+    dry = run_exp("run", "1.1.0", "--members", "--parallel", "2", "--dry-run", *host, cwd=gitws.root)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"on        exptest:{remote}: exp run 1.1.1 1.1.2 --detach --parallel 2" in dry.stdout
+    assert "1.1.1" in dry.stdout and "1.1.2" in dry.stdout and "nothing was copied, started or written" in dry.stdout
+    assert not remote.exists()  # nothing was copied
+    assert {v: gitws.record_path(v).read_bytes() for v in before} == before
+    assert not gitws.out_dir("1.1.1").exists() and not list(gitws.queue_dir().glob("q*.json"))
+
+
+def test_a_group_queued_on_the_host_runs_there_and_each_member_is_pulled_finished_and_analysed_here(gitws, sshd, tmp_path):
+    from test_replicates import make_group
+
+    make_group(gitws, {"1.1.1": ["learning_rate=0.002"], "1.1.2": ["learning_rate=0.001"]}, steps=30)
+    remote = tmp_path / "remote"
+    py = str(_python(tmp_path / "venv" / "bin" / "python"))
+    r = run_exp("run", "1.1.1", "1.1.2", "--host", "exptest", "--remote-dir", str(remote), "--remote-python", py, cwd=gitws.root)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "queue     q" in r.stdout and "on exptest" in r.stdout and "exp pull V" in r.stdout
+    queue_id = r.stdout.split("queue     ", 1)[1].split()[0]
+    assert (remote / "out" / ".queue" / f"{queue_id}.json").exists()  # the queue's state is there, its supervisor too
+    assert not (gitws.queue_dir() / f"{queue_id}.json").exists()
+    for v in ("1.1.1", "1.1.2"):
+        rec = record(gitws, v)
+        info = rec.meta["run"]["remote"]
+        assert rec.status == "running" and info["host"] == "exptest" and info["dir"] == str(remote) and info["queue"] == queue_id
+        assert rec.meta["run"]["command"].startswith("exp run 1.1.1 1.1.2 --host exptest")
+        assert (remote / "experiment" / f"experiment_{v}.md").exists()
+    assert (remote / "experiment" / "experiment_1.1.0.md").exists()  # the group's parent went with them
+
+    rows = json.loads(run_exp("status", "1.1.2", "--json", cwd=gitws.root).stdout)  # pending, running or ended there
+    assert "on exptest" in rows[0]["where"] and queue_id in rows[0]["where"], rows
+    still = rows[0]["status"] == "running"  # else `exp status` found it ended there and pulled it (analyzed)
+    assert still or rows[0]["status"] == "analyzed", rows
+
+    def both_ended_there():
+        """both members ended on the host"""
+        return all(json.loads((remote / "experiment" / f"experiment_{v}.state.json").read_text())["meta"].get("status")
+                   not in ("draft", "ready", "running") for v in ("1.1.1", "1.1.2"))
+
+    _wait(both_ended_there)
+    assert record(gitws, "1.1.1").status == "running"  # the record here learns the outcome by pulling, not before
+    logs = run_exp("logs", "1.1.1", cwd=gitws.root)  # read there, through ssh
+    assert logs.returncode == 0 and "model.train_pretrain" in logs.stdout, logs.stdout + logs.stderr
+    one = run_exp("pull", "1.1.1", cwd=gitws.root)
+    assert one.returncode == 0 and "1.1.1: analyzed (pulled from exptest" in one.stdout, one.stdout + one.stderr
+    assert "group_analysis" not in record(gitws, "1.1.0").meta or not still  # its other member is still running here
+    rest = run_exp("pull", "1.1.0", "--members", "--json", cwd=gitws.root)
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert {r["version"]: r["status"] for r in json.loads(rest.stdout)} == {"1.1.1": "analyzed", "1.1.2": "analyzed"}
+    for v in ("1.1.1", "1.1.2"):
+        rec = record(gitws, v)
+        run = rec.meta["run"]
+        assert run["status"] == "finished" and run["final"]["steps"] == 30 and run["exit_code"] == 0, run
+        assert run["remote"]["pid"] and run["remote"]["queue"] == queue_id
+        assert run["code"]["location"] == str(REPO)  # what the host ran, learnt from its record there
+        here = gitws.out_dir(v)
+        assert (here / "metrics.jsonl").exists() and (here / "plots" / "loss.png").exists() and not list(here.rglob("*.pt"))
+    assert record(gitws, "1.1.0").meta["group_analysis"]  # the group's analysis, written here by the last member's end

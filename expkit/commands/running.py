@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from .. import queue, records, runner, watch
+from .. import queue, records, remote, runner, watch
 from ..numbers import fmt, format_number
 from ..preflight import Check, failed_checks, preflight
 from ..script import LaunchOptions
@@ -113,13 +113,13 @@ def _print_plan(ws: Any, found: dict[str, Any]) -> None:
 
 def _run_queue(ws: Any, versions: list[str], members: bool, opts: LaunchOptions, gpus: str | None, parallel: int | None,
                gpus_per_run: int | None, fail_fast: bool, dry_run: bool, detach: bool, json_out: bool,
-               host: str | None) -> None:
-    if host:
-        raise usage("--host runs one record on that host; a run queue on a host is not built yet: "
-                    "log in there and run the queue with `exp run ... --detach`")
+               target: Any = None) -> None:
     vs = queue.resolve_versions(ws, versions, members)
     qopts = queue.QueueOptions(parallel=parallel, gpus=gpus, gpus_per_run=gpus_per_run, fail_fast=fail_fast,
                                resume=opts.resume, launch=opts)
+    if target is not None:
+        _run_queue_on_host(ws, vs, qopts, target, dry_run, json_out)
+        return
     plan = queue.plan(ws, vs, qopts)
     found = queue.plan_dict(ws, plan)
     if dry_run:
@@ -183,6 +183,36 @@ def _run_queue(ws: Any, versions: list[str], members: bool, opts: LaunchOptions,
         raise typer.Exit(1)
 
 
+def _run_queue_on_host(ws: Any, vs: list[Any], qopts: Any, target: Any, dry_run: bool, json_out: bool) -> None:
+    """``exp run V1 V2 ... --host HOST``: the plan checked here, the queue run there (detached)."""
+    plan, flags = queue.plan_for_host(ws, vs, qopts)
+    where = f"{target.host}:{target.dir or '~/exp-runs/' + ws.root.name}"
+    if dry_run:
+        argv = remote.run_args(plan.versions, queue.host_launch_options(plan, qopts), flags)
+        found = {**queue.plan_dict(ws, plan), "host": target.host, "dir": target.dir, "remote_command": "exp " + " ".join(argv)}
+        if json_out:
+            echo_json(found)
+            return
+        _print_plan(ws, found)
+        typer.echo(f"on        {where}: {found['remote_command']} (its supervisor there; threads and the preflight are the host's)")
+        typer.echo("# the plan is valid; nothing was copied, started or written")
+        return
+    if not plan.units:
+        typer.echo("nothing to run: " + "; ".join(f"{s['version']} {s['why']}" for s in plan.skipped))
+        return
+    todo = list(dict.fromkeys(u.version for u in plan.units))  # with --resume, what finished stays here
+    started = runner.launch_remote_queue(ws, [version(v) for v in todo], {v: plan.opts_for(v, None) for v in todo},
+                                         queue.host_launch_options(plan, qopts), target, flags)
+    if json_out:
+        echo_json(started)
+        return
+    typer.echo(f"copied    {', '.join(started['pushed'])} to {started['host']}:{started['dir']}")
+    typer.echo(f"queue     {started['queue']} on {started['host']}: {', '.join(started['units'] or started['versions'])}; "
+               f"supervisor pid {started['pid']} there; log {started['log']}")
+    typer.echo("follow    exp status V · exp logs V -f · exp stop V · exp pull V (brings a member's outputs back; "
+               "when it ended there, finalizes and analyses it here)")
+
+
 @command(app)
 def run(
     versions_: list[str] = typer.Argument(..., metavar="VERSION...", help="experiment version(s) X.Y.Z; several make a run queue"),
@@ -220,8 +250,9 @@ def run(
         opts = _opts(backend, None if backend != "slurm" else gpus, nproc, nnodes, node_rank, master_addr, resume, time_limit,
                      partition, ws=ws, master_port=master_port, account=account, qos=qos, mem=mem, cpus_per_task=cpus_per_task,
                      constraint=constraint)
+        target = None if host is None else remote.Target(host, port, remote_dir, remote_python or remote.DEFAULT_PYTHON).check()
         _run_queue(ws, versions_, members, opts, gpus if backend != "slurm" else None, parallel, gpus_per_run, fail_fast,
-                   dry_run, detach, json_out, host)
+                   dry_run, detach, json_out, target)
         return
     version_ = versions_[0]
     v = version(version_)
@@ -415,20 +446,32 @@ def stop(
 @command(app)
 def pull(
     version_: str = typer.Argument(..., metavar="VERSION", help=VERSION_HELP),
+    members: bool = typer.Option(False, "--members", help="pull every member of the group VERSION that ran on a host"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Bring a remote run's outputs back over ssh; a run that ended there is finalized and analysed."""
-    result = runner.pull(current_workspace(), version(version_))
-    if json_out:
-        echo_json(result)
+    ws = current_workspace()
+    if members:
+        results = runner.pull_many(ws, queue.check_members_flag(ws, version(version_)))
     else:
-        typer.echo(f"{version_}: {result['status']} (pulled from {result['host']}; {result['where']})")
+        results = [runner.pull(ws, version(version_))]
+    if json_out:
+        echo_json(results if members else results[0])
+        return
+    for result in results:
+        v = result["version"]
+        if result.get("skipped"):
+            typer.echo(f"{v}: {result['status']} ({result['skipped']})")
+            continue
+        typer.echo(f"{v}: {result['status']} (pulled from {result['host']}; {result['where']})")
         if result.get("note"):
             typer.echo(f"  note: {result['note']}")
         if result["status"] == "running":
-            typer.echo(f"still running there: `exp pull {version_}` again later, or `exp logs {version_} -f`")
-        else:
-            typer.echo(f"next      {next_step(result['status'], version_)}")
+            typer.echo(f"still running there: `exp pull {v}` again later, or `exp logs {v} -f`")
+        elif not members:
+            typer.echo(f"next      {next_step(result['status'], v)}")
+    if members and any(r.get("error") for r in results):
+        raise typer.Exit(1)
 
 
 @command(app)
