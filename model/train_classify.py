@@ -46,7 +46,6 @@ or SIGUSR1 (a checkpoint saved first; continue with --resume).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import signal
@@ -104,6 +103,7 @@ from .train_pretrain import (
     param_sha256,
     pick_device,
     pick_dtype,
+    read_config_json,
     save_final,
 )
 
@@ -533,17 +533,7 @@ def _log_line(row: dict[str, Any], max_steps: int) -> str:
 
 
 def load_config(path: Path) -> ClassifyConfig:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of ClassifyConfig keys")
-    return validate(data)
+    return validate(read_config_json(path, "ClassifyConfig"))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1286,7 +1286,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_config(path: Path) -> TrainConfig:
+def read_config_json(path: Path, schema: str) -> dict[str, Any]:
+    """A trainer's --config file as a dict, or one ConfigError line saying what is wrong with it."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -1296,8 +1297,12 @@ def load_config(path: Path) -> TrainConfig:
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object of TrainConfig keys")
-    return validate(data)
+        raise ConfigError(f"{path}: expected a JSON object of {schema} keys")
+    return data
+
+
+def load_config(path: Path) -> TrainConfig:
+    return validate(read_config_json(path, "TrainConfig"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
