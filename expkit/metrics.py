@@ -160,14 +160,20 @@ def _columns(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, tuple
     file gave as NaN/Infinity/null (the trainer writes a non-finite loss or grad_norm as null)."""
     import numpy as np
 
-    try:  # the trainer's lines have every key, all numbers: one C-level pass per key
-        columns = [np.fromiter(map(itemgetter(k), rows), dtype=np.float64, count=len(rows)) for k in keys]
-    except (KeyError, TypeError, ValueError):
-        try:  # a null somewhere (a non-finite value): numpy turns None into NaN in a 2-D array
-            table = np.array(list(map(itemgetter(*keys), rows)), dtype=np.float64).reshape(len(rows), len(keys))
-            columns = [np.ascontiguousarray(table[:, j]) for j in range(len(keys))]
-        except (KeyError, TypeError, ValueError):  # a key missing somewhere, or a string: value by value
-            columns = [np.array([_as_float(r.get(k)) for r in rows], dtype=np.float64) for k in keys]
+    columns = []
+    for k in keys:  # each key on its own: one the run never logs (an older trainer's) costs no other key its fast path
+        try:  # the trainer's lines have the key, all numbers: one C-level pass
+            columns.append(np.fromiter(map(itemgetter(k), rows), dtype=np.float64, count=len(rows)))
+            continue
+        except (KeyError, TypeError, ValueError):
+            pass
+        if not any(k in r for r in rows):
+            columns.append(np.full(len(rows), np.nan))
+            continue
+        try:  # a null somewhere (a non-finite value): numpy turns None into NaN
+            columns.append(np.array([r[k] for r in rows], dtype=np.float64))
+        except (KeyError, TypeError, ValueError):  # missing in some lines, or a string: value by value
+            columns.append(np.array([_as_float(r.get(k)) for r in rows], dtype=np.float64))
     out = {}
     for key, values in zip(keys, columns):
         # only the few non-finite entries need a look at whether the key was there at all
