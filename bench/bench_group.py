@@ -7,8 +7,9 @@ Set-up (not timed): a workspace made by the real scaffold; a parent ``1.1.0`` an
 ``1.1.k`` created through the API (``lifecycle.create`` --from the parent, ``group``/``changes``
 set through ``records.update``, ``replicates=3``); each member's run begins (``runner.begin``),
 leaves one trainer output per replicate in ``out/experiment_V/r{i}/`` (metrics.jsonl with
-``--steps`` lines, summary.json, status.json) and ends through ``runner.conclude`` (finalize and
-the member's own analysis), as the replicates runner would. The parent's expected result names
+``--steps`` lines, summary.json, status.json) and ends through ``runner.start_replicate`` and
+``runner.conclude(..., replicate=i)`` (finalize and the member's own analysis), as its run
+script's steps would. The parent's expected result names
 members (``- val_loss@1.1.2 < val_loss@1.1.1`` ...).
 
 Timed: ``python -m expkit.cli analyze 1.1.0 --json`` as a fresh process, ``--repeats`` times
@@ -81,7 +82,7 @@ def build(root: Path, members: int, replicates: int, steps: int) -> None:
         center = 5.0 + 0.3 * math.cos(k / 8)
         for i in range(replicates):
             sub = out / f"r{i}"
-            sub.mkdir(parents=True)
+            sub.mkdir(parents=True, exist_ok=True)  # runner.begin made it, with the replicate's config.json
             val = center + rng.gauss(0, 0.03)
             tps = 1000 + rng.gauss(0, 20)
             lines = [{"step": s, "loss": 8.0 - 3.0 * s / steps + (val - 5.0), "lr": lr, "grad_norm": 1.0,
@@ -93,9 +94,13 @@ def build(root: Path, members: int, replicates: int, steps: int) -> None:
                                                           "tokens_per_s": tps, "wall_s": 256 * steps / tps,
                                                           "tokens_seen": 256 * steps}))
             (sub / "status.json").write_text(json.dumps({"status": "finished", "step": steps}))
-        (out / "status.json").write_text(json.dumps({"status": "finished", "step": steps}))
-        (out / "summary.json").write_text(json.dumps({"status": "finished", "steps": steps}))
-        record, _, why = runner.conclude(ws, v, 0)
+        # each replicate starts and ends as its script's `exp _start/_finalize V --replicate i` would
+        os.environ["EXP_RUN_TOKEN"] = records.load(ws, v).meta["run"]["token"]
+        for i in range(replicates):
+            runner.start_replicate(ws, v, LaunchOptions(), i, pid=dead.pid)
+        del os.environ["EXP_RUN_TOKEN"]
+        for i in range(replicates):
+            record, _, why = runner.conclude(ws, v, 0, replicate=i)
         assert record.status == "analyzed", why
 
 
