@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from model import train_classify, train_pretrain
-    from model.classify_config import validate
+    from expkit.config import ClassifyConfig, validate
     from expkit.config import TrainConfig
 
     out = args.out_dir or Path(tempfile.mkdtemp(prefix="bench_classify_"))
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretraining (TrainConfig defaults): {res.step} steps, val_loss {res.summary.get('val_loss'):.3f}, "
               f"{time.perf_counter() - t0:.1f} s")
         init_from = str(out / "pretrain" / "final")
-    cfg = validate({"init_from": init_from, **_assignments(args.set)})
+    cfg = validate({"init_from": init_from, **_assignments(args.set)}, ClassifyConfig)
     t0 = time.perf_counter()
     res = train_classify.train(cfg, out / "classify")
     wall = time.perf_counter() - t0

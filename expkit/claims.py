@@ -216,9 +216,12 @@ def _claim_text(raw: str, m: re.Match[str]) -> str:
     return body[: len(body) - len(rest)].strip() if rest else body
 
 
-def unknown_metric_hint(metric: str) -> str | None:
-    if metric in KNOWN_METRICS:
+def unknown_metric_hint(metric: str, known: tuple[str, ...] | None = None) -> str | None:
+    """A warning for a claim on a metric the run does not report (``known``: the record's
+    task's metrics; by default the pretraining run's)."""
+    known = known or KNOWN_METRICS
+    if metric in known:
         return None
-    close = difflib.get_close_matches(metric, KNOWN_METRICS, n=2, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else f"; the run reports {', '.join(KNOWN_METRICS[:8])}, …"
+    close = difflib.get_close_matches(metric, known, n=2, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; the run reports {', '.join(known[:8])}{', …' if len(known) > 8 else ''}"
     return f"metric {metric!r} is not one the run reports{hint}"

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import approval, catalog, groups, records, results, review, store, times, view
+from . import approval, catalog, groups, records, results, review, store, tasks, times, view
 from . import claims as claims_mod
-from . import config as cfg_mod
 from .errors import ConfigError, RecordError
 from .problem import Problem, is_clean
 from .record import GENERATED, HINT_RE, HUMAN, SCHEMA, Record, dump_front_matter, meta_problems
@@ -32,25 +31,39 @@ EDITABLE = ("draft", "ready", "failed")
 # -- exp new -----------------------------------------------------------------------------------
 def create(ws: Workspace, version: Version, parent: Version | None = None, baseline: Version | None = None,
            description: str = "", lang: str | None = None, config: dict[str, Any] | None = None,
-           changes: dict[str, Any] | None = None) -> Record:
+           changes: dict[str, Any] | None = None, task: str | None = None) -> Record:
     """Write experiment/experiment_VERSION.md (and its state) from the templates.
 
     ``config``: the record's config (validated) instead of the parent's. ``changes``: the record
     is a member of its parent's group (``exp sweep``): its front matter says ``group`` and
-    ``changes``, and its human sections are the parent's by reference (``groups``)."""
+    ``changes``, and its human sections are the parent's by reference (``groups``). ``task``:
+    what the record trains (``tasks``; default pretrain, or the parent's)."""
     path = ws.record_path(version)
     if path.exists() or ws.state_path(version).exists():
         raise RecordError(
             f"experiment {version} already exists ({ws.rel(path)}); nothing was changed — pick another version, "
             f"e.g. {version.bump('patch')}"
         )
-    parent_config: dict[str, Any] = cfg_mod.TrainConfig().model_dump()
+    parent_meta = None
     if parent is not None:
         if parent == version:
             raise RecordError(f"an experiment cannot be its own parent ({version})")
         parent_meta = _existing_meta(ws, parent, "--from")
+        parent_task = tasks.name_of(parent_meta)
+        if task is not None and task != parent_task:
+            hint = (f"; to fine-tune its model, drop --from and `exp set {version} init_from={parent}`"
+                    if task == "classify" and parent_task == "pretrain" else "; drop --from or --task")
+            raise RecordError(f"{parent} is a {parent_task} record and --from copies its config, which a {task} record "
+                              f"cannot take{hint}; nothing was changed")
+        task = parent_task
+    try:
+        the_task = tasks.get(ws.settings, task, ws.root)
+        parent_config = the_task.defaults()
+    except ConfigError as err:
+        raise RecordError(f"{err}; nothing was changed") from None
+    if parent_meta is not None:
         try:
-            parent_config = cfg_mod.validate(parent_meta.get("config") or {}).model_dump()
+            parent_config = the_task.validate(parent_meta.get("config") or {})
         except ConfigError as err:
             raise RecordError(f"parent {parent} has an invalid config ({err}); fix it with `exp set {parent}` first") from None
         lang = lang or parent_meta.get("lang")
@@ -61,7 +74,7 @@ def create(ws: Workspace, version: Version, parent: Version | None = None, basel
         raise RecordError(f"{version} cannot be a member of {parent}'s group: a group is an X.Y.0 record and its members X.Y.k")
     if config is not None:
         try:
-            config = cfg_mod.validate(config).model_dump()
+            config = the_task.validate(config)
         except ConfigError as err:
             raise RecordError(f"{version}: {err}; nothing was changed") from None
     if baseline is not None and baseline != version:
@@ -80,6 +93,8 @@ def create(ws: Workspace, version: Version, parent: Version | None = None, basel
         "created": times.now(),
         "config": config if config is not None else parent_config,
     }
+    if the_task.name != tasks.DEFAULT:  # a pretraining record's front matter stays as it was
+        meta["task"] = the_task.name
     if changes is not None:
         meta[groups.GROUP_KEY] = str(parent)
         meta[groups.CHANGES_KEY] = dict(changes)
@@ -121,6 +136,12 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
         out.append(Problem("error", 1, msg, f"restore {ws.rel(ws.state_path(meta.get('version')))} from git"))
     version = str(meta.get("version", "?"))
     lang = meta.get("lang", "zh") if meta.get("lang") in LABELS else "zh"
+
+    try:
+        task: tasks.Task | None = tasks.of(ws, meta)
+    except ConfigError as err:
+        task = None
+        out.append(Problem("error", _front_line(record, "task"), str(err), "fix the task's declaration, or the record's `task:` line"))
 
     # -- human sections ----------------------------------------------------------------------
     # a group member's unfilled section is its parent's (by reference): the parent must fill it
@@ -172,19 +193,19 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
                 flag = "--from" if c.reference == "parent" else "--baseline"
                 out.append(Problem("error", line, f"{where}expected result `{c.text}` compares with the {c.reference}, but this record has none",
                                    f"compare with a number, or recreate with `exp new {version} {flag} VERSION`"))
-            hint = claims_mod.unknown_metric_hint(c.metric)
+            hint = claims_mod.unknown_metric_hint(c.metric, task.known_metrics() if task else None)
             if hint:
                 out.append(Problem("warning", line, hint, "use a metric from summary.json or metrics.jsonl"))
         out += [Problem(*p) for p in groups.member_claim_problems(ws, record, found)]
         if not found and not bad and not any(HINT_RE.match(x) for x in text.split("\n")):
             out.append(Problem("warning", first, f"no machine-checkable expected result{' in ' + source if where else ''}",
-                               "add a line such as `- val_loss < 2.5` so `exp analyze` can give a verdict" + fix_where))
+                               f"add a line such as `- {_example_claim(task)}` so `exp analyze` can give a verdict" + fix_where))
 
     # -- config --------------------------------------------------------------------------------
     config = meta.get("config")
-    if isinstance(config, dict):
+    if isinstance(config, dict) and task is not None:
         try:
-            cfg_mod.validate(config)
+            task.validate(config)
         except ConfigError as err:
             out.append(Problem("error", _front_line(record, "config"), str(err), f"set valid values with `exp set {version} KEY=VALUE`"))
         out.extend(_one_variable(ws, record))
@@ -216,6 +237,15 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
         out.append(Problem("warning", _front_line(record, "description"), "the description is empty",
                            f"set it in the front matter's `description:` line of {ws.rel(ws.record_path(version))}"))
     return sorted(out, key=lambda p: (p.line, p.level))
+
+
+def _example_claim(task: tasks.Task | None) -> str:
+    if task is None or task.name == tasks.DEFAULT:
+        return "val_loss < 2.5"
+    if task.own_baseline:
+        return f"{next(iter(task.own_baseline))} >= baseline + 0.02"
+    m = task.metrics[0]
+    return f"{m.name} {'>' if m.direction == 'higher' else '<'} NUMBER"
 
 
 def _one_variable(ws: Workspace, record: Record) -> list[Problem]:
@@ -281,9 +311,9 @@ def set_config(ws: Workspace, version: Version, assignments: list[str], regenera
             )
         if assignments:
             require_status(record, EDITABLE, "change the config of")
-            new, changed = cfg_mod.apply(record.meta.get("config") or {}, assignments)
+            new, changed = tasks.of(ws, record.meta).apply(record.meta.get("config") or {}, assignments)
             if changed:
-                record.meta["config"] = new.model_dump()
+                record.meta["config"] = new
                 groups.sync_changes(record.meta)  # a member's `changes` follow its swept keys
                 if record.status == "failed":
                     transition(record, "draft")  # a changed config needs `exp check` before a rerun

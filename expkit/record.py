@@ -72,7 +72,7 @@ PREREGISTERED = ("goal", "hypothesis", "expected")
 #: Front-matter keys in the order they are written.
 META_ORDER = (
     "schema", "version", "parent", "group", "changes", "baseline", "status", "description", "lang", "created",
-    "config", "run", "prereg", "analysis", "review", "commit",
+    "task", "config", "run", "prereg", "analysis", "review", "commit",
 )
 #: State kept out of the front matter: a group's analysis (one row per member, up to dozens)
 #: is shown by the parent's generated ``group`` section and kept whole in the state file.

@@ -22,9 +22,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from . import approval, gitops, groups, records, results, times, view
+from . import approval, gitops, groups, records, results, tasks, times, view
 from . import claims as claims_mod
-from . import config as cfg_mod
 from .verdicts import verdict_kind
 from .comparison import config_changes
 from .errors import ConfigError, ExpError, WorkspaceError
@@ -218,7 +217,7 @@ def _check_params(ws: Workspace, record: Record) -> tuple[str, str]:
     if not isinstance(config, dict):
         return FAIL, "the front matter has no config"
     try:
-        cfg_mod.validate(config)
+        tasks.of(ws, record.meta).validate(config)
     except ConfigError as err:
         return FAIL, str(err)
     if any(b.name == "config" for b in record.edited_generated()):

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config as cfg_mod
-from . import gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, times, tracking, view
+from . import gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, tasks, times, tracking, view
 from .groups import replicate_seeds
 from .errors import ExpError
 from .files import atomic_write, read_json, write_json
@@ -78,6 +77,31 @@ def _require_startable(ws: Workspace, record: Record, resume: bool) -> None:
     lifecycle.ready_or_raise(ws, record)
 
 
+def run_config(ws: Workspace, record: Record) -> dict[str, Any]:
+    """The config the trainer receives (out/experiment_V/config.json): the record's, validated
+    by its task; a classify record's ``init_from: VERSION`` becomes that record's final model."""
+    cfg = tasks.of(ws, record.meta).validate(record.meta.get("config") or {})
+    source = cfg.get("init_from")
+    if tasks.name_of(record.meta) == "classify" and isinstance(source, str) and Version.is_valid(source):
+        cfg["init_from"] = str(init_model_dir(ws, source))
+    return cfg
+
+
+def init_model_dir(ws: Workspace, source: str) -> Path:
+    """The ``final/`` model of pretraining record ``source``, or a RunError naming the step."""
+    if not ws.record_path(source).exists():
+        raise RunError(f"init_from {source}: no such experiment ({ws.rel(ws.record_path(source))}); "
+                       f"set init_from to a pretraining record of this workspace, or none")
+    meta = store.read_meta(ws, source)
+    if tasks.name_of(meta) != "pretrain":
+        raise RunError(f"init_from {source}: it is a {tasks.name_of(meta)} record; a classifier starts from a pretraining record's model")
+    final = ws.out_dir(source) / "final"
+    if not (final / "config.json").exists():
+        raise RunError(f"init_from {source}: {ws.rel(final)}/ holds no model (status {meta.get('status')}); "
+                       f"finish its run first (`exp run {source}`)")
+    return final
+
+
 def _archive_previous_outputs(ws: Workspace, version: Version) -> Path | None:
     """A fresh run after a failed one keeps the failed outputs, moved aside."""
     out = ws.out_dir(version)
@@ -118,9 +142,9 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
                                      for r in run["replicates"]]
         else:
             _archive_previous_outputs(ws, version)
-            cfg = cfg_mod.validate(record.meta.get("config") or {})
+            cfg = run_config(ws, record)
             out.mkdir(parents=True, exist_ok=True)
-            write_json(out / "config.json", cfg.model_dump())
+            write_json(out / "config.json", cfg)
             record.meta["prereg"] = {
                 "at": times.now(),
                 "sections": prereg_sections(ws, record),  # a group member's: the text that holds for it
@@ -141,11 +165,11 @@ def begin(ws: Workspace, version: Version, opts: LaunchOptions, pid: int | None 
             script = ws.run_script_path(version)
             if script.exists():
                 run["script_sha256"] = sha256(script.read_bytes())
-            seeds = replicate_seeds(cfg.model_dump())
+            seeds = replicate_seeds(cfg)
             if len(seeds) > 1:  # each replicate its own directory and config.json (its seed), none of them started
                 for i, seed in enumerate(seeds):
                     ws.replicate_dir(version, i).mkdir(parents=True, exist_ok=True)
-                    write_json(ws.replicate_dir(version, i) / "config.json", {**cfg.model_dump(), "seed": seed})
+                    write_json(ws.replicate_dir(version, i) / "config.json", {**cfg, "seed": seed})
                 run["replicates"] = [_pending(i, seed) for i, seed in enumerate(seeds)]
             if snapshot:
                 _take_environment(ws, version, record, run, env, repo)

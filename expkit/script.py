@@ -12,13 +12,14 @@ header).
 from __future__ import annotations
 
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, gitops, slurm
-from .errors import ExpError, UsageError
+from . import __version__, gitops, slurm, tasks
+from .errors import ConfigError, ExpError, UsageError
 from .files import atomic_write
 from .record import Record
 from .render import render
@@ -146,6 +147,13 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
     version = record.version
     meta = record.meta
     config = meta.get("config") or {}
+    try:
+        task = tasks.of(ws, meta)
+    except ConfigError as err:
+        raise RunError(f"{version}: {err}") from None
+    if opts.distributed and not task.distributed:
+        raise RunError(f"the {task.name} task trains in one process: drop --nproc/--nnodes and --backend torchrun "
+                       "(Slurm runs it as one task)")
     out = ws.out_dir(version)
     repo = git_state(ws)
     is_slurm = opts.backend == "slurm"
@@ -156,6 +164,10 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
     log = out / ("run.log" if opts.node_rank == 0 else f"run.node{opts.node_rank}.log")
     context = {
         "version": str(version),
+        "task": task.name,
+        "builtin": task.builtin,
+        "task_source": task.source,
+        "trainer": " ".join(_shell_word(w) for w in task.launch_words(_CONFIG, _OUT, _PY)),
         "description": meta.get("description", ""),
         "record": ws.rel(record.path),
         "out_rel": ws.rel(out),
@@ -192,6 +204,18 @@ def render_script(ws: Workspace, record: Record, opts: LaunchOptions) -> str:
         ) if is_slurm else [],
     }
     return render(ws.templates_dir, TEMPLATE, **context)
+
+
+# markers the trainer's words are built with, then written as the script's own variables
+_CONFIG, _OUT, _PY = "\x00config\x00", "\x00out\x00", "\x00python\x00"
+_REFS = {_CONFIG: '"$OUT_DIR/config.json"', _OUT: '"$OUT_DIR"', _PY: '"$PYTHON"'}
+
+
+def _shell_word(word: str) -> str:
+    """One word of the trainer's command line for bash: literal parts shell-quoted, the
+    placeholders as the script's variables (``--out-dir={out_dir}`` -> ``--out-dir="$OUT_DIR"``)."""
+    parts = re.split("(" + "|".join(map(re.escape, _REFS)) + ")", word)
+    return "".join(_REFS[p] if p in _REFS else shlex.quote(p) for p in parts if p) or "''"
 
 
 def replicate_count(config: dict[str, Any]) -> int:

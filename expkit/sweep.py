@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import config as cfg_mod
-from . import groups, lifecycle, store
+from . import groups, lifecycle, store, tasks
 from .catalog import PLACEMENT_KEYS
 from .errors import ConfigError, RecordError, UsageError
 from .version import Version
@@ -87,13 +87,14 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
             f"(`exp check {parent}` lists what is missing), then sweep"))
     meta = record.meta
     try:
-        base = cfg_mod.validate(meta.get("config") or {}).model_dump()
+        task = tasks.of(ws, meta)
+        base = task.validate(meta.get("config") or {})
     except ConfigError as err:
         raise RecordError(_refused(parent, f"its config is invalid ({err}); fix it with `exp set {parent}` first")) from None
 
-    unknown = [k for k, _ in axes if k not in cfg_mod.TrainConfig.model_fields]
+    unknown = [k for k, _ in axes if task.schema is not None and k not in task.field_names()]
     if unknown:
-        raise ConfigError(_refused(parent, "; ".join(f"unknown config key {k!r}{cfg_mod.suggest(k)}" for k in unknown)))
+        raise ConfigError(_refused(parent, "; ".join(f"unknown config key {k!r}{task.suggest(k)}" for k in unknown)))
     combos: list[list[tuple[str, str]]]
     if grid:
         combos = [list(c) for c in itertools.product(*([(k, v) for v in values] for k, values in axes))]
@@ -104,7 +105,7 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     extra = [f"replicates={seeds}"] if seeds is not None else []
     if extra:
         try:
-            cfg_mod.apply(base, extra)
+            task.apply(base, extra)
         except ConfigError as err:
             raise ConfigError(_refused(parent, f"--seeds {seeds}: {str(err).removeprefix('invalid config: ')}")) from None
 
@@ -114,11 +115,11 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     for combo in combos:
         typed = [f"{k}={v}" for k, v in combo]
         try:
-            new, _ = cfg_mod.apply(base, typed + extra)
+            new, _ = task.apply(base, typed + extra)
         except (ConfigError, UsageError) as err:
             errors.append(f"{', '.join(typed)}: {str(err).removeprefix('invalid config: ')}")
             continue
-        config = new.model_dump()
+        config = new
         changes = {k: config[k] for k, _ in combo}
         same = [k for k in changes if changes[k] == base.get(k)]
         if same:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import groups, store, times
-from .errors import HandEditError
+from . import groups, store, tasks, times
+from .errors import ConfigError, HandEditError
 from .files import atomic_write, read_json
 from .metrics import SAMPLES_FILE
 from .record import GENERATED, HUMAN, Block, Record
@@ -40,7 +40,11 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         parent_cfg = None
         if meta.get("parent") and ws.record_path(meta["parent"]).exists():
             parent_cfg = store.read_meta(ws, meta["parent"]).get("config") or {}
-        rows = cfg_mod.table_rows(config, parent_cfg, lang)
+        try:
+            schema = tasks.of(ws, meta).schema
+        except ConfigError:  # an unknown task: exp check says so; the table shows the keys as they are
+            schema = None
+        rows = cfg_mod.table_rows(config, parent_cfg, lang, schema)
     last_group = None
     for row in rows:
         row["first"] = row["group"] != last_group

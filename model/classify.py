@@ -34,7 +34,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from expkit.errors import ConfigError, DataError
 from expkit.workspace import dataset_dir
 
-from .classify_config import EMBEDDED_CORPORA, ClassifyConfig
+from expkit.config import EMBEDDED_CORPORA, ClassifyConfig
 from .modeling import Block, MiniMindConfig, MiniMindForCausalLM, RMSNorm, attention_mask_for, rope_cos_sin
 from .tokenizer import EOS_ID
 

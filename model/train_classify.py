@@ -2,7 +2,7 @@
 
     python -m model.train_classify --config CONFIG.json --out-dir DIR [--resume]
 
-CONFIG.json holds a ``ClassifyConfig`` (``model/classify_config.py``, torch-free). The model is
+CONFIG.json holds a ``ClassifyConfig`` (``expkit/config.py``, torch-free: the ``classify`` task's schema). The model is
 the MiniMind backbone with a pooled linear head (``MiniMindForSequenceClassification``), from
 ``init_from`` (a pretraining run's ``final/`` directory) or from scratch (``none``). One process
 (CPU, one GPU or MPS); no DDP.
@@ -76,7 +76,8 @@ from .classify import (
     param_groups,
     steps_per_epoch,
 )
-from .classify_config import ClassifyConfig, validate
+from expkit.config import ClassifyConfig
+from expkit.config import validate as validate_config
 from .classify_report import majority_baseline, plot_confusion, report_text, scores
 from .modeling import MiniMindConfig
 from .tokenizer import load_tokenizer
@@ -533,7 +534,7 @@ def _log_line(row: dict[str, Any], max_steps: int) -> str:
 
 
 def load_config(path: Path) -> ClassifyConfig:
-    return validate(read_config_json(path, "ClassifyConfig"))
+    return validate_config(read_config_json(path, "ClassifyConfig"), ClassifyConfig)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

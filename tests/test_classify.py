@@ -37,7 +37,8 @@ from model.classify import (
     load_classify_data,
     param_groups,
 )
-from model.classify_config import ClassifyConfig, validate
+from expkit import config as cfg_mod
+from expkit.config import ClassifyConfig
 from model.classify_report import scores
 from model.modeling import MiniMindConfig, MiniMindForCausalLM
 from model.tokenizer import EOS_ID, load_tokenizer
@@ -259,14 +260,14 @@ def test_a_bad_config_is_one_line_and_exit_2(tmp_path):
                         str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     [line] = r.stderr.strip().splitlines()
-    assert line.startswith("error: invalid classify config: unknown key 'learning_rat' — did you mean learning_rate")
+    assert line.startswith("error: invalid config: unknown key 'learning_rat' — did you mean learning_rate")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="fgm_epsilon .* freeze_layers"):
-        validate({"fgm_epsilon": 1.0, "freeze_layers": 1})
+        cfg_mod.validate({"fgm_epsilon": 1.0, "freeze_layers": 1}, ClassifyConfig)
     with pytest.raises(ConfigError, match="hidden_size set with init_from"):
-        validate({"init_from": "some/final", "hidden_size": 64})
+        cfg_mod.validate({"init_from": "some/final", "hidden_size": 64}, ClassifyConfig)
     with pytest.raises(ConfigError, match="monitor"):
-        validate({"monitor": "val_f1"})
+        cfg_mod.validate({"monitor": "val_f1"}, ClassifyConfig)
 
 
 # -- the model ---------------------------------------------------------------------------------
@@ -497,13 +498,12 @@ def test_checkpoints_are_ranked_in_the_monitors_direction(monitor, higher, kept,
 
 
 def test_the_config_schema_loads_without_torch():
-    """expkit validates a classify record's config without the trainer's weight: the schema module
-    imports pydantic and expkit only (loaded by path: ``import model`` itself registers the models)."""
-    code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('classify_config', {str(ROOT / 'model' / 'classify_config.py')!r})\n"
-            "m = sys.modules['classify_config'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-            "m.validate({'ema_decay': 0.99, 'loss': 'focal'})\n"
-            "print(sorted(k for k in ('torch', 'transformers', 'numpy') if k in sys.modules))")
+    """expkit validates a classify record's config without the trainer's weight: the schema
+    (expkit.config) imports pydantic and expkit only."""
+    code = ("import sys\n"
+            "from expkit.config import ClassifyConfig, validate\n"
+            "validate({'ema_decay': 0.99, 'loss': 'focal'}, ClassifyConfig)\n"
+            "print(sorted(k for k in ('torch', 'transformers', 'numpy', 'model') if k in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
