@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("authoring", "List every problem of a record with its line and fix; a clean draft becomes ready."),
     "set": ("authoring", "Set config values (typed and range-checked) and regenerate the parameter table."),
     "sweep": ("authoring", "Make a group's members from an X.Y.0 record: one record X.Y.k per swept value."),
+    "tasks": ("authoring", "List the tasks a record may have: built-in and declared, with command, config and metrics."),
     "show": ("catalog", "Show a record: state, human sections, expected-result claims, config changes."),
     "list": ("catalog", "List the records with status, category, parent and description."),
     "diff": ("reporting", "How two experiments differ: config, environment, run script, code (git), metrics."),

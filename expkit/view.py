@@ -50,7 +50,23 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         row["first"] = row["group"] != last_group
         last_group = row["group"]
     analysis = meta.get("analysis") or {}
+    try:
+        task: tasks.Task | None = tasks.of(ws, meta)
+    except ConfigError:
+        task = None
+    pretrain = task is None or task.name == tasks.DEFAULT
     return {
+        "task": tasks.name_of(meta),
+        # a task's own words for its metrics (pretraining's are in the template)
+        "metric_labels": {} if pretrain else {
+            **{f"best_{m.name}": f"最佳{m.label(lang)}（运行中）" if lang == "zh" else f"best {m.name} over the run"
+               for m in task.metrics},
+            **{m.name: m.label(lang) if lang == "zh" else m.meaning for m in task.metrics},
+            "steps": "训练步数" if lang == "zh" else "training steps", "wall_s": "用时（秒）" if lang == "zh" else "wall time (s)"},
+        # final_loss's aliases; a task's own ``loss`` is shown
+        "hidden_metrics": ("train_loss", "loss") if pretrain else (),
+        # a classifier's starting model: a pretraining record of this workspace (lineage)
+        "init_from": config.get("init_from") if Version.is_valid(str(config.get("init_from"))) else None,
         "version": str(version),
         "stem": version.stem,
         "category": version.category,
