@@ -320,7 +320,9 @@ def set_config(ws: Workspace, version: Version, assignments: list[str], regenera
                 groups.sync_changes(record.meta)  # a member's `changes` follow its swept keys
                 if record.status == "failed":
                     transition(record, "draft")  # a changed config needs `exp check` before a rerun
-        names = GENERATED if regenerate else (("config", "member") if changed else ())
+        # the info section names a classifier's starting model (init_from): its lineage
+        names = GENERATED if regenerate else (("config", "member") + (("info",) if "init_from" in changed else ())
+                                              if changed else ())
         discarded = view.regenerate(ws, record, names, discard=regenerate)
     return {
         "version": str(version),

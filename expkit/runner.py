@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfg_mod
-from . import gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, tasks, times, tracking, view
+from . import catalog, gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, tasks, times, tracking, view
 from .groups import replicate_seeds
 from .errors import ConfigError, ExpError
 from .files import atomic_write, read_json, write_json
@@ -314,7 +314,7 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
         run["ended"] = times.now()
         run["duration_s"] = round(times.age_s(run["started"]), 1) if run.get("started") else None
         run["exit_code"] = exit_code
-        final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+        final = final_figures(ws, record.meta, summary)
         if final:
             run["final"] = final
         swan = tracking.run_dirs(out)
@@ -496,6 +496,14 @@ def start_replicate(ws: Workspace, version: Version, opts: LaunchOptions, index:
     return checks, records.load(ws, version)
 
 
+def final_figures(ws: Workspace, meta: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """What the record keeps of summary.json as the run's final figures: pretraining's
+    FINAL_KEYS, or a task's key metrics (classify: macro-F1, accuracy, the majority baseline)."""
+    task = catalog.task_of(ws, meta)
+    keys = FINAL_KEYS if task.name == tasks.DEFAULT else ("steps", *task.key_metrics, "wall_s")
+    return {k: summary[k] for k in keys if summary.get(k) is not None and not isinstance(summary.get(k), (dict, list))}
+
+
 def ended_status(trainer: dict[str, Any], summary: dict[str, Any], exit_code: int, interrupted: bool) -> str:
     """How a run (or one replicate) ended: finished, interrupted or failed.
 
@@ -525,7 +533,7 @@ def _replicate_outcome(ws: Workspace, version: Version, rep: dict[str, Any], exi
         rep["duration_s"] = round(times.age_s(rep["started"]), 1)
     if trainer.get("step") is not None:
         rep["last_step"] = trainer["step"]
-    final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+    final = final_figures(ws, store.read_meta(ws, version), summary)
     if final:
         rep["final"] = final
     if status != "finished":
@@ -574,7 +582,7 @@ def _end_replicated(ws: Workspace, version: Version, record: Record, run: dict[s
     summary = _replicates_summary(ws, version, reps)
     if summary["replicates"]["n"]:
         write_json(ws.out_dir(version) / "summary.json", summary)
-        run["final"] = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+        run["final"] = final_figures(ws, record.meta, summary)
     if status != "finished":
         words = [f"replicate {r['index']} (seed {r['seed']}) {r['status']}: {r.get('error', '')}".rstrip(": ")
                  for r in reps if r.get("status") in ("failed", "interrupted")]
