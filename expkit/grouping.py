@@ -60,7 +60,18 @@ def _swept_label(changes: dict[str, Any]) -> str:
     return ", ".join(f"{k}={format_number(v) if is_finite_number(v) else v}" for k, v in changes.items()) or "—"
 
 
-def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> dict[str, Any]:
+def group_metrics(task: Any) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
+    """(the metrics a member's row shows, those that decide the best member in order, those
+    where higher is better) for a group of ``task``'s records."""
+    if task.name == "pretrain":
+        return KEY_METRICS, BEST_METRICS, HIGHER_IS_BETTER
+    higher = frozenset(m.name for m in task.metrics if m.direction == "higher")
+    higher |= frozenset(f"best_{n}" for n in higher)
+    return tuple(dict.fromkeys([task.primary, *task.key_metrics])), (task.primary,), higher
+
+
+def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any],
+               key_metrics: tuple[str, ...] = KEY_METRICS) -> dict[str, Any]:
     """One member as the group sees it: its status and state (pending / failed / partial /
     analyzed), what it changes, n and each key metric's {n, mean, sd, ci_low, ci_high}, its verdicts."""
     status = str(meta.get("status"))
@@ -74,7 +85,7 @@ def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> d
         state = "partial" if analysis.get("partial") else "analyzed"
     tables = catalog.replicate_tables(ws, version, meta) if analysis else []
     metric_stats = {}
-    for m in KEY_METRICS:
+    for m in key_metrics:
         values = [float(t[m]) for t in tables if is_finite_number(t.get(m))]
         if values:
             metric_stats[m] = stat(values)
@@ -89,18 +100,19 @@ def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> d
     }
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _best(rows: list[dict[str, Any]], best_metrics: tuple[str, ...] = BEST_METRICS,
+          higher: frozenset[str] = HIGHER_IS_BETTER) -> dict[str, Any] | None:
     """The best member on the first of BEST_METRICS that two analysed members have, the runner-up,
     and how sure: their 95 % intervals overlap or not (n ≥ 2 on both), or single runs compared
     with the metric's noise floor."""
     done = [r for r in rows if r["state"] == "analyzed"]
-    for metric in BEST_METRICS:
+    for metric in best_metrics:
         have = [r for r in done if metric in r["stats"]]
         if len(have) >= 2:
             break
     else:
         return None
-    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    sign = -1 if metric in higher else 1
     have.sort(key=lambda r: sign * r["stats"][metric]["mean"])
     best, runner = have[0], have[1]
     b, r = best["stats"][metric], runner["stats"][metric]
@@ -211,12 +223,13 @@ def compute(ws: Workspace, parent: Record, metas: dict[str, dict[str, Any]]) -> 
     lang = parent.meta.get("lang", "zh")
     lang = lang if lang in _SURE else "en"
     pv = str(parent.meta.get("version"))
-    rows = [member_row(ws, v, m) for v, m in metas.items() if v != pv]
+    key_metrics, best_metrics, higher = group_metrics(catalog.task_of(ws, parent.meta))
+    rows = [member_row(ws, v, m, key_metrics) for v, m in metas.items() if v != pv]
     rows.sort(key=lambda r: Version.parse(r["version"]))
     swept: list[str] = []
     for r in rows:
         swept += [k for k in r["changes"] if k not in swept]
-    best = _best(rows)
+    best = _best(rows, best_metrics, higher)
     if best is not None:
         best["text"] = _SURE[lang][best["sure"]].format(best=best["version"], runner=best["runner_up"], metric=best["metric"],
                                                         floor=format_number(best.get("floor")))
@@ -229,7 +242,7 @@ def compute(ws: Workspace, parent: Record, metas: dict[str, dict[str, Any]]) -> 
         "analyzed_at": times.now(),
         "members": [{k: x for k, x in r.items() if k != "values"} for r in rows],
         "swept": swept,
-        "key_metrics": list(KEY_METRICS),
+        "key_metrics": list(key_metrics),
         "best": best,
         "verdicts": found,
         "verdict_counts": counts,
@@ -264,7 +277,7 @@ def write_plots(ws: Workspace, parent: Version, result: dict[str, Any]) -> list[
     rows = [r for r in result["_rows"] if r["stats"]]
     written = []
     metric = (result.get("best") or {}).get("metric") or next(
-        (m for m in BEST_METRICS if any(m in r["stats"] for r in rows)), None)
+        (m for m in (*BEST_METRICS, *result.get("key_metrics", ())) if any(m in r["stats"] for r in rows)), None)
     if metric and rows:
         written.append(plot_group_metric(rows, metric, result["swept"], paths["metric"], title=f"group {parent}: {metric}"))
     curves = {}
