@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     "expkit.names": 0,
     # 1: formats and schemas
     "expkit.record": 1, "expkit.status": 1, "expkit.problem": 1, "expkit.config": 1, "expkit.claims": 1,
+    "expkit.tasks": 1,
     # 2: where things are, and the side effects the layers above share (git, templates, SwanLab)
     "expkit.workspace": 2, "expkit.store": 2, "expkit.gitops": 2, "expkit.render": 2, "expkit.tracking": 2, "expkit.procs": 2,
     "expkit.slurm": 2,
@@ -29,7 +30,7 @@ LAYERS: dict[str, int] = {
     "expkit.records": 4, "expkit.view": 4, "expkit.catalog": 4, "expkit.approval": 4, "expkit.commit": 4,
     "expkit.results": 4, "expkit.review": 4, "expkit.lifecycle": 4, "expkit.preflight": 4, "expkit.script": 4,
     "expkit.runner": 4, "expkit.watch": 4, "expkit.reporting": 4, "expkit.remote": 4, "expkit.site": 4,
-    "expkit.groups": 4, "expkit.sweep": 4, "expkit.grouping": 4, "expkit.queue": 4,
+    "expkit.groups": 4, "expkit.sweep": 4, "expkit.grouping": 4, "expkit.queue": 4, "expkit.summary": 4,
     # 5: the command line
     "expkit.cli": 5, "expkit.commands": 5, "expkit.commands.workspace": 5, "expkit.commands.authoring": 5,
     "expkit.commands.catalog": 5, "expkit.commands.reporting": 5, "expkit.commands.results": 5,
