@@ -154,6 +154,11 @@ _LINES: dict[str, dict[str, str]] = {
                     "{word}{interval}",
               "zh": "- {ref} 对比{role} {other}：{metric} [[{d}.value]] 对 [[{d}.reference]]（{sign}[[{d}.abs]]{rel}），"
                     "{word}{interval}"},
+    "delta_interval": {"en": "; this record: CI [[[{base}.ci_low]], [[{base}.ci_high]]], n=[[{base}.n]]",
+                       "zh": "；本记录 CI [[[{base}.ci_low]], [[{base}.ci_high]]]，n=[[{base}.n]]"},
+    "own": {"en": "- {ref} vs the baseline measured in the same run: {metric} [[metrics.{m}]] vs {baseline} [[metrics.{b}]], "
+                  "{word}{interval}",
+            "zh": "- {ref} 对比同一运行测得的基线：{metric} [[metrics.{m}]] 对 {baseline} [[metrics.{b}]]，{word}{interval}"},
     "verdict": {"en": "- {ref}: {claim} — {label}: observed [[{p}.observed]], threshold [[{p}.reference]]{stats}",
                 "zh": "- {ref}：{claim} —— {label}：实测 [[{p}.observed]]，阈值 [[{p}.reference]]{stats}"},
     "verdict_bare": {"en": "- {ref}: {claim} — {label}", "zh": "- {ref}：{claim} —— {label}"},
@@ -171,6 +176,9 @@ _LINES: dict[str, dict[str, str]] = {
                "zh": "- {task} 任务最佳：{metric} 达到 [[metrics.{m}]]{interval}（{direction}） —— {ref}"},
     "r_improved": {"en": "- Improved {metric} from [[{d}.reference]] to [[{d}.value]] ({rel}) over {role} {other} — {ref}",
                    "zh": "- 相对{role} {other}，{metric} 从 [[{d}.reference]] 改进到 [[{d}.value]]（{rel}） —— {ref}"},
+    "r_own": {"en": "- Reached {metric} [[metrics.{m}]] against [[metrics.{b}]] for the baseline measured in the same run "
+                    "({baseline}) — {ref}",
+              "zh": "- {metric} 达到 [[metrics.{m}]]，同一运行测得的基线（{baseline}）为 [[metrics.{b}]] —— {ref}"},
     "r_confirmed": {"en": "- Expectation confirmed: {claim} (observed [[{p}.observed]], threshold [[{p}.reference]]) — {ref}",
                     "zh": "- 预期得到证实：{claim}（实测 [[{p}.observed]]，阈值 [[{p}.reference]]） —— {ref}"},
     "r_refuted": {"en": "- Expectation refuted: {claim} does not hold (observed [[{p}.observed]], threshold [[{p}.reference]]) — {ref}",
@@ -327,7 +335,7 @@ def _ranked_metrics(task: tasks.Task | None) -> list[str]:
 def _label(task: tasks.Task | None, metric: str, lang: str) -> str:
     m = task.metric(metric) if task is not None else None
     label = m.label(lang) if m is not None and m.name == metric else metric
-    return _code(metric) if label == metric else f"{md_text(label)}（{_code(metric)}）"
+    return _code(metric) if label == metric else f"{md_text(label)} {_code(metric)}"
 
 
 def _best(sources: list[Source], kinds: _Tasks, lang: str) -> list[dict[str, Any]]:
@@ -372,52 +380,90 @@ def _stats(evidence: dict[str, Any], base: str) -> dict[str, Any] | None:
 
 def _improvements(ws: Workspace, sources: list[Source], kinds: _Tasks, lang: str) -> list[dict[str, Any]]:
     """Each counted record against its baseline and its parent (once when they are the same
-    record), on the first of its task's ranked metrics that the stored deltas hold."""
+    record), on the first of its task's ranked metrics that the stored deltas hold; without a
+    baseline record, against the baseline its task measures in the same run (classify: the
+    majority class), on the metric that has one."""
     out = []
     for s in sources:
         task = kinds.of(s)
+        if task is None:
+            continue
         seen: set[str] = set()
         for role in REFERENCE_ROLES:
             ref = (s.evidence.get("references") or {}).get(role) or {}
             other = str(ref.get("version") or "")
-            deltas = ref.get("deltas") or {}
-            if not other or other in seen or not deltas:
+            if not other or other in seen:
                 continue
-            metric = next((m for m in _ranked_metrics(task) if _has(s.evidence, f"references.{role}.deltas.{m}.abs")
-                           and _has(s.evidence, f"references.{role}.deltas.{m}.value")
-                           and _has(s.evidence, f"references.{role}.deltas.{m}.reference")), None)
-            if metric is None:
-                continue
-            seen.add(other)
-            assert task is not None
-            d = f"references.{role}.deltas.{metric}"
-            delta = deltas[metric]
-            direction = str(task.direction(metric))
-            change = delta["abs"] if direction == "higher" else -delta["abs"]
-            word = "better" if change > 0 else "worse" if change < 0 else "same"
-            has_rel = _has(s.evidence, f"{d}.rel")
-            fields = dict(ref=_ref(s), role=_w(role, lang), other=f"[{other}]({_link(ws, other)})",
-                          metric=_label(task, metric, lang), d=d, sign="+" if delta["abs"] > 0 else "",
-                          rel=(", " if lang == "en" else "，") + f"[[{d}.rel:+.1%]]" if has_rel else "",
-                          word=_w(word, lang), interval=_delta_interval(s, metric, lang))
-            piece = _piece(_LINES["delta"][lang].format(**fields), s.evidence, s.version)
-            resume = None
-            if word == "better":
-                rfields = {**fields, "rel": f"[[{d}.rel:+.1%]]" if has_rel else f"{fields['sign']}[[{d}.abs]]"}
-                resume = _piece(_LINES["r_improved"][lang].format(**rfields), s.evidence, s.version)
-            out.append({"version": s.version, "role": role, "reference": other, "metric": metric, "direction": direction,
-                        "value": delta["value"], "reference_value": delta["reference"], "abs": delta["abs"],
-                        "rel": delta.get("rel"), "improved": word == "better", "change": word, "sha256": s.sha256,
-                        "interval": _stats(s.evidence, f"replicates.metrics.{metric}"),
-                        "_piece": piece, "_resume": resume})
+            found = _against(ws, s, task, role, other, lang)
+            if found is not None:
+                seen.add(other)
+                out.append(found)
+        if not seen:
+            found = _against_own(s, task, lang)
+            if found is not None:
+                out.append(found)
     return out
 
 
+def _change(direction: str, diff: float) -> str:
+    change = diff if direction == "higher" else -diff
+    return "better" if change > 0 else "worse" if change < 0 else "same"
+
+
+def _against(ws: Workspace, s: Source, task: tasks.Task, role: str, other: str, lang: str) -> dict[str, Any] | None:
+    """The record against a reference record: the stored delta of the first ranked metric."""
+    base = f"references.{role}.deltas"
+    metric = next((m for m in _ranked_metrics(task)
+                   if all(_has(s.evidence, f"{base}.{m}.{k}") for k in ("abs", "value", "reference"))), None)
+    if metric is None:
+        return None
+    d = f"{base}.{metric}"
+    delta = s.evidence["references"][role]["deltas"][metric]
+    direction = str(task.direction(metric))
+    word = _change(direction, delta["abs"])
+    has_rel = _has(s.evidence, f"{d}.rel")
+    link = f"[{other}]({_link(ws, other)})" if ws.record_path(other).exists() else md_text(other)
+    fields = dict(ref=_ref(s), role=_w(role, lang), other=link, metric=_label(task, metric, lang), d=d,
+                  sign="+" if delta["abs"] > 0 else "",
+                  rel=(", " if lang == "en" else "，") + f"[[{d}.rel:+.1%]]" if has_rel else "",
+                  word=_w(word, lang), interval=_delta_interval(s, metric, lang))
+    resume = None
+    if word == "better":
+        rfields = {**fields, "rel": f"[[{d}.rel:+.1%]]" if has_rel else f"{fields['sign']}[[{d}.abs]]"}
+        resume = _piece(_LINES["r_improved"][lang].format(**rfields), s.evidence, s.version)
+    return {"version": s.version, "role": role, "reference": other, "metric": metric, "direction": direction,
+            "value": delta["value"], "reference_value": delta["reference"], "abs": delta["abs"], "rel": delta.get("rel"),
+            "improved": word == "better", "change": word, "sha256": s.sha256,
+            "interval": _stats(s.evidence, f"replicates.metrics.{metric}"),
+            "_piece": _piece(_LINES["delta"][lang].format(**fields), s.evidence, s.version), "_resume": resume}
+
+
+def _against_own(s: Source, task: tasks.Task, lang: str) -> dict[str, Any] | None:
+    """The record against the baseline its own run measured (``Task.own_baseline``): both
+    values cited from its metrics (the evidence holds no delta of them, so none is written)."""
+    pairs = task.own_baseline or {}
+    metric = next((m for m in _ranked_metrics(task) if m in pairs and _has(s.evidence, f"metrics.{m}")
+                   and _has(s.evidence, f"metrics.{pairs[m]}")), None)
+    if metric is None:
+        return None
+    theirs = pairs[metric]
+    value, reference = s.evidence["metrics"][metric], s.evidence["metrics"][theirs]
+    direction = str(task.direction(metric))
+    word = _change(direction, value - reference)
+    fields = dict(ref=_ref(s), metric=_label(task, metric, lang), m=metric, b=theirs, baseline=_label(task, theirs, lang),
+                  word=_w(word, lang), interval=_delta_interval(s, metric, lang))
+    resume = _piece(_LINES["r_own"][lang].format(**fields), s.evidence, s.version) if word == "better" else None
+    return {"version": s.version, "role": "own_baseline", "reference": theirs, "metric": metric, "direction": direction,
+            "value": value, "reference_value": reference, "abs": None, "rel": None, "improved": word == "better",
+            "change": word, "sha256": s.sha256, "interval": _stats(s.evidence, f"replicates.metrics.{metric}"),
+            "_piece": _piece(_LINES["own"][lang].format(**fields), s.evidence, s.version), "_resume": resume}
+
+
 def _delta_interval(s: Source, metric: str, lang: str) -> str:
-    iv = _interval(s, metric, lang)
-    if not iv:
-        return ""
-    return ("; this record's" if lang == "en" else "；本记录") + iv.lstrip()
+    base = f"replicates.metrics.{metric}"
+    if all(_has(s.evidence, f"{base}.{k}") for k in ("ci_low", "ci_high", "n")):
+        return _LINES["delta_interval"][lang].format(base=base)
+    return ""
 
 
 def _hypotheses(sources: list[Source], lang: str) -> dict[str, list[dict[str, Any]]]:

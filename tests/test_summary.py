@@ -255,19 +255,20 @@ TOY = '\n[tool.exp.tasks.toy]\ncommand = "python toy.py --config {config} --out-
 TOY_HUMAN = {"goal": "分数。", "hypothesis": "分数更高。", "expected": "- score >= 0.75\n", "focus": "分数。"}
 
 
-def toy_record(ws, version: str, score: float, loss: float, baseline: dict | None = None) -> None:
-    """A record of the declared task `toy`, analysed from its trainer's summary (the analysis in
-    the shape `results.compute` stores; deltas by `comparison.metric_deltas`)."""
+def analysed(ws, version: str, task: str, table: dict, claim: tuple[str, str, float], baseline: dict | None = None) -> None:
+    """An approved record of ``task``, analysed from its trainer's numbers (the analysis in the
+    shape `results.compute` stores; deltas by `comparison.metric_deltas`); ``claim``: (text,
+    metric, threshold) of its one expected result, judged `>=`."""
     v = Version.parse(version)
-    rec = lifecycle.create(ws, v, task="toy", description=f"toy {score}")
-    fill(rec.path, TOY_HUMAN)
-    table = {"score": score, "loss": loss}
-    verdict = "confirmed" if score >= 0.75 else "refuted"
+    rec = lifecycle.create(ws, v, task=task, description=f"{task} {version}")
+    text, metric, threshold = claim
+    fill(rec.path, {**TOY_HUMAN, "expected": f"- {text}\n"})
+    verdict = "confirmed" if table[metric] >= threshold else "refuted"
     with records.update(ws, v) as r:
         r.meta["run"] = {"status": "finished", "exit_code": 0}
         r.meta["analysis"] = {
-            "metrics": table, "verdicts": [{"claim": "score >= 0.75", "metric": "score", "verdict": verdict,
-                                            "observed": score, "reference": 0.75}],
+            "metrics": table, "verdicts": [{"claim": text, "metric": metric, "verdict": verdict,
+                                            "observed": table[metric], "reference": threshold}],
             "verdict_counts": {"confirmed": int(verdict == "confirmed"), "refuted": int(verdict == "refuted"), "inconclusive": 0},
             "anomalies": [],
             "references": ({"baseline": {"version": baseline["version"], "has_run": True,
@@ -282,8 +283,9 @@ def test_the_best_of_each_task_follows_its_direction(project):
     ws = project
     (ws.root / "pyproject.toml").write_text((ws.root / "pyproject.toml").read_text(encoding="utf-8") + TOY, encoding="utf-8")
     ws = Workspace.find()
-    toy_record(ws, "2.0.0", 0.70, 0.9)
-    toy_record(ws, "2.0.1", 0.80, 1.2, baseline={"version": "2.0.0", "table": {"score": 0.70, "loss": 0.9}})
+    analysed(ws, "2.0.0", "toy", {"score": 0.70, "loss": 0.9}, ("score >= 0.75", "score", 0.75))
+    analysed(ws, "2.0.1", "toy", {"score": 0.80, "loss": 1.2}, ("score >= 0.75", "score", 0.75),
+             baseline={"version": "2.0.0", "table": {"score": 0.70, "loss": 0.9}})
     r = summary.write_summary(ws, lang="en")
     best = {b["task"]: b for b in r["best"]}
     assert set(best) == {"pretrain", "toy"} and r["counts"]["tasks"] == 2
@@ -295,6 +297,28 @@ def test_the_best_of_each_task_follows_its_direction(project):
     assert "vs baseline [2.0.0](experiment_2.0.0.md): `score` 0.8 vs 0.7 (+0.1, +14.3%), better" in imp["text"]
     assert [h["version"] for h in r["hypotheses"]["refuted"]] == ["0.1.0", "2.0.0"]
     assert_traceable(ws, r)
+
+
+def test_a_classifier_is_judged_on_macro_f1_and_against_its_majority_class_baseline(ws):
+    analysed(ws, "3.0.0", "classify", {"test_macro_f1": 0.41, "test_acc": 0.52, "majority_macro_f1": 0.08, "majority_acc": 0.31},
+             ("test_macro_f1 >= 0.3", "test_macro_f1", 0.3))
+    analysed(ws, "3.0.1", "classify", {"test_macro_f1": 0.37, "test_acc": 0.58, "majority_macro_f1": 0.08, "majority_acc": 0.31},
+             ("test_macro_f1 >= 0.3", "test_macro_f1", 0.3))
+    r = summary.write_summary(ws, lang="en")
+    (best,) = r["best"]
+    assert (best["task"], best["metric"], best["direction"], best["version"]) == ("classify", "test_macro_f1", "higher", "3.0.0")
+    own = {i["version"]: i for i in r["improvements"]}
+    assert set(own) == {"3.0.0", "3.0.1"} and all(i["role"] == "own_baseline" for i in own.values())
+    assert (own["3.0.0"]["reference"], own["3.0.0"]["value"], own["3.0.0"]["reference_value"], own["3.0.0"]["improved"]) == (
+        "majority_macro_f1", 0.41, 0.08, True)
+    assert own["3.0.0"]["abs"] is None  # the evidence holds no delta of the two: none is computed and written
+    assert "`test_macro_f1` 0.41 vs `majority_macro_f1` 0.08, better" in own["3.0.0"]["text"]
+    assert_traceable(ws, r)
+    zh = summary.write_summary(ws, lang="zh", style="resume")
+    assert zh["bullets"][0]["text"].startswith("- classify 任务最佳：测试集宏 F1 `test_macro_f1` 达到 0.41（越高越好）")
+    assert any("同一运行测得的基线" in b["text"] for b in zh["bullets"])
+    assert summary.RESUME_MIN <= len(zh["bullets"]) <= summary.RESUME_MAX
+    assert_traceable(ws, zh)
 
 
 def test_a_group_with_replicates_gives_intervals_and_its_best_member(ws):
