@@ -142,6 +142,8 @@ def test_only_approved_and_committed_records_give_numbers_and_the_others_are_pen
         assert x["sha256"] == sha and x["short"] == sha[:summary.SHORT_HASH]
         assert f"`{sha}`" in text.split("## Sources")[1]
     assert f"[0.1.1](experiment_0.1.1.md) `sha256:{r['counted'][1]['short']}`" in text
+    # no clock in the file: the same records write the same bytes
+    assert summary.write_summary(ws, lang="en") == r and (ws.root / r["path"]).read_text(encoding="utf-8") == text
 
 
 def test_an_approval_that_no_longer_holds_makes_the_record_pending(project):
