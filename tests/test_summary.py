@@ -11,7 +11,6 @@ the command through real `exp` subprocesses."""
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 
 import pytest
