@@ -13,13 +13,37 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError, UsageError
 from .names import EMBEDDED
 
+
+
+# Keys both trainers' optimisers and placement share: one definition of each (meaning, range);
+# each schema gives its own default.
+MinLrRatio = Annotated[float, Field(ge=0.0, le=1.0, description="final lr as a fraction of the peak")]
+WeightDecay = Annotated[float, Field(ge=0.0, le=10.0, description="AdamW decay (not on norms/biases/embeddings)")]
+Beta1 = Annotated[float, Field(ge=0.0, lt=1.0, description="AdamW beta1")]
+Beta2 = Annotated[float, Field(ge=0.0, lt=1.0, description="AdamW beta2")]
+GradClip = Annotated[float, Field(ge=0.0, le=1e6, description="max gradient norm; 0 disables")]
+Dtype = Annotated[Literal["auto", "float32", "bfloat16", "float16"],
+                  Field(description="autocast dtype; auto = bf16 where the device has it, else float32")]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1, description="random seed")]
+# exp run trains the record this many times, replicate i with seed + i in out/experiment_V/r{i}/
+Replicates = Annotated[int, Field(ge=1, le=64, description="seeds per run: exp run trains seed, seed+1, ... each in out/experiment_V/r{i}/")]
+Device = Annotated[str, Field(description="auto | cpu | cuda | cuda:N")]
+CudaDevices = Annotated[str, Field(description="CUDA_VISIBLE_DEVICES for the run, e.g. '0,1'")]
+
+
+def _check_placement(device: str, cuda_devices: str) -> None:
+    """Device and CUDA_VISIBLE_DEVICES as both trainers take them (ValueError: one line)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    if cuda_devices and not re.fullmatch(r"\d+(,\d+)*", cuda_devices):
+        raise ValueError(f"cuda_devices {cuda_devices!r} must look like '0' or '0,1,2'")
 
 
 class TrainConfig(BaseModel):
@@ -53,22 +77,17 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1, le=65536, description="sequences per micro-batch per process")
     accumulation_steps: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
     learning_rate: float = Field(3e-3, gt=0.0, le=1.0, description="peak learning rate")
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr as a fraction of the peak")
+    min_lr_ratio: MinLrRatio = 0.1
     warmup_steps: int = Field(100, ge=0, le=10_000_000, description="linear warmup steps")
     max_steps: int = Field(360, ge=1, le=100_000_000, description="optimizer steps")
-    weight_decay: float = Field(0.1, ge=0.0, le=10.0, description="AdamW decay (not on norms/biases/embeddings)")
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
-    beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2")
-    grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max gradient norm; 0 disables")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="autocast dtype; auto = bf16 where the device has it, else float32"
-    )
+    weight_decay: WeightDecay = 0.1
+    beta1: Beta1 = 0.9
+    beta2: Beta2 = 0.95
+    grad_clip: GradClip = 1.0
+    dtype: Dtype = "auto"
     compile: bool = Field(False, description="torch.compile the model (GPU; checkpoints stay plain)")
-    seed: int = Field(1337, ge=0, le=2**32 - 1, description="random seed")
-    # exp run trains the record this many times, replicate i with seed + i in out/experiment_V/r{i}/
-    replicates: int = Field(
-        1, ge=1, le=64, description="seeds per run: exp run trains seed, seed+1, ... each in out/experiment_V/r{i}/"
-    )
+    seed: Seed = 1337
+    replicates: Replicates = 1
 
     # -- cadence ---------------------------------------------------------------------------
     log_interval: int = Field(10, ge=1, le=1_000_000, description="steps between metric lines")
@@ -84,8 +103,8 @@ class TrainConfig(BaseModel):
         EMBEDDED, description="validation JSONL(.gz); 'embedded' = dataset/; '' = hold out 1% of data_path"
     )
     tokenizer_path: str = Field(EMBEDDED, min_length=1, description="tokenizer dir; 'embedded' = dataset/tokenizer")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    cuda_devices: str = Field("", description="CUDA_VISIBLE_DEVICES for the run, e.g. '0,1'")
+    device: Device = "auto"
+    cuda_devices: CudaDevices = ""
 
     # -- tracking --------------------------------------------------------------------------
     swanlab_mode: Literal["offline", "cloud", "disabled"] = Field("offline", description="SwanLab mode")
@@ -117,10 +136,7 @@ class TrainConfig(BaseModel):
                 raise ValueError(f"knowledge_topk {self.knowledge_topk} exceeds the {n2} sub-keys per half")
         if self.warmup_steps >= self.max_steps and self.max_steps > 1:
             raise ValueError(f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}")
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
-            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
-        if self.cuda_devices and not re.fullmatch(r"\d+(,\d+)*", self.cuda_devices):
-            raise ValueError(f"cuda_devices {self.cuda_devices!r} must look like '0' or '0,1,2'")
+        _check_placement(self.device, self.cuda_devices)
         return self
 
     @property
@@ -174,19 +190,17 @@ class ClassifyConfig(BaseModel):
     # -- optimisation --------------------------------------------------------------------------
     batch_size: int = Field(32, ge=1, le=65536, description="texts per step")
     learning_rate: float = Field(5e-4, ge=0.0, le=1.0, description="peak learning rate (of the blocks; see head_lr_mult)")
-    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final lr as a fraction of the peak (cosine)")
+    min_lr_ratio: MinLrRatio = 0.1
     warmup_steps: int = Field(0, ge=0, le=10_000_000, description="linear warmup steps (0: warmup_ratio decides)")
     warmup_ratio: float = Field(0.06, ge=0.0, lt=1.0, description="warmup as a share of the steps when warmup_steps is 0")
-    weight_decay: float = Field(0.01, ge=0.0, le=10.0, description="AdamW decay (not on norms, biases, embeddings)")
-    beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
-    beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2")
-    grad_clip: float = Field(1.0, ge=0.0, le=1e6, description="max gradient norm; 0 disables")
+    weight_decay: WeightDecay = 0.01
+    beta1: Beta1 = 0.9
+    beta2: Beta2 = 0.999
+    grad_clip: GradClip = 1.0
     epochs: int = Field(3, ge=1, le=100_000, description="passes over the train set (unless max_steps)")
     max_steps: int = Field(0, ge=0, le=100_000_000, description="optimizer steps; 0 = epochs decide")
-    seed: int = Field(1337, ge=0, le=2**32 - 1, description="random seed (weights of the head, order, dropout, augmentation)")
-    replicates: int = Field(
-        1, ge=1, le=64, description="seeds per run: exp run trains seed, seed+1, ... each in out/experiment_V/r{i}/"
-    )
+    seed: Seed = 1337
+    replicates: Replicates = 1
 
     # -- switches (each off by default) --------------------------------------------------------
     loss: Literal["ce", "focal"] = Field("ce", description="cross-entropy, or focal loss (Lin et al. 2017)")
@@ -208,12 +222,13 @@ class ClassifyConfig(BaseModel):
     early_stop_patience: int = Field(0, ge=0, le=100_000, description="stop after N evaluations without improvement; 0 = off")
     keep_top_k: int = Field(3, ge=1, le=1000, description="best checkpoints kept by monitor (plus the last)")
     n_misclassified: int = Field(20, ge=0, le=100_000, description="misclassified test examples in samples.json")
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="autocast dtype; auto = bf16 on GPU")
-    cuda_devices: str = Field("", description="CUDA_VISIBLE_DEVICES for the run")
+    device: Device = "auto"
+    dtype: Dtype = "auto"
+    cuda_devices: CudaDevices = ""
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassifyConfig:
+        _check_placement(self.device, self.cuda_devices)
         if self.init_from != "none":
             given = [k for k in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                                  "num_key_value_heads", "intermediate_size") if getattr(self, k) is not None]

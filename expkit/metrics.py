@@ -279,11 +279,10 @@ def _params_total(value: Any) -> int | None:
     return None
 
 
-def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, Any]:
-    """The metrics table of one run directory, keyed by the names claims use (SUMMARY_KEYS),
-    plus ``status`` and ``notes``. summary.json wins where it has a value; metrics.jsonl fills
-    the rest, so a killed run without summary.json still gets its losses, tokens and time.
-    ``metrics`` avoids a second load when the caller already has it."""
+def _run_files(out_dir: str | Path, metrics: Metrics | None, extra: Sequence[str] = ()
+               ) -> tuple[Path, dict[str, Any], Metrics | None, list[str]]:
+    """(the run directory, its summary.json or {}, its metrics.jsonl loaded or None, notes);
+    AnalysisError when it has neither."""
     out = Path(out_dir)
     if not out.is_dir():
         raise AnalysisError(f"{out}: no such run directory (has the run started?)")
@@ -292,7 +291,7 @@ def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, 
     summary = summary if isinstance(summary, dict) else {}
     if metrics is None:
         try:
-            metrics = load_metrics(out / METRICS_FILE)
+            metrics = load_metrics(out / METRICS_FILE, extra=extra)
         except AnalysisError:
             metrics = None
     if metrics is None and not summary:
@@ -301,6 +300,23 @@ def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, 
         notes.append(f"no {SUMMARY_FILE}: values derived from {METRICS_FILE}")
     if metrics is not None:
         notes.extend(metrics.notes)
+    return out, summary, metrics, notes
+
+
+def _run_status(out: Path, summary: dict[str, Any], notes: list[str]) -> str:
+    status = summary.get("status")
+    if not status:
+        st = _read_json(out / STATUS_FILE, notes)
+        status = st.get("status") if isinstance(st, dict) else None
+    return status or "unknown"
+
+
+def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, Any]:
+    """The metrics table of one run directory, keyed by the names claims use (SUMMARY_KEYS),
+    plus ``status`` and ``notes``. summary.json wins where it has a value; metrics.jsonl fills
+    the rest, so a killed run without summary.json still gets its losses, tokens and time.
+    ``metrics`` avoids a second load when the caller already has it."""
+    out, summary, metrics, notes = _run_files(out_dir, metrics)
 
     derived: dict[str, Any] = {}
     if metrics is not None and len(metrics):
@@ -339,11 +355,7 @@ def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, 
     if samples:
         quality = sample_quality(samples)
         table.update({k: quality[k] for k in ("distinct_1", "distinct_2", "repetition_rate")})
-    status = summary.get("status")
-    if not status:
-        st = _read_json(out / STATUS_FILE, notes)
-        status = st.get("status") if isinstance(st, dict) else None
-    table["status"] = status or "unknown"
+    table["status"] = _run_status(out, summary, notes)
     table["notes"] = notes
     return table
 
@@ -357,23 +369,7 @@ def summarize_task(out_dir: str | Path, metric_names: Sequence[str], curves: Seq
     Plus ``status`` and ``notes``, like ``summarize``."""
     import numpy as np
 
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise AnalysisError(f"{out}: no such run directory (has the run started?)")
-    notes: list[str] = []
-    summary = _read_json(out / SUMMARY_FILE, notes)
-    summary = summary if isinstance(summary, dict) else {}
-    if metrics is None:
-        try:
-            metrics = load_metrics(out / METRICS_FILE, extra=tuple(dict.fromkeys([*metric_names, *curves])))
-        except AnalysisError:
-            metrics = None
-    if metrics is None and not summary:
-        raise AnalysisError(f"{out}: neither {SUMMARY_FILE} nor {METRICS_FILE} (the run has written no results)")
-    if not summary:
-        notes.append(f"no {SUMMARY_FILE}: values derived from {METRICS_FILE}")
-    if metrics is not None:
-        notes.extend(metrics.notes)
+    out, summary, metrics, notes = _run_files(out_dir, metrics, extra=tuple(dict.fromkeys([*metric_names, *curves])))
 
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -399,10 +395,6 @@ def summarize_task(out_dir: str | Path, metric_names: Sequence[str], curves: Seq
     for key in ("steps", "wall_s"):
         if number(summary.get(key)):
             table[key] = summary[key]
-    status = summary.get("status")
-    if not status:
-        st = _read_json(out / STATUS_FILE, notes)
-        status = st.get("status") if isinstance(st, dict) else None
-    table["status"] = status or "unknown"
+    table["status"] = _run_status(out, summary, notes)
     table["notes"] = notes
     return table

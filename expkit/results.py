@@ -185,8 +185,9 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     references: dict[str, Any] = {}
     for role, entry in refs.items():
         if entry.get("own"):
+            own_deltas = metric_deltas({k: table[k] for k in entry["table"] if is_finite_number(table.get(k))}, entry["table"])
             references[role] = {"version": entry["version"], "own": True, "has_run": True,
-                                "values": {k: entry["table"][k] for k in entry["table"]}}
+                                "values": dict(entry["table"]), "deltas": own_deltas}
             continue
         ref_meta: dict[str, Any] = {"version": entry["version"], "has_run": entry["has_run"]}
         if entry.get("missing"):
