@@ -177,7 +177,7 @@ PRETRAIN = Task(
         Metric("distinct_2", "higher", "distinct bigrams in the samples", "distinct-2"),
         Metric("repetition_rate", "lower", "repeated n-grams in the samples", "重复率"),
     ),
-    artifacts=("summary.json", "samples.json", "plots/*.png"),
+    artifacts=("summary.json", "plots/*.png"),
     curves=("loss", "val_loss"),
     key_metrics=("final_loss", "val_loss", "best_val_loss", "tokens_per_s"),
     primary="best_val_loss",

@@ -189,11 +189,15 @@ def progress_of(out: Path, config: dict[str, Any]) -> dict[str, Any]:
             val = item["val_loss"]
         if last and val is not None:
             break
-    info: dict[str, Any] = {"step": last.get("step"), "max_steps": config.get("max_steps"), "loss": last.get("loss"),
+    max_steps = config.get("max_steps")
+    if not (isinstance(max_steps, int) and max_steps > 0):  # a trainer that decides its length (epochs) says it
+        trainer = read_json(out / "status.json")
+        max_steps = trainer.get("max_steps") if isinstance(trainer, dict) and isinstance(trainer.get("max_steps"), int) else None
+    info: dict[str, Any] = {"step": last.get("step"), "max_steps": max_steps, "loss": last.get("loss"),
                             "val_loss": val, "tokens_per_s": last.get("tokens_per_s")}
-    if last.get("step") and last.get("elapsed_s") and config.get("max_steps"):
+    if last.get("step") and last.get("elapsed_s") and max_steps:
         rate = last["step"] / max(last["elapsed_s"], 1e-9)
-        info["eta_s"] = round((config["max_steps"] - last["step"]) / rate, 1) if rate > 0 else None
+        info["eta_s"] = round((max_steps - last["step"]) / rate, 1) if rate > 0 else None
     beat = read_json(out / "heartbeat")
     beat = beat if isinstance(beat, dict) else {}
     if beat.get("time"):

@@ -87,6 +87,13 @@ def _watch(ws: Any, v: Any, launch: runner.Launch, max_steps: int, resume: bool)
             typer.echo(f"step {m['step']:>6}/{max_steps}  {describe(m)}  eta {duration(eta)}")
 
 
+def _step_text(row: dict[str, Any], none: str) -> str:
+    """``step 120/360``, or ``step 120`` when the length is not known (a trainer that decides it)."""
+    if row.get("step") is None:
+        return none
+    return f"step {row['step']}/{row['max_steps']}" if row.get("max_steps") else f"step {row['step']}"
+
+
 def _queue_wanted(ws: Any, versions: list[str], members: bool, parallel: int | None, gpus_per_run: int | None,
                   fail_fast: bool) -> bool:
     """One version alone runs as it always has; several, a group's members, a replicated record or
@@ -384,7 +391,7 @@ def status(
     for q in queues:
         typer.echo(f"queue {q['queue']} ({q['supervisor']})")
         for u in q["units"]:
-            step = f"step {u['step']}/{u.get('max_steps')}" if u.get("step") is not None else ""
+            step = _step_text(u, "")
             eta = f"eta {duration(u['eta_s'])}" if u.get("eta_s") is not None else ""
             typer.echo("  " + "  ".join(x for x in (f"{u['member']:12}", f"seed {u['seed']}", f"{u['status']:11}", step, eta,
                                                        u.get("why") or "") if x))
@@ -392,7 +399,7 @@ def status(
         typer.echo("nothing is running")
         return
     for r in rows:
-        step = f"step {r['step']}/{r.get('max_steps')}" if r.get("step") is not None else "no steps yet"
+        step = _step_text(r, "no steps yet")
         loss = f"loss {r['loss']:.4f}" if r.get("loss") is not None else ""
         tps = f"{r['tokens_per_s']:,.0f} tok/s" if r.get("tokens_per_s") else ""
         eta = f"eta {duration(r['eta_s'])}" if r.get("eta_s") is not None and r["status"] == "running" else ""
@@ -402,7 +409,7 @@ def status(
             if r.get(key):
                 typer.echo(f"  {key}: {r[key]}")
         for rep in r.get("replicates") or []:
-            step = f"step {rep['step']}/{rep.get('max_steps')}" if rep.get("step") is not None else ""
+            step = _step_text(rep, "")
             eta = f"eta {duration(rep['eta_s'])}" if rep.get("eta_s") is not None and rep["status"] == "running" else ""
             typer.echo("  " + "  ".join(x for x in (f"r{rep['index']}", f"seed {rep['seed']}", rep["status"], step, eta,
                                                        rep.get("error") or "") if x))
