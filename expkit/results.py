@@ -771,6 +771,8 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "samples": ws.rel(out / SAMPLES_FILE),
         "analysis": ws.rel(out / ANALYSIS_FILE),
         "plots": list((analysis_data or {}).get("plots") or []),
+        **({"classification_report": ws.rel(out / "classification_report.txt")}
+           if (out / "classification_report.txt").is_file() else {}),
     }
     return {
         "version": str(v),
@@ -783,6 +785,8 @@ def context(ws: Workspace, version: Version) -> dict[str, Any]:
         "partial": (analysis_data or {}).get("partial"),
         "sections": sections,
         "writable_sections": list(AI),
+        # the record's task: its metrics with their direction, the files it writes (exp tasks)
+        "task": task_of(ws, meta).to_dict(),
         "config": meta.get("config") or {},
         "diff_from_parent": parent_diff,
         "run": {k: x for k, x in (meta.get("run") or {}).items() if k != "token"},

@@ -114,6 +114,9 @@ def test_a_declared_trainer_goes_new_set_run_analyze_review_commit(ws, tmp_path,
 
     text = ws.record_path("0.1.0").read_text(encoding="utf-8")
     assert "| `score` |" in text and "| `loss` |" in text  # the task's own metrics in the generated table
+    context = exp_json(ws, "context", "0.1.0")  # what the assistant reads: the task's metrics and their direction
+    assert context["task"]["name"] == "toy"
+    assert {m["name"]: m["direction"] for m in context["task"]["metrics"]} == {"score": "higher", "loss": "lower"}
 
     approve_at_terminal(ws, "0.1.0")
     committed = exp_json(ws, "commit", "0.1.0")
