@@ -17,7 +17,7 @@ LAYERS: dict[str, int] = {
     "expkit": 0, "expkit.errors": 0, "expkit.version": 0, "expkit.files": 0, "expkit.numbers": 0, "expkit.times": 0,
     "expkit.names": 0,
     # 1: formats and schemas
-    "expkit.record": 1, "expkit.status": 1, "expkit.problem": 1, "expkit.config": 1, "expkit.claims": 1,
+    "expkit.record": 1, "expkit.status": 1, "expkit.problem": 1, "expkit.config": 1, "expkit.claims": 1, "expkit.tasks": 1,
     # 2: where things are, and the side effects the layers above share (git, templates, SwanLab)
     "expkit.workspace": 2, "expkit.store": 2, "expkit.gitops": 2, "expkit.render": 2, "expkit.tracking": 2, "expkit.procs": 2,
     "expkit.slurm": 2,
