@@ -212,7 +212,7 @@ def curves(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str] = (
     the file is missing or has no line with a step.
 
     ``series``: more metrics to draw (another task's curves, e.g. ``val_acc``), each under
-    ``series[NAME] = {"x": steps, "y": values}`` from the lines that hold it (at most
+    ``series[NAME] = {"x": steps, "y": values}`` from the lines that hold it (about
     ``max_points`` of them, spread evenly); none asked for, none written (pretraining's curves
     are as they were)."""
     try:
@@ -323,8 +323,9 @@ def _thin(raw: bytes, max_points: int, parse_float: Any, series: Sequence[str] =
 
 
 def _series(raw: bytes, names: Sequence[str], max_points: int, parse_float: Any) -> dict[str, dict[str, list[Any]]]:
-    """{name: {"x": steps, "y": values}} of each named metric from the lines that hold it, at most
-    ``max_points`` lines of each (spread evenly, the last always); a metric no line holds is left out."""
+    """{name: {"x": steps, "y": values}} of each named metric from the lines that hold it, about
+    ``max_points`` lines of each (spread evenly, the first and the last always); a metric no line
+    holds is left out."""
     out: dict[str, dict[str, list[Any]]] = {}
     for name in names:
         found = _lines_with(raw, json.dumps(name).encode())
