@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import catalog, citations, groups, records, results, store, times, view
+from . import catalog, citations, groups, records, results, store, tasks, times, view
 from . import claims as claims_mod
 from .diagnosis import reason_text
 from .errors import ExpError
@@ -60,7 +60,23 @@ def _swept_label(changes: dict[str, Any]) -> str:
     return ", ".join(f"{k}={format_number(v) if is_finite_number(v) else v}" for k, v in changes.items()) or "—"
 
 
-def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> dict[str, Any]:
+def _task_metrics(ws: Workspace, meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], Any]:
+    """(the key metrics, the metrics that decide the best member, which way each is better) of the
+    group's task: pretraining's KEY_METRICS and BEST_METRICS (and its direction sets), or another
+    task's key metrics and its primary metric first, in its table's directions. A task whose
+    declaration cannot be read analyses as pretraining (its rows then hold what they hold)."""
+    try:
+        task = tasks.of(ws, meta)
+    except tasks.TaskError:
+        task = None
+    if task is None or task.name == tasks.DEFAULT:
+        return KEY_METRICS, BEST_METRICS, lambda m: "higher" if m in HIGHER_IS_BETTER else "lower"
+    best = tuple(dict.fromkeys(m for m in (task.primary, *task.key_metrics) if m and m not in task.own_baseline.values()))
+    return tuple(task.key_metrics), best, lambda m: task.direction(m) or "lower"
+
+
+def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any],
+               key_metrics: tuple[str, ...] = KEY_METRICS) -> dict[str, Any]:
     """One member as the group sees it: its status and state (pending / failed / partial /
     analyzed), what it changes, n and each key metric's {n, mean, sd, ci_low, ci_high}, its verdicts."""
     status = str(meta.get("status"))
@@ -74,7 +90,7 @@ def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> d
         state = "partial" if analysis.get("partial") else "analyzed"
     tables = catalog.replicate_tables(ws, version, meta) if analysis else []
     metric_stats = {}
-    for m in KEY_METRICS:
+    for m in key_metrics:
         values = [float(t[m]) for t in tables if is_finite_number(t.get(m))]
         if values:
             metric_stats[m] = stat(values)
@@ -89,18 +105,21 @@ def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any]) -> d
     }
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best member on the first of BEST_METRICS that two analysed members have, the runner-up,
-    and how sure: their 95 % intervals overlap or not (n ≥ 2 on both), or single runs compared
-    with the metric's noise floor."""
+def _best(rows: list[dict[str, Any]], candidates: tuple[str, ...] = BEST_METRICS,
+          direction: Any = None) -> dict[str, Any] | None:
+    """The best member on the first of ``candidates`` that two analysed members have (by
+    ``direction(metric)``: "lower" or "higher" is better), the runner-up, and how sure: their
+    95 % intervals overlap or not (n ≥ 2 on both), or single runs compared with the metric's
+    noise floor."""
     done = [r for r in rows if r["state"] == "analyzed"]
-    for metric in BEST_METRICS:
+    for metric in candidates:
         have = [r for r in done if metric in r["stats"]]
         if len(have) >= 2:
             break
     else:
         return None
-    sign = -1 if metric in HIGHER_IS_BETTER else 1
+    better = direction(metric) if direction is not None else ("higher" if metric in HIGHER_IS_BETTER else "lower")
+    sign = -1 if better == "higher" else 1
     have.sort(key=lambda r: sign * r["stats"][metric]["mean"])
     best, runner = have[0], have[1]
     b, r = best["stats"][metric], runner["stats"][metric]
@@ -211,12 +230,13 @@ def compute(ws: Workspace, parent: Record, metas: dict[str, dict[str, Any]]) -> 
     lang = parent.meta.get("lang", "zh")
     lang = lang if lang in _SURE else "en"
     pv = str(parent.meta.get("version"))
-    rows = [member_row(ws, v, m) for v, m in metas.items() if v != pv]
+    key_metrics, best_metrics, direction = _task_metrics(ws, parent.meta)
+    rows = [member_row(ws, v, m, key_metrics) for v, m in metas.items() if v != pv]
     rows.sort(key=lambda r: Version.parse(r["version"]))
     swept: list[str] = []
     for r in rows:
         swept += [k for k in r["changes"] if k not in swept]
-    best = _best(rows)
+    best = _best(rows, best_metrics, direction)
     if best is not None:
         best["text"] = _SURE[lang][best["sure"]].format(best=best["version"], runner=best["runner_up"], metric=best["metric"],
                                                         floor=format_number(best.get("floor")))
@@ -229,7 +249,7 @@ def compute(ws: Workspace, parent: Record, metas: dict[str, dict[str, Any]]) -> 
         "analyzed_at": times.now(),
         "members": [{k: x for k, x in r.items() if k != "values"} for r in rows],
         "swept": swept,
-        "key_metrics": list(KEY_METRICS),
+        "key_metrics": list(key_metrics),
         "best": best,
         "verdicts": found,
         "verdict_counts": counts,

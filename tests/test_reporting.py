@@ -445,3 +445,28 @@ def test_a_broken_task_declaration_does_not_kill_the_report(tasks_ws, cli):
     assert "任务 toy 的声明无法读取" in toy and "| 0.4.1 |" in toy and "final_loss" in toy
     code, out, err = cli("tree", "--json")
     assert code == 0, err
+
+
+def test_a_classification_group_ranks_its_members_by_macro_f1_higher_is_better(tasks_ws):
+    from expkit import grouping
+
+    new_task(tasks_ws, "0.5.0", "classify", desc="loss sweep")
+    for v, f1 in (("0.5.1", 0.52), ("0.5.2", 0.61)):
+        new_task(tasks_ws, v, "classify", parent="0.5.0", desc=f"member {v}")
+        fake_analysis(tasks_ws, v, {**CLASSIFY["0.2.0"], "test_macro_f1": f1, "val_loss": 1.0 + f1})  # higher F1, higher loss
+        with records.update(tasks_ws, Version.parse(v)) as r:
+            r.meta["group"], r.meta["changes"] = "0.5.0", {"label_smoothing": f1 / 10}
+            r.meta["config"]["label_smoothing"] = f1 / 10
+    parent = records.load(tasks_ws, Version.parse("0.5.0"))
+    metas = {v: records.load(tasks_ws, Version.parse(v)).meta for v in ("0.5.1", "0.5.2")}
+    result = grouping.compute(tasks_ws, parent, metas)
+    assert result["key_metrics"] == ["test_macro_f1", "test_acc", "majority_macro_f1", "best_val_macro_f1"]
+    assert result["best"]["metric"] == "test_macro_f1" and result["best"]["version"] == "0.5.2"
+    assert result["best"]["runner_up"] == "0.5.1"
+    members = {m["version"]: m for m in result["members"]}
+    assert members["0.5.2"]["stats"]["test_macro_f1"]["mean"] == 0.61 and "val_loss" not in members["0.5.2"]["stats"]
+
+    reporting.report(tasks_ws, plots=False)
+    md = (tasks_ws.experiment_dir / reporting.REPORT_MD).read_text(encoding="utf-8")
+    group = md.split("### 0.5.0")[1].split("\n## ")[0]
+    assert "test_macro_f1（均值 ± sd）" in group and "| 0.5.2 | analyzed | label_smoothing=0.061 | 1 | 0.61 | 0.52 |" in group
