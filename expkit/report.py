@@ -11,6 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .comparison import direction as metric_direction
 from .intervals import mean_sd
 from .metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER
 from .numbers import format_number, is_finite_number
@@ -226,14 +227,6 @@ def lineage(rows: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]],
     return roots, children
 
 
-def _direction(task: Task | None, metric: str) -> str | None:
-    """"lower" or "higher" is better for ``metric``: the task's table says, else pretraining's sets."""
-    found = task.direction(metric) if task is not None else None
-    if found is not None:
-        return found
-    return "lower" if metric in LOWER_IS_BETTER else "higher" if metric in HIGHER_IS_BETTER else None
-
-
 def best_of(rows: Sequence[Mapping[str, Any]], metric: str, direction: str) -> tuple[float, list[str]] | None:
     """(the best value of ``metric`` among ``rows``, the versions that have it), or None."""
     cands = [(r[metric], str(r["version"])) for r in rows if is_finite_number(r.get(metric))]
@@ -251,7 +244,7 @@ def _best_metrics(task: Task | None) -> list[str]:
         return [m for m in REPORT_METRICS if m in LOWER_IS_BETTER or m in HIGHER_IS_BETTER]
     baselines = set(task.own_baseline.values())
     names = [task.primary] + [m for m in task.key_metrics if m != task.primary]
-    return [m for m in names if m and m not in baselines and _direction(task, m) is not None]
+    return [m for m in names if m and m not in baselines and metric_direction(task, m) is not None]
 
 
 def _key_config_other(row: Mapping[str, Any]) -> str:
@@ -293,7 +286,7 @@ def _overview(rows: Sequence[Mapping[str, Any]], task: Task | None, t: Mapping[s
 def _best_table(rows: Sequence[Mapping[str, Any]], task: Task | None, t: Mapping[str, Any]) -> list[str]:
     lines = []
     for metric in _best_metrics(task):
-        direction = _direction(task, metric)
+        direction = metric_direction(task, metric)
         found = best_of(rows, metric, direction) if direction else None
         if found is not None:
             lines.append(f"| {metric} | {_md_cell(found[0])} | {_md_cell(', '.join(found[1]))} |")
@@ -333,7 +326,7 @@ def render_report_md(rows: Sequence[Mapping[str, Any]], lang: str = "zh", tasks:
         task = tasks.get(name)
         out += [f"### {name}", ""]
         primary = task.primary if task is not None and task.name != PRETRAIN else ""
-        direction = _direction(task, primary) if primary else None
+        direction = metric_direction(task, primary) if primary else None
         found = best_of(by_task[name], primary, direction) if direction else None
         if found is not None:
             out += [t["primary"].format(m=primary, d=t[direction], v=", ".join(found[1])), ""]

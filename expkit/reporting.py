@@ -14,7 +14,7 @@ from typing import Any
 
 from . import catalog, gitops, store, tasks
 from .catalog import clean_table, metrics_file, run_table
-from .comparison import compare, config_changes, metric_deltas
+from .comparison import better, compare, config_changes, metric_deltas
 from .errors import UsageError
 from .files import atomic_write
 from .metrics import METRICS_FILE, AnalysisError
@@ -70,18 +70,24 @@ def _table_or_fail(ws: Workspace, version: Version | str, meta: dict[str, Any], 
 
 # -- exp compare -------------------------------------------------------------------------------------
 def compare_records(ws: Workspace, versions: list[Version], plot: Path | None = None) -> dict[str, Any]:
-    """Config keys that differ, the metric table with deltas against the first version, and
-    (with ``plot``) the runs' curves overlaid in one PNG."""
+    """Config keys that differ, the metric table with deltas against the first version, whether
+    each is better or worse (``better``: label → metric → True/False/None, by the record's task's
+    direction), and (with ``plot``) the runs' curves overlaid in one PNG."""
     if len(versions) < 2:
         raise UsageError("give at least two versions to compare, e.g. `exp compare 0.1.0 0.1.1`")
     _distinct(versions)
     tables: dict[str, dict[str, Any]] = {}
     configs: dict[str, dict[str, Any]] = {}
+    metas: dict[str, dict[str, Any]] = {}
     for v in versions:
-        meta = _meta(ws, v)
+        meta = metas[str(v)] = _meta(ws, v)
         tables[str(v)] = _table_or_fail(ws, v, meta, "comparison")
         configs[str(v)] = meta.get("config") or {}
     out = compare(tables, configs)
+    found = task_tables(ws, list(metas.values()))
+    out["tasks"] = {label: task_name(m) for label, m in metas.items()}
+    # better or worse than the reference, in each record's own task's direction (pretraining's sets otherwise)
+    out["better"] = {label: better(d, found.get(out["tasks"][label])) for label, d in out["deltas"].items()}
     if plot is not None:
         runs = {label: m for label in tables if (m := metrics_file(ws, label)) is not None}
         if not runs:

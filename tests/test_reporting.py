@@ -470,3 +470,21 @@ def test_a_classification_group_ranks_its_members_by_macro_f1_higher_is_better(t
     md = (tasks_ws.experiment_dir / reporting.REPORT_MD).read_text(encoding="utf-8")
     group = md.split("### 0.5.0")[1].split("\n## ")[0]
     assert "test_macro_f1（均值 ± sd）" in group and "| 0.5.2 | analyzed | label_smoothing=0.061 | 1 | 0.61 | 0.52 |" in group
+
+
+def test_compare_says_better_or_worse_in_each_record_s_task_direction(tasks_ws, cli):
+    code, out, err = cli("compare", "0.2.0", "0.2.1", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["tasks"] == {"0.2.0": "classify", "0.2.1": "classify"}
+    b = r["better"]["0.2.1"]
+    assert b["test_macro_f1"] is True and b["test_acc"] is False  # higher is better: 0.41 → 0.47, 0.52 → 0.49
+    assert b["val_loss"] is False and b["test_loss"] is False  # lower is better: both rose
+    assert b["majority_acc"] is None and b["steps"] is None  # the same value; a count has no direction
+    code, text, _ = cli("compare", "0.2.0", "0.2.1")
+    line = next(ln for ln in text.splitlines() if ln.startswith("test_macro_f1"))
+    assert "better" in line and "worse" in next(ln for ln in text.splitlines() if ln.startswith("test_acc "))
+    new(tasks_ws, "0.1.1", "0.1.0", desc="half lr")
+    fake_run(tasks_ws, "0.1.1", 4.5, lr=1.5e-3)
+    r = json.loads(cli("compare", "0.1.0", "0.1.1", "--json")[1])
+    assert r["better"]["0.1.1"]["val_loss"] is True and r["tasks"]["0.1.1"] == "pretrain"  # pretraining's sets, as before

@@ -84,7 +84,8 @@ def compare(
         if label == ref or metric not in r["deltas"].get(label, {}):
             return format_number(value)
         d = r["deltas"][label][metric]
-        return f"{format_number(value)} ({format_number(d['abs'], signed=True)}, {format_percent(d['rel'], signed=True)})"
+        way = {True: ", better", False: ", worse"}.get(r["better"].get(label, {}).get(metric), "")
+        return f"{format_number(value)} ({format_number(d['abs'], signed=True)}, {format_percent(d['rel'], signed=True)}{way})"
 
     typer.echo("")
     typer.echo(table(["METRIC", *(x + (" (ref)" if x == ref else "") for x in labels)],
