@@ -116,23 +116,28 @@ def report_rows(records: Sequence[Mapping[str, Any]], tasks: TaskTables | None =
         row: dict[str, Any] = {
             "version": str(r.get("version", "")), "status": r.get("status") or "", "description": r.get("description") or "",
             "parent": parent or "", "baseline": r.get("baseline") or "", "group": r.get("group") or "", "changes": changes,
-            "task": task_name(r), "init_from": r.get("init_from") or "",
         }
         row.update({k: config.get(k) for k in REPORT_CONFIG})
         row.update({k: metrics.get(k) for k in REPORT_METRICS})
-        own = _own_columns((tasks or {}).get(row["task"]))
-        row.update({k: metrics.get(k) for k in own})
         reps = [t for t in r.get("replicates") or [] if isinstance(t, Mapping)]
         row["n"] = len(reps) if reps else (1 if r.get("metrics") else None)
-        for m in dict.fromkeys([*REPORT_SD, *own]):
+
+        def sd(m: str) -> float | None:
             values = [float(t[m]) for t in reps if is_finite_number(t.get(m))]
-            row[f"{m}_sd"] = mean_sd(values)[1] if len(values) >= 2 else None
+            return mean_sd(values)[1] if len(values) >= 2 else None
+
+        row.update({f"{m}_sd": sd(m) for m in REPORT_SD})
         counts = {k: 0 for k in VERDICTS}
         for v in r.get("verdicts") or []:
             verdict = verdict_kind(v.get("verdict") if isinstance(v, Mapping) else getattr(v, "verdict", None))
             if verdict in counts:
                 counts[verdict] += 1
         row.update(counts)
+        # REPORT_COLUMNS so far; then what a workspace of several tasks adds (``report_columns``)
+        row.update({"task": task_name(r), "init_from": r.get("init_from") or ""})
+        own = _own_columns((tasks or {}).get(row["task"]))
+        row.update({k: metrics.get(k) for k in own if k not in row})
+        row.update({f"{m}_sd": sd(m) for m in own if f"{m}_sd" not in row})
         rows.append(row)
     return rows
 
