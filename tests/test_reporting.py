@@ -430,6 +430,10 @@ def test_the_tree_marks_the_best_record_of_each_task(tasks_ws, cli):
     assert nodes["0.2.1"]["metric"] == {"name": "test_macro_f1", "value": CLASSIFY["0.2.1"]["test_macro_f1"]}
     assert nodes["0.4.0"]["metric"] == {"name": "score", "value": 0.7}
     assert nodes["0.2.0"]["task"] == "classify" and nodes["0.2.0"]["init_from"] == "0.1.0" and nodes["0.1.0"]["task"] == "pretrain"
+    code, text, _ = cli("tree")
+    line = next(ln for ln in text.splitlines() if ln.startswith("0.2.0"))
+    assert "0.2.0 [analyzed] classify" in line and "test_macro_f1 0.41" in line and line.endswith("← init_from 0.1.0")
+    assert "★" in next(ln for ln in text.splitlines() if "0.2.1" in ln) and "★" not in line
 
 
 def test_a_broken_task_declaration_does_not_kill_the_report(tasks_ws, cli):

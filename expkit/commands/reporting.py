@@ -96,7 +96,7 @@ def compare(
 
 @command(app)
 def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
-    """Show the lineage of experiments by parent, with verdicts and the best loss of each."""
+    """Show the lineage of experiments by parent, with verdicts, each one's key metric and the best of each task."""
     nodes = reporting.tree(current_workspace())
     if json_out:
         echo_json(nodes)
@@ -106,7 +106,7 @@ def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None
 
     def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
         branch = "" if root else ("└── " if last else "├── ")
-        parts = [f"{node['version']} [{node['status']}]"]
+        parts = [f"{node['version']} [{node['status']}]" + (f" {node['task']}" if node.get("task") not in (None, reporting.PRETRAIN) else "")]
         if node["verdicts"] is not None:
             v = node["verdicts"]
             parts.append(f"✓{v['confirmed']} ✗{v['refuted']} ?{v['inconclusive']}")
@@ -114,6 +114,8 @@ def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None
             parts.append(f"{node['metric']['name']} {format_number(node['metric']['value'])}" + (" ★" if node["best"] else ""))
         if node["description"]:
             parts.append(node["description"])
+        if node.get("init_from"):
+            parts.append(f"← init_from {node['init_from']}")
         typer.echo(f"{prefix}{branch}" + "  ".join(parts))
         child_prefix = prefix if root else prefix + ("    " if last else "│   ")
         for i, child in enumerate(node["children"]):
