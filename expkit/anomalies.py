@@ -7,6 +7,7 @@ throughput drops, stalls and early stops, each with its steps and the numbers it
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS = Thresholds()
 
 #: Anomaly kinds, in report order.
-ANOMALY_KINDS = ("nonfinite", "divergence", "spike", "overfitting", "plateau", "throughput_drop", "throughput_shift", "stall",
+ANOMALY_KINDS = ("nonfinite", "one_class", "prediction_collapse", "divergence", "spike", "overfitting", "plateau", "throughput_drop", "throughput_shift", "stall",
                  "early_stop")
 
 
@@ -82,13 +83,15 @@ class Anomaly:
     step: int | None
     end_step: int | None
     evidence: dict[str, float | int]
+    #: a class name the message names (a classifier's anomalies), else ""
+    label: str = ""
 
     def message(self, lang: str = "en") -> str:
         return _anomaly_message(self, lang)
 
     def to_dict(self, lang: str = "en") -> dict[str, Any]:
         return {"kind": self.kind, "metric": self.metric, "step": self.step, "end_step": self.end_step,
-                "evidence": json_safe(dict(self.evidence)), "message": self.message(lang)}
+                "evidence": json_safe(dict(self.evidence)), "message": self.message(lang), **({"label": self.label} if self.label else {})}
 
 
 # One line per kind, (en, zh). Fields: metric, step, end_step and the anomaly's evidence, each
@@ -96,6 +99,13 @@ class Anomaly:
 _ANOMALY_TEXT = {
     "nonfinite": ("{metric} is non-finite ({value}) at step {step}, {count} log line(s) in all",
                   "{metric} 在第 {step} 步出现非有限值（{value}），共 {count} 行"),
+    "one_class": ("the classifier predicts one class only: all {n} test texts as {label} (the majority-class "
+                  "baseline does the same)",
+                  "分类器只预测一个类别：全部 {n} 条测试文本都判为 {label}（与多数类基线相同）"),
+    "prediction_collapse": ("the classifier predicts {label} for {share_ratio} of the {n} test texts, which hold "
+                            "{true_ratio} of that class; {unpredicted} of {classes} classes are never predicted",
+                            "分类器把 {share_ratio} 的测试文本（共 {n} 条）判为 {label}，而该类实际只占 {true_ratio}；"
+                            "{classes} 个类别中有 {unpredicted} 个从未被预测"),
     "spike": ("loss {loss} at step {step} against a recent median of {baseline} ({jump}, {mads} MADs)",
               "第 {step} 步损失 {loss}，此前中位数 {baseline}（{jump}，{mads} 倍 MAD）"),
     "divergence": ("smoothed loss {final} at step {end_step} is {rise_ratio} above its minimum {min} at step "
@@ -122,7 +132,7 @@ _ANOMALY_TEXT = {
 
 
 def _anomaly_message(a: Anomaly, lang: str) -> str:
-    fields: dict[str, Any] = {"metric": a.metric, "step": a.step, "end_step": a.end_step}
+    fields: dict[str, Any] = {"metric": a.metric, "step": a.step, "end_step": a.end_step, "label": repr(a.label)}
     for key, value in a.evidence.items():
         fields[key] = _pct(value) if key.endswith("ratio") else _num(value, signed=key == "jump")
     if a.kind == "throughput_shift":
@@ -351,7 +361,7 @@ def detect_anomalies(metrics: Metrics, max_steps: int | None = None,
     th = thresholds
     found: list[Anomaly] = []
     for name, bad in metrics.nonfinite.items():
-        steps, values = (metrics.val_step, metrics.val_loss) if name == "val_loss" else (metrics.step, getattr(metrics, name))
+        steps, values = metrics.series(name)
         first = int(np.searchsorted(steps, bad[0]))
         found.append(Anomaly("nonfinite", name, bad[0], bad[-1], {"value": float(values[first]), "count": len(bad)}))
     ok = np.isfinite(metrics.loss)
@@ -374,3 +384,38 @@ def detect_anomalies(metrics: Metrics, max_steps: int | None = None,
         found.append(Anomaly("early_stop", "step", last, last, {"max_steps": int(max_steps), "done_ratio": last / max_steps}))
     order = {k: i for i, k in enumerate(ANOMALY_KINDS)}
     return sorted(found, key=lambda a: (order.get(a.kind, len(order)), a.step or 0))
+
+
+#: A classifier has collapsed when one class takes this share of its predictions...
+COLLAPSE_SHARE = 0.9
+#: ... while that class holds less than this share of the texts.
+COLLAPSE_TRUE_SHARE = 0.5
+
+
+def prediction_anomalies(summary: Mapping[str, Any] | None) -> list[Anomaly]:
+    """A classifier's anomalies on its test set, from summary.json's ``confusion_matrix``
+    (rows: true class, columns: predicted) and ``labels``: predicting one class only, or one
+    class for most texts while it holds few of them."""
+    m = (summary or {}).get("confusion_matrix")
+    labels = (summary or {}).get("labels")
+    if not (isinstance(m, list) and m and all(isinstance(r, list) and len(r) == len(m) for r in m)
+            and isinstance(labels, list) and len(labels) == len(m)):
+        return []
+    try:
+        predicted = [sum(int(r[j]) for r in m) for j in range(len(m))]
+        true = [sum(int(x) for x in r) for r in m]
+    except (TypeError, ValueError):
+        return []
+    n = sum(predicted)
+    if n == 0 or len(m) < 2:
+        return []
+    top = max(range(len(m)), key=lambda j: predicted[j])
+    step = summary.get("best_step") if isinstance(summary.get("best_step"), int) else None
+    if predicted[top] == n:
+        return [Anomaly("one_class", "test_predictions", step, step, {"n": n, "classes": len(m)}, str(labels[top]))]
+    share, true_share = predicted[top] / n, true[top] / n
+    if share >= COLLAPSE_SHARE and true_share < COLLAPSE_TRUE_SHARE:
+        return [Anomaly("prediction_collapse", "test_predictions", step, step,
+                        {"n": n, "share_ratio": share, "true_ratio": true_share, "classes": len(m),
+                         "unpredicted": sum(1 for p in predicted if p == 0)}, str(labels[top]))]
+    return []

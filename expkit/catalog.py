@@ -14,13 +14,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import approval, commit, groups, records, store
+from . import approval, commit, groups, records, store, tasks
 from . import claims as claims_mod
 from .comparison import config_changes
-from .errors import RecordError, UsageError
+from .errors import ConfigError, RecordError, UsageError
 from .files import atomic_write
 from .intervals import mean_sd
-from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summarize
+from .metrics import METRICS_FILE, AnalysisError, Metrics, load_metrics, summarize, summarize_task
 from .numbers import is_finite_number
 from .report import REPORT_CONFIG
 from .record import HUMAN, REQUIRED_META
@@ -274,8 +274,10 @@ LOSS_ALIASES = ("train_loss", "loss")
 
 
 def clean_table(table: dict[str, Any]) -> dict[str, Any]:
-    """The numeric, finite entries of a summarize() table, without the aliases (what the state keeps)."""
-    return {k: v for k, v in table.items() if k not in LOSS_ALIASES and is_finite_number(v)}
+    """The numeric, finite entries of a summarize() table, without the aliases of ``final_loss``
+    (what the state keeps; a task whose ``loss`` is its own metric keeps it)."""
+    aliases = LOSS_ALIASES if "final_loss" in table else ()
+    return {k: v for k, v in table.items() if k not in aliases and is_finite_number(v)}
 
 
 def with_aliases(table: dict[str, Any]) -> dict[str, Any]:
@@ -283,6 +285,32 @@ def with_aliases(table: dict[str, Any]) -> dict[str, Any]:
     if "final_loss" in table:
         return {**table, **{k: table["final_loss"] for k in LOSS_ALIASES}}
     return dict(table)
+
+
+def task_of(ws: Workspace, meta: dict[str, Any] | None) -> tasks.Task:
+    """A record's task for reading its run; a declaration that no longer loads reads the run
+    through a table of no metrics of its own (summary.json's numbers still count)."""
+    try:
+        return tasks.of(ws, meta or {})
+    except ConfigError:
+        return tasks.Task(name=tasks.name_of(meta or {}), metrics=(), source="unknown")
+
+
+def _meta_of(ws: Workspace, version: Version | str) -> dict[str, Any]:
+    return store.read_meta(ws, version) if ws.record_path(version).exists() else {}
+
+
+def load_run_metrics(task: tasks.Task, path: Path) -> Metrics:
+    """metrics.jsonl of a run of ``task``: a task's own series are kept besides the trainer's."""
+    return load_metrics(path) if task.name == tasks.DEFAULT else load_metrics(
+        path, extra=tuple(dict.fromkeys([*task.metric_names, *task.curves])))
+
+
+def summarize_run(task: tasks.Task, out: Path, metrics: Metrics | None = None) -> dict[str, Any]:
+    """The metrics table of one run directory of ``task`` (``metrics.summarize`` for pretraining)."""
+    if task.name == tasks.DEFAULT:
+        return summarize(out, metrics)
+    return summarize_task(out, task.metric_names, task.curves, [m.name for m in task.metrics if m.direction == "lower"], metrics)
 
 
 def run_table(ws: Workspace, version: Version | str, meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -299,22 +327,22 @@ def run_table(ws: Workspace, version: Version | str, meta: dict[str, Any] | None
         return with_aliases(stored)
     if meta.get("status") in ("draft", "ready") or not meta.get("run"):
         return None
-    reps = replicate_runs(ws, version, load=False)
+    reps = replicate_runs(ws, version, load=False, meta=meta)
     if reps:
         return with_aliases(mean_table([clean_table(t) for _, _, t in reps]))
     try:
-        return with_aliases(clean_table(summarize(ws.out_dir(version))))
+        return with_aliases(clean_table(summarize_run(task_of(ws, meta), ws.out_dir(version))))
     except AnalysisError:
         return None
 
 
-def metrics_file(ws: Workspace, version: Version | str) -> Metrics | None:
-    """A record's loaded metrics.jsonl, or None."""
+def metrics_file(ws: Workspace, version: Version | str, meta: dict[str, Any] | None = None) -> Metrics | None:
+    """A record's loaded metrics.jsonl (its task's series too), or None."""
     path = ws.out_dir(version) / METRICS_FILE
     if not path.is_file():
         return None
     try:
-        m = load_metrics(path)
+        m = load_run_metrics(task_of(ws, meta if meta is not None else _meta_of(ws, version)), path)
     except AnalysisError:
         return None
     return m if len(m) else None
@@ -343,19 +371,22 @@ def replicate_dirs(ws: Workspace, version: Version | str) -> list[Path]:
     return sorted((p for p in out.iterdir() if p.is_dir() and REPLICATE_DIR.fullmatch(p.name)), key=lambda p: int(p.name[1:]))
 
 
-def replicate_runs(ws: Workspace, version: Version | str, load: bool = True) -> list[tuple[Path, Metrics | None, dict[str, Any]]]:
+def replicate_runs(ws: Workspace, version: Version | str, load: bool = True,
+                   meta: dict[str, Any] | None = None) -> list[tuple[Path, Metrics | None, dict[str, Any]]]:
     """(directory, loaded metrics.jsonl or None, summarize() table) of each replicate that has
     results; ``load=False`` leaves the curves unloaded (a table from summary.json is enough)."""
     found = []
-    for sub in replicate_dirs(ws, version):
+    dirs = replicate_dirs(ws, version)
+    task = task_of(ws, meta if meta is not None else _meta_of(ws, version)) if dirs else tasks.PRETRAIN
+    for sub in dirs:
         metrics = None
         if load and (sub / METRICS_FILE).is_file():
             try:
-                metrics = load_metrics(sub / METRICS_FILE)
+                metrics = load_run_metrics(task, sub / METRICS_FILE)
             except AnalysisError:
                 metrics = None
         try:
-            found.append((sub, metrics if metrics is not None and len(metrics) else None, summarize(sub, metrics)))
+            found.append((sub, metrics if metrics is not None and len(metrics) else None, summarize_run(task, sub, metrics)))
         except AnalysisError:
             continue
     return found
@@ -371,7 +402,7 @@ def replicate_tables(ws: Workspace, version: Version | str, meta: dict[str, Any]
     stored = ((meta or {}).get("analysis") or {}).get("replicates")
     if isinstance(stored, list) and stored:
         return [with_aliases(t) for t in stored if isinstance(t, dict)]
-    found = [with_aliases(clean_table(t)) for _, _, t in replicate_runs(ws, version, load=False)]
+    found = [with_aliases(clean_table(t)) for _, _, t in replicate_runs(ws, version, load=False, meta=meta)]
     if found:
         return found
     one = table if table is not None else run_table(ws, version, meta)

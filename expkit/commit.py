@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import approval, gitops, groups, records, store, times
+from . import approval, gitops, groups, records, store, tasks, times
 from .verdicts import verdict_kind
-from .errors import ExpError, RecordError, WorkspaceError
+from .errors import ConfigError, ExpError, RecordError, WorkspaceError
 from .files import read_json, write_json
 from .record import Record, sha256
 from .render import oneline
@@ -66,7 +66,11 @@ def artifacts(ws: Workspace, version: Version) -> tuple[list[Path], list[tuple[P
     limit = artifact_max_bytes(ws)
     kept: list[Path] = []
     skipped: list[tuple[Path, int]] = []
-    for pattern in ARTIFACTS:
+    try:  # the record's task names its own (classify: classification_report.txt, samples.json)
+        own = tasks.of(ws, store.read_meta(ws, version)).artifacts
+    except ConfigError:
+        own = ()
+    for pattern in dict.fromkeys([*ARTIFACTS, *own]):
         for path in sorted(out.glob(pattern)):
             if path.is_symlink() or not path.is_file():
                 continue

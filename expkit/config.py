@@ -356,6 +356,20 @@ def apply(config: BaseModel | dict[str, Any], assignments: list[str], schema: ty
     return new_dump, changed
 
 
+def validate_for(task: Any, data: Any) -> dict[str, Any]:
+    """A record's config as its task's run receives it (a dump), or one ConfigError line.
+    ``task``: an ``expkit.tasks.Task`` (its ``schema``, or None for free-form keys)."""
+    schema = task.schema
+    if schema is None:
+        return validate_free(data if data is not None else {})
+    return validate(dict(data or {}), schema).model_dump()
+
+
+def apply_for(task: Any, config: dict[str, Any], assignments: list[str]) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """``apply`` with the schema of ``task``."""
+    return apply(config, assignments, task.schema)
+
+
 def diff(a: dict[str, Any], b: dict[str, Any], schema: type[BaseModel] | None = TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between two config dumps, in the schema's field order."""
     names = field_names(schema)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import catalog, citations, groups, records, results, store, tasks, times, view
+from . import catalog, citations, groups, records, results, store, times, view
 from . import claims as claims_mod
 from .diagnosis import reason_text
 from .errors import ExpError
@@ -60,19 +60,14 @@ def _swept_label(changes: dict[str, Any]) -> str:
     return ", ".join(f"{k}={format_number(v) if is_finite_number(v) else v}" for k, v in changes.items()) or "—"
 
 
-def _task_metrics(ws: Workspace, meta: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], Any]:
-    """(the key metrics, the metrics that decide the best member, which way each is better) of the
-    group's task: pretraining's KEY_METRICS and BEST_METRICS (and its direction sets), or another
-    task's key metrics and its primary metric first, in its table's directions. A task whose
-    declaration cannot be read analyses as pretraining (its rows then hold what they hold)."""
-    try:
-        task = tasks.of(ws, meta)
-    except tasks.TaskError:
-        task = None
-    if task is None or task.name == tasks.DEFAULT:
-        return KEY_METRICS, BEST_METRICS, lambda m: "higher" if m in HIGHER_IS_BETTER else "lower"
-    best = tuple(dict.fromkeys(m for m in (task.primary, *task.key_metrics) if m and m not in task.own_baseline.values()))
-    return tuple(task.key_metrics), best, lambda m: task.direction(m) or "lower"
+def group_metrics(task: Any) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
+    """(the metrics a member's row shows, those that decide the best member in order, those
+    where higher is better) for a group of ``task``'s records."""
+    if task.name == "pretrain":
+        return KEY_METRICS, BEST_METRICS, HIGHER_IS_BETTER
+    higher = frozenset(m.name for m in task.metrics if m.direction == "higher")
+    higher |= frozenset(f"best_{n}" for n in higher)
+    return tuple(dict.fromkeys([task.primary, *task.key_metrics])), (task.primary,), higher
 
 
 def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any],
@@ -105,21 +100,19 @@ def member_row(ws: Workspace, version: Version | str, meta: dict[str, Any],
     }
 
 
-def _best(rows: list[dict[str, Any]], candidates: tuple[str, ...] = BEST_METRICS,
-          direction: Any = None) -> dict[str, Any] | None:
-    """The best member on the first of ``candidates`` that two analysed members have (by
-    ``direction(metric)``: "lower" or "higher" is better), the runner-up, and how sure: their
-    95 % intervals overlap or not (n ≥ 2 on both), or single runs compared with the metric's
-    noise floor."""
+def _best(rows: list[dict[str, Any]], best_metrics: tuple[str, ...] = BEST_METRICS,
+          higher: frozenset[str] = HIGHER_IS_BETTER) -> dict[str, Any] | None:
+    """The best member on the first of BEST_METRICS that two analysed members have, the runner-up,
+    and how sure: their 95 % intervals overlap or not (n ≥ 2 on both), or single runs compared
+    with the metric's noise floor."""
     done = [r for r in rows if r["state"] == "analyzed"]
-    for metric in candidates:
+    for metric in best_metrics:
         have = [r for r in done if metric in r["stats"]]
         if len(have) >= 2:
             break
     else:
         return None
-    better = direction(metric) if direction is not None else ("higher" if metric in HIGHER_IS_BETTER else "lower")
-    sign = -1 if better == "higher" else 1
+    sign = -1 if metric in higher else 1
     have.sort(key=lambda r: sign * r["stats"][metric]["mean"])
     best, runner = have[0], have[1]
     b, r = best["stats"][metric], runner["stats"][metric]
@@ -230,13 +223,13 @@ def compute(ws: Workspace, parent: Record, metas: dict[str, dict[str, Any]]) -> 
     lang = parent.meta.get("lang", "zh")
     lang = lang if lang in _SURE else "en"
     pv = str(parent.meta.get("version"))
-    key_metrics, best_metrics, direction = _task_metrics(ws, parent.meta)
+    key_metrics, best_metrics, higher = group_metrics(catalog.task_of(ws, parent.meta))
     rows = [member_row(ws, v, m, key_metrics) for v, m in metas.items() if v != pv]
     rows.sort(key=lambda r: Version.parse(r["version"]))
     swept: list[str] = []
     for r in rows:
         swept += [k for k in r["changes"] if k not in swept]
-    best = _best(rows, best_metrics, direction)
+    best = _best(rows, best_metrics, higher)
     if best is not None:
         best["text"] = _SURE[lang][best["sure"]].format(best=best["version"], runner=best["runner_up"], metric=best["metric"],
                                                         floor=format_number(best.get("floor")))
@@ -284,7 +277,7 @@ def write_plots(ws: Workspace, parent: Version, result: dict[str, Any]) -> list[
     rows = [r for r in result["_rows"] if r["stats"]]
     written = []
     metric = (result.get("best") or {}).get("metric") or next(
-        (m for m in BEST_METRICS if any(m in r["stats"] for r in rows)), None)
+        (m for m in (*BEST_METRICS, *result.get("key_metrics", ())) if any(m in r["stats"] for r in rows)), None)
     if metric and rows:
         written.append(plot_group_metric(rows, metric, result["swept"], paths["metric"], title=f"group {parent}: {metric}"))
     curves = {}

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import approval, catalog, groups, records, results, review, store, tasks, times, view
 from . import claims as claims_mod
+from . import config as cfg_mod
 from .errors import ConfigError, RecordError
 from .problem import Problem, is_clean
 from .record import GENERATED, HINT_RE, HUMAN, SCHEMA, Record, dump_front_matter, meta_problems
@@ -63,7 +64,7 @@ def create(ws: Workspace, version: Version, parent: Version | None = None, basel
         raise RecordError(f"{err}; nothing was changed") from None
     if parent_meta is not None:
         try:
-            parent_config = the_task.validate(parent_meta.get("config") or {})
+            parent_config = cfg_mod.validate_for(the_task, parent_meta.get("config") or {})
         except ConfigError as err:
             raise RecordError(f"parent {parent} has an invalid config ({err}); fix it with `exp set {parent}` first") from None
         lang = lang or parent_meta.get("lang")
@@ -74,7 +75,7 @@ def create(ws: Workspace, version: Version, parent: Version | None = None, basel
         raise RecordError(f"{version} cannot be a member of {parent}'s group: a group is an X.Y.0 record and its members X.Y.k")
     if config is not None:
         try:
-            config = the_task.validate(config)
+            config = cfg_mod.validate_for(the_task, config)
         except ConfigError as err:
             raise RecordError(f"{version}: {err}; nothing was changed") from None
     if baseline is not None and baseline != version:
@@ -188,6 +189,8 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
             out.append(Problem("error", p.line if not where else first, f"{where}expected result `{p.text}` {p.message}", p.fix + fix_where))
         for c in found:
             ref = meta.get(c.reference) if c.reference in ("parent", "baseline") else True  # a member claim (@): groups checks it
+            if not ref and c.reference == "baseline" and task is not None and c.metric in task.own_baseline:
+                ref = True  # the run measures its own baseline (classify: the majority class on the same test set)
             line = c.line if not where else first
             if not ref:
                 flag = "--from" if c.reference == "parent" else "--baseline"
@@ -205,7 +208,7 @@ def check(ws: Workspace, record: Record) -> list[Problem]:
     config = meta.get("config")
     if isinstance(config, dict) and task is not None:
         try:
-            task.validate(config)
+            cfg_mod.validate_for(task, config)
         except ConfigError as err:
             out.append(Problem("error", _front_line(record, "config"), str(err), f"set valid values with `exp set {version} KEY=VALUE`"))
         out.extend(_one_variable(ws, record))
@@ -311,13 +314,15 @@ def set_config(ws: Workspace, version: Version, assignments: list[str], regenera
             )
         if assignments:
             require_status(record, EDITABLE, "change the config of")
-            new, changed = tasks.of(ws, record.meta).apply(record.meta.get("config") or {}, assignments)
+            new, changed = cfg_mod.apply_for(tasks.of(ws, record.meta), record.meta.get("config") or {}, assignments)
             if changed:
                 record.meta["config"] = new
                 groups.sync_changes(record.meta)  # a member's `changes` follow its swept keys
                 if record.status == "failed":
                     transition(record, "draft")  # a changed config needs `exp check` before a rerun
-        names = GENERATED if regenerate else (("config", "member") if changed else ())
+        # the info section names a classifier's starting model (init_from): its lineage
+        names = GENERATED if regenerate else (("config", "member") + (("info",) if "init_from" in changed else ())
+                                              if changed else ())
         discarded = view.regenerate(ws, record, names, discard=regenerate)
     return {
         "version": str(version),

@@ -78,6 +78,8 @@ class Metrics:
     val_loss: np.ndarray
     nonfinite: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: a task's own series (``load_metrics(extra=...)``): name -> (steps of the lines that have it, values)
+    other: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.step)
@@ -90,9 +92,24 @@ class Metrics:
         """The last logged value of a series (NaN/Inf included: "final" means the last line)."""
         import numpy as np
 
-        steps, values = (self.val_step, self.val_loss) if name == "val_loss" else (self.step, getattr(self, name))
+        steps, values = self.series(name)
         present = np.flatnonzero(~np.isnan(values) | np.isin(steps, self.nonfinite.get(name, [])))
         return float(values[present[-1]]) if len(present) else None
+
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one series: a per-line one, the eval curve, or a task's own."""
+        if name in self.other:
+            return self.other[name]
+        if name == "val_loss":
+            return self.val_step, self.val_loss
+        return self.step, getattr(self, name)
+
+    def has(self, name: str) -> bool:
+        """Whether any line logged ``name`` (NaN/null included)."""
+        import numpy as np
+
+        steps, values = self.series(name) if name in self.other or name == "val_loss" or name in SERIES else ((), ())
+        return bool(len(values)) and (bool((~np.isnan(values)).any()) or name in self.nonfinite)
 
     def to_dict(self) -> dict[str, Any]:
         """What was loaded, and the eval curve as [step, val_loss] pairs; not the per-line arrays
@@ -183,9 +200,10 @@ def _columns(rows: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, tuple
     return out
 
 
-def load_metrics(path: str | Path) -> Metrics:
+def load_metrics(path: str | Path, extra: Sequence[str] = ()) -> Metrics:
     """Read metrics.jsonl: a torn last line or a malformed line is skipped and noted, non-finite
-    values are kept and flagged, repeated steps keep their last line. Missing file: AnalysisError."""
+    values are kept and flagged, repeated steps keep their last line. Missing file: AnalysisError.
+    ``extra``: a task's own metric names, kept as series of the lines that have them."""
     import numpy as np
 
     path = Path(path)
@@ -222,7 +240,18 @@ def load_metrics(path: str | Path) -> Metrics:
     val_step = steps[val_idx] if val_idx else np.zeros(0, dtype=np.int64)
     if bad:
         nonfinite["val_loss"] = [int(val_step[i]) for i in bad]
-    return Metrics(path, steps, val_step=val_step, val_loss=val_loss, nonfinite=nonfinite, notes=notes, **arrays)
+    other = {}
+    for key in extra:
+        if key in SERIES or key == "val_loss":
+            continue
+        idx = [i for i, r in enumerate(good) if key in r]
+        if not idx:
+            continue
+        values, bad = _columns([good[i] for i in idx], [key])[key]
+        other[key] = (steps[idx], values)
+        if bad:
+            nonfinite[key] = [int(steps[idx][i]) for i in bad]
+    return Metrics(path, steps, val_step=val_step, val_loss=val_loss, nonfinite=nonfinite, notes=notes, other=other, **arrays)
 
 
 # -- the metrics table ---------------------------------------------------------------------------
@@ -310,6 +339,66 @@ def summarize(out_dir: str | Path, metrics: Metrics | None = None) -> dict[str, 
     if samples:
         quality = sample_quality(samples)
         table.update({k: quality[k] for k in ("distinct_1", "distinct_2", "repetition_rate")})
+    status = summary.get("status")
+    if not status:
+        st = _read_json(out / STATUS_FILE, notes)
+        status = st.get("status") if isinstance(st, dict) else None
+    table["status"] = status or "unknown"
+    table["notes"] = notes
+    return table
+
+
+def summarize_task(out_dir: str | Path, metric_names: Sequence[str], curves: Sequence[str],
+                   lower: Sequence[str], metrics: Metrics | None = None) -> dict[str, Any]:
+    """The metrics table of a run of any task but pretraining, keyed by the task's metric names:
+    summary.json's top-level numbers win, else the last value of the series in metrics.jsonl;
+    ``best_NAME`` for each curve (the min where ``NAME`` is in ``lower``, else the max), ``steps``
+    and ``wall_s``; every other top-level number of summary.json too (it is the run's evidence).
+    Plus ``status`` and ``notes``, like ``summarize``."""
+    import numpy as np
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise AnalysisError(f"{out}: no such run directory (has the run started?)")
+    notes: list[str] = []
+    summary = _read_json(out / SUMMARY_FILE, notes)
+    summary = summary if isinstance(summary, dict) else {}
+    if metrics is None:
+        try:
+            metrics = load_metrics(out / METRICS_FILE, extra=tuple(dict.fromkeys([*metric_names, *curves])))
+        except AnalysisError:
+            metrics = None
+    if metrics is None and not summary:
+        raise AnalysisError(f"{out}: neither {SUMMARY_FILE} nor {METRICS_FILE} (the run has written no results)")
+    if not summary:
+        notes.append(f"no {SUMMARY_FILE}: values derived from {METRICS_FILE}")
+    if metrics is not None:
+        notes.extend(metrics.notes)
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    table: dict[str, Any] = {}
+    for name in metric_names:
+        value = summary.get(name)
+        table[name] = value if number(value) else (metrics.last(name) if metrics is not None and metrics.has(name) else None)
+    if metrics is not None and len(metrics):
+        for name in curves:
+            if not metrics.has(name):
+                continue
+            _, values = metrics.series(name)
+            finite = values[np.isfinite(values)]
+            if len(finite):
+                table.setdefault(f"best_{name}", float(finite.min() if name in lower else finite.max()))
+        table.setdefault("steps", metrics.last_step)
+        if metrics.has("elapsed_s"):
+            table.setdefault("wall_s", metrics.last("elapsed_s"))
+    for key, value in summary.items():  # the run's other figures (n_test, best_step, ...): evidence too
+        if number(value) and key not in table and key != "status":
+            table[key] = value
+    for key in ("steps", "wall_s"):
+        if number(summary.get(key)):
+            table[key] = summary[key]
     status = summary.get("status")
     if not status:
         st = _read_json(out / STATUS_FILE, notes)

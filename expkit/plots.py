@@ -75,6 +75,24 @@ def plot_run(metrics: Metrics, path: str | Path, overlays: Mapping[str, Metrics]
     return render([panel], path, title=title or "")
 
 
+def plot_metrics(metrics: Metrics, names: Sequence[str], path: str | Path, title: str | None = None,
+                 lower: Sequence[str] = ()) -> Path | None:
+    """PNG of a task's own series by step, one panel for those where lower is better (``lower``)
+    and one for the rest; None (nothing written) when no name has a finite point."""
+    panels = []
+    for which, label in ((True, "lower is better"), (False, "higher is better")):
+        panel = Panel(ylabel=label)
+        for name, color in zip([n for n in names if (n in lower) == which], PALETTE * 10):
+            if not metrics.has(name):
+                continue
+            steps, values = metrics.series(name)
+            if _any_finite(values):
+                panel.series.append(_series(steps, values, name, color, marker=len(steps) <= 50))
+        if panel.series:
+            panels.append(panel)
+    return render(panels, path, title=title or "") if panels else None
+
+
 def _any_finite(x: np.ndarray) -> bool:
     import numpy as np
 

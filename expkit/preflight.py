@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .record import Record
-from . import slurm
+from . import slurm, store, tasks
+from .errors import ConfigError
 from .script import LaunchOptions, code_state, git_state
-from .workspace import Workspace
+from .version import Version
+from .workspace import Workspace, dataset_dir
 
 
 # -- preflight -------------------------------------------------------------------------------
@@ -132,11 +134,18 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
     if stage != "submit" and opts.backend in ("torchrun", "slurm") and gpus and opts.procs > len(gpus) and not opts.gpus:
         checks.append(Check("processes", False, f"{opts.procs} processes for {len(gpus)} GPUs", "use --gpus or a smaller --nproc"))
 
+    try:
+        task = tasks.of(ws, record.meta) if record is not None else tasks.PRETRAIN
+    except ConfigError as err:
+        checks.append(Check("task", False, str(err), "fix the task's declaration in pyproject.toml [tool.exp.tasks]"))
+        task = None
+    if task is not None and task.name != tasks.DEFAULT:
+        checks += _task_checks(ws, task, config)
     for key, kind, build in (
         ("data_path", "train", "python scripts/build_corpus.py"),
         ("val_data_path", "val", "python scripts/build_corpus.py"),
         ("tokenizer_path", "tokenizer", "python scripts/build_tokenizer.py"),
-    ):
+    ) if task is not None and task.name == tasks.DEFAULT else ():
         value = config.get(key, "embedded")
         path = ws.resolve(value, kind)
         if path is None:
@@ -147,7 +156,7 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
             fix = f"build it: {build} (in the expkit checkout)" if value == "embedded" else f"fix the path: exp set VERSION {key}=PATH"
             checks.append(Check(key, False, f"{path} is missing", fix))
 
-    params = _estimate_params(config) if config else 0
+    params = _estimate_params(config) if config and task is not None and task.name == tasks.DEFAULT else 0
     need = params * 16 * (int(config.get("keep_top_k", 2)) + 2) + 200 * 2**20  # fp32 weights + Adam, per checkpoint kept
     where = next(p for p in (ws.out_root, *ws.out_root.parents) if p.exists())  # nothing is created by a check
     free = shutil.disk_usage(where).free
@@ -159,7 +168,9 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
     )
 
     mode = os.environ.get("SWANLAB_MODE") or config.get("swanlab_mode", "offline")
-    if mode == "cloud" and not (os.environ.get("SWANLAB_API_KEY") or swanlab_logged_in()):
+    if task is not None and not task.builtin:
+        pass  # the workspace's own trainer tracks what it wants
+    elif mode == "cloud" and not (os.environ.get("SWANLAB_API_KEY") or swanlab_logged_in()):
         checks.append(Check("swanlab", None, "cloud mode without an API key: the run will log offline", "swanlab login, or exp set VERSION swanlab_mode=offline"))
     else:
         checks.append(Check("swanlab", True, f"mode {mode}" + (" (SWANLAB_MODE)" if os.environ.get("SWANLAB_MODE") else "")))
@@ -184,6 +195,65 @@ def preflight(ws: Workspace, record: Record | None, opts: LaunchOptions, probe: 
     if opts.backend == "slurm" and stage != "job":
         checks += _slurm_checks(opts)
     return checks, env
+
+
+#: classify's ``data_path`` names of the shipped corpora -> their language (expkit.config.EMBEDDED_CORPORA's keys)
+_CLASSIFY_EMBEDDED = {"embedded": "en", "embedded-en": "en", "embedded-zh": "zh"}
+
+
+def _task_checks(ws: Workspace, task: tasks.Task, config: dict[str, Any]) -> list[Check]:
+    """What a run of a task other than pretraining needs: classify's corpus and starting model,
+    a declared task's command (its program and script found)."""
+    checks = []
+    if task.name == "classify":
+        data = str(config.get("data_path", "embedded"))
+        if data in _CLASSIFY_EMBEDDED:
+            split = dataset_dir() / f"classify_{_CLASSIFY_EMBEDDED[data]}_train.jsonl.gz"
+            checks.append(Check("data_path", split.exists(), f"{data}: {split}",
+                                "" if split.exists() else "build it: python scripts/build_corpus.py (in the expkit checkout; it builds the classification corpus too)"))
+        for key in ("data_path", "val_data_path", "test_data_path"):
+            value = str(config.get(key) or "")
+            if value and value not in _CLASSIFY_EMBEDDED:
+                path = Path(value) if Path(value).is_absolute() else ws.root / value
+                checks.append(Check(key, path.exists(), str(path), "" if path.exists() else f"fix the path: exp set VERSION {key}=PATH"))
+        source = str(config.get("init_from", "none"))
+        if Version.is_valid(source):
+            try:
+                checks.append(Check("init_from", True, f"{source}: {ws.rel(init_model_dir(ws, source))}/"))
+            except ConfigError as err:
+                checks.append(Check("init_from", False, str(err), f"run {source} first, or exp set VERSION init_from=none"))
+        elif source != "none":
+            path = Path(source) if Path(source).is_absolute() else ws.root / source
+            ok = (path / "config.json").exists()
+            checks.append(Check("init_from", ok, str(path), "" if ok else "name a pretraining record (X.Y.Z) or a model directory"))
+        return checks
+    words = task.launch_words("CONFIG", "OUT_DIR", sys.executable)
+    program = words[0] if words else ""
+    found = shutil.which(program) if "/" not in program else (program if Path(program).exists() or (ws.root / program).exists() else None)
+    checks.append(Check("command", bool(found), f"{task.name}: {' '.join(words)}",
+                        "" if found else f"{program!r} is not on PATH: fix command in {task.source}"))
+    for word in words[1:]:
+        if word.endswith(".py") and not word.startswith("-"):
+            script = Path(word) if Path(word).is_absolute() else ws.root / word
+            checks.append(Check("trainer", script.exists(), str(script),
+                                "" if script.exists() else f"the command names {word}, which is not in the workspace root; fix {task.source}"))
+    return checks
+
+
+def init_model_dir(ws: Workspace, source: str) -> Path:
+    """The ``final/`` model of pretraining record ``source`` (a classify record's ``init_from``),
+    or a ConfigError saying which step comes first."""
+    if not ws.record_path(source).exists():
+        raise ConfigError(f"init_from {source}: no such experiment ({ws.rel(ws.record_path(source))}); "
+                          "set init_from to a pretraining record of this workspace, or none")
+    meta = store.read_meta(ws, source)
+    if tasks.name_of(meta) != tasks.DEFAULT:
+        raise ConfigError(f"init_from {source}: it is a {tasks.name_of(meta)} record; a classifier starts from a pretraining record's model")
+    final = ws.out_dir(source) / "final"
+    if not (final / "config.json").exists():
+        raise ConfigError(f"init_from {source}: {ws.rel(final)}/ holds no model (status {meta.get('status')}); "
+                          f"finish its run first (`exp run {source}`)")
+    return final
 
 
 def _slurm_checks(opts: LaunchOptions) -> list[Check]:

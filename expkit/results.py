@@ -22,17 +22,27 @@ from typing import Any
 from . import claims as claims_mod
 from . import citations, groups, records, store, times, view
 from . import evidence as evidence_mod
-from .catalog import clean_table, metrics_file, replicate_runs, replicate_tables, run_table, same_config_noise, with_aliases
-from .anomalies import DEFAULT_THRESHOLDS, detect_anomalies
+from .catalog import (
+    clean_table,
+    metrics_file,
+    replicate_runs,
+    replicate_tables,
+    run_table,
+    same_config_noise,
+    summarize_run,
+    task_of,
+    with_aliases,
+)
+from .anomalies import DEFAULT_THRESHOLDS, detect_anomalies, prediction_anomalies
 from .comparison import config_changes, metric_deltas
 from .diagnosis import diagnose, reason_text
 from .errors import ExpError, RecordError, UsageError
 from .files import read_json, write_json
-from .metrics import METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE, AnalysisError, Metrics, summarize
+from .metrics import METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE, AnalysisError, Metrics
 from .numbers import format_number as num
 from .numbers import format_percent as pct
 from .numbers import is_finite_number
-from .plots import plot_compare, plot_run
+from .plots import plot_compare, plot_metrics, plot_run
 from .problem import Problem
 from .record import AI, GENERATED, HINT_RE, HUMAN, Block, Record, digest
 from .replicates import mean_curve, mean_table
@@ -106,9 +116,10 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     out = ws.out_dir(v)
     if not out.is_dir():
         raise AnalysisError(f"{ws.rel(out)}/ does not exist: {v} has no run outputs; `exp run {v}` first")
-    metrics = metrics_file(ws, v)
+    task = task_of(ws, meta)
+    metrics = metrics_file(ws, v, meta)
     summary = read_json(out / SUMMARY_FILE)
-    reps = replicate_runs(ws, v)
+    reps = replicate_runs(ws, v, meta=meta)
     if metrics is None and not (isinstance(summary, dict) and summary) and not reps:
         # summarize() would reload a metrics.jsonl without one complete line (a run killed
         # before its first log line) as an empty curve and "analyse" an empty table
@@ -120,7 +131,7 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     rep_curves: list[Metrics | None] = []
     if reps:
         # a replicated run: its metrics are the replicates' mean (replicates.stats says how sure)
-        table = summarize(out, metrics) if metrics is not None or summary else {"notes": []}
+        table = summarize_run(task, out, metrics) if metrics is not None or summary else {"notes": []}
         notes = list(table.pop("notes", []))
         table.pop("status", None)
         rep_status = [str(t.get("status")) for _, _, t in reps]
@@ -137,7 +148,7 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         if unfinished:
             notes.append(f"replicates that did not finish: {', '.join(unfinished)}")
     else:
-        table = summarize(out, metrics)
+        table = summarize_run(task, out, metrics)
         notes = list(table.pop("notes", []))
         trainer_status = table.pop("status", None)
         tables = replicate_tables(ws, v, table=clean_table(table))
@@ -148,8 +159,10 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         anomalies = []
         for (d, _, _), m in zip(reps, rep_curves):
             anomalies += [(d.name, a) for a in (detect_anomalies(m, max_steps=config.get("max_steps")) if m is not None else [])]
+            anomalies += [(d.name, a) for a in prediction_anomalies(read_json(d / SUMMARY_FILE))]
     else:
         anomalies = [(None, a) for a in (detect_anomalies(metrics, max_steps=config.get("max_steps")) if metrics is not None else [])]
+        anomalies += [(None, a) for a in prediction_anomalies(summary if isinstance(summary, dict) else None)]
     if metrics is None:
         notes.append("no metrics.jsonl lines: no curve, no anomaly scan")
 
@@ -158,6 +171,9 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     if not isinstance(summary, dict) and reps:  # the replicates' load: the first one's summary
         summary = read_json(reps[0][0] / SUMMARY_FILE)
     load = summary.get("load") if isinstance(summary, dict) and isinstance(summary.get("load"), dict) else None
+    own_base = own_baseline(task, meta, table)
+    if own_base is not None:  # no baseline record: a claim's `baseline` is the task's own (the majority class)
+        refs["baseline"] = {"version": OWN_BASELINE, "has_run": True, "table": own_base, "replicates": None, "own": True}
     found = verdicts(claims, table, (refs.get("parent") or {}).get("table"), (refs.get("baseline") or {}).get("table"),
                      run_ok=run_status == "finished",
                      replicates={"this": tables, **{role: e.get("replicates") for role, e in refs.items()}},
@@ -168,6 +184,10 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     deltas_by_label: dict[str, dict[str, Any]] = {}
     references: dict[str, Any] = {}
     for role, entry in refs.items():
+        if entry.get("own"):
+            references[role] = {"version": entry["version"], "own": True, "has_run": True,
+                                "values": {k: entry["table"][k] for k in entry["table"]}}
+            continue
         ref_meta: dict[str, Any] = {"version": entry["version"], "has_run": entry["has_run"]}
         if entry.get("missing"):
             ref_meta["missing"] = True
@@ -200,6 +220,9 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         verdict_dicts.append(d)
     result = {
         "analyzed_at": times.now(),
+        **({"task": task.name, "primary": task.primary, "task_metrics": list(task.metric_names),
+            **({"monitor": config["monitor"]} if isinstance(config.get("monitor"), str) else {})}
+           if task.name != "pretrain" else {}),
         "run_status": run_status,
         "metrics": clean_table(table),
         "verdicts": verdict_dicts,
@@ -213,7 +236,8 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
         # the config diff against the parent once more, as its own entry: `exp report` reads only
         # this part of the analysis (and seven config keys) for each of possibly 1,000 records
         "changes": (references.get("parent") or {}).get("config_diff") or {},
-        "samples": _sample_figures(quality),
+        "samples": _sample_figures(quality) if task.name == "pretrain" else None,
+        **({"classification": classification} if (classification := classification_of(summary, reps)) else {}),
         "diagnosis": [f.to_dict() for f in diagnosis],
         "suggestions": [f.to_dict() for f in suggestions],
         "notes": notes,
@@ -227,6 +251,35 @@ def compute(ws: Workspace, record: Record) -> dict[str, Any]:
     if partial:
         result["partial"] = partial
     return result
+
+
+#: The name the analysis gives a task's own baseline (classify: the majority class, same test set).
+OWN_BASELINE = "majority-class"
+
+
+def own_baseline(task: Any, meta: dict[str, Any], table: dict[str, Any]) -> dict[str, Any] | None:
+    """The values a claim's ``baseline`` means when the record names no baseline record and its
+    task measures one in the same run (classify: ``test_macro_f1`` -> ``majority_macro_f1``)."""
+    if meta.get("baseline") or not task.own_baseline:
+        return None
+    values = {m: table[b] for m, b in task.own_baseline.items() if is_finite_number(table.get(b))}
+    return values or None
+
+
+def classification_of(summary: Any, reps: list[Any]) -> dict[str, Any] | None:
+    """What a classifier's record shows beyond its metrics: the label set, per-class
+    precision/recall/F1/support, the confusion matrix and the majority class (summary.json's;
+    a replicated run's first replicate's, named)."""
+    source, where = summary, None
+    if not (isinstance(source, dict) and isinstance(source.get("per_class"), dict)) and reps:
+        source, where = read_json(reps[0][0] / SUMMARY_FILE), reps[0][0].name
+    if not (isinstance(source, dict) and isinstance(source.get("per_class"), dict)):
+        return None
+    out = {k: source[k] for k in ("labels", "per_class", "confusion_matrix", "majority_label", "n_test", "best_step",
+                                  "early_stop_step") if k in source}
+    if where:
+        out["replicate"] = where
+    return out
 
 
 def _tagged(anomaly: dict[str, Any], replicate: str | None) -> dict[str, Any]:
@@ -330,6 +383,12 @@ def evidence(ws: Workspace, record: Record, curve: dict[str, Any] | None = None)
                             curve=curve)
     if isinstance(meta.get("group_analysis"), dict):
         ev["group"] = group_evidence(meta["group_analysis"])
+    cls = analysis.get("classification")
+    if isinstance(cls, dict) and isinstance(cls.get("per_class"), dict):
+        # a classifier's per-class figures: "recall of 'cookie' 0.62" is then traceable
+        ev["classification"] = {"per_class": {str(k): {f: x for f, x in v.items() if evidence_mod.is_scalar(x)}
+                                              for k, v in cls["per_class"].items() if isinstance(v, dict)},
+                                **{k: cls[k] for k in ("n_test", "best_step", "early_stop_step") if evidence_mod.is_scalar(cls.get(k))}}
     stats = analysis.get("replicate_stats")
     if isinstance(stats, dict) and stats:
         # a replicated run: each metric's n, mean, sd and 95 % interval (metrics.X is the mean)
@@ -405,6 +464,17 @@ _DRAFT = {
                 "可继续运行，完成后会重新分析。"),
     "loss": ("- Loss: final train loss {final_loss}, final val loss {val_loss} (best {best_val_loss}, perplexity {val_ppl}).",
              "- 损失：最终训练损失 {final_loss}，最终验证损失 {val_loss}（最佳 {best_val_loss}，困惑度 {val_ppl}）。"),
+    "task_run": ("- Run: {status}, {steps} steps in {wall_s} s.", "- 运行：{status}，共 {steps} 步，耗时 {wall_s} 秒。"),
+    "classify": ("- Test set: accuracy {test_acc}, macro-F1 {test_macro_f1} (weighted F1 {test_weighted_f1}); the "
+                 "majority class scores accuracy {majority_acc} and macro-F1 {majority_macro_f1} on the same test set.",
+                 "- 测试集：准确率 {test_acc}，宏 F1 {test_macro_f1}（加权 F1 {test_weighted_f1}）；同一测试集上多数类基线的"
+                 "准确率为 {majority_acc}，宏 F1 为 {majority_macro_f1}。"),
+    "classify_best": ("- Checkpoint: the best by {monitor} at step {best_step}{stopped}.",
+                      "- 检查点：按 {monitor} 最佳的是第 {best_step} 步{stopped}。"),
+    "stopped": (", early stop at step {step}", "，第 {step} 步提前停止"),
+    "task_metrics": ("- Metrics: {pairs}.", "- 指标：{pairs}。"),
+    "task_delta": ("- Against {label}: {metric} {value} vs {reference} ({abs}, {rel}).",
+                   "- 与{label} 相比：{metric} {value} 对 {reference}（{abs}，{rel}）。"),
     "claims": ("- Expected results: {confirmed} confirmed, {refuted} refuted, {inconclusive} inconclusive (table above).",
                "- 预期结果：{confirmed} 条成立，{refuted} 条不成立，{inconclusive} 条无法判定（见上表）。"),
     "no_claims": ("- No machine-checkable expected result: judge the hypothesis from the figures above.",
@@ -433,14 +503,21 @@ def drafts(result: dict[str, Any], lang: str, version: str) -> dict[str, str]:
         p = result["partial"]
         analysis_lines.append(_say("partial", lang, status=p["run_status"], steps=num(p.get("steps")),
                                    max_steps=num(p.get("max_steps")), version=version))
-    analysis_lines += [
-        _say("run", lang, status=result["run_status"], steps=num(m.get("steps")), wall_s=num(m.get("wall_s")),
-             tokens_seen=num(m.get("tokens_seen")), tokens_per_s=num(m.get("tokens_per_s"))),
-        _say("loss", lang, final_loss=num(m.get("final_loss")), val_loss=num(m.get("val_loss")),
-             best_val_loss=num(m.get("best_val_loss")), val_ppl=num(m.get("val_ppl"))),
-        _say("claims", lang, **result["verdict_counts"]) if result["verdicts"] else _say("no_claims", lang),
-    ]
+    task = result.get("task") or "pretrain"
+    if task == "pretrain":
+        analysis_lines += [
+            _say("run", lang, status=result["run_status"], steps=num(m.get("steps")), wall_s=num(m.get("wall_s")),
+                 tokens_seen=num(m.get("tokens_seen")), tokens_per_s=num(m.get("tokens_per_s"))),
+            _say("loss", lang, final_loss=num(m.get("final_loss")), val_loss=num(m.get("val_loss")),
+                 best_val_loss=num(m.get("best_val_loss")), val_ppl=num(m.get("val_ppl"))),
+        ]
+    else:
+        analysis_lines += _task_lines(result, lang, task)
+    analysis_lines.append(_say("claims", lang, **result["verdict_counts"]) if result["verdicts"] else _say("no_claims", lang))
     for role, ref in result["references"].items():
+        if task != "pretrain":
+            analysis_lines += _task_delta(role, ref, result.get("primary"), lang)
+            continue
         d = ref.get("deltas") or {}
         if "val_loss" in d:
             label = f"{_ROLE_ZH[role]} {ref['version']}" if lang == "zh" else f"{role} {ref['version']}"
@@ -461,6 +538,33 @@ def drafts(result: dict[str, Any], lang: str, version: str) -> dict[str, str]:
     }
 
 
+def _task_lines(result: dict[str, Any], lang: str, task: str) -> list[str]:
+    """The run and its figures in the words of a task other than pretraining."""
+    m = result["metrics"]
+    lines = [_say("task_run", lang, status=result["run_status"], steps=num(m.get("steps")), wall_s=num(m.get("wall_s")))]
+    if task == "classify" and "test_acc" in m:
+        lines.append(_say("classify", lang, **{k: num(m.get(k)) for k in ("test_acc", "test_macro_f1", "test_weighted_f1",
+                                                                            "majority_acc", "majority_macro_f1")}))
+        if is_finite_number(m.get("best_step")):
+            stopped = _say("stopped", lang, step=num(m["early_stop_step"])) if is_finite_number(m.get("early_stop_step")) else ""
+            lines.append(_say("classify_best", lang, monitor=result.get("monitor") or "val_macro_f1",
+                              best_step=num(m["best_step"]), stopped=stopped))
+        return lines
+    names = [n for n in result.get("task_metrics") or [] if is_finite_number(m.get(n))]
+    if names:
+        lines.append(_say("task_metrics", lang, pairs=", ".join(f"{n} {num(m[n])}" for n in names)))
+    return lines
+
+
+def _task_delta(role: str, ref: dict[str, Any], metric: str | None, lang: str) -> list[str]:
+    d = (ref.get("deltas") or {}).get(metric or "")
+    if not d:
+        return []
+    label = f"{_ROLE_ZH[role]} {ref['version']}" if lang == "zh" else f"{role} {ref['version']}"
+    return [_say("task_delta", lang, label=label, metric=metric, value=num(d["value"]), reference=num(d["reference"]),
+                 abs=num(d["abs"], signed=True), rel=pct(d["rel"], signed=True))]
+
+
 def _untouched(block: Block, previous: str | None) -> bool:
     """Still the template's hint (or empty), or exactly the last draft: safe to (re)draft."""
     lines = [ln for ln in block.text.split("\n") if ln.strip()]
@@ -478,20 +582,27 @@ def write_plots(ws: Workspace, record: Record, metrics: Metrics | None = None,
     loaded metrics.jsonl, when the caller has it."""
     v = record.version
     folder = ws.out_dir(v) / PLOTS
-    paths = {"loss": folder / "loss.png", "compare": folder / "compare.png"}
-    metrics = metrics_file(ws, v) if metrics is None else metrics
+    paths = {"loss": folder / "loss.png", "compare": folder / "compare.png", "metrics": folder / "metrics.png"}
+    task = task_of(ws, record.meta)
+    metrics = metrics_file(ws, v, record.meta) if metrics is None else metrics
     written = []
     if metrics is not None:
         desc = " ".join(str(record.meta.get("description") or "").split())
         # the charts' font has no CJK glyphs: a Chinese description would print as boxes
         title = f"{v} {desc}".strip() if desc.isascii() else str(v)
-        written.append(plot_run(metrics, paths["loss"], title=title, replicates=replicates or ()))
+        if task.name == "pretrain" or metrics.has("loss"):
+            written.append(plot_run(metrics, paths["loss"], title=title, replicates=replicates or ()))
+        if task.name != "pretrain":  # the task's own metrics over steps (accuracy, F1, any declared one)
+            shown = [n for n in task.curves if n != "loss"]
+            lower = [m.name for m in task.metrics if m.direction == "lower"]
+            drawn = plot_metrics(metrics, shown, paths["metrics"], title=title, lower=lower)
+            written += [drawn] if drawn is not None else []
         overlays = {}
         for role in ("parent", "baseline"):
             ref = record.meta.get(role)
             if ref and str(ref) != str(v) and not any(label.endswith(f" {ref}") for label in overlays):
                 other = metrics_file(ws, ref)
-                if other is not None:
+                if other is not None and other.has("loss") and metrics.has("loss"):
                     overlays[f"{role} {ref}"] = other
         if overlays:
             runs = {f"this {v}": metrics, **overlays}
@@ -526,6 +637,9 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     texts = drafts(result, lang, str(version))
     plots = [ws.rel(p) for p in write_plots(ws, record, result["_metrics"], result["_replicate_curves"])]
     out = ws.out_dir(version)
+    # the trainer's own figures (classify: the confusion matrix) are the record's plots too
+    plots += [ws.rel(p) for p in sorted((out / PLOTS).glob("*.png")) if ws.rel(p) not in plots and p.name != "loss.png"
+              and p.name != "compare.png" and p.name != "metrics.png"]
     curve = run_curve(result["_metrics"])
 
     kept: list[str] = []

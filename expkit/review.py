@@ -20,10 +20,12 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import approval, gitops, groups, records, results, tasks, times, view
 from . import claims as claims_mod
+from . import config as cfg_mod
 from .verdicts import verdict_kind
 from .comparison import config_changes
 from .errors import ConfigError, ExpError, WorkspaceError
@@ -66,8 +68,6 @@ AGENT_ENV: tuple[str, ...] = (
     "AGENT",  # the emerging generic marker: AGENT=amp / goose / gemini / 1 (OpenCode)
     "AI_AGENT",  # Vercel's proposed generic marker
 )
-
-#: Small artifacts committed with the record, relative to out/experiment_X.Y.Z/.
 
 REVIEWABLE = ("analyzed", "changes_requested")
 DECISIONS = ("approve", "changes")
@@ -217,7 +217,7 @@ def _check_params(ws: Workspace, record: Record) -> tuple[str, str]:
     if not isinstance(config, dict):
         return FAIL, "the front matter has no config"
     try:
-        tasks.of(ws, record.meta).validate(config)
+        cfg_mod.validate_for(tasks.of(ws, record.meta), config)
     except ConfigError as err:
         return FAIL, str(err)
     if any(b.name == "config" for b in record.edited_generated()):
@@ -303,6 +303,17 @@ def checklist(ws: Workspace, record: Record) -> list[ChecklistItem]:
 
 
 # -- what the reviewer sees -------------------------------------------------------------------------
+#: A task's text artifact is shown up to this many lines.
+SHOWN_LINES = 40
+
+
+def _head(path: Path) -> str:
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:
+        return f"(cannot read: {err.strerror or err})"
+    return "\n".join(lines[:SHOWN_LINES] + ([f"… {len(lines) - SHOWN_LINES} more line(s)"] if len(lines) > SHOWN_LINES else []))
+
 def overview(ws: Workspace, record: Record) -> dict[str, Any]:
     """Everything ``exp review`` shows, as data."""
     meta = record.meta
@@ -316,6 +327,11 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         found = next((c for c in candidates if c.is_file()), None)
         plots.append({"path": ws.rel(found) if found else str(p), "exists": found is not None})
     text = lambda kind, name: record.block(kind, name).text if record.block(kind, name) else ""  # noqa: E731
+    try:  # the files the record's task shows besides the plots (classify: classification_report.txt)
+        shown = [p for pattern in tasks.of(ws, meta).artifacts if not pattern.startswith("plots/")
+                 for p in sorted(ws.out_dir(v).glob(pattern)) if p.is_file() and not p.name.endswith(".json")]
+    except ConfigError:
+        shown = []
     return {
         "version": v,
         "description": meta.get("description", ""),
@@ -333,6 +349,8 @@ def overview(ws: Workspace, record: Record) -> dict[str, Any]:
         "untraceable": results.untraceable(ws, record) if analysis or meta.get("group_analysis") else [],
         "prereg": {"recorded": bool(prereg.get("sections")), "at": prereg.get("at"), "changed": changed},
         "plots": plots,
+        "task": tasks.name_of(meta),
+        "files": [{"path": ws.rel(p), "text": _head(p)} for p in shown],
         "checklist": [c.to_dict() for c in checklist(ws, record)],
         "approval": approval.approval_state(ws, record),
         "history": list(approval.review_of(record).get("history") or []),
@@ -427,6 +445,9 @@ def show(console: Any, view: dict[str, Any]) -> None:
         console.print(f"• {escape(p['path'])}" + ("" if p["exists"] else " [red](missing)[/red]"))
     if not view["plots"]:
         console.print("[dim]none[/dim]")
+    for f in view.get("files") or []:  # the task's report files, shown as they are (classification_report.txt)
+        console.print(f"\n• {escape(f['path'])}")
+        plain(f["text"])
 
     heading("checklist")
     for c in view["checklist"]:

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, tasks, times, tracking, view
+from . import config as cfg_mod
+from . import catalog, gitops, grouping, lifecycle, procs, records, remote, results, slurm, store, tasks, times, tracking, view
 from .groups import replicate_seeds
-from .errors import ExpError
+from .errors import ConfigError, ExpError
 from .files import atomic_write, read_json, write_json
 from .groups import prereg_sections
-from .preflight import Check, failed_checks, preflight, swanlab_logged_in
+from .preflight import Check, failed_checks, init_model_dir, preflight, swanlab_logged_in
 from .record import Record, sha256
 from .script import LaunchOptions, RunError, code_state, git_state, own_paths, render_script, write_script
 from .status import next_step, require_status, transition
@@ -80,26 +81,14 @@ def _require_startable(ws: Workspace, record: Record, resume: bool) -> None:
 def run_config(ws: Workspace, record: Record) -> dict[str, Any]:
     """The config the trainer receives (out/experiment_V/config.json): the record's, validated
     by its task; a classify record's ``init_from: VERSION`` becomes that record's final model."""
-    cfg = tasks.of(ws, record.meta).validate(record.meta.get("config") or {})
+    cfg = cfg_mod.validate_for(tasks.of(ws, record.meta), record.meta.get("config") or {})
     source = cfg.get("init_from")
     if tasks.name_of(record.meta) == "classify" and isinstance(source, str) and Version.is_valid(source):
-        cfg["init_from"] = str(init_model_dir(ws, source))
+        try:
+            cfg["init_from"] = str(init_model_dir(ws, source))
+        except ConfigError as err:
+            raise RunError(str(err)) from None
     return cfg
-
-
-def init_model_dir(ws: Workspace, source: str) -> Path:
-    """The ``final/`` model of pretraining record ``source``, or a RunError naming the step."""
-    if not ws.record_path(source).exists():
-        raise RunError(f"init_from {source}: no such experiment ({ws.rel(ws.record_path(source))}); "
-                       f"set init_from to a pretraining record of this workspace, or none")
-    meta = store.read_meta(ws, source)
-    if tasks.name_of(meta) != "pretrain":
-        raise RunError(f"init_from {source}: it is a {tasks.name_of(meta)} record; a classifier starts from a pretraining record's model")
-    final = ws.out_dir(source) / "final"
-    if not (final / "config.json").exists():
-        raise RunError(f"init_from {source}: {ws.rel(final)}/ holds no model (status {meta.get('status')}); "
-                       f"finish its run first (`exp run {source}`)")
-    return final
 
 
 def _archive_previous_outputs(ws: Workspace, version: Version) -> Path | None:
@@ -321,19 +310,11 @@ def finalize(ws: Workspace, version: Version, exit_code: int, reason: str | None
             run["last_step"] = trainer.get("step", run.get("last_step"))
             record.meta["run"] = run
             return record
-        t_status = trainer.get("status")
-        if t_status == "finished" and summary:
-            # the trainer finished and wrote its summary: whatever happened to the script after
-            # (a kill before its EXIT trap, a stale pid found by `exp status`), the run finished
-            status = "finished"
-        elif t_status == "interrupted" or exit_code in (130, 143) or interrupted:
-            status = "interrupted"
-        else:
-            status = "failed"
+        status = ended_status(trainer, summary, exit_code, interrupted)
         run["ended"] = times.now()
         run["duration_s"] = round(times.age_s(run["started"]), 1) if run.get("started") else None
         run["exit_code"] = exit_code
-        final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+        final = final_figures(ws, record.meta, summary)
         if final:
             run["final"] = final
         swan = tracking.run_dirs(out)
@@ -515,18 +496,36 @@ def start_replicate(ws: Workspace, version: Version, opts: LaunchOptions, index:
     return checks, records.load(ws, version)
 
 
+def final_figures(ws: Workspace, meta: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """What the record keeps of summary.json as the run's final figures: pretraining's
+    FINAL_KEYS, or a task's key metrics (classify: macro-F1, accuracy, the majority baseline)."""
+    task = catalog.task_of(ws, meta)
+    keys = FINAL_KEYS if task.name == tasks.DEFAULT else ("steps", *task.key_metrics, "wall_s")
+    return {k: summary[k] for k in keys if summary.get(k) is not None and not isinstance(summary.get(k), (dict, list))}
+
+
+def ended_status(trainer: dict[str, Any], summary: dict[str, Any], exit_code: int, interrupted: bool) -> str:
+    """How a run (or one replicate) ended: finished, interrupted or failed.
+
+    Our trainers say it in status.json: finished with a summary.json is finished whatever
+    happened to the script after (a kill before its EXIT trap, a stale pid found by `exp
+    status`). A declared task's trainer need not write status.json: its contract is exit 0 with
+    a summary.json."""
+    t_status = trainer.get("status")
+    if summary and (t_status == "finished" or (t_status is None and exit_code == 0 and not interrupted)):
+        return "finished"
+    if t_status == "interrupted" or exit_code in (130, 143) or interrupted:
+        return "interrupted"
+    return "failed"
+
+
 def _replicate_outcome(ws: Workspace, version: Version, rep: dict[str, Any], exit_code: int, reason: str | None,
                        interrupted: bool) -> None:
     """How one replicate ended, from its own status.json and summary.json, into ``rep``."""
     out = ws.replicate_dir(version, rep["index"])
     trainer = _read_json(out / "status.json")
     summary = _read_json(out / "summary.json")
-    if trainer.get("status") == "finished" and summary:
-        status = "finished"
-    elif trainer.get("status") == "interrupted" or exit_code in (130, 143) or interrupted:
-        status = "interrupted"
-    else:
-        status = "failed"
+    status = ended_status(trainer, summary, exit_code, interrupted)
     rep["status"] = status
     rep["ended"] = times.now()
     rep["exit_code"] = exit_code
@@ -534,7 +533,7 @@ def _replicate_outcome(ws: Workspace, version: Version, rep: dict[str, Any], exi
         rep["duration_s"] = round(times.age_s(rep["started"]), 1)
     if trainer.get("step") is not None:
         rep["last_step"] = trainer["step"]
-    final = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+    final = final_figures(ws, store.read_meta(ws, version), summary)
     if final:
         rep["final"] = final
     if status != "finished":
@@ -583,7 +582,7 @@ def _end_replicated(ws: Workspace, version: Version, record: Record, run: dict[s
     summary = _replicates_summary(ws, version, reps)
     if summary["replicates"]["n"]:
         write_json(ws.out_dir(version) / "summary.json", summary)
-        run["final"] = {k: summary[k] for k in FINAL_KEYS if summary.get(k) is not None}
+        run["final"] = final_figures(ws, record.meta, summary)
     if status != "finished":
         words = [f"replicate {r['index']} (seed {r['seed']}) {r['status']}: {r.get('error', '')}".rstrip(": ")
                  for r in reps if r.get("status") in ("failed", "interrupted")]

@@ -88,13 +88,13 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     meta = record.meta
     try:
         task = tasks.of(ws, meta)
-        base = task.validate(meta.get("config") or {})
+        base = cfg_mod.validate_for(task, meta.get("config") or {})
     except ConfigError as err:
         raise RecordError(_refused(parent, f"its config is invalid ({err}); fix it with `exp set {parent}` first")) from None
 
     unknown = [k for k, _ in axes if task.schema is not None and k not in task.field_names()]
     if unknown:
-        raise ConfigError(_refused(parent, "; ".join(f"unknown config key {k!r}{task.suggest(k)}" for k in unknown)))
+        raise ConfigError(_refused(parent, "; ".join(f"unknown config key {k!r}{cfg_mod.suggest(k, task.schema)}" for k in unknown)))
     combos: list[list[tuple[str, str]]]
     if grid:
         combos = [list(c) for c in itertools.product(*([(k, v) for v in values] for k, values in axes))]
@@ -105,7 +105,7 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     extra = [f"replicates={seeds}"] if seeds is not None else []
     if extra:
         try:
-            task.apply(base, extra)
+            cfg_mod.apply_for(task, base, extra)
         except ConfigError as err:
             raise ConfigError(_refused(parent, f"--seeds {seeds}: {str(err).removeprefix('invalid config: ')}")) from None
 
@@ -115,7 +115,7 @@ def plan(ws: Workspace, parent: Version, specs: list[str], grid: bool = False, s
     for combo in combos:
         typed = [f"{k}={v}" for k, v in combo]
         try:
-            new, _ = task.apply(base, typed + extra)
+            new, _ = cfg_mod.apply_for(task, base, typed + extra)
         except (ConfigError, UsageError) as err:
             errors.append(f"{', '.join(typed)}: {str(err).removeprefix('invalid config: ')}")
             continue

@@ -32,10 +32,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
-from . import config as cfg_mod
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 DEFAULT = "pretrain"
 DIRECTIONS = ("lower", "higher")
@@ -74,9 +76,9 @@ class Task:
     module: str | None = None
     #: a declared task's command, with ``{config}`` and ``{out_dir}``
     command: str | None = None
-    #: ``module:Class`` of a declared schema; built-ins hold the class in ``_schema``
+    #: ``module:Class`` of the config schema (a pydantic model), imported when first needed;
+    #: None: free-form keys (a declared task without ``config``)
     config_ref: str | None = None
-    _schema: type[BaseModel] | None = None
     #: files of the run directory (globs) that the review shows and the commit takes
     artifacts: tuple[str, ...] = ()
     #: metrics.jsonl series drawn over steps (a declared task: every metric)
@@ -96,32 +98,19 @@ class Task:
     def builtin(self) -> bool:
         return self.source == "built-in"
 
-    # -- config -------------------------------------------------------------------------------
+    # -- config (validate and apply: expkit.config's ``validate_for`` / ``apply_for``) ---------
     @property
     def schema(self) -> type[BaseModel] | None:
-        if self._schema is not None or self.config_ref is None:
-            return self._schema
-        return _import_schema(self.name, self.config_ref)
+        """The config schema, imported on first use (the listing commands never need pydantic)."""
+        return _import_schema(self.name, self.config_ref) if self.config_ref is not None else None
 
     def defaults(self) -> dict[str, Any]:
         schema = self.schema
         return schema().model_dump() if schema is not None else {}
 
-    def validate(self, data: Any) -> dict[str, Any]:
-        """The config as the run receives it (a dump), or one ConfigError line."""
-        schema = self.schema
-        if schema is None:
-            return cfg_mod.validate_free(data if data is not None else {})
-        return cfg_mod.validate(dict(data or {}), schema).model_dump()
-
-    def apply(self, config: dict[str, Any], assignments: list[str]) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
-        return cfg_mod.apply(config, assignments, self.schema)
-
     def field_names(self) -> list[str]:
-        return cfg_mod.field_names(self.schema)
-
-    def suggest(self, key: str) -> str:
-        return cfg_mod.suggest(key, self.schema)
+        schema = self.schema
+        return list(schema.model_fields) if schema is not None else []
 
     # -- metrics ------------------------------------------------------------------------------
     def metric(self, name: str) -> Metric | None:
@@ -149,7 +138,7 @@ class Task:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "command": self.launch_words("CONFIG", "OUT_DIR", "python"),
-                "config": self.config_ref or (self._schema.__name__ if self._schema else "free-form"),
+                "config": self.config_ref or "free-form",
                 "metrics": [m.to_dict() for m in self.metrics], "artifacts": list(self.artifacts)}
 
     # -- launch -------------------------------------------------------------------------------
@@ -168,7 +157,7 @@ class Task:
 PRETRAIN = Task(
     name="pretrain",
     module="model.train_pretrain",
-    _schema=cfg_mod.TrainConfig,
+    config_ref="expkit.config:TrainConfig",
     metrics=(
         Metric("val_loss", "lower", "validation loss at the last evaluation", "验证损失"),
         Metric("best_val_loss", "lower", "lowest validation loss of the run", "最佳验证损失"),
@@ -198,7 +187,7 @@ PRETRAIN = Task(
 CLASSIFY = Task(
     name="classify",
     module="model.train_classify",
-    _schema=cfg_mod.ClassifyConfig,
+    config_ref="expkit.config:ClassifyConfig",
     metrics=(
         Metric("test_macro_f1", "higher", "macro-averaged F1 on the test set (best checkpoint)", "测试集宏 F1"),
         Metric("test_acc", "higher", "accuracy on the test set (best checkpoint)", "测试集准确率"),
@@ -291,9 +280,9 @@ def _import_schema(name: str, ref: str) -> type[BaseModel]:
         raise TaskError(f"{where}: cannot import {module_name} ({type(err).__name__}: {err}); it is imported "
                         "from the workspace root") from None
     cls = getattr(module, cls_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
+    if not (isinstance(cls, type) and hasattr(cls, "model_validate") and hasattr(cls, "model_fields")):
         raise TaskError(f"{where}: {cls_name} in {module_name} is not a pydantic model")
-    if cls.model_config.get("extra") != "forbid":
+    if getattr(cls, "model_config", {}).get("extra") != "forbid":
         raise TaskError(f'{where}: {cls_name} must forbid unknown keys (model_config = ConfigDict(extra="forbid"))')
     return cls
 

@@ -50,7 +50,23 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         row["first"] = row["group"] != last_group
         last_group = row["group"]
     analysis = meta.get("analysis") or {}
+    try:
+        task: tasks.Task | None = tasks.of(ws, meta)
+    except ConfigError:
+        task = None
+    pretrain = task is None or task.name == tasks.DEFAULT
     return {
+        "task": tasks.name_of(meta),
+        # a task's own words for its metrics (pretraining's are in the template)
+        "metric_labels": {} if pretrain else {
+            **{f"best_{m.name}": f"最佳{m.label(lang)}（运行中）" if lang == "zh" else f"best {m.name} over the run"
+               for m in task.metrics},
+            **{m.name: m.label(lang) if lang == "zh" else m.meaning for m in task.metrics},
+            "steps": "训练步数" if lang == "zh" else "training steps", "wall_s": "用时（秒）" if lang == "zh" else "wall time (s)"},
+        # final_loss's aliases; a task's own ``loss`` is shown
+        "hidden_metrics": ("train_loss", "loss") if pretrain else (),
+        # a classifier's starting model: a pretraining record of this workspace (lineage)
+        "init_from": config.get("init_from") if Version.is_valid(str(config.get("init_from"))) else None,
         "version": str(version),
         "stem": version.stem,
         "category": version.category,
@@ -71,7 +87,9 @@ def block_context(ws: Workspace, record: Record, names: tuple[str, ...] = GENERA
         if record.path and "group" in names else [],
         "plots": plot_links(ws, record.path, [str(p) for p in analysis.get("plots") or []]) if record.path else [],
         # samples.json is read (and its quality computed) only for the section that shows it
-        "samples": sample_rows(ws, version) if "metrics" in names and analysis else [],
+        "samples": sample_rows(ws, version) if "metrics" in names and analysis and tasks.name_of(meta) == tasks.DEFAULT else [],
+        # a classifier's samples.json: its most confident mistakes on the test set
+        "misclassified": misclassified_rows(ws, version) if "metrics" in names and analysis and tasks.name_of(meta) == "classify" else [],
         "review": meta.get("review") or {},
         "member": member_context(ws, record) if "member" in names else None,
     }
@@ -172,6 +190,21 @@ def samples_with_quality(raw: Any, quality: dict[str, Any] | None) -> list[dict[
         entry.update({k: q.get(k) for k in ("mode", "tokens", "distinct_1", "distinct_2", "repetition_rate")})
         out.append(entry)
     return out
+
+
+def misclassified_rows(ws: Workspace, version: Version | str) -> list[dict[str, Any]]:
+    """A classifier's most confident mistakes (samples.json's ``misclassified``), text cut short."""
+    raw = read_json(ws.out_dir(version) / SAMPLES_FILE)
+    items = raw.get("misclassified") if isinstance(raw, dict) else None
+    rows = []
+    for item in (items if isinstance(items, list) else [])[:SHOWN_SAMPLES]:
+        if not isinstance(item, dict):
+            continue
+        text = " ".join(str(item.get("text") or "").split())
+        rows.append({"text": text if len(text) <= SAMPLE_CHARS else text[: SAMPLE_CHARS - 1] + "…",
+                     "label": str(item.get("label", "")), "predicted": str(item.get("predicted", "")),
+                     "confidence": item.get("confidence")})
+    return rows
 
 
 def sample_rows(ws: Workspace, version: Version | str) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ LAYERS: dict[str, int] = {
     "expkit.records": 4, "expkit.view": 4, "expkit.catalog": 4, "expkit.approval": 4, "expkit.commit": 4,
     "expkit.results": 4, "expkit.review": 4, "expkit.lifecycle": 4, "expkit.preflight": 4, "expkit.script": 4,
     "expkit.runner": 4, "expkit.watch": 4, "expkit.reporting": 4, "expkit.remote": 4, "expkit.site": 4,
-    "expkit.groups": 4, "expkit.sweep": 4, "expkit.grouping": 4, "expkit.queue": 4,
+    "expkit.groups": 4, "expkit.sweep": 4, "expkit.grouping": 4, "expkit.queue": 4, "expkit.summary": 4,
     # 5: the command line
     "expkit.cli": 5, "expkit.commands": 5, "expkit.commands.workspace": 5, "expkit.commands.authoring": 5,
     "expkit.commands.catalog": 5, "expkit.commands.reporting": 5, "expkit.commands.results": 5,

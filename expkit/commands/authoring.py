@@ -1,4 +1,4 @@
-"""Writing records: ``exp new``, ``exp check``, ``exp set``."""
+"""Writing records: ``exp new``, ``exp check``, ``exp set``, ``exp sweep``, ``exp tasks``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .. import lifecycle
+from .. import lifecycle, tasks as tasks_mod
 from .. import sweep as sweep_mod
 from . import JSON_HELP, VERSION_HELP, command, echo_json, typer_app, usage, version, current_workspace
 
@@ -20,6 +20,8 @@ def new(
     baseline: Optional[str] = typer.Option(None, "--baseline", metavar="VERSION", help="the experiment to compare against"),
     desc: str = typer.Option("", "--desc", metavar="TEXT", help="one-line description"),
     lang: Optional[str] = typer.Option(None, "--lang", metavar="zh|en", help="record language (default: workspace's, zh)"),
+    task: Optional[str] = typer.Option(None, "--task", metavar="NAME",
+                                       help="what it trains: pretrain (default), classify, or a task pyproject.toml declares; --from inherits it"),
     json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Write experiment/experiment_VERSION.md from the templates."""
@@ -29,9 +31,10 @@ def new(
     if lang is not None and lang not in ("zh", "en"):
         raise usage(f"--lang must be zh or en, not {lang!r}")
     ws = current_workspace()
-    record = lifecycle.create(ws, v, parent=p, baseline=b, description=desc, lang=lang)
+    record = lifecycle.create(ws, v, parent=p, baseline=b, description=desc, lang=lang, task=task)
     if json_out:
-        echo_json({"version": str(v), "path": str(record.path), "state": str(ws.state_path(v)), "status": record.status})
+        echo_json({"version": str(v), "path": str(record.path), "state": str(ws.state_path(v)), "status": record.status,
+                   "task": record.meta.get("task") or "pretrain"})
         return
     typer.echo(f"created {ws.rel(ws.record_path(v))} (and its state {ws.rel(ws.state_path(v))})")
     nxt = f"`exp check {v}`"
@@ -124,3 +127,23 @@ def sweep(
         typer.echo("dry run: nothing was written")
     else:
         typer.echo(f"next: `exp check` each member (a filled {parent} satisfies their human sections), then run them")
+
+
+@command(app)
+def tasks(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """List the tasks a record may have: built-in and declared, with command, config and metrics.
+
+    A workspace declares its own trainer in pyproject.toml as [tool.exp.tasks.NAME] with
+    `command` (placeholders {config} and {out_dir}), `metrics` (name = "lower" | "higher")
+    and optionally `config` ("module:Class", a pydantic model) and `artifacts`.
+    """
+    ws = current_workspace()
+    found = [t.to_dict() for t in tasks_mod.available(ws.settings).values()]
+    if json_out:
+        echo_json({"tasks": found})
+        return
+    for t in found:
+        typer.echo(f"{t['name']}  ({t['source']})")
+        typer.echo(f"  command  {' '.join(t['command'])}")
+        typer.echo(f"  config   {t['config']}")
+        typer.echo("  metrics  " + ", ".join(f"{m['name']} ({m['direction']})" for m in t["metrics"]))

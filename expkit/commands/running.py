@@ -72,13 +72,16 @@ def _watch(ws: Any, v: Any, launch: runner.Launch, max_steps: int, resume: bool)
             TextColumn(f"[bold]{v}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
         ) as bar:
-            task = bar.add_task("train", total=max_steps, info="starting…")
+            task = bar.add_task("train", total=max_steps or None, info="starting…")
             for m in lines():
                 if m.get("step") is not None:
                     bar.update(task, completed=m["step"], info=describe(m))
     else:
         for m in lines():
             if m.get("step") is None:
+                continue
+            if not max_steps:  # a trainer that decides its own length (epochs, a declared task's)
+                typer.echo(f"step {m['step']:>6}  {describe(m)}")
                 continue
             eta = (max_steps - m["step"]) * m.get("elapsed_s", 0) / max(m["step"], 1)
             typer.echo(f"step {m['step']:>6}/{max_steps}  {describe(m)}  eta {duration(eta)}")
