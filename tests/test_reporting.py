@@ -451,16 +451,21 @@ def test_a_broken_task_declaration_does_not_kill_the_report(tasks_ws, cli):
     assert code == 0, err
 
 
+def classify_group(ws) -> None:
+    """0.5.0, a classification group: 0.5.1 (macro-F1 0.52) and 0.5.2 (0.61, and the higher val_loss)."""
+    new_task(ws, "0.5.0", "classify", desc="loss sweep")
+    for v, f1 in (("0.5.1", 0.52), ("0.5.2", 0.61)):
+        new_task(ws, v, "classify", parent="0.5.0", desc=f"member {v}")
+        fake_analysis(ws, v, {**CLASSIFY["0.2.0"], "test_macro_f1": f1, "val_loss": 1.0 + f1})
+        with records.update(ws, Version.parse(v)) as r:
+            r.meta["group"], r.meta["changes"] = "0.5.0", {"label_smoothing": f1 / 10}
+            r.meta["config"]["label_smoothing"] = f1 / 10
+
+
 def test_a_classification_group_ranks_its_members_by_macro_f1_higher_is_better(tasks_ws):
     from expkit import grouping
 
-    new_task(tasks_ws, "0.5.0", "classify", desc="loss sweep")
-    for v, f1 in (("0.5.1", 0.52), ("0.5.2", 0.61)):
-        new_task(tasks_ws, v, "classify", parent="0.5.0", desc=f"member {v}")
-        fake_analysis(tasks_ws, v, {**CLASSIFY["0.2.0"], "test_macro_f1": f1, "val_loss": 1.0 + f1})  # higher F1, higher loss
-        with records.update(tasks_ws, Version.parse(v)) as r:
-            r.meta["group"], r.meta["changes"] = "0.5.0", {"label_smoothing": f1 / 10}
-            r.meta["config"]["label_smoothing"] = f1 / 10
+    classify_group(tasks_ws)
     parent = records.load(tasks_ws, Version.parse("0.5.0"))
     metas = {v: records.load(tasks_ws, Version.parse(v)).meta for v in ("0.5.1", "0.5.2")}
     result = grouping.compute(tasks_ws, parent, metas)

@@ -384,7 +384,7 @@ def test_a_group_has_a_page_its_members_fold_under_it_and_replicates_show_mean_a
 
 
 # -- records of several tasks ----------------------------------------------------------------------------
-from test_reporting import CLASSIFY, TOY_RUNS, tasks_ws  # noqa: E402,F401  (tasks_ws: the fixture)
+from test_reporting import CLASSIFY, TOY_RUNS, classify_group, tasks_ws  # noqa: E402,F401  (tasks_ws: the fixture)
 
 
 def _data_script(ws, version: str) -> dict:
@@ -435,3 +435,14 @@ def test_a_broken_task_declaration_does_not_kill_the_site(tasks_ws, cli):
     page = (tasks_ws.root / "out/site/index.html").read_text(encoding="utf-8")
     assert 'data-col="score"' not in page and 'data-col="test_macro_f1"' in page
     assert rows["0.4.1"]["task"] == "toy" and rows["0.2.1"]["best"]
+
+
+def test_a_classification_group_s_page_leads_with_its_task_s_metrics(tasks_ws, cli):
+    classify_group(tasks_ws)
+    code, out, err = cli("site", "--json")
+    assert code == 0, err
+    page = (tasks_ws.root / "out/site/g/0.5.0.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script type="application/json" id="group-data">(.*?)</script>', page, re.S).group(1))
+    assert data["metrics"][:2] == ["test_macro_f1", "test_acc"] and data["keys"] == ["label_smoothing"]
+    points = {p["version"]: p for p in data["points"]}
+    assert points["0.5.2"]["stats"]["test_macro_f1"]["mean"] == 0.61
