@@ -179,7 +179,7 @@ def list_records(ws: Workspace, status: str | None = None) -> list[dict[str, Any
 
 # -- every record's row, cached ---------------------------------------------------------------------
 CACHE_FILE = "record-rows.json"
-CACHE_LAYOUT = 8  # bump when _row changes what it returns
+CACHE_LAYOUT = 9  # bump when _row changes what it returns
 
 
 def _row(ws: Workspace, version: str) -> dict[str, Any]:
@@ -201,6 +201,10 @@ def _row(ws: Workspace, version: str) -> dict[str, Any]:
     return {
         "version": version, "status": meta.get("status"), "description": meta.get("description"),
         "parent": parent, "baseline": meta.get("baseline"), "config": {k: config.get(k) for k in REPORT_CONFIG},
+        # what the record trains (None: pretraining, which predates tasks) and the record its model starts
+        # from (a fine-tuning record's ``init_from``: lineage the parent does not say)
+        "task": meta.get("task") or None,
+        "init_from": init if isinstance(init := config.get("init_from"), str) and init not in ("", "none") else None,
         "metrics": found.get("metrics"), "changes": changes,
         # the verdicts as the report and the tree count them (their reasons and values stay in the state)
         "verdicts": [{"verdict": x.get("verdict")} for x in found["verdicts"] if isinstance(x, dict)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .metrics import SUMMARY_KEYS
+from .metrics import HIGHER_IS_BETTER, LOWER_IS_BETTER, SUMMARY_KEYS
 from .numbers import is_finite_number
 
 # -- comparison ------------------------------------------------------------------------------------
@@ -57,6 +57,25 @@ def compare(runs: Mapping[str, Mapping[str, Any]], configs: Mapping[str, Mapping
         "metrics": {k: {label: runs[label].get(k) for label in labels} for k in names},
         "deltas": {label: metric_deltas(runs[label], runs[ref]) for label in labels[1:]},
     }
+
+
+def direction(task: Any, metric: str) -> str | None:
+    """"lower" or "higher" is better for ``metric``: the record's task's table says (``task``: a
+    ``tasks.Task`` or None), else pretraining's sets; None when neither knows the metric."""
+    found = task.direction(metric) if task is not None else None
+    if found is not None:
+        return str(found)
+    return "lower" if metric in LOWER_IS_BETTER else "higher" if metric in HIGHER_IS_BETTER else None
+
+
+def better(deltas: Mapping[str, Mapping[str, Any]], task: Any) -> dict[str, bool | None]:
+    """{metric: True (better than the reference), False (worse), None (equal, or no direction)}
+    of ``metric_deltas``, each metric's direction from ``task`` (``direction``)."""
+    out: dict[str, bool | None] = {}
+    for metric, d in deltas.items():
+        way, diff = direction(task, metric), d.get("abs")
+        out[metric] = None if way is None or not diff else (diff < 0) == (way == "lower")
+    return out
 
 
 #: Config keys added to the schema after records existed, with their defaults: a config written

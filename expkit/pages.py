@@ -22,7 +22,7 @@ from typing import Any
 from .intervals import t_interval
 from .metrics import SUMMARY_KEYS
 from .numbers import format_number, is_finite_number
-from .report import lineage
+from .report import PRETRAIN, lineage
 from .verdicts import VERDICTS, verdict_kind
 
 #: What the pages say, in the workspace's language (en, zh).
@@ -31,7 +31,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "index_title": ("Experiments", "实验总览"), "records": ("Records", "实验记录"), "search": ("filter: version, description, parent…", "筛选：版本、描述、父实验…"),
     "status": ("status", "状态"), "task": ("task", "任务"), "all_status": ("every status", "全部状态"), "all_tasks": ("every task", "全部任务"),
     "compare_selected": ("compare selected", "对比所选"), "no_records": ("No records yet: `exp new 0.1.0`.", "还没有实验记录：`exp new 0.1.0`。"),
-    "pick": ("select", "选择"), "best": ("best loss in the workspace", "工作区内最佳损失"), "lineage": ("Lineage", "谱系"), "groups": ("Groups", "实验组"),
+    "pick": ("select", "选择"), "best": ("best of its task in the workspace", "工作区内同任务最佳"), "lineage": ("Lineage", "谱系"), "groups": ("Groups", "实验组"),
     "version": ("version", "版本"), "description": ("description", "描述"), "parent": ("parent", "父实验"), "verdicts": ("verdicts", "预期检验"),
     "review": ("review", "审核"), "date": ("date", "日期"), "baseline": ("baseline", "基线"), "children": ("children", "子实验"),
     "created": ("created", "创建时间"), "commit": ("commit", "提交"), "experiment": ("Experiment", "实验"),
@@ -60,11 +60,14 @@ STRINGS: dict[str, tuple[str, str]] = {
 }
 #: The owner of each kind of section, as the page labels it.
 OWNERS = {"human": "human", "generated": "tool", "ai": "ai"}
-#: The index's metric columns (the first present in a row's table is shown; one column each).
+#: The index's metric columns of pretraining records (the first present in a row's table is
+#: shown; one column each); another task's records show its key metrics (``index_columns``).
 INDEX_METRICS = (("final_loss",), ("best_val_loss", "val_loss"), ("tokens_per_s",))
 #: Points per curve at most: a thousand-pixel chart shows no more, and the page stays small.
 CURVE_POINTS = 500
 CURVE_SERIES = ("loss", "lr", "grad_norm")
+#: Series every chart draws from its own fields; another task's curves are the rest of its ``Task.curves``.
+CHART_SERIES = (*CURVE_SERIES, "val_loss")
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -199,22 +202,27 @@ def _row(line: bytes, parse_float: Any = float) -> dict[str, Any] | None:
     return row if isinstance(row, dict) and _finite(row.get("step")) else None
 
 
-def curves(path: Path, max_points: int = CURVE_POINTS) -> dict[str, Any] | None:
+def curves(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str] = ()) -> dict[str, Any] | None:
     """The training and validation curves of a ``metrics.jsonl``: every evaluation line, and of
     the other lines every one when there are at most ``max_points``, else about ``max_points``
     spread evenly through the file (the first and the last always). ``points``: the training
     points kept; ``thinned``: whether lines were left out. Only the lines kept are parsed, and
     a large file is not split into lines at all: a 10,000-line file costs ~2 ms, not ~40.
     Non-finite values become None (a gap in the line); a torn last line is skipped. None when
-    the file is missing or has no line with a step."""
+    the file is missing or has no line with a step.
+
+    ``series``: more metrics to draw (another task's curves, e.g. ``val_acc``), each under
+    ``series[NAME] = {"x": steps, "y": values}`` from the lines that hold it (about
+    ``max_points`` of them, spread evenly); none asked for, none written (pretraining's curves
+    are as they were)."""
     try:
         raw = path.read_bytes()
     except OSError:
         return None
-    return _thin(raw, max_points, float)
+    return _thin(raw, max_points, float, series)
 
 
-def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, Any] | None, str]:
+def curves_json(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str] = ()) -> tuple[dict[str, Any] | None, str]:
     """``curves`` as JSON text (``"null"`` when there are none) and its ``points`` and ``thinned``
     (None when there are none): the numbers are copied as the file writes them, not printed
     again (json.loads(text) == curves(path))."""
@@ -222,13 +230,19 @@ def curves_json(path: Path, max_points: int = CURVE_POINTS) -> tuple[dict[str, A
         raw = path.read_bytes()
     except OSError:
         return None, "null"
-    out = _thin(raw, max_points, _Number)
+    out = _thin(raw, max_points, _Number, series)
     if out is None:
         return None, "null"
+
+    def text(values: list[Any]) -> str:
+        return "[" + ",".join(["null" if v is None else v if type(v) is _Number else str(v) for v in values]) + "]"
+
     items = []
     for name, value in out.items():
         if isinstance(value, list):
-            value = "[" + ",".join(["null" if v is None else v if type(v) is _Number else str(v) for v in value]) + "]"
+            value = text(value)
+        elif name == "series":
+            value = "{" + ",".join(f'{json.dumps(k)}:{{"x":{text(xy["x"])},"y":{text(xy["y"])}}}' for k, xy in value.items()) + "}"
         else:
             value = json.dumps(value)
         items.append(f'"{name}":{value}')
@@ -270,7 +284,7 @@ def _pick(raw: bytes, max_points: int) -> tuple[list[bytes], bool]:
     return picked, skipped
 
 
-def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | None:
+def _thin(raw: bytes, max_points: int, parse_float: Any, series: Sequence[str] = ()) -> dict[str, Any] | None:
     picked, thinned = _pick(raw, max_points)
     if not picked:
         return None
@@ -296,12 +310,39 @@ def _thin(raw: bytes, max_points: int, parse_float: Any) -> dict[str, Any] | Non
             step = row["step"]
             out["val_step"].append(int(float(step)) if type(step) is _Number else int(step))
             out["val_loss"].append(row["val_loss"] if _finite(row["val_loss"]) else None)
-    if not out["step"] and not out["val_step"]:
+    extra = _series(raw, [n for n in dict.fromkeys(series) if n not in CHART_SERIES], max_points, parse_float)
+    if not out["step"] and not out["val_step"] and not extra:
         return None
     for name in CURVE_SERIES:  # a series the trainer never logged is left out
         if all(v is None for v in out[name]):
             del out[name]
+    if extra:
+        out["series"] = extra
     out["points"], out["thinned"] = len(steps), thinned
+    return out
+
+
+def _series(raw: bytes, names: Sequence[str], max_points: int, parse_float: Any) -> dict[str, dict[str, list[Any]]]:
+    """{name: {"x": steps, "y": values}} of each named metric from the lines that hold it, about
+    ``max_points`` lines of each (spread evenly, the first and the last always); a metric no line
+    holds is left out."""
+    out: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        found = _lines_with(raw, json.dumps(name).encode())
+        if len(found) > max_points:
+            stride = math.ceil(len(found) / max_points)
+            found = found[::stride] + ([found[-1]] if (len(found) - 1) % stride else [])
+        xs: list[Any] = []
+        ys: list[Any] = []
+        for start, end in found:
+            row = _row(raw[start:end], parse_float)
+            if row is None or name not in row:
+                continue
+            step = row["step"]
+            xs.append(int(float(step)) if type(step) is _Number else int(step))
+            ys.append(row[name] if _finite(row[name]) else None)
+        if any(v is not None for v in ys):
+            out[name] = {"x": xs, "y": ys}
     return out
 
 
@@ -409,12 +450,36 @@ def _metric(table: Mapping[str, Any], stats: Mapping[str, Any], names: Sequence[
     return names[0], None
 
 
+def index_columns(tasks: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The index's metric columns for the records' tasks (``tasks``: name -> its ``Task``, or None
+    when its declaration cannot be read): pretraining's INDEX_METRICS (also the columns of a task
+    that cannot be read, and of an empty workspace), then each other task's key metrics; a column
+    names the tasks whose records fill it. {"key", "label", "names", "tasks"}."""
+    generic = sorted(name for name, task in tasks.items() if task is None or task.name == PRETRAIN)
+    out: list[dict[str, Any]] = []
+    if generic or not tasks:
+        out = [{"key": names[0], "label": " / ".join(names), "names": names, "tasks": generic or [PRETRAIN]}
+               for names in INDEX_METRICS]
+    for name in sorted(n for n in tasks if n not in generic):
+        for metric in tasks[name].key_metrics:
+            col = next((c for c in out if c["key"] == metric), None)
+            if col is None:
+                out.append({"key": metric, "label": metric, "names": (metric,), "tasks": [name]})
+            elif name not in col["tasks"]:
+                col["tasks"].append(name)
+    return out
+
+
 def index_rows(rows: Sequence[Mapping[str, Any]], flat: Sequence[Mapping[str, Any]], extras: Mapping[str, Mapping[str, Any]],
-               best: Iterable[str], members: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+               best: Iterable[str], members: Mapping[str, Sequence[str]] | None = None,
+               columns: Sequence[Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The index's rows: ``rows`` from ``catalog.rows`` (its order), ``flat`` the same records as
     ``report.report_rows`` gives them (metrics and verdict counts), ``extras`` what only the
     record's state knows (task, review, date, group, replicate statistics) by version, ``best``
-    the versions marked best, ``members`` each group parent's members (folded under it)."""
+    the versions marked best, ``members`` each group parent's members (folded under it),
+    ``columns`` the metric columns (``index_columns``; default pretraining's): a row fills those
+    of its own task and shows — in the others."""
+    columns = columns if columns is not None else index_columns({})
     by_version = {r["version"]: r for r in flat}
     versions = {str(r["version"]) for r in rows}
     best = set(best)
@@ -427,8 +492,9 @@ def index_rows(rows: Sequence[Mapping[str, Any]], flat: Sequence[Mapping[str, An
         table = r.get("metrics") or {}
         stats = x.get("stats") if isinstance(x.get("stats"), Mapping) else {}
         metrics = []
-        for names in INDEX_METRICS:
-            _, value = _metric(table, stats, names)
+        task = str(x.get("task") or r.get("task") or PRETRAIN)
+        for col in columns:
+            value = _metric(table, stats, col["names"])[1] if task in col["tasks"] else None
             metrics.append({"text": shown(value), "sort": _sort_value(value)})
         verdicts = {k: f.get(k, 0) for k in VERDICTS} if r.get("verdicts") is not None else None
         parent = r.get("parent")
@@ -436,7 +502,7 @@ def index_rows(rows: Sequence[Mapping[str, Any]], flat: Sequence[Mapping[str, An
         group = x.get("group") if x.get("group") in members and v in members[str(x.get("group"))] else None
         swept = " ".join(f"{k}={shown(val)}" for k, val in (x.get("swept") or {}).items()) if group else ""
         out.append({
-            "version": v, "order": version_order(v), "status": str(r.get("status") or "?"), "task": str(x.get("task") or "pretrain"),
+            "version": v, "order": version_order(v), "status": str(r.get("status") or "?"), "task": task,
             "description": desc, "parent": parent, "parent_link": bool(parent) and str(parent) in versions,
             "parent_order": version_order(parent) if parent else "", "metrics": metrics, "verdicts": verdicts,
             "verdict_sort": f"{verdicts['confirmed']:04d}{9999 - verdicts['refuted']:04d}" if verdicts else "",
@@ -501,11 +567,12 @@ def render(templates_dir: Path, name: str, **context: Any) -> str:
 
 
 def index_page(templates_dir: Path, lang: str, workspace: str, rows: list[dict[str, Any]], tree: list[dict[str, Any]],
-               groups: list[dict[str, Any]]) -> str:
+               groups: list[dict[str, Any]], metric_columns: Sequence[Mapping[str, Any]] | None = None) -> str:
     t = strings(lang)
+    metric_columns = metric_columns if metric_columns is not None else index_columns({})
     columns = [("version", t["version"], "str"), ("task", t["task"], "str"), ("status", t["status"], "str"),
                ("description", t["description"], "str"), ("parent", t["parent"], "str"),
-               *((names[0], " / ".join(names), "num") for names in INDEX_METRICS),
+               *((c["key"], c["label"], "num") for c in metric_columns),
                ("verdicts", t["verdicts"], "str"), ("review", t["review"], "str"), ("date", t["date"], "str")]
     return render(templates_dir, "index.html.j2", lang=lang, t=t, page="index", root="", workspace=workspace, rows=rows,
                   rows_json=index_json(rows, t), tree=tree, groups=groups, columns=columns,
@@ -535,16 +602,19 @@ def index_json(rows: Sequence[Mapping[str, Any]], t: Mapping[str, str]) -> str:
     return text.replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
-def group_data(parent: str, description: str, config: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def group_data(parent: str, description: str, config: Mapping[str, Any], points: Sequence[Mapping[str, Any]],
+               key_metrics: Sequence[str] | None = None) -> dict[str, Any]:
     """What a group's page shows: ``parent`` (X.Y.0) with its ``config`` and ``description``;
     ``points``: the parent and each member as {"version", "status", "swept" (a member's changes,
     {} for the parent), "stats" (``replicate_stats``)}. Each member's row, the swept keys, and
-    per point the swept value (the parent's own config value for the parent), mean and CI."""
+    per point the swept value (the parent's own config value for the parent), mean and CI.
+    ``key_metrics``: the group's task's metrics, shown first (default: the index's pretraining ones)."""
     keys: list[str] = []
     for p in points:
         keys += [k for k in p.get("swept") or {} if k not in keys]
     metrics: list[str] = []
-    for names in INDEX_METRICS:  # the index's metrics first, then the rest in the summary's order
+    first = [(m,) for m in key_metrics] if key_metrics else INDEX_METRICS
+    for names in first:  # the task's (the index's) metrics first, then the rest in the summary's order
         metrics += [n for n in names if n not in metrics and any(n in (p.get("stats") or {}) for p in points)]
     metrics += [n for n in SUMMARY_KEYS if n not in metrics and any(n in (p.get("stats") or {}) for p in points)]
     rows = []

@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import catalog, gitops, store
+from . import catalog, gitops, store, tasks
 from .catalog import clean_table, metrics_file, run_table
-from .comparison import compare, config_changes, metric_deltas
+from .comparison import better, compare, config_changes, metric_deltas
 from .errors import UsageError
 from .files import atomic_write
 from .metrics import METRICS_FILE, AnalysisError
 from .numbers import is_finite_number
 from .plots import plot_by_version, plot_compare
-from .report import lineage, render_report_md, report_rows, tracker_csv
+from .report import PRETRAIN, TaskTables, best_of, lineage, render_report_md, report_columns, report_rows, task_name, tracker_csv
 from .verdicts import VERDICTS, verdict_kind
 from .version import Version
 from .workspace import Workspace
@@ -36,6 +36,18 @@ TREE_METRICS = ("best_val_loss", "final_loss")
 
 def _meta(ws: Workspace, version: Version | str) -> dict[str, Any]:
     return store.read_meta(ws, version)
+
+
+def task_tables(ws: Workspace, rows: list[dict[str, Any]]) -> dict[str, tasks.Task | None]:
+    """The table of each task the rows name; None for one whose declaration in pyproject.toml
+    cannot be read (a report must not die on one bad record: its rows show the generic columns)."""
+    out: dict[str, tasks.Task | None] = {}
+    for name in dict.fromkeys(task_name(r) for r in rows):
+        try:
+            out[name] = tasks.get(ws.settings, name)
+        except tasks.TaskError:
+            out[name] = None
+    return out
 
 
 def _distinct(versions: list[Version]) -> list[Version]:
@@ -58,18 +70,24 @@ def _table_or_fail(ws: Workspace, version: Version | str, meta: dict[str, Any], 
 
 # -- exp compare -------------------------------------------------------------------------------------
 def compare_records(ws: Workspace, versions: list[Version], plot: Path | None = None) -> dict[str, Any]:
-    """Config keys that differ, the metric table with deltas against the first version, and
-    (with ``plot``) the runs' curves overlaid in one PNG."""
+    """Config keys that differ, the metric table with deltas against the first version, whether
+    each is better or worse (``better``: label → metric → True/False/None, by the record's task's
+    direction), and (with ``plot``) the runs' curves overlaid in one PNG."""
     if len(versions) < 2:
         raise UsageError("give at least two versions to compare, e.g. `exp compare 0.1.0 0.1.1`")
     _distinct(versions)
     tables: dict[str, dict[str, Any]] = {}
     configs: dict[str, dict[str, Any]] = {}
+    metas: dict[str, dict[str, Any]] = {}
     for v in versions:
-        meta = _meta(ws, v)
+        meta = metas[str(v)] = _meta(ws, v)
         tables[str(v)] = _table_or_fail(ws, v, meta, "comparison")
         configs[str(v)] = meta.get("config") or {}
     out = compare(tables, configs)
+    found = task_tables(ws, list(metas.values()))
+    out["tasks"] = {label: task_name(m) for label, m in metas.items()}
+    # better or worse than the reference, in each record's own task's direction (pretraining's sets otherwise)
+    out["better"] = {label: better(d, found.get(out["tasks"][label])) for label, d in out["deltas"].items()}
     if plot is not None:
         runs = {label: m for label in tables if (m := metrics_file(ws, label)) is not None}
         if not runs:
@@ -212,22 +230,25 @@ def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
     """Write experiment/EXPERIMENT_REPORT.md, experiment/experiment_tracker.csv and the
     comparison PNGs under experiment/report/."""
     records = catalog.rows(ws)
-    rows = report_rows(records)
+    found = task_tables(ws, records)
+    rows = report_rows(records, found)
     ws.experiment_dir.mkdir(parents=True, exist_ok=True)
     csv_path = ws.experiment_dir / TRACKER_CSV
-    atomic_write(csv_path, tracker_csv(rows))
+    atomic_write(csv_path, tracker_csv(rows, report_columns(rows, found)))
     lang = ws.default_lang if ws.default_lang in ("zh", "en") else "zh"
     pngs: list[Path] = []
     if plots and rows:
         folder = ws.experiment_dir / REPORT_PLOTS
         title = "val_loss by version"
-        overview = plot_by_version(rows, folder / "val_loss_by_version.png", title=title)
+        # pretraining's validation loss: another task's val_loss is another quantity on another scale
+        pretraining = [r for r in rows if r["task"] == PRETRAIN]
+        overview = plot_by_version(pretraining, folder / "val_loss_by_version.png", title=title) if pretraining else None
         if overview is None:
             (folder / "val_loss_by_version.png").unlink(missing_ok=True)
         else:
             pngs.append(overview)
         pngs += _lineage_plots(ws, rows, folder)
-    text = render_report_md(rows, lang)
+    text = render_report_md(rows, lang, found)
     if pngs:
         links = [f"![{p.stem}]({p.relative_to(ws.experiment_dir).as_posix()})" for p in pngs]
         text += "\n" + _PLOTS_HEADING[lang] + "\n\n" + "\n".join(links) + "\n"
@@ -246,33 +267,48 @@ def report(ws: Workspace, plots: bool = True) -> dict[str, Any]:
 
 
 # -- exp tree ------------------------------------------------------------------------------------------
-def tree(ws: Workspace, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """The lineage by parent, each node with its verdict counts and its best loss; the node with
-    the lowest of those across the workspace is marked ``best``. Reads the report's rows
-    (``catalog.rows``), so it shares their cache; ``rows``: those rows, when the caller has them."""
+def tree(ws: Workspace, rows: list[dict[str, Any]] | None = None, found: TaskTables | None = None) -> list[dict[str, Any]]:
+    """The lineage by parent, each node with its task, the model it starts from (``init_from``),
+    its verdict counts and its key metric: pretraining's best loss, another task's primary metric.
+    The best node of each task (by that metric, in the task's direction) is marked ``best``. Reads
+    the report's rows (``catalog.rows``), so it shares their cache; ``rows``: those rows, when the
+    caller has them; ``found``: their tasks' tables (``task_tables``)."""
     rows = catalog.rows(ws) if rows is None else rows
+    found = task_tables(ws, rows) if found is None else found
     roots, children = lineage(rows)
-    values = [m[1] for r in rows if (m := _tree_metric(r))]
-    best_value = min(values) if values else None
+    metric = {r["version"]: _tree_metric(r, found.get(task_name(r))) for r in rows}
+    best: dict[str, float] = {}
+    for name in {task_name(r) for r in rows}:
+        task = found.get(name)
+        direction = (task.direction(task.primary) if task is not None and task.name != PRETRAIN else None) or "lower"
+        top = best_of([{"version": r["version"], "x": m[1]} for r in rows if task_name(r) == name and (m := metric[r["version"]])],
+                      "x", direction)
+        if top is not None:
+            best[name] = top[0]
 
     def node(r: dict[str, Any]) -> dict[str, Any]:  # no cycle guard: lineage() leaves cycles unreachable
         verdicts = None
         if r.get("verdicts") is not None:
             verdicts = {k: sum(1 for x in r["verdicts"] if isinstance(x, dict) and verdict_kind(x.get("verdict")) == k) for k in VERDICTS}
-        metric = _tree_metric(r)
+        m = metric[r["version"]]
         return {
             "version": r["version"],
             "status": r.get("status") or "?",
             "description": r.get("description") or "",
+            "task": task_name(r),
+            "init_from": r.get("init_from"),
             "verdicts": verdicts,
-            "metric": {"name": metric[0], "value": metric[1]} if metric else None,
-            "best": metric is not None and metric[1] == best_value,
+            "metric": {"name": m[0], "value": m[1]} if m else None,
+            "best": m is not None and m[1] == best.get(task_name(r)),
             "children": [node(c) for c in children.get(r["version"], [])],
         }
 
     return [node(r) for r in roots]
 
 
-def _tree_metric(row: dict[str, Any]) -> tuple[str, float] | None:
+def _tree_metric(row: dict[str, Any], task: tasks.Task | None) -> tuple[str, float] | None:
+    """(name, value) of the metric beside a node: pretraining's (and an unreadable task's) best
+    loss; another task's primary metric."""
     table = row.get("metrics") or {}
-    return next(((name, float(table[name])) for name in TREE_METRICS if is_finite_number(table.get(name))), None)
+    names = TREE_METRICS if task is None or task.name == PRETRAIN else (task.primary,)
+    return next(((name, float(table[name])) for name in names if is_finite_number(table.get(name))), None)

@@ -46,13 +46,13 @@ from . import catalog, commit, groups, pages, records, reporting, store
 from .errors import ExpError, RecordError, UsageError, WorkspaceError
 from .files import atomic_write, read_json
 from .names import METRICS_FILE, SAMPLES_FILE
-from .report import report_rows
+from .report import PRETRAIN, report_rows, task_name
 from .version import Version
 from .workspace import Workspace, package_templates_dir
 
 MANIFEST = ".manifest.json"
 #: Bump when what a page holds changes without its templates changing (pages.py, this module).
-LAYOUT = 3
+LAYOUT = 4
 #: Run files a record page links: everything at the top of the run directory but these.
 HIDDEN_FILES = ("heartbeat",)
 #: Record pages to render before they are shared among worker processes (forking costs ~20 ms each).
@@ -158,18 +158,20 @@ class _Writer:
             raise self._error
 
 
-def _curves(ws: Workspace, site: Path, v: str, previous: Any) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
+def _curves(ws: Workspace, site: Path, v: str, previous: Any,
+            series: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, str, dict[str, Any] | None]:
     """(the run's curves' points and whether they were thinned, or None without curves; the
     curves as JSON text; what the manifest keeps to reuse them). Reused from the site's own
     ``r/VERSION.data.js`` when the metrics file's size, mtime and inode (taken before it is read,
     so a file that grows meanwhile is read again next time) are the ones ``previous`` kept: a new
-    template or expkit renders every page again but thins no metrics file again."""
+    template or expkit renders every page again but thins no metrics file again. ``series``: the
+    record's task's curves beyond pretraining's (``pages.curves``)."""
     metrics = f"{ws.out_root}/experiment_{v}/{METRICS_FILE}"
     try:
         st = os.stat(metrics)
     except OSError:
         return None, "null", None
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS, LAYOUT]
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino, pages.CURVE_POINTS, LAYOUT, *([list(series)] if series else [])]
     if isinstance(previous, dict) and previous.get("stamp") == stamp and isinstance(previous.get("counts"), dict):
         try:
             text = (site / "r" / f"{v}.data.js").read_text(encoding="utf-8")
@@ -179,7 +181,7 @@ def _curves(ws: Workspace, site: Path, v: str, previous: Any) -> tuple[dict[str,
         curves_text = curves_text[:-3] if head and curves_text.endswith("};\n") else ""
         if pages.is_curves_json(curves_text):
             return previous["counts"], curves_text, previous
-    counts, curves_text = pages.curves_json(Path(metrics))
+    counts, curves_text = pages.curves_json(Path(metrics), pages.CURVE_POINTS, series) if series else pages.curves_json(Path(metrics))
     return counts, curves_text, ({"stamp": stamp, "counts": counts} if counts is not None else None)
 
 
@@ -221,7 +223,8 @@ def _extras(v: str, meta: dict[str, Any], stats: dict[str, Any]) -> dict[str, An
 
 
 def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[str], versions: set[str],
-                 files: list[tuple[str, int, int]], lang: str, previous: Any, leads: bool) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
+                 files: list[tuple[str, int, int]], lang: str, previous: Any, leads: bool,
+                 series: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any] | None]:
     """(the record page's context, its data script's content or None, its index extras, what the
     manifest keeps of its curves or None); ``previous``: what it kept last time."""
     v = str(row["version"])
@@ -244,7 +247,7 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     table = catalog.clean_table(table)
     stats = pages.replicate_stats(catalog.replicate_tables(ws, v, meta, table) if table else [])
     group = groups.group_of(meta)
-    curve, curves_text, kept = _curves(ws, site, v, previous)
+    curve, curves_text, kept = _curves(ws, site, v, previous, series)
     parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
     names = {f[0]: f for f in files}
     plot = next((n for n in ("plots/loss.png",) if n in names), None)
@@ -302,9 +305,9 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
 def _record_files(job: tuple[Any, ...], writer: _Writer) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Render one record's page and data script and hand them to ``writer``; (its index extras,
     what the manifest keeps of its data script or None without one)."""
-    ws, site, row, kids, versions, files, lang, tdir, workspace, previous, leads = job
+    ws, site, row, kids, versions, files, lang, tdir, workspace, previous, leads, series = job
     v = str(row["version"])
-    data, script, extra, kept = _record_data(ws, site, row, kids, versions, files, lang, previous, leads)
+    data, script, extra, kept = _record_data(ws, site, row, kids, versions, files, lang, previous, leads, series)
     writer.put(site / "r" / f"{v}.html", pages.record_page(tdir, lang, workspace, data))
     if script is not None:
         writer.put(site / "r" / f"{v}.data.js", pages.record_script(v, script))
@@ -398,6 +401,10 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
             written.append(rel)
 
     rows = catalog.rows(ws)
+    found = reporting.task_tables(ws, rows)
+    # a record page draws its task's curves beyond pretraining's (none for pretraining: its pages stay as they were)
+    series = {name: tuple(c for c in task.curves if c not in pages.CHART_SERIES) if task is not None and task.name != PRETRAIN else ()
+              for name, task in found.items()}
     versions = {str(r["version"]) for r in rows}
     children = pages.children_of(rows)
     workspace = ws.root.name
@@ -422,11 +429,12 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
         parent = row.get("parent")
         files = _run_files_at(f"{out_root}/experiment_{v}")
         # taken before the page is rendered: an input that changes meanwhile is rendered again next time
+        drawn = series.get(task_name(row), ())
         inputs = _quick_hash(key, stamp(v), _stat(f"{script_dir}/experiment_{v}.sh"), files,
                              stamp(str(parent)) if parent else None, children.get(v, []), parent in versions,
-                             row.get("baseline") in versions, leads)
+                             row.get("baseline") in versions, leads, *([drawn] if drawn else []))
         return inputs, (ws, site, row, children.get(v, []), versions, files, lang, tdir, workspace,
-                        kept_curves.get(f"r/{v}.data.js"), leads)
+                        kept_curves.get(f"r/{v}.data.js"), leads, drawn)
 
     def reuse(v: str, inputs: str) -> bool:
         rel = f"r/{v}.html"
@@ -473,9 +481,10 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
             again.append((str(row["version"]), inputs, j))
     render(again, 1)
 
-    tree = reporting.tree(ws, rows)
+    tree = reporting.tree(ws, rows, found)
     best = [n["version"] for n in pages.tree_lines(tree) if n["best"]]
-    index_rows = pages.index_rows(rows, report_rows(rows), extras, best, members)
+    columns = pages.index_columns(found)
+    index_rows = pages.index_rows(rows, report_rows(rows, found), extras, best, members, columns)
     lines = pages.tree_lines(tree)
     by_version = {str(r["version"]): r for r in rows}
     group_list = []
@@ -486,12 +495,14 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
             config = {}
         points = [{"version": m, "status": extras[m].get("status") or by_version[m].get("status"), "swept": extras[m].get("swept") or {},
                    "stats": extras[m].get("stats") or {}} for m in [parent, *vs]]
-        data = pages.group_data(parent, str(by_version[parent].get("description") or ""), config, points)
+        task = found.get(task_name(by_version[parent]))
+        data = pages.group_data(parent, str(by_version[parent].get("description") or ""), config, points,
+                                task.key_metrics if task is not None and task.name != PRETRAIN else None)
         write(f"g/{parent}.html", functools.partial(pages.group_page, tdir, lang, workspace, data), _hash(key, data))
         group_list.append({"version": parent, "href": f"g/{parent}.html", "members": len(vs)})
     # the index and the compare page: rendered only when their inputs changed
-    write("index.html", lambda: pages.index_page(tdir, lang, workspace, index_rows, lines, group_list),
-          _hash(key, index_rows, lines, group_list))
+    write("index.html", lambda: pages.index_page(tdir, lang, workspace, index_rows, lines, group_list, columns),
+          _hash(key, index_rows, lines, group_list, columns))
     write("compare.html", lambda: pages.compare_page(tdir, lang, workspace), key)
 
     removed = []

@@ -506,7 +506,7 @@ def _records() -> list[dict]:
 def test_report_rows_csv_and_markdown(tmp_path):
     rows = report.report_rows(_records())
     assert [r["version"] for r in rows] == ["1.0.0", "1.4.0", "1.4.1", "1.10.0"]
-    assert all(list(r) == list(report.REPORT_COLUMNS) for r in rows)
+    assert all(list(r) == [*report.REPORT_COLUMNS, *report.TASK_COLUMNS] and r["task"] == "pretrain" for r in rows)
     assert rows[2]["changes"] == "learning_rate=0.0015" and rows[1]["changes"] == ""
     assert (rows[2]["confirmed"], rows[2]["refuted"], rows[2]["inconclusive"]) == (2, 1, 1)
 

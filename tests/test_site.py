@@ -381,3 +381,68 @@ def test_a_group_has_a_page_its_members_fold_under_it_and_replicates_show_mean_a
     gone = json.loads(cli("site", "--json")[1])
     assert gone["removed"] == ["g/0.2.0.html"] and "r/0.2.0.html" in gone["written"]  # the parent's link to it goes
     assert "../g/0.2.0.html" not in (grouped.root / "out/site/r/0.2.0.html").read_text(encoding="utf-8")
+
+
+# -- records of several tasks ----------------------------------------------------------------------------
+from test_reporting import CLASSIFY, TOY_RUNS, classify_group, tasks_ws  # noqa: E402,F401  (tasks_ws: the fixture)
+
+
+def _data_script(ws, version: str) -> dict:
+    text = (ws.root / f"out/site/r/{version}.data.js").read_text(encoding="utf-8")
+    return json.loads(text[text.index("] = ") + 4: text.rindex(";")])
+
+
+def test_the_index_shows_each_row_its_own_task_s_metrics_and_the_best_of_each_task(tasks_ws, cli):
+    code, out, err = cli("site", "--json")
+    assert code == 0, err
+    page = (tasks_ws.root / "out/site/index.html").read_text(encoding="utf-8")
+    cols = re.findall(r'data-sort="num" data-col="([^"]+)"', page)
+    assert cols == ["final_loss", "best_val_loss", "tokens_per_s", "test_macro_f1", "test_acc", "majority_macro_f1",
+                    "best_val_macro_f1", "score", "loss"]
+    rows = _index_rows(tasks_ws)
+    cell = {v: dict(zip(cols, (m[0] for m in r["metrics"]))) for v, r in rows.items()}
+    assert cell["0.2.0"]["test_macro_f1"] == "0.41" and cell["0.2.0"]["majority_macro_f1"] == "0.06"
+    assert cell["0.2.0"]["final_loss"] == "—" and cell["0.2.0"]["score"] == "—"  # not its task's columns
+    assert cell["0.1.0"]["test_macro_f1"] == "—" and cell["0.1.0"]["final_loss"] != "—"
+    assert cell["0.4.1"]["score"] == "0.9" and cell["0.4.1"]["loss"] == "1.1" and cell["0.4.1"]["best_val_loss"] == "—"
+    sort = {v: dict(zip(cols, (m[1] for m in r["metrics"]))) for v, r in rows.items()}
+    assert float(sort["0.3.0"]["test_acc"]) == CLASSIFY["0.3.0"]["test_acc"] and sort["0.3.0"]["final_loss"] == ""
+    assert {v for v, r in rows.items() if r["best"]} == {"0.1.0", "0.2.1", "0.4.1"}  # higher macro-F1 / score wins
+    assert [rows[v]["task"] for v in ("0.1.0", "0.2.0", "0.4.0")] == ["pretrain", "classify", "toy"]
+
+    # a record page's chart data: its task's curves beyond pretraining's; a pretraining record's as it was
+    classify = _data_script(tasks_ws, "0.2.0")["curves"]
+    assert set(classify["series"]) == {"val_acc", "val_macro_f1"} and classify["series"]["val_acc"]["x"] == [5, 10]
+    assert classify["series"]["val_macro_f1"]["y"] == pytest.approx([0.405, 0.41])
+    assert "val_loss" in classify and "series" not in _data_script(tasks_ws, "0.1.0")["curves"]
+    assert _data_script(tasks_ws, "0.4.0")["curves"]["series"]["score"]["y"] == pytest.approx([0.705, 0.71])
+    path = tasks_ws.out_dir(Version.parse("0.2.0")) / "metrics.jsonl"
+    counts, text = pages.curves_json(path, 500, ("val_acc", "loss", "val_macro_f1"))
+    assert json.loads(text) == pages.curves(path, 500, ("val_acc", "loss", "val_macro_f1")) and pages.is_curves_json(text)
+    long = path.parent / "long.jsonl"
+    long.write_text("".join(json.dumps({"step": s, "val_acc": s / 1000}) + "\n" for s in range(1, 1001)), encoding="utf-8")
+    thinned = pages.curves(long, 100, ("val_acc",))["series"]["val_acc"]
+    assert 100 <= len(thinned["x"]) <= 101 and thinned["x"][0] == 1 and thinned["x"][-1] == 1000  # spread evenly, both ends
+    assert thinned["y"] == [x / 1000 for x in thinned["x"]]
+
+
+def test_a_broken_task_declaration_does_not_kill_the_site(tasks_ws, cli):
+    pyproject = tasks_ws.root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text(encoding="utf-8").replace('score = "higher"', 'score = "sideways"'), encoding="utf-8")
+    r = run_exp("site", "--json", cwd=tasks_ws.root)
+    assert r.returncode == 0, r.stderr
+    rows = _index_rows(tasks_ws)
+    page = (tasks_ws.root / "out/site/index.html").read_text(encoding="utf-8")
+    assert 'data-col="score"' not in page and 'data-col="test_macro_f1"' in page
+    assert rows["0.4.1"]["task"] == "toy" and rows["0.2.1"]["best"]
+
+
+def test_a_classification_group_s_page_leads_with_its_task_s_metrics(tasks_ws, cli):
+    classify_group(tasks_ws)
+    code, out, err = cli("site", "--json")
+    assert code == 0, err
+    page = (tasks_ws.root / "out/site/g/0.5.0.html").read_text(encoding="utf-8")
+    data = json.loads(re.search(r'<script type="application/json" id="group-data">(.*?)</script>', page, re.S).group(1))
+    assert data["metrics"][:2] == ["test_macro_f1", "test_acc"] and data["keys"] == ["label_smoothing"]
+    points = {p["version"]: p for p in data["points"]}
+    assert points["0.5.2"]["stats"]["test_macro_f1"]["mean"] == 0.61

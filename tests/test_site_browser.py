@@ -347,3 +347,32 @@ def test_a_group_folds_in_the_index_and_its_page_draws_error_bars_and_links_that
     link = browser.find_element(By.CSS_SELECTOR, "a.group-link")
     assert Path(urllib.parse.unquote(urllib.parse.urlparse(link.get_attribute("href")).path)) == ws.root / "out/site/g/0.3.0.html"
     assert all(u.startswith("file://") for u in requests_made(browser))
+
+
+# -- records of several tasks -------------------------------------------------------------------------------
+from test_reporting import tasks_ws  # noqa: E402,F401  (the fixture: pretraining, classification and a declared task)
+
+
+def test_the_index_of_several_tasks_shows_each_row_its_task_s_metrics_and_filters_by_task(tasks_ws, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from expkit import site
+
+    site.build(tasks_ws)
+    open_page(browser, site_url(tasks_ws, "index.html"))
+    heads = [th.get_attribute("data-col") for th in browser.find_elements(By.CSS_SELECTOR, "#records thead th")]
+    assert heads[:1] == [None] and "test_macro_f1" in heads and "score" in heads
+
+    def cells(version: str) -> dict:
+        tds = browser.find_element(By.ID, f"row-{version}").find_elements(By.TAG_NAME, "td")
+        return {h: td.text for h, td in zip(heads, tds) if h}
+
+    assert cells("0.2.0")["test_macro_f1"] == "0.41" and cells("0.2.0")["final_loss"] == "—"
+    assert cells("0.4.1")["score"] == "0.9" and "★" in cells("0.4.1")["version"] and "★" not in cells("0.4.0")["version"]
+    assert "★" in cells("0.2.1")["version"] and "★" in cells("0.1.0")["version"]  # the best of each task
+    Select(browser.find_element(By.ID, "f-task")).select_by_value("classify")
+    assert browser.find_element(By.ID, "shown").text == "3"
+    browser.find_element(By.CSS_SELECTOR, "th[data-col=test_macro_f1]").click()  # ascending by macro-F1
+    order = [tr.get_attribute("id") for tr in browser.find_elements(By.CSS_SELECTOR, "#records tbody tr") if tr.is_displayed()]
+    assert order == ["row-0.3.0", "row-0.2.0", "row-0.2.1"]

@@ -85,7 +85,8 @@ def compare(
         if label == ref or metric not in r["deltas"].get(label, {}):
             return format_number(value)
         d = r["deltas"][label][metric]
-        return f"{format_number(value)} ({format_number(d['abs'], signed=True)}, {format_percent(d['rel'], signed=True)})"
+        way = {True: ", better", False: ", worse"}.get(r["better"].get(label, {}).get(metric), "")
+        return f"{format_number(value)} ({format_number(d['abs'], signed=True)}, {format_percent(d['rel'], signed=True)}{way})"
 
     typer.echo("")
     typer.echo(table(["METRIC", *(x + (" (ref)" if x == ref else "") for x in labels)],
@@ -106,7 +107,7 @@ def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None
 
     def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
         branch = "" if root else ("└── " if last else "├── ")
-        parts = [f"{node['version']} [{node['status']}]"]
+        parts = [f"{node['version']} [{node['status']}]" + (f" {node['task']}" if node.get("task") not in (None, reporting.PRETRAIN) else "")]
         if node["verdicts"] is not None:
             v = node["verdicts"]
             parts.append(f"✓{v['confirmed']} ✗{v['refuted']} ?{v['inconclusive']}")
@@ -114,6 +115,8 @@ def tree(json_out: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None
             parts.append(f"{node['metric']['name']} {format_number(node['metric']['value'])}" + (" ★" if node["best"] else ""))
         if node["description"]:
             parts.append(node["description"])
+        if node.get("init_from"):
+            parts.append(f"← init_from {node['init_from']}")
         typer.echo(f"{prefix}{branch}" + "  ".join(parts))
         child_prefix = prefix if root else prefix + ("    " if last else "│   ")
         for i, child in enumerate(node["children"]):
