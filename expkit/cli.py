@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("reporting", "Compare runs: the config keys that differ, a metric table with deltas, overlaid curves."),
     "tree": ("reporting", "Show the lineage of experiments by parent, with verdicts and the best loss of each."),
     "report": ("reporting", "Write experiment/EXPERIMENT_REPORT.md, experiment/experiment_tracker.csv and comparison PNGs."),
-    "summary": ("reporting", "Write experiment/SUMMARY.md: what the approved and committed records showed, every number cited."),
+    "summary": ("summary", "Write experiment/SUMMARY.md: what the approved and committed records showed, every number cited."),
     "site": ("site", "Build a static web site of the workspace (out/site/): records, verdicts, curves, comparisons."),
     "data": ("data", "Prepare corpora: tokenize JSONL once into memory-mapped token shards."),
     "run": ("running", "Run records: render the script, preflight, start (foreground, detached, Slurm); several: a queue."),

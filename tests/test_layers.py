@@ -33,7 +33,7 @@ LAYERS: dict[str, int] = {
     # 5: the command line
     "expkit.cli": 5, "expkit.commands": 5, "expkit.commands.workspace": 5, "expkit.commands.authoring": 5,
     "expkit.commands.catalog": 5, "expkit.commands.reporting": 5, "expkit.commands.results": 5,
-    "expkit.commands.running": 5, "expkit.commands.reviewing": 5, "expkit.commands.site": 5, "expkit.commands.data": 5,
+    "expkit.commands.running": 5, "expkit.commands.reviewing": 5, "expkit.commands.site": 5, "expkit.commands.data": 5, "expkit.commands.summary": 5,
 }
 #: Third-party modules that may be imported inside a function: each costs the CLI's start-up
 #: more than 20 ms on the 2-core reference machine, and most commands never need it.

@@ -1,4 +1,4 @@
-"""Several records at once: ``exp diff``, ``exp compare``, ``exp report``, ``exp summary``, ``exp tree``."""
+"""Several records at once: ``exp diff``, ``exp compare``, ``exp report``, ``exp tree``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any, Optional
 import typer
 
 from .. import reporting
-from ..summary import write_summary
 from ..numbers import format_number, format_percent
 from . import JSON_HELP, command, current_workspace, echo_json, table, typer_app, version
 
@@ -141,23 +140,3 @@ def report(
     typer.echo(f"wrote {r['report']}\nwrote {r['tracker']}")
     for p in r["plots"]:
         typer.echo(f"wrote {p}")
-
-
-@command(app)
-def summary(
-    lang: Optional[str] = typer.Option(None, "--lang", metavar="zh|en", help="language (default: the workspace's)"),
-    style: str = typer.Option("bullets", "--style", metavar="bullets|resume",
-                              help="bullets: the full summary; resume: 3-6 short bullets for a report or CV"),
-    json_out: bool = typer.Option(False, "--json", help=JSON_HELP),
-) -> None:
-    """Write experiment/SUMMARY.md: what the approved and committed records showed, every number cited."""
-    r = write_summary(current_workspace(), lang=lang, style=style)
-    if json_out:
-        echo_json(r)
-        return
-    c = r["counts"]
-    typer.echo(f"{c['counted']} of {c['records']} record(s) counted ({c['approved']} approved, {c['committed']} committed); "
-               f"{c['pending']} pending")
-    for line in r["bullets"] if r["style"] == "resume" else ():
-        typer.echo(line["text"])
-    typer.echo(f"wrote {r['path']}")

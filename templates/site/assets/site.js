@@ -157,7 +157,11 @@
     var c = d.curves || {}, out = [];
     if (c.step && c.step.length) { out.push({label: label + "loss", x: c.step, y: c.loss}); }
     if (c.val_step && c.val_step.length) { out.push({label: label + "val_loss", x: c.val_step, y: c.val_loss, dash: true, markers: true}); }
-    if (opts.lr && c.lr) { out.push({label: "lr", x: c.step, y: c.lr, right: true}); }
+    Object.keys(c.series || {}).forEach(function (name) {  // another task's curves (accuracy, F1, a declared metric)
+      var s = c.series[name];
+      out.push({label: label + name, x: s.x, y: s.y, right: true, markers: s.x.length <= 50});
+    });
+    if (opts.lr && c.lr) { out.push({label: "lr", x: c.step, y: c.lr, right: true, hidden: !!c.series}); }
     if (opts.lr && c.grad_norm) { out.push({label: "grad_norm", x: c.step, y: c.grad_norm, right: true, hidden: true}); }
     return out;
   }
