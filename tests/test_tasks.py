@@ -244,6 +244,7 @@ def test_a_classify_record_fine_tunes_a_pretraining_records_model(ws):
     assert shown["config"]["init_from"] == "0.1.0"  # the record keeps the lineage; the run got the path
     text = ws.record_path("0.2.0").read_text(encoding="utf-8")
     assert "初始化自预训练实验 0.1.0" in text
+    assert "`baseline` 指同一测试集上的多数类基线" in text  # the record says what its claims' baseline is
     assert "各类别" in text and "classification_report.txt" in text and "置信度最高的错分样本" in text
     labels = summary["labels"]
     assert all(f"| {label} |" in text for label in labels)
