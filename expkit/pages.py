@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -231,9 +232,11 @@ def curves_json(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str
     except OSError:
         return None, "null"
     out = _thin(raw, max_points, _Number, series)
-    if out is None:
-        return None, "null"
+    return (None, "null") if out is None else _curves_text(out)
 
+
+def _curves_text(out: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``_thin``'s curves (numbers as ``_Number``) as JSON text, and their counts."""
     def text(values: list[Any]) -> str:
         return "[" + ",".join(["null" if v is None else v if type(v) is _Number else str(v) for v in values]) + "]"
 
@@ -253,6 +256,67 @@ def curves_json(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str
 #: above it the lines kept are found by position, so 1.7 MB are never split into 10,000 lines.
 SPLIT_BYTES = 128 * 1024
 
+
+#: The layout of a run's ``curves.json`` (``curves_file_text``): bump when what it holds changes.
+CURVES_FILE_FORMAT = 1
+
+
+def drawn_series(task: Any) -> tuple[str, ...]:
+    """The curves a record page draws beyond pretraining's, for a record of ``task`` (a
+    ``tasks.Task`` or None): its ``curves`` the chart does not draw from its own fields; none for
+    pretraining (its pages stay as they were)."""
+    if task is None or task.name == PRETRAIN:
+        return ()
+    return tuple(c for c in task.curves if c not in CHART_SERIES)
+
+
+def curves_file_text(metrics: Path, series: Sequence[str] = (), max_points: int = CURVE_POINTS) -> str | None:
+    """A run's thinned curves as ``exp analyze`` keeps them in the run's ``curves.json`` (None
+    when ``metrics`` cannot be read): the size and mtime of the metrics file they were thinned
+    from (taken before it is read: a file that grows meanwhile no longer matches), the thinning's
+    parameters, ``curves_json``'s counts and, last, its text as it is (``read_curves_file``
+    copies it without parsing it)."""
+    try:
+        with open(metrics, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            raw = fh.read()
+    except OSError:
+        return None
+    out = _thin(raw, max_points, _Number, series)
+    counts, text = (None, "null") if out is None else _curves_text(out)
+    head = {"format": CURVES_FILE_FORMAT, "metrics": [st.st_size, st.st_mtime_ns], "max_points": max_points,
+            "series": list(series), "counts": counts}
+    return json.dumps(head, separators=(",", ":"))[:-1] + f',"curves":{text}}}\n'
+
+
+def read_curves_file(path: str | Path, metrics: os.stat_result, series: Sequence[str] = (),
+                     max_points: int = CURVE_POINTS) -> tuple[dict[str, Any] | None, str] | None:
+    """``curves_json``'s answer from a run's ``curves.json`` when it was thinned from the metrics
+    file as ``metrics`` (its ``os.stat``) finds it now, with these parameters; else None (a
+    missing, older, damaged or foreign file: the caller thins the metrics file itself)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    head, _, curves = text.rpartition(',"curves":')
+    if not head or not curves.endswith("}\n"):
+        return None
+    curves = curves[:-2]
+    try:
+        meta = json.loads(head + "}")
+    except ValueError:
+        return None
+    if not (isinstance(meta, dict) and meta.get("format") == CURVES_FILE_FORMAT
+            and meta.get("metrics") == [metrics.st_size, metrics.st_mtime_ns] and meta.get("max_points") == max_points
+            and meta.get("series") == list(series) and is_curves_json(curves)):
+        return None
+    counts = meta.get("counts")
+    if curves == "null":
+        return (None, "null") if counts is None else None
+    if not (isinstance(counts, dict) and isinstance(counts.get("points"), int) and isinstance(counts.get("thinned"), bool)):
+        return None
+    return {"points": counts["points"], "thinned": counts["thinned"]}, curves
 
 def _pick(raw: bytes, max_points: int) -> tuple[list[bytes], bool]:
     """The lines of ``raw`` a chart keeps (see ``curves``), and whether any was left out."""

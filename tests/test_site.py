@@ -275,14 +275,55 @@ def test_curves_survive_a_new_template_only_while_their_metrics_file_is_unchange
     losses = [json.loads(line).get("loss") for line in changed if line.strip()]
     assert _data(two, "0.1.1")["curves"]["loss"][-1] == pytest.approx(losses[-1])
 
-    script = site_dir / "r/0.1.0.data.js"  # damaged: thinned again, not put in
+    script = site_dir / "r/0.1.0.data.js"  # damaged: not put in; taken again from the run's curves.json (exp analyze's)
     script.write_text(script.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['),
                       encoding="utf-8")
     _restyle(two, "three")
     site.build(two)
+    assert thinned == ["experiment_0.1.1"]
+    assert "alert" not in script.read_text(encoding="utf-8") and _data(two, "0.1.0")["curves"]["step"][-1] == 60
+    (two.out_dir(A) / "curves.json").unlink()  # without it (a record analysed by an older expkit): thinned here
+    script.write_text(script.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['),
+                      encoding="utf-8")
+    _restyle(two, "four")
+    site.build(two)
     assert thinned == ["experiment_0.1.1", "experiment_0.1.0"]
     assert "alert" not in script.read_text(encoding="utf-8") and _data(two, "0.1.0")["curves"]["step"][-1] == 60
 
+
+
+def test_analyze_thins_the_curves_once_and_the_site_copies_them_while_the_metrics_file_is_unchanged(two, monkeypatch):
+    """`exp analyze` keeps the run's curves in out/experiment_V/curves.json; a cold build copies them
+    (no metrics file read) and thins a metrics file itself when curves.json is not of that file."""
+    out = two.out_dir(A)
+    metrics = out / "metrics.jsonl"
+    found = pages.read_curves_file(out / "curves.json", os.stat(metrics))
+    assert found is not None and found == pages.curves_json(metrics)  # exactly what the site would thin
+    assert json.loads(found[1]) == pages.curves(metrics) and found[0]["points"] == 60
+    assert pages.read_curves_file(out / "curves.json", os.stat(metrics), series=("val_acc",)) is None  # another task's
+    assert pages.read_curves_file(out / "curves.json", os.stat(metrics), max_points=100) is None
+    assert pages.read_curves_file(out / "missing.json", os.stat(metrics)) is None
+
+    thinned: list[str] = []
+    real = pages.curves_json
+    monkeypatch.setattr(pages, "curves_json", lambda path, *a: thinned.append(path.parent.name) or real(path, *a))
+    site.build(two)
+    assert thinned == [] and _data(two, "0.1.0")["curves"] == json.loads(found[1])
+
+    with metrics.open("a", encoding="utf-8") as fh:  # the run logs one more step: curves.json is of another file
+        fh.write(json.dumps({"step": 61, "loss": 1.25, "lr": 1e-4}) + "\n")
+    assert pages.read_curves_file(out / "curves.json", os.stat(metrics)) is None
+    shutil.rmtree(two.root / "out/site")
+    site.build(two)
+    assert thinned == ["experiment_0.1.0"] and _data(two, "0.1.0")["curves"]["step"][-1] == 61
+
+    cj = two.out_dir(B) / "curves.json"  # damaged (a payload in the curves): not used, thinned instead
+    cj.write_text(cj.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['), encoding="utf-8")
+    assert pages.read_curves_file(cj, os.stat(two.out_dir(B) / "metrics.jsonl")) is None
+    shutil.rmtree(two.root / "out/site")
+    site.build(two)
+    assert "experiment_0.1.1" in thinned and "alert" not in (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+    assert _data(two, "0.1.1")["curves"]["step"][-1] == 60
 
 def test_pages_rendered_again_with_reused_curves_are_those_of_a_fresh_build(two, cli):
     assert cli("site", "--json")[0] == 0
