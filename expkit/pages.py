@@ -108,7 +108,12 @@ _SEPARATOR = re.compile(r"^\|(?:\s*-{3,}\s*\|)+\s*$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
 
-def markdown_html(text: str, tool_tables: bool = False, base: str = "") -> str:
+#: Stands for the record's own version while its text is rendered (``markdown_html``'s ``version``):
+#: a version's shape (digits and two dots), which no record's text holds.
+_VERSION_MARK = "8642097531.8642097531.8642097531"
+
+
+def markdown_html(text: str, tool_tables: bool = False, base: str = "", version: str = "") -> str:
     """``text`` (markdown) as HTML; raw HTML in it is shown as text. ``base``: put before each
     relative link (the way from the page to the folder the text's links are relative to).
 
@@ -116,7 +121,17 @@ def markdown_html(text: str, tool_tables: bool = False, base: str = "") -> str:
     expkit's templates in one form (``| a | b |`` rows under a ``|---|---|`` line, no alignment),
     are rendered row by row with each cell's inline markdown remembered. markdown-it-py spends
     ~10 ms on a 40-row parameter table, and a thousand records' tables repeat most of their
-    cells; the HTML is the same as markdown-it's (tests/test_site.py checks it)."""
+    cells; the HTML is the same as markdown-it's (tests/test_site.py checks it).
+
+    ``version``: the record's own, which its tool-written text repeats (the title, the usage note,
+    its run's paths): rendered in place of a mark of the same shape (digits and dots, which markdown
+    reads as text wherever they stand), so a thousand records' texts that differ only in it are
+    rendered once; used only when the mark comes out once for each version that went in."""
+    if version and version in text and _VERSION_MARK not in text:
+        n = text.count(version)
+        html = markdown_html(text.replace(version, _VERSION_MARK), tool_tables, base)
+        if html.count(_VERSION_MARK) == n:
+            return html.replace(_VERSION_MARK, version)
     key = (text, tool_tables, base)
     hit = _memo.get(key)
     if hit is None:
@@ -167,14 +182,25 @@ def _inline(text: str, base: str = "") -> str:
     return hit
 
 
+_row_memo: dict[tuple[str, int, str], str] = {}
+
+
 def _table(head: str, rows: list[str], base: str = "") -> str:
     names = _cells(head)
     out = ["<table>\n<thead>\n<tr>\n", *(f"<th>{_inline(c, base)}</th>\n" for c in names), "</tr>\n</thead>\n"]
     if rows:
         out.append("<tbody>\n")
-        for row in rows:
-            cells = (_cells(row) + [""] * len(names))[: len(names)]
-            out += ["<tr>\n", *(f"<td>{_inline(c, base)}</td>\n" for c in cells), "</tr>\n"]
+        width = len(names)
+        for row in rows:  # a row as a whole remembered too: most rows of a thousand records' tables repeat
+            key = (row, width, base)
+            html = _row_memo.get(key)
+            if html is None:
+                cells = (_cells(row) + [""] * width)[:width]
+                html = "".join(["<tr>\n", *(f"<td>{_inline(c, base)}</td>\n" for c in cells), "</tr>\n"])
+                if len(_row_memo) > 50000:
+                    _row_memo.clear()
+                _row_memo[key] = html
+            out.append(html)
         out.append("</tbody>\n")
     out.append("</table>\n")
     return "".join(out)
@@ -714,21 +740,22 @@ def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:
                   strings=json.dumps(js, ensure_ascii=False))
 
 
-def record_parts(parts: Sequence[Any], lang: str, base: str = "") -> list[dict[str, Any]]:
+def record_parts(parts: Sequence[Any], lang: str, base: str = "", version: str = "") -> list[dict[str, Any]]:
     """A record's body, in order: the text between sections (headings; template hints dropped)
     and each section with its owner. ``parts``: ``Record.parts`` (strings and blocks); ``base``:
-    the way from the page to the record's folder (its relative links start there)."""
+    the way from the page to the record's folder (its relative links start there); ``version``:
+    the record's (``markdown_html``)."""
     t = strings(lang)
     out = []
     for p in parts:
         if isinstance(p, str):
             text = "\n".join(line for line in p.replace("\r\n", "\n").split("\n") if not line.startswith("> 💡"))
             if text.strip():
-                out.append({"owner": None, "html": markdown_html(text, base=base)})
+                out.append({"owner": None, "html": markdown_html(text, base=base, version=version)})
             continue
         owner = OWNERS.get(p.kind, p.kind)
         out.append({"owner": owner, "owner_label": t.get(f"owner_{owner}", owner), "kind": p.kind, "name": p.name,
-                    "html": markdown_html(p.text, tool_tables=p.kind == "generated", base=base)})
+                    "html": markdown_html(p.text, tool_tables=p.kind == "generated", base=base, version=version)})
     return out
 
 

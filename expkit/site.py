@@ -256,7 +256,7 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     stats = pages.replicate_stats(catalog.replicate_tables(ws, v, meta, table) if table else [])
     group = groups.group_of(meta)
     curve, curves_text, kept = _curves(ws, site, v, previous, series)
-    parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
+    parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/", v)
     names = {f[0]: f for f in files}
     plot = next((n for n in ("plots/loss.png",) if n in names), None)
     samples = []

@@ -106,6 +106,26 @@ def test_the_tools_tables_render_as_markdown_it_renders_them(two):
         assert pages.markdown_html(b.text, tool_tables=True) == md.render(b.text), b.name
 
 
+
+def test_a_records_text_rendered_once_for_every_version_is_what_markdown_it_renders(two):
+    """markdown_html(version=V) renders the text with V replaced by a mark and puts V back: the HTML
+    is markdown-it's own, for V anywhere (a title, a code span, a link, a table, a longer number)."""
+    md = pages._markdown()
+    record = records.load(two, B)
+    texts = [t for t in [p if isinstance(p, str) else p.text for p in record.parts] if "0.1.1" in t] + [
+        "# 🧪 实验 0.1.1\n\n> `exp set 0.1.1 KEY=VALUE`\n- [run](../out/experiment_0.1.1/x.md) <https://h/0.1.1>\n",
+        "0.1.1\n===\n\n0.1.1. item\n\n1) 0.1.1\n\n10.1.10 and 0.1.11 and 0.1.1.1 **0.1.1**_0.1.1_ &#0.1.1; [0.1.1]: /0.1.1\n\n[0.1.1]\n",
+        "| a | b |\n|---|---|\n| `experiment_0.1.1` | 0.1.1 |\n\n    code 0.1.1\n",
+    ]
+    assert len(texts) >= 6
+    for text in texts:
+        assert pages.markdown_html(text, version="0.1.1") == md.render(text), text
+        assert pages.markdown_html(text, version="0.1.1", base="../x/") == md.render(text, {"base": "../x/"}), text
+    assert sum(pages._VERSION_MARK in key[0] for key in pages._memo) >= len(texts)  # rendered with the mark
+    for b in record.blocks("generated"):
+        assert pages.markdown_html(b.text, tool_tables=True, version="0.1.1") == md.render(b.text), b.name
+    assert pages.markdown_html("0.1.1 " + pages._VERSION_MARK, version="0.1.1") == md.render("0.1.1 " + pages._VERSION_MARK)
+
 @pytest.mark.parametrize("text, absent, present", [
     ("<script>alert(1)</script>", "<script", "&lt;script&gt;"),
     ('<img src=x onerror="alert(1)">', "<img", "&lt;img"),
