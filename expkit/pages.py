@@ -652,6 +652,12 @@ def use_bytecode_cache(templates_dir: Path, folder: Path | None) -> None:
     environment(templates_dir).bytecode_cache = Cache(str(folder)) if folder is not None else None
 
 
+def prepare(templates_dir: Path) -> None:
+    """Compile the record page's template and make the markdown parser (before forking workers)."""
+    environment(templates_dir).get_template("record.html.j2")
+    _markdown()
+
+
 def render(templates_dir: Path, name: str, **context: Any) -> str:
     return environment(templates_dir).get_template(name).render(**context)
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import hashlib
 import http.server
 import json
@@ -354,10 +355,14 @@ def _render_records(jobs: list[tuple[Any, ...]], workers: int) -> list[tuple[dic
             writer.close()
     workers = min(workers, len(jobs))
     _JOBS[:] = jobs  # inherited by the fork, not pickled: a job holds the workspace and the rows
+    # what exists now is out of the collector's sight: a worker's collections would otherwise touch
+    # (and so copy) every page of the memory it shares with this process
+    gc.freeze()
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             shares = list(pool.map(_record_share, range(workers), [workers] * workers))
     finally:
+        gc.unfreeze()
         _JOBS.clear()
     done: list[tuple[dict[str, Any], dict[str, Any] | None]] = [({}, None)] * len(jobs)
     for k, share in enumerate(shares):
@@ -471,7 +476,7 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
         if not reuse(v, inputs):
             todo.append((v, inputs, j))
     if todo:
-        pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
+        pages.prepare(tdir)  # the template compiled and the markdown parser made once, before any fork
     # forked only from a process without other threads (a fork copies their locks mid-step)
     render(todo, workers if workers is not None else cpus() if threading.active_count() == 1 else 1)
 
