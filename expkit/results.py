@@ -4,8 +4,8 @@ The pure modules compute (``metrics``, ``anomalies``, ``verdicts``, ``comparison
 ``diagnosis``, ``samples``, ``plots``); this one decides which files belong to a record (its
 run directory, its parent's and baseline's runs) and writes what was found: the generated
 ``metrics`` section, drafts of the ai sections, ``analysis`` in the record's state, and
-``analysis.json``, ``metrics_summary.json`` and ``plots/*.png`` in the run's ``out/`` directory.
-Human sections are never touched.
+``analysis.json``, ``metrics_summary.json``, ``plots/*.png`` and ``curves.json`` (the curves
+``exp site`` draws, thinned once) in the run's ``out/`` directory. Human sections are never touched.
 
 An ai section is (re)drafted only while it still holds the template's hint or exactly the
 text ``exp analyze`` drafted last time (its digest is kept in ``analysis.drafts``): prose
