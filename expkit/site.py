@@ -254,7 +254,12 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     table = catalog.run_table(ws, v, meta) or {}
     table = catalog.clean_table(table)
-    stats = pages.replicate_stats(catalog.replicate_tables(ws, v, meta, table) if table else [])
+    stored = analysis.get("replicates")
+    # without replicates stored or run directories of them (``files`` lists theirs) the run is its one
+    # replicate: what replicate_tables finds, without listing the run directory again
+    single = not (isinstance(stored, list) and stored) and not any(
+        "/" in f[0] and catalog.REPLICATE_DIR.fullmatch(f[0].split("/", 1)[0]) for f in files)
+    stats = pages.replicate_stats(([table] if single else catalog.replicate_tables(ws, v, meta, table)) if table else [])
     group = groups.group_of(meta)
     curve, curves_text, kept = _curves(ws, site, v, previous, series)
     parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/", v)
