@@ -521,3 +521,22 @@ def test_pages_rendered_by_forked_workers_are_those_of_one_process(two, monkeypa
     site.build(two, workers=1)
     alone = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file()}
     assert forked == alone and len(forked) >= 8
+
+
+def test_a_tasks_curves_json_from_analyze_is_what_the_site_draws(tasks_ws, cli, monkeypatch):
+    """curves.json of a classification run holds its task's own curves as the site asks for them:
+    a cold build copies it (no metrics file thinned) and draws what it drew by thinning."""
+    from expkit import catalog, store
+
+    assert cli("site", "--json")[0] == 0
+    thinned_here = _data_script(tasks_ws, "0.2.0")["curves"]
+    v = Version.parse("0.2.0")
+    results.write_curves(tasks_ws.out_dir(v), catalog.task_of(tasks_ws, store.read_meta(tasks_ws, v)))
+    assert (tasks_ws.out_dir(v) / "curves.json").is_file()
+    thinned: list[str] = []
+    real = pages.curves_json
+    monkeypatch.setattr(pages, "curves_json", lambda path, *a: thinned.append(path.parent.name) or real(path, *a))
+    shutil.rmtree(tasks_ws.root / "out/site")
+    assert cli("site", "--json")[0] == 0
+    assert "experiment_0.2.0" not in thinned and "experiment_0.4.0" in thinned
+    assert _data_script(tasks_ws, "0.2.0")["curves"] == thinned_here and "val_acc" in thinned_here["series"]
