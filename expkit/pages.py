@@ -1,7 +1,8 @@
 """The site's pages as HTML text: the index, a record, the compare page (``exp site``).
 
-Layer 3 (pure computation on the data handed in, plus the one file it is handed: a run's
-``metrics.jsonl`` thinned into curves). The service ``expkit.site`` reads the workspace and
+Layer 3 (pure computation on the data handed in, plus the files it is handed: a run's
+``metrics.jsonl`` thinned into curves, and the ``curves.json`` ``exp analyze`` keeps of them,
+whose text is made here too). The service ``expkit.site`` reads the workspace and
 writes the files. Templates are Jinja with autoescape on: every value from a record is text
 unless it went through ``markdown_html``, which renders markdown with raw HTML disabled,
 images off (an image would be a request) and links limited to http(s), mailto and relative
@@ -343,6 +344,7 @@ def read_curves_file(path: str | Path, metrics: os.stat_result, series: Sequence
     if not (isinstance(counts, dict) and isinstance(counts.get("points"), int) and isinstance(counts.get("thinned"), bool)):
         return None
     return {"points": counts["points"], "thinned": counts["thinned"]}, curves
+
 
 def _pick(raw: bytes, max_points: int) -> tuple[list[bytes], bool]:
     """The lines of ``raw`` a chart keeps (see ``curves``), and whether any was left out."""
