@@ -4,8 +4,10 @@ all measured in one run.
 
     python bench/bench_site.py [--records 1000] [--steps 10000] [--repeats 5] [--keep DIR]
 
-The workspace comes from make_workspace.py (records with a finished, analysed run); every record
-then gets the run's files (hard links: one metrics.jsonl of ``--steps`` lines, one per step).
+The workspace comes from make_workspace.py (records with a finished, analysed run); every copied
+record then gets the analysed original's run directory (hard links: one metrics.jsonl of
+``--steps`` lines, one per step, and what `exp analyze` wrote beside it: analysis.json, plots,
+curves.json). expkit's modules are compiled to bytecode first, as an installed expkit's are.
 "Cold": no site folder and no cache (``out/.cache/`` removed: the first build ever). "New
 template": the site kept, a comment added to the workspace's ``templates/site/record.html.j2``
 (every record page rendered again; curves reused from the data scripts). "One changed": a
@@ -20,6 +22,7 @@ browser to lay out what the script put in the table (in these runs it came after
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import resource
@@ -92,6 +95,10 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from bench_analysis import make_run
 
+    # expkit's bytecode, as `pip install` leaves it: without it (PYTHONDONTWRITEBYTECODE, as on the
+    # development machine) every `exp` process compiles expkit's modules again (~0.07 s each)
+    compileall.compile_dir(str(REPO / "expkit"), quiet=1)
+
     tmp = Path(tempfile.mkdtemp(prefix="bench-site-"))
     root = args.keep or tmp / "ws"
     run_dir = tmp / "run"
@@ -101,13 +108,19 @@ def main() -> None:
     if made.returncode:
         sys.exit(made.stderr)
     info = json.loads(made.stdout)
+    # the copies' runs: the files of the analysed original's (1.0.1: the run's own files and what `exp
+    # analyze` wrote beside them, curves.json included), hard links; analysed from the same metrics
+    # file, a copy's would be the same (and curves.json matches: same size and mtime, one inode)
+    analysed = root / "out" / "experiment_1.0.1"
     for state in sorted((root / "experiment").glob("experiment_*.state.json")):
         v = state.name[len("experiment_"): -len(".state.json")]
         out = root / "out" / f"experiment_{v}"
         if not out.exists():
-            out.mkdir(parents=True)
-            for f in run_dir.iterdir():
-                os.link(f, out / f.name)
+            for f in sorted(analysed.rglob("*")):
+                if f.is_dir():
+                    continue
+                (out / f.relative_to(analysed)).parent.mkdir(parents=True, exist_ok=True)
+                os.link(f, out / f.relative_to(analysed))
     print(f"workspace: {info['records']} records, each with a {args.steps:,}-line metrics.jsonl; {os.cpu_count()} CPUs; "
           f"load {os.getloadavg()[0]:.2f}")
 

@@ -450,7 +450,9 @@ def _noise_entry(siblings: list[dict[str, Any]]) -> dict[str, Any]:
     for i, row in enumerate(siblings):
         tables = [t for t in (row.get("replicates") or [row.get("metrics") or {}]) if isinstance(t, dict)]
         for metric in {m for t in tables for m in t}:
-            column = values.setdefault(metric, [[] for _ in versions])
+            column = values.get(metric)
+            if column is None:  # not setdefault: its default would be built for every metric of every row
+                column = values[metric] = [[] for _ in versions]
             column[i] = [t[metric] for t in tables if is_finite_number(t.get(metric))]
     return {"versions": versions, "values": values}
 

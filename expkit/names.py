@@ -15,3 +15,6 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.json"
 STATUS_FILE = "status.json"
+
+#: What ``exp analyze`` adds beside them for ``exp site``: the run's curves, thinned once (``pages.curves_file_text``).
+CURVES_FILE = "curves.json"

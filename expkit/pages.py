@@ -1,7 +1,8 @@
 """The site's pages as HTML text: the index, a record, the compare page (``exp site``).
 
-Layer 3 (pure computation on the data handed in, plus the one file it is handed: a run's
-``metrics.jsonl`` thinned into curves). The service ``expkit.site`` reads the workspace and
+Layer 3 (pure computation on the data handed in, plus the files it is handed: a run's
+``metrics.jsonl`` thinned into curves, and the ``curves.json`` ``exp analyze`` keeps of them,
+whose text is made here too). The service ``expkit.site`` reads the workspace and
 writes the files. Templates are Jinja with autoescape on: every value from a record is text
 unless it went through ``markdown_html``, which renders markdown with raw HTML disabled,
 images off (an image would be a request) and links limited to http(s), mailto and relative
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -107,7 +109,12 @@ _SEPARATOR = re.compile(r"^\|(?:\s*-{3,}\s*\|)+\s*$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 
 
-def markdown_html(text: str, tool_tables: bool = False, base: str = "") -> str:
+#: Stands for the record's own version while its text is rendered (``markdown_html``'s ``version``):
+#: a version's shape (digits and two dots), which no record's text holds.
+_VERSION_MARK = "8642097531.8642097531.8642097531"
+
+
+def markdown_html(text: str, tool_tables: bool = False, base: str = "", version: str = "") -> str:
     """``text`` (markdown) as HTML; raw HTML in it is shown as text. ``base``: put before each
     relative link (the way from the page to the folder the text's links are relative to).
 
@@ -115,7 +122,17 @@ def markdown_html(text: str, tool_tables: bool = False, base: str = "") -> str:
     expkit's templates in one form (``| a | b |`` rows under a ``|---|---|`` line, no alignment),
     are rendered row by row with each cell's inline markdown remembered. markdown-it-py spends
     ~10 ms on a 40-row parameter table, and a thousand records' tables repeat most of their
-    cells; the HTML is the same as markdown-it's (tests/test_site.py checks it)."""
+    cells; the HTML is the same as markdown-it's (tests/test_site.py checks it).
+
+    ``version``: the record's own, which its tool-written text repeats (the title, the usage note,
+    its run's paths): rendered in place of a mark of the same shape (digits and dots, which markdown
+    reads as text wherever they stand), so a thousand records' texts that differ only in it are
+    rendered once; used only when the mark comes out once for each version that went in."""
+    if version and version in text and _VERSION_MARK not in text:
+        n = text.count(version)
+        html = markdown_html(text.replace(version, _VERSION_MARK), tool_tables, base)
+        if html.count(_VERSION_MARK) == n:
+            return html.replace(_VERSION_MARK, version)
     key = (text, tool_tables, base)
     hit = _memo.get(key)
     if hit is None:
@@ -166,14 +183,25 @@ def _inline(text: str, base: str = "") -> str:
     return hit
 
 
+_row_memo: dict[tuple[str, int, str], str] = {}
+
+
 def _table(head: str, rows: list[str], base: str = "") -> str:
     names = _cells(head)
     out = ["<table>\n<thead>\n<tr>\n", *(f"<th>{_inline(c, base)}</th>\n" for c in names), "</tr>\n</thead>\n"]
     if rows:
         out.append("<tbody>\n")
-        for row in rows:
-            cells = (_cells(row) + [""] * len(names))[: len(names)]
-            out += ["<tr>\n", *(f"<td>{_inline(c, base)}</td>\n" for c in cells), "</tr>\n"]
+        width = len(names)
+        for row in rows:  # a row as a whole remembered too: most rows of a thousand records' tables repeat
+            key = (row, width, base)
+            html = _row_memo.get(key)
+            if html is None:
+                cells = (_cells(row) + [""] * width)[:width]
+                html = "".join(["<tr>\n", *(f"<td>{_inline(c, base)}</td>\n" for c in cells), "</tr>\n"])
+                if len(_row_memo) > 50000:
+                    _row_memo.clear()
+                _row_memo[key] = html
+            out.append(html)
         out.append("</tbody>\n")
     out.append("</table>\n")
     return "".join(out)
@@ -231,9 +259,11 @@ def curves_json(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str
     except OSError:
         return None, "null"
     out = _thin(raw, max_points, _Number, series)
-    if out is None:
-        return None, "null"
+    return (None, "null") if out is None else _curves_text(out)
 
+
+def _curves_text(out: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``_thin``'s curves (numbers as ``_Number``) as JSON text, and their counts."""
     def text(values: list[Any]) -> str:
         return "[" + ",".join(["null" if v is None else v if type(v) is _Number else str(v) for v in values]) + "]"
 
@@ -252,6 +282,68 @@ def curves_json(path: Path, max_points: int = CURVE_POINTS, series: Sequence[str
 #: Below this size a metrics file is split into lines and every k-th kept (exact and cheap);
 #: above it the lines kept are found by position, so 1.7 MB are never split into 10,000 lines.
 SPLIT_BYTES = 128 * 1024
+
+
+#: The layout of a run's ``curves.json`` (``curves_file_text``): bump when what it holds changes.
+CURVES_FILE_FORMAT = 1
+
+
+def drawn_series(task: Any) -> tuple[str, ...]:
+    """The curves a record page draws beyond pretraining's, for a record of ``task`` (a
+    ``tasks.Task`` or None): its ``curves`` the chart does not draw from its own fields; none for
+    pretraining (its pages stay as they were)."""
+    if task is None or task.name == PRETRAIN:
+        return ()
+    return tuple(c for c in task.curves if c not in CHART_SERIES)
+
+
+def curves_file_text(metrics: Path, series: Sequence[str] = (), max_points: int = CURVE_POINTS) -> str | None:
+    """A run's thinned curves as ``exp analyze`` keeps them in the run's ``curves.json`` (None
+    when ``metrics`` cannot be read): the size and mtime of the metrics file they were thinned
+    from (taken before it is read: a file that grows meanwhile no longer matches), the thinning's
+    parameters, ``curves_json``'s counts and, last, its text as it is (``read_curves_file``
+    copies it without parsing it)."""
+    try:
+        with open(metrics, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            raw = fh.read()
+    except OSError:
+        return None
+    out = _thin(raw, max_points, _Number, series)
+    counts, text = (None, "null") if out is None else _curves_text(out)
+    head = {"format": CURVES_FILE_FORMAT, "metrics": [st.st_size, st.st_mtime_ns], "max_points": max_points,
+            "series": list(series), "counts": counts}
+    return json.dumps(head, separators=(",", ":"))[:-1] + f',"curves":{text}}}\n'
+
+
+def read_curves_file(path: str | Path, metrics: os.stat_result, series: Sequence[str] = (),
+                     max_points: int = CURVE_POINTS) -> tuple[dict[str, Any] | None, str] | None:
+    """``curves_json``'s answer from a run's ``curves.json`` when it was thinned from the metrics
+    file as ``metrics`` (its ``os.stat``) finds it now, with these parameters; else None (a
+    missing, older, damaged or foreign file: the caller thins the metrics file itself)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    head, _, curves = text.rpartition(',"curves":')
+    if not head or not curves.endswith("}\n"):
+        return None
+    curves = curves[:-2]
+    try:
+        meta = json.loads(head + "}")
+    except ValueError:
+        return None
+    if not (isinstance(meta, dict) and meta.get("format") == CURVES_FILE_FORMAT
+            and meta.get("metrics") == [metrics.st_size, metrics.st_mtime_ns] and meta.get("max_points") == max_points
+            and meta.get("series") == list(series) and is_curves_json(curves)):
+        return None
+    counts = meta.get("counts")
+    if curves == "null":
+        return (None, "null") if counts is None else None
+    if not (isinstance(counts, dict) and isinstance(counts.get("points"), int) and isinstance(counts.get("thinned"), bool)):
+        return None
+    return {"points": counts["points"], "thinned": counts["thinned"]}, curves
 
 
 def _pick(raw: bytes, max_points: int) -> tuple[list[bytes], bool]:
@@ -562,6 +654,12 @@ def use_bytecode_cache(templates_dir: Path, folder: Path | None) -> None:
     environment(templates_dir).bytecode_cache = Cache(str(folder)) if folder is not None else None
 
 
+def prepare(templates_dir: Path) -> None:
+    """Compile the record page's template and make the markdown parser (before forking workers)."""
+    environment(templates_dir).get_template("record.html.j2")
+    _markdown()
+
+
 def render(templates_dir: Path, name: str, **context: Any) -> str:
     return environment(templates_dir).get_template(name).render(**context)
 
@@ -650,21 +748,22 @@ def compare_page(templates_dir: Path, lang: str, workspace: str) -> str:
                   strings=json.dumps(js, ensure_ascii=False))
 
 
-def record_parts(parts: Sequence[Any], lang: str, base: str = "") -> list[dict[str, Any]]:
+def record_parts(parts: Sequence[Any], lang: str, base: str = "", version: str = "") -> list[dict[str, Any]]:
     """A record's body, in order: the text between sections (headings; template hints dropped)
     and each section with its owner. ``parts``: ``Record.parts`` (strings and blocks); ``base``:
-    the way from the page to the record's folder (its relative links start there)."""
+    the way from the page to the record's folder (its relative links start there); ``version``:
+    the record's (``markdown_html``)."""
     t = strings(lang)
     out = []
     for p in parts:
         if isinstance(p, str):
             text = "\n".join(line for line in p.replace("\r\n", "\n").split("\n") if not line.startswith("> 💡"))
             if text.strip():
-                out.append({"owner": None, "html": markdown_html(text, base=base)})
+                out.append({"owner": None, "html": markdown_html(text, base=base, version=version)})
             continue
         owner = OWNERS.get(p.kind, p.kind)
         out.append({"owner": owner, "owner_label": t.get(f"owner_{owner}", owner), "kind": p.kind, "name": p.name,
-                    "html": markdown_html(p.text, tool_tables=p.kind == "generated", base=base)})
+                    "html": markdown_html(p.text, tool_tables=p.kind == "generated", base=base, version=version)})
     return out
 
 

@@ -4,8 +4,8 @@ The pure modules compute (``metrics``, ``anomalies``, ``verdicts``, ``comparison
 ``diagnosis``, ``samples``, ``plots``); this one decides which files belong to a record (its
 run directory, its parent's and baseline's runs) and writes what was found: the generated
 ``metrics`` section, drafts of the ai sections, ``analysis`` in the record's state, and
-``analysis.json``, ``metrics_summary.json`` and ``plots/*.png`` in the run's ``out/`` directory.
-Human sections are never touched.
+``analysis.json``, ``metrics_summary.json``, ``plots/*.png`` and ``curves.json`` (the curves
+``exp site`` draws, thinned once) in the run's ``out/`` directory. Human sections are never touched.
 
 An ai section is (re)drafted only while it still holds the template's hint or exactly the
 text ``exp analyze`` drafted last time (its digest is kept in ``analysis.drafts``): prose
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import claims as claims_mod
-from . import citations, groups, records, store, times, view
+from . import citations, groups, pages, records, store, times, view
 from . import evidence as evidence_mod
 from .catalog import (
     clean_table,
@@ -37,8 +37,9 @@ from .anomalies import DEFAULT_THRESHOLDS, detect_anomalies, prediction_anomalie
 from .comparison import config_changes, metric_deltas
 from .diagnosis import diagnose, reason_text
 from .errors import ExpError, RecordError, UsageError
-from .files import read_json, write_json
+from .files import atomic_write, read_json, write_json
 from .metrics import METRICS_FILE, SAMPLES_FILE, SUMMARY_FILE, AnalysisError, Metrics
+from .names import CURVES_FILE
 from .numbers import format_number as num
 from .numbers import format_percent as pct
 from .numbers import is_finite_number
@@ -626,6 +627,19 @@ def _stored_analysis(result: dict[str, Any], plots: list[str], drafted: dict[str
     return keep
 
 
+def write_curves(out: Path, task: Any) -> None:
+    """The run's curves as ``exp site`` draws them, thinned once into ``out/curves.json``: a
+    thousand record pages then copy them instead of thinning a thousand metrics files. The site
+    uses the file only while the metrics file is the one it was thinned from (a run that goes on
+    logging is read again); one that cannot be written costs the site that thinning."""
+    text = pages.curves_file_text(out / METRICS_FILE, pages.drawn_series(task))
+    if text is not None:
+        try:
+            atomic_write(out / CURVES_FILE, text, durable=False)
+        except OSError:
+            pass
+
+
 def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
     """``exp analyze``: compute, plot, then write the record and out/'s analysis files."""
     record = records.load(ws, version)
@@ -669,6 +683,7 @@ def analyze(ws: Workspace, version: Version) -> dict[str, Any]:
             "samples_detail": result["_samples"], "plots": plots, "curve": curve, "untraceable": found}
     write_json(out / ANALYSIS_FILE, full)
     write_json(out / METRICS_SUMMARY_FILE, result["metrics"])
+    write_curves(out, task_of(ws, record.meta))
     return {
         "version": str(version),
         "status": "analyzed",

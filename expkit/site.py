@@ -15,7 +15,9 @@ whose hash is unchanged is not rendered again; the index is rendered when any ro
 Curves survive a new template: the manifest keeps, per data script, the metrics file's size,
 mtime and inode it was thinned from, and a page rendered again with that file unchanged takes
 its curves from the data script already in the site instead of reading 10,000 lines again.
-Nothing else is cached outside the site: a cold build of 1,000 records spent a second creating
+A finished run's curves come from its ``curves.json``, which ``exp analyze`` writes (the run's
+own output, thinned once; used only while its metrics file is unchanged). Nothing else is
+cached outside the site: a cold build of 1,000 records spent a second creating
 a thousand cache files (out/.cache/site/ before), which paid off only when the site folder was
 removed. Record pages are rendered by one forked process per CPU when there are many, and
 written by a thread of their own (creating a file waits on the filesystem's journal).
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import hashlib
 import http.server
 import json
@@ -45,7 +48,7 @@ from typing import Any
 from . import catalog, commit, groups, pages, records, reporting, store
 from .errors import ExpError, RecordError, UsageError, WorkspaceError
 from .files import atomic_write, read_json
-from .names import METRICS_FILE, SAMPLES_FILE
+from .names import CURVES_FILE, METRICS_FILE, SAMPLES_FILE
 from .report import PRETRAIN, report_rows, task_name
 from .version import Version
 from .workspace import Workspace, package_templates_dir
@@ -164,8 +167,10 @@ def _curves(ws: Workspace, site: Path, v: str, previous: Any,
     curves as JSON text; what the manifest keeps to reuse them). Reused from the site's own
     ``r/VERSION.data.js`` when the metrics file's size, mtime and inode (taken before it is read,
     so a file that grows meanwhile is read again next time) are the ones ``previous`` kept: a new
-    template or expkit renders every page again but thins no metrics file again. ``series``: the
-    record's task's curves beyond pretraining's (``pages.curves``)."""
+    template or expkit renders every page again but thins no metrics file again. Else taken from
+    the run's ``curves.json`` (``exp analyze`` thinned them once) when it was made from the metrics
+    file as it is now; else the metrics file is thinned here. ``series``: the record's task's
+    curves beyond pretraining's (``pages.curves``)."""
     metrics = f"{ws.out_root}/experiment_{v}/{METRICS_FILE}"
     try:
         st = os.stat(metrics)
@@ -181,7 +186,11 @@ def _curves(ws: Workspace, site: Path, v: str, previous: Any,
         curves_text = curves_text[:-3] if head and curves_text.endswith("};\n") else ""
         if pages.is_curves_json(curves_text):
             return previous["counts"], curves_text, previous
-    counts, curves_text = pages.curves_json(Path(metrics), pages.CURVE_POINTS, series) if series else pages.curves_json(Path(metrics))
+    # thinned by `exp analyze` from this very file (a finished run's), else by us (a running one's)
+    found = pages.read_curves_file(f"{ws.out_root}/experiment_{v}/{CURVES_FILE}", st, series)
+    if found is None:
+        found = pages.curves_json(Path(metrics), pages.CURVE_POINTS, series) if series else pages.curves_json(Path(metrics))
+    counts, curves_text = found
     return counts, curves_text, ({"stamp": stamp, "counts": counts} if counts is not None else None)
 
 
@@ -245,10 +254,15 @@ def _record_data(ws: Workspace, site: Path, row: dict[str, Any], children: list[
     analysis = meta.get("analysis") if isinstance(meta.get("analysis"), dict) else {}
     table = catalog.run_table(ws, v, meta) or {}
     table = catalog.clean_table(table)
-    stats = pages.replicate_stats(catalog.replicate_tables(ws, v, meta, table) if table else [])
+    stored = analysis.get("replicates")
+    # without replicates stored or run directories of them (``files`` lists theirs) the run is its one
+    # replicate: what replicate_tables finds, without listing the run directory again
+    single = not (isinstance(stored, list) and stored) and not any(
+        "/" in f[0] and catalog.REPLICATE_DIR.fullmatch(f[0].split("/", 1)[0]) for f in files)
+    stats = pages.replicate_stats(([table] if single else catalog.replicate_tables(ws, v, meta, table)) if table else [])
     group = groups.group_of(meta)
     curve, curves_text, kept = _curves(ws, site, v, previous, series)
-    parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/")
+    parts = pages.record_parts(record.parts, lang, _way(str(ws.experiment_dir), str(page_dir)) + "/", v)
     names = {f[0]: f for f in files}
     plot = next((n for n in ("plots/loss.png",) if n in names), None)
     samples = []
@@ -346,10 +360,14 @@ def _render_records(jobs: list[tuple[Any, ...]], workers: int) -> list[tuple[dic
             writer.close()
     workers = min(workers, len(jobs))
     _JOBS[:] = jobs  # inherited by the fork, not pickled: a job holds the workspace and the rows
+    # what exists now is out of the collector's sight: a worker's collections would otherwise touch
+    # (and so copy) every page of the memory it shares with this process
+    gc.freeze()
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             shares = list(pool.map(_record_share, range(workers), [workers] * workers))
     finally:
+        gc.unfreeze()
         _JOBS.clear()
     done: list[tuple[dict[str, Any], dict[str, Any] | None]] = [({}, None)] * len(jobs)
     for k, share in enumerate(shares):
@@ -403,8 +421,7 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
     rows = catalog.rows(ws)
     found = reporting.task_tables(ws, rows)
     # a record page draws its task's curves beyond pretraining's (none for pretraining: its pages stay as they were)
-    series = {name: tuple(c for c in task.curves if c not in pages.CHART_SERIES) if task is not None and task.name != PRETRAIN else ()
-              for name, task in found.items()}
+    series = {name: pages.drawn_series(task) for name, task in found.items()}
     versions = {str(r["version"]) for r in rows}
     children = pages.children_of(rows)
     workspace = ws.root.name
@@ -464,7 +481,7 @@ def build(ws: Workspace, out: Path | None = None, workers: int | None = None) ->
         if not reuse(v, inputs):
             todo.append((v, inputs, j))
     if todo:
-        pages.environment(tdir).get_template("record.html.j2")  # compiled once, before any fork
+        pages.prepare(tdir)  # the template compiled and the markdown parser made once, before any fork
     # forked only from a process without other threads (a fork copies their locks mid-step)
     render(todo, workers if workers is not None else cpus() if threading.active_count() == 1 else 1)
 

@@ -106,6 +106,26 @@ def test_the_tools_tables_render_as_markdown_it_renders_them(two):
         assert pages.markdown_html(b.text, tool_tables=True) == md.render(b.text), b.name
 
 
+
+def test_a_records_text_rendered_once_for_every_version_is_what_markdown_it_renders(two):
+    """markdown_html(version=V) renders the text with V replaced by a mark and puts V back: the HTML
+    is markdown-it's own, for V anywhere (a title, a code span, a link, a table, a longer number)."""
+    md = pages._markdown()
+    record = records.load(two, B)
+    texts = [t for t in [p if isinstance(p, str) else p.text for p in record.parts] if "0.1.1" in t] + [
+        "# 🧪 实验 0.1.1\n\n> `exp set 0.1.1 KEY=VALUE`\n- [run](../out/experiment_0.1.1/x.md) <https://h/0.1.1>\n",
+        "0.1.1\n===\n\n0.1.1. item\n\n1) 0.1.1\n\n10.1.10 and 0.1.11 and 0.1.1.1 **0.1.1**_0.1.1_ &#0.1.1; [0.1.1]: /0.1.1\n\n[0.1.1]\n",
+        "| a | b |\n|---|---|\n| `experiment_0.1.1` | 0.1.1 |\n\n    code 0.1.1\n",
+    ]
+    assert len(texts) >= 6
+    for text in texts:
+        assert pages.markdown_html(text, version="0.1.1") == md.render(text), text
+        assert pages.markdown_html(text, version="0.1.1", base="../x/") == md.render(text, {"base": "../x/"}), text
+    assert sum(pages._VERSION_MARK in key[0] for key in pages._memo) >= len(texts)  # rendered with the mark
+    for b in record.blocks("generated"):
+        assert pages.markdown_html(b.text, tool_tables=True, version="0.1.1") == md.render(b.text), b.name
+    assert pages.markdown_html("0.1.1 " + pages._VERSION_MARK, version="0.1.1") == md.render("0.1.1 " + pages._VERSION_MARK)
+
 @pytest.mark.parametrize("text, absent, present", [
     ("<script>alert(1)</script>", "<script", "&lt;script&gt;"),
     ('<img src=x onerror="alert(1)">', "<img", "&lt;img"),
@@ -275,14 +295,55 @@ def test_curves_survive_a_new_template_only_while_their_metrics_file_is_unchange
     losses = [json.loads(line).get("loss") for line in changed if line.strip()]
     assert _data(two, "0.1.1")["curves"]["loss"][-1] == pytest.approx(losses[-1])
 
-    script = site_dir / "r/0.1.0.data.js"  # damaged: thinned again, not put in
+    script = site_dir / "r/0.1.0.data.js"  # damaged: not put in; taken again from the run's curves.json (exp analyze's)
     script.write_text(script.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['),
                       encoding="utf-8")
     _restyle(two, "three")
     site.build(two)
+    assert thinned == ["experiment_0.1.1"]
+    assert "alert" not in script.read_text(encoding="utf-8") and _data(two, "0.1.0")["curves"]["step"][-1] == 60
+    (two.out_dir(A) / "curves.json").unlink()  # without it (a record analysed by an older expkit): thinned here
+    script.write_text(script.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['),
+                      encoding="utf-8")
+    _restyle(two, "four")
+    site.build(two)
     assert thinned == ["experiment_0.1.1", "experiment_0.1.0"]
     assert "alert" not in script.read_text(encoding="utf-8") and _data(two, "0.1.0")["curves"]["step"][-1] == 60
 
+
+
+def test_analyze_thins_the_curves_once_and_the_site_copies_them_while_the_metrics_file_is_unchanged(two, monkeypatch):
+    """`exp analyze` keeps the run's curves in out/experiment_V/curves.json; a cold build copies them
+    (no metrics file read) and thins a metrics file itself when curves.json is not of that file."""
+    out = two.out_dir(A)
+    metrics = out / "metrics.jsonl"
+    found = pages.read_curves_file(out / "curves.json", os.stat(metrics))
+    assert found is not None and found == pages.curves_json(metrics)  # exactly what the site would thin
+    assert json.loads(found[1]) == pages.curves(metrics) and found[0]["points"] == 60
+    assert pages.read_curves_file(out / "curves.json", os.stat(metrics), series=("val_acc",)) is None  # another task's
+    assert pages.read_curves_file(out / "curves.json", os.stat(metrics), max_points=100) is None
+    assert pages.read_curves_file(out / "missing.json", os.stat(metrics)) is None
+
+    thinned: list[str] = []
+    real = pages.curves_json
+    monkeypatch.setattr(pages, "curves_json", lambda path, *a: thinned.append(path.parent.name) or real(path, *a))
+    site.build(two)
+    assert thinned == [] and _data(two, "0.1.0")["curves"] == json.loads(found[1])
+
+    with metrics.open("a", encoding="utf-8") as fh:  # the run logs one more step: curves.json is of another file
+        fh.write(json.dumps({"step": 61, "loss": 1.25, "lr": 1e-4}) + "\n")
+    assert pages.read_curves_file(out / "curves.json", os.stat(metrics)) is None
+    shutil.rmtree(two.root / "out/site")
+    site.build(two)
+    assert thinned == ["experiment_0.1.0"] and _data(two, "0.1.0")["curves"]["step"][-1] == 61
+
+    cj = two.out_dir(B) / "curves.json"  # damaged (a payload in the curves): not used, thinned instead
+    cj.write_text(cj.read_text(encoding="utf-8").replace('"curves":{"step":[', '"curves":{"step":alert(1),['), encoding="utf-8")
+    assert pages.read_curves_file(cj, os.stat(two.out_dir(B) / "metrics.jsonl")) is None
+    shutil.rmtree(two.root / "out/site")
+    site.build(two)
+    assert "experiment_0.1.1" in thinned and "alert" not in (two.root / "out/site/r/0.1.1.data.js").read_text(encoding="utf-8")
+    assert _data(two, "0.1.1")["curves"]["step"][-1] == 60
 
 def test_pages_rendered_again_with_reused_curves_are_those_of_a_fresh_build(two, cli):
     assert cli("site", "--json")[0] == 0
@@ -446,3 +507,36 @@ def test_a_classification_group_s_page_leads_with_its_task_s_metrics(tasks_ws, c
     assert data["metrics"][:2] == ["test_macro_f1", "test_acc"] and data["keys"] == ["label_smoothing"]
     points = {p["version"]: p for p in data["points"]}
     assert points["0.5.2"]["stats"]["test_macro_f1"]["mean"] == 0.61
+
+
+def test_pages_rendered_by_forked_workers_are_those_of_one_process(two, monkeypatch):
+    """Record pages shared among forked workers (as for a thousand records) come out byte for byte
+    as one process renders them, and the manifest knows the same pages."""
+    monkeypatch.setattr(site, "PARALLEL_FROM", 1)
+    site_dir = two.root / "out/site"
+    shared = site.build(two, workers=2)
+    assert "r/0.1.0.html" in shared["written"] and "r/0.1.1.data.js" in shared["written"]
+    forked = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file()}
+    shutil.rmtree(site_dir)
+    site.build(two, workers=1)
+    alone = {p.relative_to(site_dir): p.read_bytes() for p in site_dir.rglob("*") if p.is_file()}
+    assert forked == alone and len(forked) >= 8
+
+
+def test_a_tasks_curves_json_from_analyze_is_what_the_site_draws(tasks_ws, cli, monkeypatch):
+    """curves.json of a classification run holds its task's own curves as the site asks for them:
+    a cold build copies it (no metrics file thinned) and draws what it drew by thinning."""
+    from expkit import catalog, store
+
+    assert cli("site", "--json")[0] == 0
+    thinned_here = _data_script(tasks_ws, "0.2.0")["curves"]
+    v = Version.parse("0.2.0")
+    results.write_curves(tasks_ws.out_dir(v), catalog.task_of(tasks_ws, store.read_meta(tasks_ws, v)))
+    assert (tasks_ws.out_dir(v) / "curves.json").is_file()
+    thinned: list[str] = []
+    real = pages.curves_json
+    monkeypatch.setattr(pages, "curves_json", lambda path, *a: thinned.append(path.parent.name) or real(path, *a))
+    shutil.rmtree(tasks_ws.root / "out/site")
+    assert cli("site", "--json")[0] == 0
+    assert "experiment_0.2.0" not in thinned and "experiment_0.4.0" in thinned
+    assert _data_script(tasks_ws, "0.2.0")["curves"] == thinned_here and "val_acc" in thinned_here["series"]
