@@ -817,10 +817,9 @@ class _Run:
         SwanLab (offline or cloud) starts in a thread: its import and ``swanlab.init`` (about half
         a second of CPU, seconds for a cloud probe) run beside the first step instead of before it,
         and the session's first step waits for it at its end (``tracking_ready``, inside a pause:
-        not training time), before its log line. Until then the lines queue as they always do. ``history``, the rows a resumed run
-        logs again, queue first, so SwanLab gets the same lines in the same order as before, at the
-        first pause rather than before the first step. The thread's warnings are logged when it is
-        joined, by the main thread.
+        not training time), before its log line. ``history``, the rows a resumed run logs again,
+        are queued and handed over in that pause, so SwanLab gets the same lines in the same order
+        as before. The thread's warnings are logged when it is joined, by the main thread.
         """
         self._requested = tracking.resolve_mode(mode, lambda _: None)  # start() warns, once
         if self._requested == "disabled":
@@ -1169,6 +1168,7 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             if dist.master and run.tracking_starting:  # the session's first step ran beside SwanLab's start
                 with clock.pause():
                     run.tracking_ready()
+                    run.flush_tracking()  # a resumed run's history, logged again (as start() did before the loop)
                     stop.install()  # swanlab.init leaves the SIGINT handler alone off the main thread; to be sure
                     run.write_status("running")  # now with the tracking the run got
 
