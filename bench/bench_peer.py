@@ -265,6 +265,8 @@ def main() -> None:
     if args.hidden % 8:
         raise SystemExit("bench_peer: --hidden must be a multiple of 8 (MiniMind's 8 attention heads)")
     tokenizer = REPO / "dataset" / "tokenizer"
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"{os.cpu_count()} cpus")
     print(f"shape: hidden {args.hidden}, {args.layers} layers, seq {args.seq}, batch {args.batch}, {args.steps} steps, "
           f"device {args.device}, threads {args.threads}, {args.pairs} interleaved pairs; our tokenizer, "
           f"the first {args.steps * args.batch} documents of the embedded corpus; tracking off")
@@ -297,14 +299,17 @@ def main() -> None:
     print(f"peak memory (medians): ours {med(p[0]['peak_mem_mb'] for p in pairs):,.0f} MB | MiniMind "
           f"{med(p[1]['peak_mem_mb'] for p in pairs):,.0f} MB")
     if offline_ratios:
+        cost = sorted(100 * (1 - r) for r in offline_ratios)
         print(f"SwanLab offline: median {100 * (1 - med(offline_ratios)):+.1f}% slower than tracking off "
-              f"(pairs {', '.join(f'{r:.3f}' for r in offline_ratios)}; target <= 2%)")
+              f"(spread {cost[0]:+.1f}% .. {cost[-1]:+.1f}%; pairs {', '.join(f'{r:.3f}' for r in offline_ratios)}; "
+              f"target <= 2%)")
     budget = min(p[1]["nonpad_total"] for p in pairs)
     ours_loss = [loss_at(p[0]["curve"], budget) for p in pairs]
     mm_loss = [loss_at(p[1]["curve"], budget) for p in pairs]
     if all(ours_loss) and all(mm_loss):
         print(f"training loss after {budget:,} non-padding tokens (mean of the last {args.log_every} steps, median of "
               f"pairs): ours {med(x[0] for x in ours_loss):.4f} | MiniMind {med(x[0] for x in mm_loss):.4f}")
+    print(f"load at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"ratio non-pad: {med(p[0]['nonpad'] / p[1]['nonpad'] for p in pairs):.2f}")
     print(f"ratio all: {med(p[0]['all'] / p[1]['all'] for p in pairs):.2f}")
 

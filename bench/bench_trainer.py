@@ -13,6 +13,8 @@ offline mirroring, heartbeats and NaN checks. Evaluation and the checkpoint happ
 step N, outside both windows; their cost is reported on its own. Each repeat runs the bare
 loop and the trainer once per tracking mode (``--modes``, default offline and disabled), in an
 order rotated from repeat to repeat, so that drift in the machine's load hits every loop alike.
+With both ``offline`` and ``disabled``, a last line gives SwanLab's offline mirror on its own: the
+trainer with it against the trainer without it, paired by repeat (median and spread).
 
 Tokens are non-padding tokens: the data is packed, every position is a real token.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -151,6 +154,18 @@ def _overhead_lines(name: str, runs: list[dict], bare: list[dict]) -> None:
         print(f"  per-interval {q_name:>6}: {t_q:,.0f} vs bare {b_q:,.0f} tok/s -> overhead {100 * (b_q / t_q - 1):+.2f}%")
 
 
+def _mirror_line(offline: list[dict], disabled: list[dict]) -> None:
+    """SwanLab's offline mirror itself: the trainer with it against the trainer without it, paired by repeat."""
+    cost = sorted(100 * (d["tokens_per_s"] / o["tokens_per_s"] - 1) for o, d in zip(offline, disabled))
+    print(f"SwanLab offline vs disabled: {statistics.median(cost):+.2f}% slower (median of {len(cost)} paired "
+          f"ratios; spread {cost[0]:+.2f}% .. {cost[-1]:+.2f}%; target <= 2%)")
+    o_rates = sorted(r for run in offline for r in run["rates"])
+    d_rates = sorted(r for run in disabled for r in run["rates"])
+    print("  per-interval: " + ", ".join(
+        f"{q_name} {100 * (_quantile(d_rates, q) / _quantile(o_rates, q) - 1):+.2f}%"
+        for q_name, q in (("median", 0.5), ("p75", 0.75), ("p90", 0.9))))
+
+
 def overhead(args: argparse.Namespace) -> None:
     base = TrainConfig().model_dump()
     shape = {"max_steps": args.steps, "warmup_steps": min(base["warmup_steps"], args.steps // 4),
@@ -168,6 +183,8 @@ def overhead(args: argparse.Namespace) -> None:
     configs = {m: TrainConfig(**{**base, **shape, "swanlab_mode": m}) for m in modes}
     cfg = configs[modes[0]]
     tokens_per_step = cfg.batch_size * cfg.max_seq_len * cfg.accumulation_steps
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"{os.cpu_count()} cpus")
     print(f"shape: {cfg.model_type} hidden {cfg.hidden_size} layers {cfg.num_hidden_layers} seq {cfg.max_seq_len} "
           f"batch {cfg.batch_size}x{cfg.accumulation_steps} ({tokens_per_step} tokens/step), {cfg.max_steps} steps, "
           f"log every {cfg.log_interval}, trainer with tracking {' / '.join(modes)}, threads {torch.get_num_threads()}")
@@ -185,9 +202,12 @@ def overhead(args: argparse.Namespace) -> None:
                 else:
                     trainer[name].append(trainer_run(configs[name], Path(tmp)))
             print(f"  repeat {i + 1}: " + ", ".join(f"trainer/{m} {trainer[m][-1]['tokens_per_s']:,.0f}" for m in modes)
-                  + f", bare {bare[-1]['tokens_per_s']:,.0f} tok/s")
+                  + f", bare {bare[-1]['tokens_per_s']:,.0f} tok/s (load {os.getloadavg()[0]:.2f})", flush=True)
     for m in modes:
         _overhead_lines(f"trainer (tracking {m})", trainer[m], bare)
+    if "offline" in modes and "disabled" in modes:
+        _mirror_line(trainer["offline"], trainer["disabled"])
+    print(f"load at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     first = trainer[modes[0]][0]
     same = all(runs[0]["param_sha256"] == bare[0]["param_sha256"] for runs in trainer.values())
     print(f"same work: final parameters {'bitwise equal' if same else 'DIFFER'} (sha256 {bare[0]['param_sha256'][:12]})")

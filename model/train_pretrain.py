@@ -14,7 +14,8 @@ Outputs in DIR (rank 0 writes them all):
                      train_s, paused_s, and val_loss on eval steps (every eval step is a log step;
                      step 1 is always logged). tokens_per_s is the tokens since the previous line over
                      the training seconds since then (``throughput``); train_s and paused_s are cumulative
-                     (over resumes too): training time, and the evaluation and checkpoint pauses
+                     (over resumes too): training time, and the evaluation and checkpoint pauses (with
+                     what the session's first step waits for SwanLab's start, which runs beside it)
     config.json      the TrainConfig it ran with (written when absent; the run script puts it there)
     train.log        the human-readable log, also echoed to stdout
     status.json      {"status": running|finished|failed|interrupted, "step", "error"?, "exit_code"?, "tracking", ...}
@@ -33,7 +34,8 @@ Outputs in DIR (rank 0 writes them all):
     final/           save_pretrained model + tokenizer (``import model`` registers the Auto classes)
     swanlog/         the SwanLab mirror of metrics.jsonl (expkit.tracking), handed over in batches off the
                      hot path: inside the evaluation and checkpoint pauses, at least every TRACKING_FLUSH_S
-                     of training, and before the run ends whichever way it ends
+                     of training, and before the run ends whichever way it ends. SwanLab starts in a thread
+                     beside the session's first step, which waits for it at its end (``_Run.start_tracking``)
 
 "tracking" in status.json and summary.json is {"requested": swanlab_mode (or SWANLAB_MODE), "mode":
 what tracking got, "reason": why they differ, or null}, e.g. a cloud run tracked offline because the
@@ -323,8 +325,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 class TrainClock:
     """Training time: wall time since ``start()`` minus the pauses the trainer records.
 
-    Evaluation and checkpoints run inside ``with clock.pause():``; everything else the loop does
-    (forward, backward, optimizer, data, log lines, tracking, heartbeats) is training time.
+    Evaluation and checkpoints run inside ``with clock.pause():``, and so does the first step's wait
+    for SwanLab's start; everything else the loop does (forward, backward, optimizer, data, log
+    lines, tracking, heartbeats) is training time.
     ``train_s`` and ``paused_s`` carry over a resume (``before``) so metrics.jsonl stays cumulative.
     """
 
@@ -773,7 +776,12 @@ class _Run:
         self.last_heartbeat = 0.0
         self.owns_dir = False  # False until we know out_dir is ours to write (not another run's)
         self.tracker = tracking.Tracker("disabled")
-        self.tracking: dict[str, Any] | None = None  # tracker.describe() once tracking started
+        self._tracking: dict[str, Any] | None = None  # tracker.describe() once tracking started
+        self._starting: threading.Thread | None = None  # start_tracking's thread, until tracking_ready
+        self._started: dict[str, Any] = {}  # what that thread returns: {"tracker"} or {"error"}
+        self._start_warnings: list[str] = []  # its warnings, logged by the main thread when it is joined
+        self._warn: Any = None
+        self._requested = "disabled"
         # metric lines not yet handed to the tracker: SwanLab gets them in batches, off the hot path
         self.pending: list[tuple[dict[str, Any], int]] = []
         self.last_flush = time.monotonic()
@@ -792,19 +800,84 @@ class _Run:
             data["error"] = error
         if exit_code is not None:
             data["exit_code"] = exit_code
-        data["tracking"] = self.tracking
+        data["tracking"] = self.tracking  # waits for a tracker still starting
         data.update(extra)
         _write_json_atomic(self.files.status, data)
 
+    @property
+    def tracking(self) -> dict[str, Any] | None:
+        """What tracking got (``Tracker.describe()``), None before it started; waits for a start in progress."""
+        self.tracking_ready()
+        return self._tracking
+
+    def start_tracking(self, out: Path, *, mode: str, history: Sequence[dict[str, Any]], warn: Any,
+                       **kwargs: Any) -> bool:
+        """Start the tracker (``tracking.start``); True when it is starting in a thread.
+
+        SwanLab (offline or cloud) starts in a thread: its import and ``swanlab.init`` (about half
+        a second of CPU, seconds for a cloud probe) run beside the first step instead of before it,
+        and the session's first step waits for it at its end (``tracking_ready``, inside a pause:
+        not training time), before its log line. ``history``, the rows a resumed run logs again,
+        are queued and handed over in that pause, so SwanLab gets the same lines in the same order
+        as before. The thread's warnings are logged when it is joined, by the main thread.
+        """
+        self._requested = tracking.resolve_mode(mode, lambda _: None)  # start() warns, once
+        if self._requested == "disabled":
+            self.tracker = tracking.start(out, mode=mode, warn=warn)
+            self._tracking = self.tracker.describe()
+            return False
+        self._warn = warn
+        self.pending[:0] = [(row, int(row["step"])) for row in history if "step" in row]
+
+        def target() -> None:
+            try:
+                self._started["tracker"] = tracking.start(out, mode=mode, history=(),
+                                                          warn=self._start_warnings.append, **kwargs)
+            except BaseException as err:  # start() never raises; a thread must not die unreported
+                self._started["error"] = err
+
+        self._starting = threading.Thread(target=target, name="expkit-tracking-start", daemon=True)
+        self._starting.start()
+        return True
+
+    @property
+    def tracking_starting(self) -> bool:
+        return self._starting is not None
+
+    def tracking_ready(self) -> bool:
+        """Wait for ``start_tracking``'s thread, if one is running (main thread only); True when it
+        was. Then the tracker is the one it started, and the lines queued for a tracker that did not
+        start are dropped (metrics.jsonl has them)."""
+        thread = self._starting
+        if thread is None:
+            return False
+        thread.join()
+        self._starting = None
+        tracker = self._started.get("tracker")
+        if tracker is None:
+            err = self._started.get("error")
+            reason = f"SwanLab start failed ({type(err).__name__}: {err})"
+            self._start_warnings.append(f"{reason}; tracking disabled, metrics.jsonl is complete")
+            tracker = tracking.Tracker("disabled", requested=self._requested, reason=reason)
+        for line in self._start_warnings:
+            self._warn(line)
+        self._start_warnings.clear()
+        self.tracker = tracker
+        self._tracking = tracker.describe()
+        if not tracker.active:
+            self.pending.clear()
+        return True
+
     def track(self, row: dict[str, Any], step: int) -> None:
         """Queue a metric line for the tracker (a list append: nothing of SwanLab's runs per step)."""
-        if self.tracker.active:
+        if self.tracker.active or self._starting is not None:
             self.pending.append((row, step))
 
     def flush_tracking(self) -> None:
         """Hand the queued lines to the tracker, in order. The loop calls this inside the evaluation
         and checkpoint pauses, at least every TRACKING_FLUSH_S of training (so a cloud dashboard stays
         current), and before the tracker finishes on every way out."""
+        self.tracking_ready()
         pending, self.pending = self.pending, []
         for row, step in pending:
             self.tracker.log(row, step)
@@ -988,20 +1061,17 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
         # final/ use raw_net, so their keys have no "_orig_mod." prefix and load anywhere
         net = torch.compile(net, **COMPILE_OPTIONS)
 
-    # -- tracking (rank 0) and the start banner ----------------------------------------------
-    if dist.master:
-        run.tracker = tracking.start(files.out, mode=cfg.swanlab_mode, project=cfg.swanlab_project,
-                                        name=name or files.out.name, description=description, tags=tags,
-                                        config=cfg.model_dump(), history=history, warn=log.warn)
-        stop.install()  # swanlab.init replaced the SIGINT handler; ours must win
-        run.tracking = run.tracker.describe()
-        run.write_status("running")  # now with the tracking mode the run got
-    tracker = run.tracker
+    # -- the start banner, and tracking (rank 0), which starts beside step 1 -------------------
+    requested = tracking.resolve_mode(cfg.swanlab_mode, warn=lambda _: None) if dist.master else "disabled"
     log.info(f"{cfg.model_type}: device {device}, autocast {str(dtype).removeprefix('torch.')}, "
-             f"{dist.world_size} process(es), tracking {tracker.mode}")
+             f"{dist.world_size} process(es), tracking {requested}")
     log.info("params: " + ", ".join(f"{k} {_fmt_count(v)}" for k, v in counts.items()))
     log.info(f"data: {len(train_blocks)} train blocks ({_fmt_count(train_blocks.n_tokens)} tokens), "
              f"{len(val_blocks)} val blocks; {tokens_per_step} tokens per step, {cfg.max_steps} steps")
+    if dist.master and not run.start_tracking(
+            files.out, mode=cfg.swanlab_mode, project=cfg.swanlab_project, name=name or files.out.name,
+            description=description, tags=tags, config=cfg.model_dump(), history=history, warn=log.warn):
+        run.write_status("running")  # with the tracking the run got (a starting tracker: at step 1)
 
     # -- the loop ----------------------------------------------------------------------------
     metrics = tracking.MetricsFile(files.metrics) if dist.master else None
@@ -1095,6 +1165,12 @@ def _train(run: _Run, log: RunLog, stop: _StopFlag, state: dict[str, Any], resum
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             run.step = step
+            if dist.master and run.tracking_starting:  # the session's first step ran beside SwanLab's start
+                with clock.pause():
+                    run.tracking_ready()
+                    run.flush_tracking()  # a resumed run's history, logged again (as start() did before the loop)
+                    stop.install()  # swanlab.init leaves the SIGINT handler alone off the main thread; to be sure
+                    run.write_status("running")  # now with the tracking the run got
 
             if is_log or is_save:
                 check_finite()  # reads one number: the only per-interval sync besides the log line

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -446,6 +447,74 @@ def test_peak_memory_reads_ru_maxrss_in_the_platform_unit(monkeypatch):
     assert tp.peak_memory_mb(torch.device("cpu")) == pytest.approx(rss / 1024, rel=0.05)  # KiB
     monkeypatch.setattr(tp.sys, "platform", "darwin")
     assert tp.peak_memory_mb(torch.device("cpu")) == pytest.approx(rss / 2**20, rel=0.05)  # bytes
+
+
+class _QuietRun:
+    """A SwanLab run that records what it is given."""
+
+    dir = None
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.state: str | None = None
+
+    def log(self, data, step=None):
+        self.steps.append(step)
+
+    def finish(self, state="success", error=None):
+        self.state = state
+
+
+def test_swanlab_starts_beside_the_first_step_which_waits_for_it(tmp_path, corpus, monkeypatch):
+    swan = _QuietRun()
+    stepping = threading.Event()  # set when the first step's batch goes to the device
+    seen: dict[str, object] = {}
+
+    def init(*args, **kwargs):
+        seen["thread"] = threading.current_thread().name
+        # a start in the main thread before the loop would wait here in vain: the step never comes
+        seen["beside_step_1"] = stepping.wait(timeout=60)
+        seen["done"] = True
+        return swan
+
+    real_to_device, real_write = tp.to_device, tracking.MetricsFile.write
+
+    def to_device(t, device):
+        stepping.set()
+        return real_to_device(t, device)
+
+    def write(self, row):
+        seen.setdefault("line_1_after_start", seen.get("done", False))
+        return real_write(self, row)
+
+    monkeypatch.setattr(tracking, "_init", init)
+    monkeypatch.setattr(tp, "to_device", to_device)
+    monkeypatch.setattr(tracking.MetricsFile, "write", write)
+    out = tmp_path / "run"
+    result = tp.train(tiny(corpus, max_steps=6, eval_interval=3, save_interval=6, swanlab_mode="offline"), out)
+    assert result.exit_code == tp.EXIT_OK, result.error
+    assert seen["thread"] != threading.main_thread().name and seen["beside_step_1"] is True
+    assert seen["line_1_after_start"] is True  # step 1's line waited for the tracker
+    assert swan.steps == [1, 2, 3, 4, 5, 6] and swan.state == "success"  # every line, once, in order
+    want = {"requested": "offline", "mode": "offline", "reason": None}
+    assert json.loads((out / "status.json").read_text())["tracking"] == want
+    assert json.loads((out / "summary.json").read_text())["tracking"] == want
+    assert "tracking offline" in (out / "train.log").read_text()
+
+
+def test_a_swanlab_start_that_fails_in_its_thread_leaves_training_untouched(tmp_path, corpus, monkeypatch):
+    def init(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(tracking, "_init", init)
+    out = tmp_path / "run"
+    result = tp.train(tiny(corpus, max_steps=6, eval_interval=3, save_interval=6, swanlab_mode="offline"), out)
+    assert result.exit_code == tp.EXIT_OK, result.error
+    assert [r["step"] for r in tracking.read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    got = json.loads((out / "status.json").read_text())["tracking"]
+    assert (got["requested"], got["mode"]) == ("offline", "disabled") and "no space left" in got["reason"]
+    warnings = [line for line in (out / "train.log").read_text().splitlines() if "SwanLab start failed" in line]
+    assert len(warnings) == 1 and "tracking disabled" in warnings[0]
 
 
 def test_swanlab_gets_the_metric_lines_in_batches_at_the_pauses_and_exactly_as_logged(tmp_path, corpus, monkeypatch):
